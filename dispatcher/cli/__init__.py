@@ -1,0 +1,80 @@
+"""The ``labtasker`` command: the typer app, the global ``--db`` option and error reporting.
+
+Each command group lives in its own module and registers itself on ``app``; command bodies import
+heavy modules (duckdb, asyncssh) inside the function, so ``labtasker --help`` stays fast.
+Only ``DispatcherError`` is caught: one red line on stderr and its exit code. Anything else is a
+bug and shows a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dispatcher.errors import DispatcherError
+
+app = typer.Typer(
+    name="labtasker",
+    help="Queue experiments on your laptop, run them on your lab's GPU servers over SSH.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+
+
+class Context:
+    """Options shared by every command."""
+
+    def __init__(self, db: Path | None) -> None:
+        self.db = db
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            help="Queue file. Default: $LABTASKER_DB, else .labtasker/queue.duckdb here.",
+            envvar=None,
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = Context(db)
+
+
+def db_option(ctx: typer.Context) -> Path | None:
+    """The ``--db`` value given to the root command (None when not given)."""
+    obj = ctx.find_root().obj
+    return obj.db if isinstance(obj, Context) else None
+
+
+def fail(err: DispatcherError) -> None:
+    """Print one red line for ``err`` and exit with its code."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[bold red]Error:[/] {escape(str(err))}"
+    )
+    raise SystemExit(err.exit_code)
+
+
+def _register() -> None:
+    # Imported for their side effect of adding commands to ``app``.
+    from dispatcher.cli import commands  # noqa: F401
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _register()
+    try:
+        app(standalone_mode=True)
+    except DispatcherError as err:  # raised outside a command body (rare)
+        fail(err)
+    sys.exit(0)

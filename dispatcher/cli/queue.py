@@ -1,0 +1,1 @@
+"""``labtasker queue ...``: add, ls, cancel, retry, update, rm. (being written)"""

@@ -1,0 +1,76 @@
+"""The controller <-> helper protocol: version, the helper's source and hash, the bootstrap line.
+
+Wire format: one JSON object per line (UTF-8) in each direction over the helper's stdin/stdout.
+
+Start-up (see ``BOOTSTRAP``): the controller runs ``python3 -c BOOTSTRAP STATE_DIR SHA256 SIZE``.
+The bootstrap checks the interpreter (>= 3.8), creates STATE_DIR (0700), and looks for
+``STATE_DIR/helper-<sha16>.py``. If that file's SHA-256 equals SHA256 it prints ``have``; otherwise
+it prints ``need``, reads exactly SIZE bytes of helper source from stdin, checks their hash,
+writes them atomically (0600) and runs them. A file changed by anyone else fails the hash and is
+replaced, never trusted. The helper then prints its hello event and serves requests.
+
+Requests:  {"id": N, "op": NAME, ...params}
+Replies:   {"id": N, "ok": true, ...result}  |  {"id": N, "ok": false, "error": TEXT}
+Events:    {"event": "hello", ...}  |  {"event": "exit", "run": RUN_REPORT}
+
+Ops, their params and replies are documented in ``dispatcher/remote/helper.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from importlib import resources
+
+#: Bumped whenever a message changes shape; the controller refuses a helper with another version.
+PROTOCOL_VERSION = 1
+
+#: Reports of runs whose log is at most this size carry the log inline.
+INLINE_LOG_LIMIT = 64 * 1024
+
+#: Runs inside ``python3 -c`` on the host. Keep it tiny and valid for Python 3.8+.
+BOOTSTRAP = r"""
+import sys,os,hashlib
+if sys.version_info<(3,8):
+    sys.stderr.write("labtasker: Python >= 3.8 needed on this host, found %s\n"%sys.version.split()[0]);sys.exit(3)
+d,h,n=os.path.expanduser(sys.argv[1]),sys.argv[2],int(sys.argv[3])
+os.makedirs(d,0o700,exist_ok=True);os.chmod(d,0o700)
+p=os.path.join(d,"helper-%s.py"%h[:16])
+try:
+    f=open(p,"rb");s=f.read();f.close()
+except OSError:
+    s=b""
+if hashlib.sha256(s).hexdigest()==h:
+    os.write(1,b"have\n")
+else:
+    os.write(1,b"need\n");c=[]
+    while n>0:
+        b=os.read(0,min(n,65536))
+        if not b:sys.exit(4)
+        c.append(b);n-=len(b)
+    s=b"".join(c)
+    if hashlib.sha256(s).hexdigest()!=h:
+        sys.stderr.write("labtasker: helper upload corrupted\n");sys.exit(4)
+    t="%s.%d.tmp"%(p,os.getpid());fd=os.open(t,os.O_WRONLY|os.O_CREAT|os.O_TRUNC,0o600)
+    os.write(fd,s);os.close(fd);os.replace(t,p)
+g={"__name__":"labtasker_helper","__file__":p}
+exec(compile(s,p,"exec"),g)
+g["main"](d)
+""".strip()
+
+
+@cache
+def helper_source() -> bytes:
+    """The bytes of the helper module shipped to hosts."""
+    return resources.files("dispatcher.remote").joinpath("helper.py").read_bytes()
+
+
+@cache
+def helper_sha256() -> str:
+    """Hex SHA-256 of ``helper_source()``; names the file on the host and proves its integrity."""
+    return hashlib.sha256(helper_source()).hexdigest()
+
+
+def bootstrap_argv(python: str, state_dir: str) -> list[str]:
+    """The argv that starts the helper on a host (quote with ``shlex.join`` for a remote shell)."""
+    return [python, "-c", BOOTSTRAP, state_dir, helper_sha256(), str(len(helper_source()))]
