@@ -1,0 +1,1 @@
+"""The built-in demo: a small grid run on this machine through the `local` host."""

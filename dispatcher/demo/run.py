@@ -1,0 +1,41 @@
+"""``labtasker demo``: queue a 3 x 3 grid and dispatch it on this machine, then show results.
+
+Everything lives in one folder (default ./labtasker-demo): the queue, a hosts.toml with the
+`local` host, the helper's state directory and the logs, so the demo touches nothing else.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+DEMO_HOSTS = """\
+# The demo's hosts file: one host, this machine, reached without SSH.
+[hosts.local]
+slots = {slots}                 # tasks at once (a CPU-only host)
+state_dir = "{state}"           # where run directories live
+workdir = "{work}"
+"""
+
+
+def prepare(folder: Path, slots: int = 4) -> tuple[Path, Path]:
+    """Create the demo folder with its script and hosts.toml; returns (db path, hosts path)."""
+    folder = folder.resolve()
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(mode=0o700, parents=True)
+    script = folder / "train.py"
+    script.write_bytes(resources.files("dispatcher.demo").joinpath("train.py").read_bytes())
+    hosts = folder / "hosts.toml"
+    hosts.write_text(
+        DEMO_HOSTS.format(slots=slots, state=folder / "remote-state", work=folder),
+        encoding="utf-8",
+    )
+    return folder / ".labtasker" / "queue.duckdb", hosts
+
+
+def demo_command() -> str:
+    """The command template of the demo tasks."""
+    return f"{shutil.which('python3') or sys.executable} train.py --lr %{{lr}} --depth %{{depth}} --seed 1"

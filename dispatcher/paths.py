@@ -1,0 +1,126 @@
+"""Where the queue lives (and its logs), and the lock that marks a running dispatcher.
+
+The queue file is ``--db PATH``, else ``$LABTASKER_DB``, else ``.labtasker/queue.duckdb`` under the
+current directory (a project-local queue, like ``.git``). The dispatcher holds an ``fcntl.flock``
+on ``<db>.dispatch.lock`` while it runs; the lock dies with its process, so it is never stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from dispatcher.errors import DispatcherRunningError, StoreError
+
+DB_ENV = "LABTASKER_DB"
+DEFAULT_DIR = ".labtasker"
+DEFAULT_NAME = "queue.duckdb"
+_PROBE_GRACE_S = 0.2
+
+
+def resolve_db_path(db: Path | None) -> Path:
+    """The queue file to use: ``db``, else ``$LABTASKER_DB``, else ``./.labtasker/queue.duckdb``."""
+    if db is None:
+        env = os.environ.get(DB_ENV, "").strip()
+        db = Path(env) if env else Path.cwd() / DEFAULT_DIR / DEFAULT_NAME
+    return Path(os.path.abspath(db.expanduser()))
+
+
+def ensure_private_dir(directory: Path) -> None:
+    """Create ``directory`` (and parents) if missing; a directory made here is mode 0700."""
+    if directory.is_dir():
+        return
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700)
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask; be explicit
+    except FileExistsError:
+        if not directory.is_dir():
+            raise StoreError(
+                f"{directory} exists but is not a directory; the queue file cannot go there"
+                " (choose another place with --db or LABTASKER_DB)"
+            ) from None
+    except OSError as err:
+        raise StoreError(
+            f"cannot create the queue directory {directory}: {err.strerror};"
+            " choose a writable place with --db or LABTASKER_DB"
+        ) from None
+
+
+def logs_dir(db_path: Path) -> Path:
+    """Where the dispatcher of the queue at ``db_path`` keeps task logs (``queue.logs/``)."""
+    return db_path.with_name(db_path.stem + ".logs")
+
+
+def lock_path(db_path: Path) -> Path:
+    """The dispatcher's lock file for the queue at ``db_path``."""
+    return db_path.with_name(db_path.name + ".dispatch.lock")
+
+
+def _open_lock(db_path: Path, flags: int) -> int:
+    path = lock_path(db_path)
+    try:
+        return os.open(path, flags | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise StoreError(
+            f"cannot open the dispatcher lock {path}: {err.strerror};"
+            " check that its directory is writable"
+        ) from None
+
+
+@contextlib.contextmanager
+def dispatch_lock(db_path: Path) -> Iterator[None]:
+    """Hold the dispatcher lock of ``db_path`` for the ``with`` block.
+
+    Raises DispatcherRunningError naming the holder's pid and host when another process holds it.
+    """
+    fd = _open_lock(db_path, os.O_RDWR | os.O_CREAT)
+    try:
+        if not _flock_within(fd, _PROBE_GRACE_S):
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+            who = f"pid {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another process"
+            raise DispatcherRunningError(
+                f"another dispatcher ({who}) serves the queue {db_path};"
+                " stop it first or use another queue with --db"
+            ) from None
+        # Who holds it, for the message above; written after locking so it is never a stale guess.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _flock_within(fd: int, seconds: float) -> bool:
+    # ``dispatcher_running`` holds a shared lock for an instant; ride over such probes.
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
+def dispatcher_running(db_path: Path) -> bool:
+    """True while some process holds the dispatcher lock of ``db_path``."""
+    try:
+        fd = os.open(lock_path(db_path), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return False  # unreadable lock file: we cannot tell; assume none (only affects a message)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -1,0 +1,292 @@
+"""The controller's side of the helper protocol, over any pair of byte streams (SSH or a pipe).
+
+``HelperClient`` runs the bootstrap handshake (uploading the helper when the host lacks it), then
+multiplexes many requests over the one stream: one reader task routes replies by id to waiting
+calls and pushes events to a queue. It maps stream failures to labtasker's errors and does no I/O
+of its own beyond the streams it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dispatcher.errors import (
+    ConnectionLostError,
+    DispatcherError,
+    ProtocolError,
+    PythonMissingError,
+    RemoteError,
+)
+from dispatcher.remote import protocol
+
+#: A reply line may carry 1 MiB of base64 log plus framing; anything far larger is a broken peer.
+MAX_LINE = 32 * 1024 * 1024
+#: Lines a login shell may print before the bootstrap speaks (banners, rc-file noise).
+MAX_NOISE_LINES = 200
+_NO_PYTHON = re.compile(
+    r"Python >= 3\.8 needed|command not found|No such file or directory|not found|"
+    r"SyntaxError|invalid syntax",
+    re.IGNORECASE,
+)
+
+
+class _Lines:
+    """Line framing over a reader; uses ``read(n)`` when it has one, so no line limit applies."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+        self._buf = bytearray()
+        self._eof = False
+        self._chunked = callable(getattr(reader, "read", None))
+
+    async def readline(self) -> bytes:
+        """One line with its newline; a last line without one; b"" at the end."""
+        if not self._chunked:
+            return bytes(await self._reader.readline())
+        while True:
+            i = self._buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self._buf[: i + 1])
+                del self._buf[: i + 1]
+                return line
+            if self._eof:
+                line = bytes(self._buf)
+                self._buf.clear()
+                return line
+            if len(self._buf) > MAX_LINE:
+                raise ValueError(f"a line longer than {MAX_LINE} bytes")
+            chunk = await self._reader.read(65536)
+            if chunk:
+                self._buf += chunk
+            else:
+                self._eof = True
+
+
+class HelperClient:
+    """A session with one helper process on ``host``.
+
+    ``reader`` has ``async read(n)`` or ``async readline()`` returning bytes (asyncio.StreamReader,
+    asyncssh's SSHReader with ``encoding=None``); ``writer`` has ``write(bytes)``,
+    ``async drain()`` and ``close()`` (``write_eof()`` is used when present).
+    """
+
+    def __init__(self, host: str, reader: Any, writer: Any) -> None:
+        self.host = host
+        self._lines = _Lines(reader)
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader_task: asyncio.Task[None] | None = None
+        self._failure: Exception | None = None
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.closed = asyncio.Event()
+        self.hello: dict[str, Any] = {}
+        #: True when ``start`` had to upload the helper (the host had no valid cached copy).
+        self.uploaded = False
+
+    async def start(
+        self,
+        timeout: float = 30.0,
+        stderr_text: Callable[[], Awaitable[str]] | None = None,
+    ) -> dict[str, Any]:
+        """Run the bootstrap handshake and return the helper's hello event.
+
+        Raises PythonMissingError when the host has no usable Python, ProtocolError on a version
+        mismatch, RemoteError when the helper ends before saying hello, ConnectionLostError when
+        nothing arrives within ``timeout`` seconds.
+        """
+        noise: list[str] = []
+        try:
+            async with asyncio.timeout(timeout):
+                answer = await self._read_past_noise({b"have", b"need"}, noise)
+                if answer is None:
+                    raise await self._start_failure(noise, stderr_text)
+                if answer == b"need":
+                    self.uploaded = True
+                    self._writer.write(protocol.helper_source())
+                    await self._writer.drain()
+                hello = await self._read_hello(noise, stderr_text)
+        except TimeoutError:
+            raise ConnectionLostError(
+                f"no answer from {self.host} within {timeout:g}s while starting the helper; "
+                "check that the host is up and that its shell start-up does not wait for input",
+                host=self.host,
+            ) from None
+        except DispatcherError:
+            raise
+        except Exception as exc:  # the transport's own errors end here and become ours
+            raise ConnectionLostError(
+                f"{self.host}: connection lost while starting the helper: "
+                f"{type(exc).__name__}: {exc}",
+                host=self.host,
+            ) from exc
+        version = hello.get("version")
+        if version != protocol.PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"{self.host}: the helper speaks protocol {version!r} but this labtasker speaks "
+                f"{protocol.PROTOCOL_VERSION}; delete the helper-*.py files in "
+                f"{hello.get('state_dir', 'its state dir')} on {self.host} and retry",
+                host=self.host,
+            )
+        self.hello = hello
+        self._reader_task = asyncio.create_task(self._read_loop(), name=f"helper-{self.host}")
+        return hello
+
+    async def _read_past_noise(self, wanted: set[bytes], noise: list[str]) -> bytes | None:
+        """The first line that is one of ``wanted``; None at EOF. Other lines go to ``noise``."""
+        while len(noise) < MAX_NOISE_LINES:
+            line = await self._lines.readline()
+            if not line.endswith(b"\n"):
+                if line:
+                    noise.append(line.decode("utf-8", "replace"))
+                return None
+            text = line.strip()
+            if text in wanted:
+                return text
+            noise.append(line.decode("utf-8", "replace").rstrip())
+        raise ProtocolError(
+            f"{self.host}: the remote shell printed {MAX_NOISE_LINES} lines before the helper "
+            f"started; the first: {noise[0][:200]!r}. Make the shell's start-up files quiet for "
+            "non-interactive sessions",
+            host=self.host,
+        )
+
+    async def _read_hello(
+        self, noise: list[str], stderr_text: Callable[[], Awaitable[str]] | None
+    ) -> dict[str, Any]:
+        line = await self._lines.readline()
+        if not line.endswith(b"\n"):
+            raise await self._start_failure(noise, stderr_text)
+        try:
+            hello = json.loads(line)
+        except ValueError:
+            hello = None
+        if not isinstance(hello, dict) or hello.get("event") != "hello":
+            raise ProtocolError(
+                f"{self.host}: expected the helper's hello, got {line[:200]!r}", host=self.host
+            )
+        return hello
+
+    async def _start_failure(
+        self, noise: list[str], stderr_text: Callable[[], Awaitable[str]] | None
+    ) -> RemoteError:
+        """The error for a stream that ended before the helper said hello."""
+        err = ""
+        if stderr_text is not None:
+            with contextlib.suppress(Exception):
+                err = (await asyncio.wait_for(stderr_text(), 5.0)).strip()
+        text = err or "\n".join(noise).strip()
+        if _NO_PYTHON.search(text):
+            return PythonMissingError(
+                f"{self.host}: no usable Python >= 3.8 ({text.splitlines()[-1][:300]}); install "
+                "one or set the host's python in hosts.toml",
+                host=self.host,
+            )
+        return RemoteError(
+            f"{self.host}: the helper stopped before it started: {text[:500] or 'no output'}",
+            host=self.host,
+        )
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                line = await self._lines.readline()
+                if not line.endswith(b"\n"):
+                    raise ConnectionLostError(
+                        f"{self.host}: the helper's connection closed", host=self.host
+                    )
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    msg = None
+                if not isinstance(msg, dict):
+                    raise ProtocolError(
+                        f"{self.host}: the helper sent a line that is not a JSON object: "
+                        f"{line[:200]!r}",
+                        host=self.host,
+                    )
+                if "event" in msg:
+                    self.events.put_nowait(msg)
+                    continue
+                req_id = msg.get("id")
+                # Replies to calls that timed out, or to nothing we sent, are dropped.
+                fut = self._pending.pop(req_id, None) if isinstance(req_id, int) else None
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except asyncio.CancelledError:
+            self._fail(ConnectionLostError(f"{self.host}: helper session closed", host=self.host))
+            raise
+        except (ConnectionLostError, ProtocolError) as exc:
+            self._fail(exc)
+        except Exception as exc:  # the transport's own errors end here and become ours
+            self._fail(
+                ConnectionLostError(
+                    f"{self.host}: connection to the helper lost: {type(exc).__name__}: {exc}",
+                    host=self.host,
+                )
+            )
+
+    def _fail(self, exc: Exception) -> None:
+        self._failure = exc
+        self.closed.set()
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def call(self, op: str, *, timeout: float | None = 30.0, **params: Any) -> dict[str, Any]:
+        """Send one request and return its reply; many calls may be in flight at once.
+
+        Raises RemoteError when the helper answers ok=false, ConnectionLostError when the stream
+        closes or no reply comes within ``timeout`` seconds.
+        """
+        if self._failure is not None or self._reader_task is None:
+            raise self._failure or ConnectionLostError(
+                f"{self.host}: the helper is not started; call start() first", host=self.host
+            )
+        req_id = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = fut
+        try:
+            line = json.dumps({**params, "id": req_id, "op": op}).encode() + b"\n"
+            self._writer.write(line)
+            await self._writer.drain()
+            reply = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise ConnectionLostError(
+                f"no answer from {self.host} within {timeout:g}s to {op!r}; the host or the "
+                "connection may be stalled",
+                host=self.host,
+            ) from None
+        except (OSError, EOFError) as exc:
+            raise ConnectionLostError(
+                f"{self.host}: could not send {op!r} to the helper: {exc}", host=self.host
+            ) from exc
+        finally:
+            self._pending.pop(req_id, None)
+        if not reply.get("ok"):
+            raise RemoteError(f"{self.host}: {reply.get('error')}", host=self.host)
+        return reply
+
+    async def close(self) -> None:
+        """End the session: the helper sees EOF and exits; its tasks keep running."""
+        with contextlib.suppress(Exception):
+            if (
+                callable(getattr(self._writer, "can_write_eof", None))
+                and self._writer.can_write_eof()
+            ):
+                self._writer.write_eof()
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        if self._failure is None:
+            self._fail(ConnectionLostError(f"{self.host}: helper session closed", host=self.host))

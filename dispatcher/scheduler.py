@@ -1,0 +1,286 @@
+"""Pure placement: which pending tasks start now, where, and on which GPUs. No I/O, no clock.
+
+``plan(candidates, hosts)`` applies these rules, in this order:
+
+1. Order: priority descending, then id ascending (an id seen twice is decided once).
+2. Need: ``gpus=N`` (N >= 1) needs N free GPUs on ONE host; ``gpus=0`` needs one free slot on any
+   host that offers slots; ``gpus=None`` (the default) needs one GPU on a GPU host or, when no GPU
+   is free anywhere, one slot on a CPU-only host. Mixed pools: pass --gpus to be explicit.
+3. A GPU is free when no labtasker task holds it (reserved from launch until exit) and no foreign
+   process uses more memory on it than the host's ``max_gpu_memory_used``.
+4. Only usable hosts (connected, not suspended, enabled) whose GPUs are known take tasks. Among
+   those that fit, the host with the most free units of the needed kind wins (spreads load), then
+   the lower ``order`` (position in hosts.toml), then the name. GPUs: lowest free indices first.
+5. Greedy backfill: a task that does not fit does not block lower-priority tasks that do. The
+   trade-off: a task wanting many GPUs on one host may wait behind a stream of small ones.
+6. Impossible: no configured host could EVER take the task (more GPUs than the largest host has,
+   or no slots anywhere); decided only once every host's GPUs are known. Unusable hosts count as
+   configured: they may come back.
+7. Every other unplaced task waits with a short reason (< 200 chars), like squeue's: the busy
+   GPUs and down hosts, or "waiting for a free GPU (N tasks ahead)" when capacity existed at the
+   start of this plan but tasks ahead of it took it. Host summaries are built once per plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+#: Longest waiting or impossible reason; longer host lists are summarised.
+REASON_LIMIT = 199
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A pending task as the scheduler sees it."""
+
+    id: int
+    priority: int
+    gpus: int | None  # None = 1 GPU on a GPU host, else 1 slot; 0 = one slot; N = N GPUs
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One GPU of a host; reasons show ``foreign`` as "GPU 1: 12.3 GiB used by bob (pid 4242)"."""
+
+    index: int
+    held_by_task: int | None  # the labtasker task holding it, from launch until exit
+    foreign: str | None  # who else uses it, when its used memory is over the host's threshold
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    """What one configured host can offer right now; every configured host is passed."""
+
+    name: str
+    order: int  # position in hosts.toml
+    usable: bool  # connected, not suspended, enabled
+    unusable_reason: (
+        str | None
+    )  # "unreachable since 12:03 (connection refused)"; may start with name
+    gpus: tuple[GpuInfo, ...]  # () for a CPU-only host or while unknown
+    slots_total: int
+    slots_used: int
+    gpus_known: bool  # False while "auto" GPUs were never queried
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Start ``task_id`` on ``host`` with ``gpu_ids`` (``()`` for a slot task)."""
+
+    task_id: int
+    host: str
+    gpu_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The outcome for every candidate: placed, waiting (with why) or impossible (with why)."""
+
+    placements: tuple[Placement, ...]
+    waiting: Mapping[int, str]
+    impossible: Mapping[int, str]
+
+
+class _Host:
+    """One host's free units during a plan, and its reason texts built once from the start."""
+
+    def __init__(self, cap: HostCapacity, position: int) -> None:
+        self.name = cap.name
+        self.rank = (cap.order, cap.name, position)
+        self.known = cap.gpus_known
+        placeable = cap.usable and cap.gpus_known
+        busy: dict[int, GpuInfo] = {}
+        indices: set[int] = set()
+        for gpu in cap.gpus:  # an index listed twice is free only if every entry says so
+            indices.add(gpu.index)
+            if gpu.held_by_task is not None or gpu.foreign is not None:
+                busy.setdefault(gpu.index, gpu)
+        self.total_gpus = len(indices)
+        self.free_gpus = sorted(indices - set(busy)) if placeable else []
+        self.slots_total = cap.slots_total
+        self.free_slots = max(0, cap.slots_total - cap.slots_used) if placeable else 0
+        self.cpu_only = cap.gpus_known and not cap.gpus
+        if not cap.usable:
+            state = _clip(cap.unusable_reason or "unusable", 80)
+            if not state.startswith((f"{cap.name} ", f"{cap.name}:")):  # don't name it twice
+                state = f"{cap.name} {state}"
+            self.gpu_detail = self.gpu_short = self.slot_text = state
+        elif not cap.gpus_known:
+            self.gpu_detail = self.gpu_short = self.slot_text = f"{cap.name} not yet queried"
+        else:
+            self.slot_text = f"{cap.name} {cap.slots_used}/{cap.slots_total} slots used"
+            free = f"{len(self.free_gpus)} free" if self.free_gpus else ""
+            held = sum(1 for g in busy.values() if g.held_by_task is not None)
+            parts = [_busy_text(i, busy[i]) for i in sorted(busy)]
+            self.gpu_detail = _clip(f"{cap.name} {', '.join(p for p in [*parts, free] if p)}", 140)
+            split = [f"{held} by tasks" if held else "", f"{len(busy) - held} by others"]
+            split = [s for s in split if s and not s.startswith("0 ")]
+            self.gpu_short = f"{cap.name} {len(busy)}/{self.total_gpus} GPUs busy"
+            self.gpu_short += f" ({', '.join(split)})" if split else ""
+            self.gpu_short += f", {free}" if free else ""
+
+    def take_gpus(self, n: int) -> tuple[int, ...]:
+        taken, self.free_gpus = self.free_gpus[:n], self.free_gpus[n:]
+        return tuple(taken)
+
+
+def _busy_text(index: int, gpu: GpuInfo) -> str:
+    if gpu.held_by_task is not None:
+        return f"GPU {index} held by task {gpu.held_by_task}"
+    return f"GPU {index}: {_clip(gpu.foreign or 'busy', 60)}"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _summary(prefix: str, detail: list[str], short: list[str]) -> str:
+    """``prefix`` and per-host texts, shortened step by step to stay within REASON_LIMIT."""
+    for texts in (detail, short):
+        if len(text := prefix + "; ".join(texts)) <= REASON_LIMIT:
+            return text
+    shown: list[str] = []
+    for part in short:
+        rest = len(short) - len(shown) - 1
+        if len(prefix + "; ".join([*shown, part]) + f"; +{rest} more hosts") > REASON_LIMIT:
+            break
+        shown.append(part)
+    more = f"+{len(short) - len(shown)} more hosts"
+    return _clip(prefix + "; ".join([*shown, more]), REASON_LIMIT)
+
+
+class _Planner:
+    """The working state of one plan() call: free units, cached reasons, counts of tasks ahead."""
+
+    def __init__(self, hosts: Sequence[HostCapacity]) -> None:
+        self.hosts = sorted((_Host(h, i) for i, h in enumerate(hosts)), key=lambda h: h.rank)
+        self.gpu_hosts = [h for h in self.hosts if h.free_gpus]
+        self.slot_hosts = [h for h in self.hosts if h.free_slots]
+        self.all_known = all(h.known for h in self.hosts)
+        self.largest = max(self.hosts, key=lambda h: h.total_gpus)  # the first of equals: by rank
+        self.any_slots = any(h.slots_total > 0 for h in self.hosts)
+        self.any_cpu_slots = any(h.cpu_only and h.slots_total > 0 for h in self.hosts)
+        # Hosts not yet queried are usually "auto" GPU servers: they don't make it "GPU or slot".
+        gpu_side, cpu_side = self.largest.total_gpus > 0, self.any_cpu_slots
+        self.default_what = (
+            "GPU or slot" if gpu_side and cpu_side else "slot" if cpu_side else "GPU"
+        )
+        # Tasks already decided in this plan, by what they took or (waiting) want; "either" is a
+        # waiting default task, which competes for slots only where CPU-only hosts offer some.
+        self.ahead = {"gpu": 0, "slot": 0, "either": 0}
+        self.blocked: dict[tuple[str, int], str] = {}
+        self.refresh()
+        self.at_start = (self.max_gpus, self.max_slots, self.max_cpu_slots)
+
+    def refresh(self) -> None:
+        """Recompute the largest free counts: once per placement, never per waiting candidate."""
+        self.max_gpus = max((len(h.free_gpus) for h in self.gpu_hosts), default=0)
+        self.max_slots = max((h.free_slots for h in self.slot_hosts), default=0)
+        self.max_cpu_slots = max((h.free_slots for h in self.slot_hosts if h.cpu_only), default=0)
+
+    def place(self, task_id: int, kind: str, n: int) -> Placement | None:
+        """Take capacity for one task (rules 2 to 4), or None when nothing fits now."""
+        if kind == "default":
+            kind = "gpu" if self.max_gpus >= 1 else "cpu"
+        if kind == "gpu" and self.max_gpus >= n:
+            fits = [h for h in self.gpu_hosts if len(h.free_gpus) >= n]
+            host = min(fits, key=lambda h: (-len(h.free_gpus), h.rank))
+            placement = Placement(task_id, host.name, host.take_gpus(n))
+        elif (kind == "slot" and self.max_slots) or (kind == "cpu" and self.max_cpu_slots):
+            fits = [h for h in self.slot_hosts if h.free_slots and (kind == "slot" or h.cpu_only)]
+            host = min(fits, key=lambda h: (-h.free_slots, h.rank))
+            host.free_slots -= 1
+            placement = Placement(task_id, host.name, ())
+        else:
+            return None
+        self.refresh()
+        return placement
+
+    def impossible(self, kind: str, n: int) -> str | None:
+        """Why no configured host could ever take this need (rule 6), or None."""
+        if n < 0:
+            return f"asks for {n} GPUs; use --gpus 0 (a slot) or more"
+        if not self.all_known:
+            return None
+        big = self.largest
+        if kind == "gpu" and n > big.total_gpus:
+            if not big.total_gpus:
+                return f"needs {_plural(n, 'GPU')}; no configured host has GPUs"
+            return f"needs {n} GPUs on one host; the largest host ({big.name}) has {big.total_gpus}"
+        if kind == "slot" and not self.any_slots:
+            return "needs a slot (--gpus 0); no host offers slots: set `slots` in hosts.toml"
+        if kind == "default" and not big.total_gpus and not self.any_cpu_slots:
+            return "needs a GPU or a slot; no configured host has GPUs or slots"
+        return None
+
+    def waiting(self, kind: str, n: int) -> str:
+        """Why the task waits (rule 7). Called after place() found nothing."""
+        gpus, slots, cpu_slots = self.at_start
+        if kind == "gpu":
+            fit, what = gpus >= n, "a free GPU" if n == 1 else f"{n} free GPUs on one host"
+            ahead = self.ahead["gpu"] + self.ahead["either"]
+        elif kind == "slot":
+            fit, what = slots >= 1, "a free slot"
+            ahead = self.ahead["slot"] + self.ahead["either"] * self.any_cpu_slots
+        else:
+            fit, what = gpus >= 1 or cpu_slots >= 1, f"a free {self.default_what}"
+            ahead = sum(self.ahead.values())
+        if fit:  # there was room when this plan began: tasks ahead in this plan took it
+            return f"waiting for {what} ({_plural(ahead, 'task')} ahead)"
+        if (kind, n) not in self.blocked:
+            self.blocked[kind, n] = self._blocked(kind, n)
+        return self.blocked[kind, n]
+
+    def _blocked(self, kind: str, n: int) -> str:
+        """The start state of every host that could ever take the need, summarised."""
+        if kind == "gpu":
+            gpu = [h for h in self.hosts if not h.known or h.total_gpus >= n]
+            prefix = "no free GPU: " if n == 1 else f"needs {n} free GPUs on one host: "
+            return _summary(prefix, [h.gpu_detail for h in gpu], [h.gpu_short for h in gpu])
+        if kind == "slot":
+            texts = [h.slot_text for h in self.hosts if not h.known or h.slots_total]
+            return _summary("no free slot: ", texts, texts)
+        detail, short = [], []
+        for h in self.hosts:
+            if not h.known or h.total_gpus:
+                detail.append(h.gpu_detail)
+                short.append(h.gpu_short)
+            elif h.cpu_only and h.slots_total:
+                detail.append(h.slot_text)
+                short.append(h.slot_text)
+        return _summary(f"no free {self.default_what}: ", detail, short)
+
+
+def plan(candidates: Sequence[Candidate], hosts: Sequence[HostCapacity]) -> Plan:
+    """Decide every candidate: placed, waiting or impossible, by the rules in the module doc."""
+    if not hosts:
+        why = "no hosts configured; add one to hosts.toml"
+        return Plan((), {}, {c.id: why for c in candidates})
+    planner = _Planner(hosts)
+    placements: list[Placement] = []
+    waiting: dict[int, str] = {}
+    impossible: dict[int, str] = {}
+    decided: set[int] = set()
+    for c in sorted(candidates, key=lambda c: (-c.priority, c.id)):
+        if c.id in decided:
+            continue
+        decided.add(c.id)
+        kind = "default" if c.gpus is None else "slot" if c.gpus == 0 else "gpu"
+        n = 1 if c.gpus is None else c.gpus
+        never = planner.impossible(kind, n)
+        if never is not None:
+            impossible[c.id] = never
+            continue
+        placement = planner.place(c.id, kind, n)
+        if placement is not None:
+            placements.append(placement)
+        else:
+            waiting[c.id] = planner.waiting(kind, n)
+        taken = ("gpu" if placement.gpu_ids else "slot") if placement else kind
+        planner.ahead["either" if taken == "default" else taken] += 1
+    return Plan(tuple(placements), waiting, impossible)

@@ -1,0 +1,154 @@
+"""Rich rendering of tasks, counts and hosts. Rendering only: callers fetch the data.
+
+Columns appear only when some row needs them (no empty "GPU" column on a CPU-only setup).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from dispatcher.models import Task, TaskState
+
+if TYPE_CHECKING:
+    from dispatcher.engine import Snapshot
+
+STATE_STYLE = {
+    TaskState.PENDING: "cyan",
+    TaskState.LAUNCHING: "magenta",
+    TaskState.RUNNING: "bold blue",
+    TaskState.SUCCEEDED: "green",
+    TaskState.FAILED: "bold red",
+    TaskState.CANCELLED: "yellow",
+    TaskState.LOST: "red",
+}
+
+
+def format_duration(seconds: float | None) -> str:
+    """'4s', '3m05s', '2h03m', '3d04h'."""
+    if seconds is None:
+        return ""
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def since(t: datetime | None, now: datetime | None = None) -> float | None:
+    """Seconds from ``t`` to ``now`` (default: the current UTC time)."""
+    if t is None:
+        return None
+    now = now or datetime.now(UTC)
+    return (now - t).total_seconds()
+
+
+def compact_args(args: Mapping[str, Any], limit: int = 60) -> str:
+    """``lr=0.1 seed=2`` for a flat dict; JSON for nested values; cut at ``limit`` characters."""
+    parts = []
+    for key, value in args.items():
+        shown = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        parts.append(f"{key}={shown}")
+    text = " ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def placement(task: Task) -> str:
+    """``gpu-a:0,1`` / ``cpu-box`` / empty."""
+    if not task.host:
+        return ""
+    if task.gpu_ids:
+        return f"{task.host}:{','.join(str(i) for i in task.gpu_ids)}"
+    return task.host
+
+
+def counts_line(counts: Mapping[TaskState, int]) -> Text:
+    """'3 running · 10 pending · 40 succeeded · 1 failed' (zero counts left out)."""
+    text = Text()
+    order = [
+        TaskState.RUNNING,
+        TaskState.LAUNCHING,
+        TaskState.PENDING,
+        TaskState.SUCCEEDED,
+        TaskState.FAILED,
+        TaskState.LOST,
+        TaskState.CANCELLED,
+    ]
+    shown = [s for s in order if counts.get(s)]
+    for i, state in enumerate(shown):
+        if i:
+            text.append(" · ", style="dim")
+        text.append(f"{counts[state]} {state}", style=STATE_STYLE[state])
+    if not shown:
+        text.append("the queue is empty", style="dim")
+    return text
+
+
+def running_table(
+    tasks: Sequence[Task],
+    *,
+    now: datetime | None = None,
+    last_lines: Mapping[int, str] | None = None,
+) -> Table:
+    """The table of ``labtasker status``: what runs where, for how long, and its last words."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("id", justify="right")
+    if any(t.name for t in tasks):
+        table.add_column("name")
+    table.add_column("host")
+    if any(t.gpu_ids for t in tasks):
+        table.add_column("gpu")
+    table.add_column("elapsed", justify="right")
+    table.add_column("args", overflow="ellipsis", max_width=50)
+    lines = last_lines or {}
+    if lines:
+        table.add_column("last output", overflow="ellipsis", max_width=60, style="dim")
+    has_name = any(t.name for t in tasks)
+    has_gpu = any(t.gpu_ids for t in tasks)
+    for t in tasks:
+        row: list[RenderableType] = [str(t.id)]
+        if has_name:
+            row.append(t.name or "")
+        host = t.host or ""
+        if t.state is not TaskState.RUNNING:
+            host += f" ({t.state})"
+        row.append(host)
+        if has_gpu:
+            row.append(",".join(str(i) for i in t.gpu_ids or []))
+        row.append(format_duration(since(t.started_at, now)))
+        row.append(compact_args(t.args))
+        if lines:
+            row.append(Text(lines.get(t.id, "")))
+        table.add_row(*row)
+    return table
+
+
+def progress_panel(snapshot: Snapshot) -> RenderableType:
+    """The live view of ``labtasker dispatch``: a bar of finished/total and one line per host."""
+    from rich.progress_bar import ProgressBar
+
+    counts = snapshot.counts
+    total = sum(counts.values())
+    done = sum(
+        counts.get(s, 0) for s in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED)
+    )
+    head = Table.grid(padding=(0, 1))
+    head.add_row(
+        ProgressBar(total=max(total, 1), completed=done, width=40),
+        Text(f"{done}/{total}"),
+        counts_line(counts),
+    )
+    hosts = Table.grid(padding=(0, 2))
+    for name, desc in snapshot.hosts:
+        style = "green" if desc.startswith("up") else "yellow"
+        hosts.add_row(Text(name, style="bold"), Text(desc, style=style))
+    return Group(head, hosts)

@@ -1,0 +1,329 @@
+"""The queue store: every SQL statement on the queue file, and the one function that moves tasks.
+
+Several processes share one DuckDB file, and DuckDB lets only one process have it open. So no
+process keeps it open: each operation is one short transaction. A process holds one in-memory
+DuckDB instance; a transaction ATTACHes the file (which takes DuckDB's file lock), runs BEGIN ...
+COMMIT (ROLLBACK on error), then DETACHes it (checkpoint, lock released). An ATTACH refused because
+another process holds the file is retried with exponential backoff and jitter until the lock
+timeout (120 s; env LABTASKER_LOCK_TIMEOUT), then StoreLockedError. Guarantees: every committed
+write is durable and none is lost to a concurrent writer; a failed operation changes nothing.
+``change_token`` lets a polling reader skip the file while nobody has written it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import random
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from dispatcher import store_schema as schema
+from dispatcher.errors import StoreError, StoreLockedError, StoreVersionError, UsageError
+from dispatcher.models import NewTask, Task, TaskState
+from dispatcher.paths import ensure_private_dir, resolve_db_path
+from dispatcher.store_add import AddResult, TaskBatch, insert, stage_batch, stage_tasks
+from dispatcher.store_txn import Attempt, CancelResult, Txn
+
+__all__ = ["AddResult", "Attempt", "CancelResult", "Store", "TaskBatch", "Txn"]
+
+LOCK_TIMEOUT_ENV = "LABTASKER_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 120.0
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.002, 0.1
+# File times tick with the kernel's coarse clock; a token this fresh could miss a second write.
+_RACY_NS = 100_000_000
+_aliases = itertools.count()
+_fresh = itertools.count()
+_instance_lock = threading.Lock()
+_instance: tuple[int, duckdb.DuckDBPyConnection] | None = None
+_path_locks: dict[Path, threading.Lock] = {}
+_held = threading.local()
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    """A cursor on this process's in-memory DuckDB instance (made anew after a fork)."""
+    global _instance
+    with _instance_lock:
+        if _instance is None or _instance[0] != os.getpid():
+            _instance = (os.getpid(), duckdb.connect(":memory:"))
+        return _instance[1].cursor()
+
+
+def lock_timeout_from_env() -> float:
+    """The lock timeout in seconds from LABTASKER_LOCK_TIMEOUT, else 120."""
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UsageError(f"{LOCK_TIMEOUT_ENV}={text!r} is not a number of seconds (>= 0)")
+    return value
+
+
+class Store:
+    """The queue file at ``path``; each method (or ``transaction`` block) opens and closes it."""
+
+    path: Path
+
+    def __init__(self, path: Path, *, lock_timeout: float | None = None) -> None:
+        self.path = Path(os.path.abspath(path))
+        self.lock_timeout = lock_timeout_from_env() if lock_timeout is None else lock_timeout
+
+    @classmethod
+    def open_default(cls, db: Path | None) -> Store:
+        """The store at ``db``, else $LABTASKER_DB, else ``.labtasker/queue.duckdb`` here."""
+        path = resolve_db_path(db)
+        ensure_private_dir(path.parent)
+        return cls(path)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Txn]:
+        """Open the file (retrying while locked), BEGIN, yield, COMMIT or ROLLBACK, close."""
+        held: set[Path] = _held.__dict__.setdefault("paths", set())
+        if self.path in held:
+            raise StoreError(f"{self.path}: a transaction is already open in this thread")
+        with _instance_lock:
+            guard = _path_locks.setdefault(self.path, threading.Lock())
+        # Threads of one process share the DuckDB instance, which attaches a file only once.
+        if not guard.acquire(timeout=self.lock_timeout if self.lock_timeout > 0 else -1):
+            raise self._locked_error("another thread of this process")
+        held.add(self.path)
+        try:
+            with self._attached() as con:
+                con.execute("BEGIN")
+                try:
+                    yield Txn(con, self.path)
+                except BaseException:
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+        except duckdb.Error as err:
+            raise _store_error(self.path, err) from None
+        finally:
+            held.discard(self.path)
+            guard.release()
+
+    @contextlib.contextmanager
+    def _attached(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if not os.path.exists(self.path):
+            self._create()
+        con = _connection()
+        alias = f"labtasker_q{next(_aliases)}"
+        try:
+            self._attach(con, alias)
+            try:
+                con.execute(f"USE {alias}")
+                schema.migrate(con, alias, self.path)
+                yield con
+            finally:
+                failing = _pending_exception()
+                try:
+                    con.execute("USE memory")
+                    con.execute(f"DETACH {alias}")
+                except duckdb.Error:
+                    if not failing:
+                        raise
+        finally:
+            con.close()
+
+    def _attach(self, con: duckdb.DuckDBPyConnection, alias: str) -> None:
+        deadline = time.monotonic() + self.lock_timeout
+        delay = _BACKOFF_FIRST
+        while True:
+            try:
+                con.execute(f"ATTACH ? AS {alias}", [str(self.path)])
+                return
+            except duckdb.Error as err:
+                if not _is_lock_conflict(err):
+                    raise
+                holder = str(err)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._locked_error(_holder(holder))
+            time.sleep(min(left, random.uniform(delay / 2, delay)))
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+    def _locked_error(self, holder: str) -> StoreLockedError:
+        return StoreLockedError(
+            f"the queue file {self.path} stayed locked by {holder} for {self.lock_timeout:g} s;"
+            f" wait for it to finish, or raise {LOCK_TIMEOUT_ENV} (seconds)"
+        )
+
+    def _create(self) -> None:
+        """Make a new queue file with the schema, born private (0600), without ever showing a
+        half-made file: build it in a private temp dir, then hard-link it into place."""
+        import tempfile
+
+        parent = self.path.parent
+        try:
+            tmpdir = tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".new", dir=parent)
+        except OSError as err:
+            raise StoreError(
+                f"cannot create the queue file {self.path}: {err.strerror};"
+                " make the directory writable or choose another file with --db or LABTASKER_DB"
+            ) from None
+        tmp = Path(tmpdir) / self.path.name
+        con = _connection()
+        try:
+            con.execute("ATTACH ? AS labtasker_new", [str(tmp)])
+            con.execute("USE labtasker_new")
+            schema.migrate(con, "labtasker_new", self.path)
+            con.execute("USE memory")
+            con.execute("DETACH labtasker_new")
+            os.chmod(tmp, 0o600)
+            with contextlib.suppress(FileExistsError):  # another process made it first: use that
+                os.link(tmp, self.path)
+        except duckdb.Error as err:
+            raise _store_error(self.path, err) from None
+        except OSError as err:
+            raise StoreError(
+                f"cannot create the queue file {self.path}: {err.strerror};"
+                " choose another file with --db or LABTASKER_DB"
+            ) from None
+        finally:
+            con.close()
+            for leftover in Path(tmpdir).iterdir():
+                leftover.unlink()
+            os.rmdir(tmpdir)
+
+    def change_token(self) -> tuple[int, ...]:
+        """A cheap stat-based token that changes whenever the file is written.
+
+        Compare tokens to skip re-reading an unchanged queue. A token from a file written in the
+        last 100 ms never equals another token, since file times are too coarse to tell writes
+        that close apart.
+        """
+        parts: list[int] = []
+        for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                parts += [0, 0, 0]
+            else:
+                parts += [st.st_ino, st.st_mtime_ns, st.st_size]
+        if time.time_ns() - max(parts[1], parts[4]) < _RACY_NS:
+            parts.append(-1 - next(_fresh))
+        return tuple(parts)
+
+    # Convenience wrappers: each is one transaction.
+
+    def add(self, tasks: Sequence[NewTask], *, skip_existing: bool = False) -> AddResult:
+        """Add fully formed tasks as pending; see ``Txn.add``."""
+        staged = stage_tasks(tasks)
+        with self.transaction() as txn:
+            return insert(txn.con, staged, now=txn.now(), skip_existing=skip_existing)
+
+    def add_batch(self, batch: TaskBatch, *, skip_existing: bool = False) -> AddResult:
+        """Render ``batch`` (before taking the lock), then add it in one transaction."""
+        staged = stage_batch(batch)
+        try:
+            with self.transaction() as txn:
+                return insert(txn.con, staged, now=txn.now(), skip_existing=skip_existing)
+        finally:
+            staged.cleanup()
+
+    def tasks(
+        self,
+        *,
+        states: Iterable[TaskState] | None = None,
+        ids: Iterable[int] | None = None,
+        host: str | None = None,
+        limit: int | None = None,
+    ) -> list[Task]:
+        """Tasks matching every filter given, ordered by id."""
+        with self.transaction() as txn:
+            return txn.tasks(states=states, ids=ids, host=host, limit=limit)
+
+    def get(self, task_id: int) -> Task:
+        """One task; TaskNotFoundError if absent."""
+        with self.transaction() as txn:
+            return txn.get(task_id)
+
+    def counts(self) -> dict[TaskState, int]:
+        """How many tasks are in each state (every state present)."""
+        with self.transaction() as txn:
+            return txn.counts()
+
+    def cancel(
+        self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None
+    ) -> CancelResult:
+        """Cancel pending tasks, flag active ones for the dispatcher; see ``Txn.request_cancel``."""
+        with self.transaction() as txn:
+            return txn.request_cancel(ids, states=states)
+
+    def retry(
+        self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None
+    ) -> list[int]:
+        """Send failed, cancelled or lost tasks back to pending; see ``Txn.retry``."""
+        with self.transaction() as txn:
+            return txn.retry(ids, states=states)
+
+    def update(self, ids: Iterable[int], **changes: Any) -> list[int]:
+        """Edit pending tasks; see ``Txn.update``."""
+        with self.transaction() as txn:
+            return txn.update(ids, **changes)
+
+    def remove(
+        self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None
+    ) -> list[int]:
+        """Delete tasks that are not launching or running; see ``Txn.remove``."""
+        with self.transaction() as txn:
+            return txn.remove(ids, states=states)
+
+
+def _pending_exception() -> bool:
+    import sys
+
+    return sys.exc_info()[0] is not None
+
+
+def _is_lock_conflict(err: duckdb.Error) -> bool:
+    text = str(err)
+    return "Could not set lock" in text or "Conflicting lock" in text
+
+
+def _holder(message: str) -> str:
+    # DuckDB names the holder: "Conflicting lock is held in /usr/bin/python3 (PID 123)".
+    _, sep, rest = message.partition("Conflicting lock is held in ")
+    if not sep:
+        return "another process"
+    return "process " + rest.split(". See also", 1)[0].split(" by user", 1)[0].strip()
+
+
+def _store_error(path: Path, err: duckdb.Error) -> StoreError:
+    """Map a DuckDB error on ``path`` to labtasker's tree: the one translation boundary."""
+    text = str(err).strip()
+    if "not a valid DuckDB database file" in text:
+        return StoreError(
+            f"{path} is not a labtasker queue (the file exists but is not a DuckDB database);"
+            " move it away or choose another file with --db or LABTASKER_DB"
+        )
+    if "Permission denied" in text or "Read-only file system" in text:
+        return StoreError(
+            f"cannot write the queue file {path} or its directory (permission denied);"
+            " make them writable or choose another file with --db or LABTASKER_DB"
+        )
+    if "newer version" in text or "older version" in text or "storage version" in text:
+        return StoreVersionError(
+            f"{path} was written by an incompatible DuckDB; upgrade labtasker and duckdb ({text})"
+        )
+    return StoreError(f"queue file {path}: {text}")
+
+
+def utc_now() -> datetime:
+    """The current time, UTC, aware."""
+    return datetime.now(UTC)

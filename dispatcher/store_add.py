@@ -1,0 +1,342 @@
+"""Adding tasks in bulk: stage a batch, find duplicates in SQL, insert every row in one statement.
+
+Flat grids are rendered by DuckDB itself: Python quotes each axis value once, and a cross join of
+small per-axis tables concatenates each point's command and args JSON from those pieces, exactly
+as Python would render them. Other argument groups are rendered in Python and staged through a
+temporary CSV file. No row-by-row inserts. ``stage`` does no database access, so the store can
+render before it takes the queue file's lock.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dispatcher.errors import TaskNotFoundError, TemplateError, UsageError
+from dispatcher.models import DUPLICATE_STATES, NewTask
+from dispatcher.sweep import Grid
+from dispatcher.template import MISSING, Template, compile_template, lookup, quote_value
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_INT64 = 2**63
+_DUP_IN = ", ".join(f"'{s.value}'" for s in sorted(DUPLICATE_STATES))
+_TABLE_IDS = itertools.count()
+#: The columns every staged source selects, in this order.
+STAGE_COLUMNS = "idx, args, command, template, name, priority, max_attempts, timeout, gpus, after"
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """What an add did: the new ids (contiguous), duplicate input indexes, how many were skipped."""
+
+    ids: list[int]
+    duplicates: list[int]
+    skipped: int
+
+
+ArgGroup = Grid | Sequence[Mapping[str, Any]]
+
+
+def check_settings(
+    *, priority: int, max_attempts: int, timeout: float | None, gpus: int | None, name: str | None
+) -> None:
+    """Raise UsageError for a task setting the queue cannot hold or the dispatcher cannot honour."""
+    if not -_INT64 <= priority < _INT64:
+        raise UsageError(f"priority {priority} is out of range (64-bit integer)")
+    if not 1 <= max_attempts < 2**31:
+        raise UsageError(f"max attempts must be at least 1, got {max_attempts}")
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise UsageError(f"timeout must be a positive number of seconds, got {timeout}")
+    if gpus is not None and not 0 <= gpus < 2**31:
+        raise UsageError(f"gpus must be 0 or more, got {gpus}")
+    if name is not None and "\0" in name:
+        raise UsageError(f"task name {name!r} contains a NUL character")
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """One ``queue add``: a template, argument groups (concatenated in order), shared settings."""
+
+    template: str
+    groups: Sequence[ArgGroup] = field(default_factory=lambda: [[{}]])
+    name: str | None = None
+    priority: int = 0
+    max_attempts: int = 1
+    timeout: float | None = None
+    gpus: int | None = None
+    after: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+    def check(self) -> Template:
+        """Validate the shared settings and parse the template; UsageError/TemplateError if bad."""
+        check_settings(
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            timeout=self.timeout,
+            gpus=self.gpus,
+            name=self.name,
+        )
+        return compile_template(self.template)
+
+    def rendered(self) -> Iterator[tuple[Mapping[str, Any], str]]:
+        """Every task's (args, command) in order, rendered in Python; errors name the task."""
+        tpl = self.check()
+        total = len(self)
+        index = 0
+        for group in self.groups:
+            for args in group:
+                index += 1
+                try:
+                    yield args, tpl.render(args)
+                except TemplateError as err:
+                    raise TemplateError(f"task {index} of {total}: {err}") from None
+
+
+@dataclass
+class Staged:
+    """Tasks ready for one INSERT: a SELECT of ``STAGE_COLUMNS`` and what it reads."""
+
+    count: int
+    sql: str
+    params: list[Any]
+    after: set[int]
+    axis_tables: list[tuple[str, list[list[Any]]]] = field(default_factory=list)
+    tmpdir: tempfile.TemporaryDirectory[str] | None = None
+
+    def cleanup(self) -> None:
+        """Remove the temporary CSV, if any (idempotent)."""
+        if self.tmpdir is not None:
+            self.tmpdir.cleanup()
+            self.tmpdir = None
+
+
+def stage_batch(batch: TaskBatch) -> Staged:
+    """Render what Python must render and write it to a temporary CSV; no database access."""
+    tpl = batch.check()
+    total = len(batch)
+    selects: list[tuple[str, list[Any]]] = []
+    tables: list[tuple[str, list[list[Any]]]] = []
+    rows: list[tuple[int, str, str]] = []
+    offset = 0
+    for group in batch.groups:
+        plan = _grid_plan(tpl, group, offset) if isinstance(group, Grid) else None
+        if plan is not None:
+            tables.extend(plan[0])
+            selects.append(plan[1])
+        else:
+            for k, args in enumerate(group):
+                try:
+                    command = tpl.render(args)
+                except TemplateError as err:
+                    raise TemplateError(f"task {offset + k + 1} of {total}: {err}") from None
+                rows.append((offset + k, _encode_args(args, offset + k), command))
+        offset += len(group)
+    staged = Staged(total, "", [], set(batch.after), tables)
+    if rows:
+        staged.tmpdir = tempfile.TemporaryDirectory(prefix="labtasker-add-")
+        csv_path = Path(staged.tmpdir.name) / "tasks.csv"
+        try:
+            with open(csv_path, "w", encoding="utf-8", newline="") as f:
+                csv.writer(f).writerows(rows)
+        except UnicodeEncodeError as err:
+            staged.cleanup()
+            raise UsageError(f"a task's args or command is not valid text: {err}") from None
+        selects.append(
+            (
+                "SELECT idx, args, command FROM read_csv(?, header = false, auto_detect = false,"
+                " columns = {'idx': 'BIGINT', 'args': 'VARCHAR', 'command': 'VARCHAR'},"
+                " quote = '\"', escape = '\"', delim = ',', strict_mode = true)",
+                [str(csv_path)],
+            )
+        )
+    if not selects:
+        selects.append(("SELECT 0::BIGINT AS idx, '' AS args, '' AS command WHERE false", []))
+    staged.sql = (
+        "SELECT idx, args, command, ?::VARCHAR AS template, ?::VARCHAR AS name,"
+        " ?::BIGINT AS priority, ?::INTEGER AS max_attempts, ?::DOUBLE AS timeout,"
+        " ?::INTEGER AS gpus, ?::BIGINT[] AS after FROM ("
+        + " UNION ALL ".join(sql for sql, _ in selects)
+        + ")"
+    )
+    staged.params = [
+        batch.template,
+        batch.name,
+        batch.priority,
+        batch.max_attempts,
+        batch.timeout,
+        batch.gpus,
+        list(batch.after),
+        *(p for _, ps in selects for p in ps),
+    ]
+    return staged
+
+
+def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
+    """Stage fully formed tasks (each with its own settings) as one list-valued SELECT."""
+    cols: list[list[Any]] = [[] for _ in range(10)]
+    after: set[int] = set()
+    for k, t in enumerate(tasks):
+        check_settings(
+            priority=t.priority,
+            max_attempts=t.max_attempts,
+            timeout=t.timeout,
+            gpus=t.gpus,
+            name=t.name,
+        )
+        if "\0" in t.command or "\0" in t.template:
+            raise UsageError(f"task {k + 1}: its command contains a NUL character")
+        row = (k, _encode_args(t.args, k), t.command, t.template, t.name, t.priority,
+               t.max_attempts, t.timeout, t.gpus, list(t.after))  # fmt: skip
+        for c, value in enumerate(row):
+            cols[c].append(value)
+        after.update(t.after)
+    types = ("BIGINT", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "INTEGER", "DOUBLE",
+             "INTEGER", "BIGINT[]")  # fmt: skip
+    names = STAGE_COLUMNS.split(", ")
+    sql = "SELECT " + ", ".join(
+        f"unnest(?::{t}[]) AS {n}" for t, n in zip(types, names, strict=True)
+    )
+    return Staged(len(tasks), sql, cols, after)
+
+
+def _encode_args(args: Mapping[str, Any], index: int) -> str:
+    try:
+        return _ENCODE(args)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"task {index + 1}: args cannot be stored as JSON ({err})") from None
+
+
+def _grid_plan(
+    tpl: Template, grid: Grid, offset: int
+) -> tuple[list[tuple[str, list[list[Any]]]], tuple[str, list[Any]]] | None:
+    """SQL that renders a flat grid inside DuckDB, or None when Python must render it.
+
+    Flat: every axis key is a distinct top-level name absent from the fixed args, and every
+    placeholder names an axis key or is found in the fixed args. Each axis becomes a temporary
+    table (c0: position, c1: its JSON members, c2...: its quoted words), crossed in axis order.
+    """
+    names = [p[0] for paths, _ in grid.axes for p in paths]
+    if not grid.axes or len(grid) == 0:
+        return None
+    if any(len(p) != 1 for paths, _ in grid.axes for p in paths):
+        return None
+    if len(set(names)) != len(names) or any(n in grid.fixed for n in names):
+        return None
+    axis_of = {p[0]: a for a, (paths, _) in enumerate(grid.axes) for p in paths}
+    axis_words: list[list[str]] = [[] for _ in grid.axes]
+    words: list[str | tuple[int, int]] = []  # a constant word, or (axis, word column)
+    for key in tpl.keys:
+        if key in axis_of:
+            a = axis_of[key]
+            words.append((a, len(axis_words[a])))
+            axis_words[a].append(key)
+            continue
+        value = lookup(grid.fixed, key, tuple(key.split(".")))
+        if value is MISSING:
+            return None  # Python rendering reports the missing key with the task's number
+        words.append(_quote(key, value))
+    tables: list[tuple[str, list[list[Any]]]] = []
+    for a, (paths, rows) in enumerate(grid.axes):
+        keys = [p[0] for p in paths]
+        cols: list[list[Any]] = [list(range(len(rows))), []] + [[] for _ in axis_words[a]]
+        for row in rows:
+            point = dict(zip(keys, row, strict=True))
+            cols[1].append(_encode_args(point, offset)[1:-1])
+            for c, key in enumerate(axis_words[a]):
+                cols[2 + c].append(_quote(key, point[key]))
+        tables.append((f"labtasker_axis_{next(_TABLE_IDS)}", cols))
+    strides = [math.prod(len(r) for _, r in grid.axes[a + 1 :]) for a in range(len(grid.axes))]
+    idx_sql = " + ".join(f"ax{a}.c0 * {s}" for a, s in enumerate(strides))
+    fixed = _encode_args(grid.fixed, offset)[1:-1]
+    members = (["?"] if fixed else []) + [f"ax{a}.c1" for a in range(len(tables))]
+    params: list[Any] = [offset] + ([fixed] if fixed else [])
+    pieces: list[str] = []
+    for k, lit in enumerate(tpl.literals):
+        pieces.append("?")
+        params.append(lit)
+        if k < len(words):
+            word = words[k]
+            if isinstance(word, str):
+                pieces.append("?")
+                params.append(word)
+            else:
+                pieces.append(f"ax{word[0]}.c{2 + word[1]}")
+    json_sql = f"'{{' || concat_ws(',', {', '.join(members)}) || '}}'"
+    sql = (
+        f"SELECT ? + {idx_sql} AS idx, {json_sql} AS args, concat({', '.join(pieces)}) AS command"
+        " FROM " + ", ".join(f"temp.{name} ax{a}" for a, (name, _) in enumerate(tables))
+    )
+    return tables, (sql, params)
+
+
+def _quote(key: str, value: Any) -> str:
+    try:
+        return quote_value(value)
+    except TemplateError as err:
+        raise TemplateError(f"placeholder %{{{key}}}: {err}") from None
+
+
+def insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> AddResult:
+    """Insert staged tasks as pending, in the caller's transaction."""
+    if staged.after:
+        missing = con.execute(
+            "SELECT unnest(?::BIGINT[]) AS id EXCEPT SELECT id FROM tasks ORDER BY id",
+            [sorted(staged.after)],
+        ).fetchall()
+        if missing:
+            ids = ", ".join(str(r[0]) for r in missing)
+            raise TaskNotFoundError(
+                f"--after names task(s) {ids}, not in the queue; see `labtasker queue ls`"
+            )
+    if staged.count == 0:
+        return AddResult([], [], 0)
+    for name, cols in staged.axis_tables:
+        defs = ", ".join(
+            f"unnest(?::{'BIGINT' if c == 0 else 'VARCHAR'}[]) AS c{c}" for c in range(len(cols))
+        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {defs}", cols)
+    try:
+        return _insert(con, staged, now=now, skip_existing=skip_existing)
+    finally:
+        for name, _ in staged.axis_tables:
+            con.execute(f"DROP TABLE IF EXISTS temp.{name}")
+        con.execute("DROP TABLE IF EXISTS temp.labtasker_dups")
+
+
+def _insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> AddResult:
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE labtasker_dups AS"
+        f" SELECT s.idx FROM ({staged.sql}) s"
+        f" WHERE s.command IN (SELECT command FROM tasks WHERE state IN ({_DUP_IN}))",
+        staged.params,
+    )
+    dups = [
+        r[0] for r in con.execute("SELECT idx FROM temp.labtasker_dups ORDER BY idx").fetchall()
+    ]
+    next_id = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()[0]
+    skip = skip_existing and bool(dups)
+    if skip:
+        id_sql = "? + row_number() OVER (ORDER BY s.idx) - 1"
+        where = " WHERE s.idx NOT IN (SELECT idx FROM temp.labtasker_dups)"
+    else:
+        id_sql, where = "? + s.idx", ""
+    con.execute(
+        "INSERT INTO tasks (id, state, created_at, args, command, template, name, priority,"
+        f" max_attempts, timeout, gpus, after) SELECT {id_sql}, 'pending', ?::TIMESTAMP,"
+        " s.args, s.command, s.template, s.name, s.priority, s.max_attempts, s.timeout, s.gpus,"
+        f" s.after FROM ({staged.sql}) s{where}",
+        [next_id, now, *staged.params],
+    )
+    added = staged.count - (len(dups) if skip else 0)
+    con.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", [next_id + added])
+    return AddResult(list(range(next_id, next_id + added)), dups, len(dups) if skip else 0)

@@ -1,0 +1,288 @@
+"""The helper's run lifecycle on this machine: launch, exit events, timeouts, cancel, probe, loss."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shlex
+import signal
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.helper_harness import (
+    LocalHelper,
+    eventually,
+    gate_command,
+    live_group_members,
+    pid_running,
+)
+
+
+@pytest.fixture
+async def helper(tmp_path: Path) -> AsyncIterator[LocalHelper]:
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    (tmp_path / "home").mkdir()
+    async with LocalHelper(tmp_path / "state", env=env) as h:
+        yield h
+
+
+def log_text(report: dict[str, object]) -> str:
+    assert isinstance(report["log"], str), report
+    return base64.b64decode(report["log"]).decode()
+
+
+async def wait_ready(h: LocalHelper, run_id: str) -> None:
+    async def ready() -> bool:
+        lines = (await h.call("tail", runs=[run_id]))["lines"]
+        return lines[run_id] == "ready"
+
+    await eventually(ready, what=f"{run_id} printing ready")
+
+
+async def test_exit_event_carries_exit_code_result_and_log(helper: LocalHelper) -> None:
+    cmd = """echo "hello from $LABTASKER_RUN_ID"; printf '{"loss": 0.25}' > "$LABTASKER_RESULT" """
+    reply = await helper.launch("r1", cmd, task_id=7)
+    assert reply["status"] == "started" and reply["pid"] > 0
+    rep = await helper.wait_exit("r1")
+    assert rep["state"] == "exited"
+    assert rep["exit_code"] == 0 and rep["signal"] is None
+    assert not rep["timed_out"] and not rep["cancelled"] and rep["error"] is None
+    assert rep["result"] == {"loss": 0.25} and rep["result_error"] is None
+    assert log_text(rep) == "hello from r1\n"
+    assert rep["log_size"] == len("hello from r1\n")
+    assert rep["started_at"].endswith("Z") and rep["finished_at"] >= rep["started_at"]
+    assert rep["boot_id"] == helper.client.hello["boot_id"] if helper.client else False
+
+
+async def test_nonzero_exit_is_data_and_a_non_object_result_is_reported(
+    helper: LocalHelper,
+) -> None:
+    await helper.launch("r3", 'echo "[1, 2]" > "$LABTASKER_RESULT"; echo oops >&2; exit 3')
+    rep = await helper.wait_exit("r3")
+    assert rep["exit_code"] == 3 and rep["signal"] is None
+    assert rep["result"] is None and "not a JSON object" in rep["result_error"]
+    assert log_text(rep) == "oops\n"
+
+
+async def test_death_by_signal_gives_negative_code_and_its_name(helper: LocalHelper) -> None:
+    await helper.launch("sig", "kill -KILL $$")
+    await helper.launch("shell-style", "sh -c 'kill -KILL $$'")
+    rep = await helper.wait_exit("sig")
+    assert (rep["exit_code"], rep["signal"]) == (-9, "SIGKILL")
+    rep = await helper.wait_exit("shell-style")
+    assert (rep["exit_code"], rep["signal"]) == (128 + 9, None)
+
+
+async def test_timeout_terms_the_task(helper: LocalHelper) -> None:
+    await helper.launch("slow", "sleep 30", timeout=0.2, kill_grace=5)
+    rep = await helper.wait_exit("slow")
+    assert rep["timed_out"] and not rep["cancelled"]
+    assert (rep["exit_code"], rep["signal"]) == (-15, "SIGTERM")
+
+
+async def test_timeout_kills_a_task_that_ignores_term(helper: LocalHelper) -> None:
+    await helper.launch("stubborn", "trap '' TERM; echo ready; sleep 30", timeout=0.5, kill_grace=0.2)
+    rep = await helper.wait_exit("stubborn")
+    assert log_text(rep) == "ready\n"
+    assert rep["timed_out"]
+    assert (rep["exit_code"], rep["signal"]) == (-9, "SIGKILL")
+    assert live_group_members(helper.started("stubborn")["pgid"]) == []
+
+
+async def test_kill_cancels_the_whole_process_group(helper: LocalHelper, tmp_path: Path) -> None:
+    # The sleep is a child of bash: only a group signal reaches it.
+    await helper.launch("victim", "echo ready; sleep 30; echo not reached")
+    await wait_ready(helper, "victim")
+    started = helper.started("victim")
+    assert started["pgid"] == started["pid"] and len(live_group_members(started["pgid"])) == 2
+    assert (await helper.call("kill", run_id="victim", grace=5))["status"] == "signalled"
+    rep = await helper.wait_exit("victim")
+    assert rep["cancelled"] and not rep["timed_out"]
+    assert (rep["exit_code"], rep["signal"]) == (-15, "SIGTERM")
+    with pytest.raises(ProcessLookupError):
+        os.kill(started["pid"], 0)
+    assert live_group_members(started["pgid"]) == []
+    assert (await helper.call("kill", run_id="victim", grace=5))["status"] == "exited"
+    assert (await helper.call("kill", run_id="never", grace=5))["status"] == "absent"
+
+
+async def test_kill_uses_its_own_grace_then_sigkill(helper: LocalHelper) -> None:
+    # kill_grace 60 in the spec: only the kill request's 0.2 s grace lets this end in time.
+    await helper.launch("deaf", "trap '' TERM; echo ready; sleep 30", kill_grace=60)
+    await wait_ready(helper, "deaf")
+    await helper.call("kill", run_id="deaf", grace=0.2)
+    rep = await helper.wait_exit("deaf")
+    assert rep["cancelled"] and (rep["exit_code"], rep["signal"]) == (-9, "SIGKILL")
+
+
+async def test_probe_reports_absent_starting_running_exited_and_lost(
+    helper: LocalHelper, tmp_path: Path
+) -> None:
+    assert (await helper.probe("nothing"))["state"] == "absent"
+    gate = tmp_path / "gate"
+    await helper.launch("live", gate_command(gate))
+    await helper.launch("done", "true")
+    await helper.launch("crash", gate_command(gate))
+    running = await helper.wait_state("live", "running")
+    assert running["pid"] == helper.started("live")["pid"] and running["log"] is None
+    assert (await helper.wait_exit("done"))["state"] == "exited"
+    assert (await helper.probe("done"))["exit_code"] == 0
+
+    # A crash: the supervisor and its task die without a word.
+    crashed = (await helper.wait_state("crash", "running")) and helper.started("crash")
+    os.kill(crashed["supervisor_pid"], signal.SIGKILL)
+    os.killpg(crashed["pgid"], signal.SIGKILL)
+    lost = await helper.wait_state("crash", "lost")
+    assert "supervisor" in lost["error"] and lost["exit_code"] is None
+    assert (await helper.wait_exit("crash"))["state"] == "lost"
+
+    # A run dir with no supervisor yet is starting, and lost once it is a minute old.
+    orphan = helper.state_dir / "runs" / "orphan"
+    orphan.mkdir()
+    assert (await helper.probe("orphan"))["state"] == "starting"
+    old = time.time() - 120
+    os.utime(orphan, (old, old))
+    assert (await helper.probe("orphan"))["state"] == "lost"
+
+    gate.touch()
+    assert (await helper.wait_exit("live"))["exit_code"] == 0
+
+
+async def test_a_run_id_starts_at_most_one_process(helper: LocalHelper, tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    cmd = f"echo started >> '{count}'"
+    replies = await asyncio.gather(*(helper.launch("once", cmd) for _ in range(5)))
+    assert sorted(r["status"] for r in replies) == ["exists"] * 4 + ["started"]
+    await helper.wait_exit("once")
+    again = await helper.launch("once", cmd)
+    assert again["status"] == "exists" and again["run"]["state"] == "exited"
+    assert count.read_text() == "started\n"
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "../x", "a/b", "x" * 129, "sp ace", 5, None])
+async def test_bad_run_ids_are_refused(helper: LocalHelper, bad: object) -> None:
+    from dispatcher.errors import RemoteError
+
+    with pytest.raises(RemoteError, match="bad run_id"):
+        await helper.call("launch", run_id=bad, spec={"command": "true"})
+    assert sorted(os.listdir(helper.state_dir / "runs")) == []
+
+
+async def test_task_outlives_the_helper_and_a_new_helper_sees_its_exit(
+    tmp_path: Path,
+) -> None:
+    gate = tmp_path / "gate"
+    first = LocalHelper(tmp_path / "state")
+    await first.start()
+    await first.launch("long", gate_command(gate, "echo finished"))
+    await first.wait_state("long", "running")
+    task_pid = first.started("long")["pid"]
+    assert await first.stop() == 0  # stdin closed: the helper is gone
+    assert pid_running(task_pid)
+
+    async with LocalHelper(tmp_path / "state") as second:
+        assert (await second.probe("long"))["state"] == "running"  # and now watched
+        gate.touch()
+        rep = await second.wait_exit("long")
+        assert rep["exit_code"] == 0 and log_text(rep) == "ready\nfinished\n"
+    assert not pid_running(task_pid)
+
+
+async def test_setup_runs_first_and_its_failure_stops_the_command(
+    helper: LocalHelper, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    await helper.launch("ok", 'echo "FOO=$FOO"', setup="export FOO=bar")
+    await helper.launch("bad", f"touch '{marker}'", setup="echo preparing; false")
+    assert log_text(await helper.wait_exit("ok")) == "FOO=bar\n"
+    rep = await helper.wait_exit("bad")
+    assert rep["exit_code"] == 126
+    assert log_text(rep) == "preparing\nlabtasker: setup failed (exit 1): echo preparing; false\n"
+    assert not marker.exists()
+
+
+async def test_workdir_is_expanded_and_created_private(
+    helper: LocalHelper, tmp_path: Path
+) -> None:
+    await helper.launch("wd", "pwd", workdir="~/exp/a/b")
+    await helper.launch("abs", "pwd", workdir=str(tmp_path / "abs"))
+    made = tmp_path / "home" / "exp" / "a" / "b"
+    assert log_text(await helper.wait_exit("wd")) == f"{made}\n"
+    assert log_text(await helper.wait_exit("abs")) == f"{tmp_path / 'abs'}\n"
+    for d in (made, made.parent, made.parent.parent, tmp_path / "abs"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+
+
+async def test_an_uncreatable_workdir_is_an_error_with_exit_127(
+    helper: LocalHelper, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("")
+    await helper.launch("nowd", "echo never", workdir=str(tmp_path / "file" / "sub"))
+    rep = await helper.wait_exit("nowd")
+    assert rep["exit_code"] == 127 and "cannot create workdir" in rep["error"]
+    assert str(tmp_path / "file" / "sub") in rep["error"]
+    assert "cannot create workdir" in log_text(rep)
+
+
+async def test_env_values_arrive_intact(helper: LocalHelper) -> None:
+    env = {
+        "SPACES": "a value with  spaces ",
+        "QUOTES": "it's \"quoted\" $HOME `date` \\n",
+        "UNICODE": "naïve ✓ 数据",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    names = [*env, "LABTASKER_RUN_ID", "LABTASKER_TASK_ID"]
+    dump = (
+        "import json, os; json.dump({k: os.environ.get(k) for k in %r}, "
+        "open(os.environ['LABTASKER_RESULT'], 'w'))" % names
+    )
+    await helper.launch("env", f"{shlex.quote(sys.executable)} -c {shlex.quote(dump)}", env=env, task_id=42)
+    rep = await helper.wait_exit("env")
+    assert rep["result"] == {**env, "LABTASKER_RUN_ID": "env", "LABTASKER_TASK_ID": "42"}
+
+
+async def test_state_files_are_private(helper: LocalHelper) -> None:
+    await helper.launch("modes", "echo hi")
+    await helper.wait_exit("modes")
+    seen = 0
+    for root, dirs, files in os.walk(helper.state_dir):
+        assert stat.S_IMODE(os.stat(root).st_mode) == 0o700, root
+        for name in files:
+            assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600, name
+            seen += 1
+    assert seen >= 6  # helper copy, spec, cmd.sh, supervisor, started, exit, output
+
+
+async def test_big_logs_are_not_inline_but_readable_in_chunks(helper: LocalHelper) -> None:
+    await helper.launch("small", "head -c 60000 /dev/zero | tr '\\0' x")
+    await helper.launch("big", "head -c 200000 /dev/zero | tr '\\0' y")
+    assert log_text(await helper.wait_exit("small")) == "x" * 60000
+    rep = await helper.wait_exit("big")
+    assert rep["log"] is None and rep["log_size"] == 200000
+    data, offset = b"", 0
+    while offset < rep["log_size"]:
+        chunk = await helper.call("read", run_id="big", offset=offset, size=65536)
+        data += base64.b64decode(chunk["data"])
+        offset = len(data)
+        assert chunk["size"] == 200000
+    assert data == b"y" * 200000
+
+
+async def test_probe_of_many_runs_stays_within_the_inline_budget(helper: LocalHelper) -> None:
+    ids = [f"log{i}" for i in range(20)]
+    for run_id in ids:
+        await helper.launch(run_id, "head -c 65000 /dev/zero | tr '\\0' z")
+    for run_id in ids:
+        await helper.wait_exit(run_id)
+    reports = (await helper.call("probe", runs=ids))["runs"]
+    inline = [r for r in reports.values() if r["log"] is not None]
+    omitted = [r for r in reports.values() if r["inline_omitted"]]
+    assert 0 < len(inline) < len(ids) and len(inline) + len(omitted) == len(ids)
+    assert json.dumps(reports).__len__() < 2 * 1024 * 1024
