@@ -6,6 +6,7 @@ right now (free GPUs, a live connection) is the engine's business, not this modu
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import re
@@ -100,11 +101,6 @@ def _text(empty_ok: bool = False) -> Callable[[Any], str]:
     return check
 
 
-def _setup(v: Any) -> str | None:
-    line = _text(empty_ok=True)(v)
-    return line if line.strip() else None
-
-
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         _fail("true or false", v)
@@ -127,32 +123,21 @@ def _size(v: Any) -> int:
     return int(size)
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhd]?)+")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _duration(positive: bool) -> Callable[[Any], float]:
     what = ("a duration > 0" if positive else "a duration >= 0") + ' like 30, "30s", "10m", "2h"'
 
     def check(v: Any) -> float:
-        seconds: float | None = None
+        seconds = math.nan
         if isinstance(v, int | float) and not isinstance(v, bool):
-            try:
-                seconds = float(v)
-            except OverflowError:  # an int too large for a float
-                seconds = None
-        elif isinstance(v, str):
-            s = v.strip().lower().replace(" ", "")
-            if re.fullmatch(r"\d+(?:\.\d+)?", s):
-                seconds = float(s)
-            elif s and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", s):
-                seconds = sum(float(n) * _SECONDS[u] for n, u in _DURATION_PART.findall(s))
-        if (
-            seconds is None
-            or not math.isfinite(seconds)
-            or seconds < 0
-            or (positive and not seconds)
-        ):
+            seconds = float(v) if -1e300 < v < 1e300 else math.inf  # float(10**400) would raise
+        elif isinstance(v, str) and _DURATION.fullmatch(text := v.strip().lower().replace(" ", "")):
+            parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text)
+            seconds = sum(float(n) * _SECONDS[unit] for n, unit in parts)
+        if not (0 < seconds < math.inf or (seconds == 0 and not positive)):
             _fail(what, v)
         return seconds
 
@@ -177,7 +162,7 @@ def parse_duration(text: str | int | float) -> float:
 
 _ALIAS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,252}")
 _TARGET = re.compile(
-    r"(?:([^@\s:/]+)@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)(?::(\d{1,5}))?"
+    r"(?:([^@\s:/-][^@\s:/]*)@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)(?::(\d{1,5}))?"
 )
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -193,8 +178,11 @@ def split_ssh_target(text: str) -> tuple[str | None, str, int | None]:
 
 
 def _ssh(v: Any) -> str | bool:
-    if isinstance(v, bool) or (isinstance(v, str) and _TARGET.fullmatch(v.strip())):
-        return v.strip() if isinstance(v, str) and split_ssh_target(v) else v
+    if isinstance(v, bool):
+        return v
+    with contextlib.suppress(ConfigError):
+        if isinstance(v, str) and split_ssh_target(v):
+            return v.strip()
     _fail('false (run locally) or "[USER@]HOST[:PORT]", e.g. "alice@gpu-b:2200"', v)
 
 
@@ -204,11 +192,8 @@ def _gpus(v: Any) -> Literal["auto"] | tuple[int, ...]:
         return "auto"
     if isinstance(v, int) and not isinstance(v, bool) and v == 0:
         return ()
-    if not isinstance(v, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in v
-    ):
-        _fail(what, v)
-    if any(i < 0 for i in v) or len(set(v)) != len(v):
+    ints = isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+    if not ints or any(i < 0 for i in v) or len(set(v)) != len(v):
         _fail(what, v)
     return tuple(sorted(v))
 
@@ -255,7 +240,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "slots": (_int(0), None),  # None: follows the GPUs (HostSpec.slots_for)
     "max_gpu_memory_used": (_size, GIB),
     "workdir": (_text(), None),
-    "setup": (_setup, None),
+    "setup": (_text(empty_ok=True), None),  # "" cancels a default: becomes None
     "python": (_text(), "python3"),
     "env": (_env, {}),
     "secret_env": (_names, frozenset()),
@@ -305,7 +290,9 @@ class _Where:
 
     def error(self, table: tuple[str, ...], key: str | None, message: str) -> ConfigError:
         no = self.line(table, key)
-        scope = f"host {table[-1]}: " if table[:1] == ("hosts",) and table[1:] else ""
+        name = table[-1] if table else ""
+        name = name if _ALIAS.fullmatch(name) else _show(name)  # keep odd names on one line
+        scope = f"host {name}: " if table[:1] == ("hosts",) and table[1:] else ""
         scope = scope or (f"[{table[0]}]: " if table else "")
         loc = f"{self.path}:{no}" if no else f"{self.path}"
         return ConfigError(f"{loc}: {scope}{message}")
@@ -335,11 +322,9 @@ def _checked(table: Mapping[str, Any], where: _Where, at: tuple[str, ...]) -> di
     return out
 
 
-def _table(value: Any, where: _Where, at: tuple[str, ...], what: str) -> Mapping[Any, Any]:
+def _table(value: Any, where: _Where, at: tuple[str, ...]) -> Mapping[Any, Any]:
     if not isinstance(value, Mapping):
-        raise where.error(
-            at[:1] if at[0] != "hosts" else at, None, f"{what} must be a table, got {_show(value)}"
-        )
+        raise where.error(at, None, f"must be a table, got {_show(value)}")
     return value
 
 
@@ -352,7 +337,7 @@ def _host(name: Any, raw: Any, defaults: Mapping[str, Any], where: _Where) -> Ho
             f"name {_show(name)} is not a usable ssh alias: use letters, digits and . _ + -"
             ' (not first), no spaces; to reach user@host:port set `ssh = "user@host:port"`',
         )
-    table = _table(raw, where, at, f"host {name}")
+    table = _table(raw, where, at)
     _check_keys(table, HOST_KEYS, where, at)
     own = _checked(table, where, at)
     merged = {k: default for k, (_, default) in _KEYS.items()} | dict(defaults) | own
@@ -366,6 +351,7 @@ def _host(name: Any, raw: Any, defaults: Mapping[str, Any], where: _Where) -> Ho
         raise where.error(
             at, "ssh", "host `local` always runs on this machine; rename it to use `ssh`"
         )
+    merged["setup"] = merged["setup"] if merged["setup"] and merged["setup"].strip() else None
     slots_given = merged["slots"] is not None
     if not slots_given:
         merged["slots"] = 1 if merged["gpus"] == () else 0
@@ -384,10 +370,10 @@ def hosts_from_mapping(data: Mapping[Any, Any], path: Path, text: str | None = N
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: must be a TOML table of tables, got {_show(data)}")
     _check_keys(data, _TOP_KEYS, where, ())
-    defaults_raw = _table(data.get("defaults", {}), where, ("defaults",), "[defaults]")
+    defaults_raw = _table(data.get("defaults", {}), where, ("defaults",))
     _check_keys(defaults_raw, DEFAULTS_KEYS, where, ("defaults",))
     defaults = _checked(defaults_raw, where, ("defaults",))
-    controller = _table(data.get("controller", {}), where, ("controller",), "[controller]")
+    controller = _table(data.get("controller", {}), where, ("controller",))
     _check_keys(controller, CONTROLLER_KEYS, where, ("controller",))
     on_finish = controller.get("on_finish")
     if on_finish is not None:
@@ -395,7 +381,7 @@ def hosts_from_mapping(data: Mapping[Any, Any], path: Path, text: str | None = N
             on_finish = _text()(on_finish)
         except ConfigError as err:
             raise where.error(("controller",), "on_finish", f"`on_finish` {err}") from None
-    hosts_raw = _table(data.get("hosts", {}), where, ("hosts",), "[hosts]")
+    hosts_raw = _table(data.get("hosts", {}), where, ("hosts",))
     if not hosts_raw:
         raise ConfigError(
             f"{path}: no hosts defined; add a [hosts.NAME] table per machine (see docs/hosts.md)"

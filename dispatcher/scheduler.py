@@ -23,7 +23,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import heapq
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 #: Longest waiting or impossible reason; longer host lists are summarised.
@@ -114,8 +115,8 @@ class _Host:
             held = sum(1 for g in busy.values() if g.held_by_task is not None)
             parts = [_busy_text(i, busy[i]) for i in sorted(busy)]
             self.gpu_detail = _clip(f"{cap.name} {', '.join(p for p in [*parts, free] if p)}", 140)
-            split = [f"{held} by tasks" if held else "", f"{len(busy) - held} by others"]
-            split = [s for s in split if s and not s.startswith("0 ")]
+            others = len(busy) - held
+            split = [f"{held} by tasks"] * (held > 0) + [f"{others} by others"] * (others > 0)
             self.gpu_short = f"{cap.name} {len(busy)}/{self.total_gpus} GPUs busy"
             self.gpu_short += f" ({', '.join(split)})" if split else ""
             self.gpu_short += f", {free}" if free else ""
@@ -154,13 +155,43 @@ def _summary(prefix: str, detail: list[str], short: list[str]) -> str:
     return _clip(prefix + "; ".join([*shown, more]), REASON_LIMIT)
 
 
+class _Pool:
+    """Hosts by most free units of one kind, then rank: a heap whose stale entries are skipped.
+
+    Free units only shrink during a plan, so an entry is stale exactly when its count is higher
+    than the host's; it is re-pushed with the current count when it reaches the top.
+    """
+
+    def __init__(self, hosts: list[_Host], free: Callable[[_Host], int]) -> None:
+        self.free = free
+        self.heap = [(-free(h), h.rank, h) for h in hosts if free(h) > 0]  # ranks are unique
+        heapq.heapify(self.heap)
+
+    def best(self) -> _Host | None:
+        """The host with the most free units (then the lowest rank), or None if none is left."""
+        while self.heap:
+            count, _, host = self.heap[0]
+            now = self.free(host)
+            if -count == now:
+                return host
+            heapq.heappop(self.heap)
+            if now > 0:
+                heapq.heappush(self.heap, (-now, host.rank, host))
+        return None
+
+    def most(self) -> int:
+        host = self.best()
+        return 0 if host is None else self.free(host)
+
+
 class _Planner:
     """The working state of one plan() call: free units, cached reasons, counts of tasks ahead."""
 
     def __init__(self, hosts: Sequence[HostCapacity]) -> None:
         self.hosts = sorted((_Host(h, i) for i, h in enumerate(hosts)), key=lambda h: h.rank)
-        self.gpu_hosts = [h for h in self.hosts if h.free_gpus]
-        self.slot_hosts = [h for h in self.hosts if h.free_slots]
+        self.gpus = _Pool(self.hosts, lambda h: len(h.free_gpus))
+        self.slots = _Pool(self.hosts, lambda h: h.free_slots)
+        self.cpu_slots = _Pool(self.hosts, lambda h: h.free_slots if h.cpu_only else 0)
         self.all_known = all(h.known for h in self.hosts)
         self.largest = max(self.hosts, key=lambda h: h.total_gpus)  # the first of equals: by rank
         self.any_slots = any(h.slots_total > 0 for h in self.hosts)
@@ -174,32 +205,25 @@ class _Planner:
         # waiting default task, which competes for slots only where CPU-only hosts offer some.
         self.ahead = {"gpu": 0, "slot": 0, "either": 0}
         self.blocked: dict[tuple[str, int], str] = {}
-        self.refresh()
-        self.at_start = (self.max_gpus, self.max_slots, self.max_cpu_slots)
-
-    def refresh(self) -> None:
-        """Recompute the largest free counts: once per placement, never per waiting candidate."""
-        self.max_gpus = max((len(h.free_gpus) for h in self.gpu_hosts), default=0)
-        self.max_slots = max((h.free_slots for h in self.slot_hosts), default=0)
-        self.max_cpu_slots = max((h.free_slots for h in self.slot_hosts if h.cpu_only), default=0)
+        self.at_start = (self.gpus.most(), self.slots.most(), self.cpu_slots.most())
 
     def place(self, task_id: int, kind: str, n: int) -> Placement | None:
-        """Take capacity for one task (rules 2 to 4), or None when nothing fits now."""
+        """Take capacity for one task (rules 2 to 4), or None when nothing fits now.
+
+        The pools' best host is the rule's choice: most free units, then order. O(log hosts).
+        """
         if kind == "default":
-            kind = "gpu" if self.max_gpus >= 1 else "cpu"
-        if kind == "gpu" and self.max_gpus >= n:
-            fits = [h for h in self.gpu_hosts if len(h.free_gpus) >= n]
-            host = min(fits, key=lambda h: (-len(h.free_gpus), h.rank))
-            placement = Placement(task_id, host.name, host.take_gpus(n))
-        elif (kind == "slot" and self.max_slots) or (kind == "cpu" and self.max_cpu_slots):
-            fits = [h for h in self.slot_hosts if h.free_slots and (kind == "slot" or h.cpu_only)]
-            host = min(fits, key=lambda h: (-h.free_slots, h.rank))
-            host.free_slots -= 1
-            placement = Placement(task_id, host.name, ())
-        else:
+            kind = "gpu" if self.gpus.most() >= 1 else "cpu"
+        if kind == "gpu":
+            host = self.gpus.best()
+            if host is None or len(host.free_gpus) < n:
+                return None
+            return Placement(task_id, host.name, host.take_gpus(n))
+        host = (self.slots if kind == "slot" else self.cpu_slots).best()
+        if host is None:
             return None
-        self.refresh()
-        return placement
+        host.free_slots -= 1
+        return Placement(task_id, host.name, ())
 
     def impossible(self, kind: str, n: int) -> str | None:
         """Why no configured host could ever take this need (rule 6), or None."""

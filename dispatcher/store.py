@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
@@ -29,8 +29,10 @@ from dispatcher import store_schema as schema
 from dispatcher.errors import StoreError, StoreLockedError, StoreVersionError, UsageError
 from dispatcher.models import NewTask, Task, TaskState
 from dispatcher.paths import ensure_private_dir, resolve_db_path
-from dispatcher.store_add import AddResult, TaskBatch, insert, stage_batch, stage_tasks
 from dispatcher.store_txn import Attempt, CancelResult, Txn
+
+if TYPE_CHECKING:
+    from dispatcher.store_add import AddResult, TaskBatch
 
 __all__ = ["AddResult", "Attempt", "CancelResult", "Store", "TaskBatch", "Txn"]
 
@@ -223,12 +225,16 @@ class Store:
 
     def add(self, tasks: Sequence[NewTask], *, skip_existing: bool = False) -> AddResult:
         """Add fully formed tasks as pending; see ``Txn.add``."""
+        from dispatcher.store_add import insert, stage_tasks
+
         staged = stage_tasks(tasks)
         with self.transaction() as txn:
             return insert(txn.con, staged, now=txn.now(), skip_existing=skip_existing)
 
     def add_batch(self, batch: TaskBatch, *, skip_existing: bool = False) -> AddResult:
         """Render ``batch`` (before taking the lock), then add it in one transaction."""
+        from dispatcher.store_add import insert, stage_batch
+
         staged = stage_batch(batch)
         try:
             with self.transaction() as txn:
@@ -283,6 +289,15 @@ class Store:
         """Delete tasks that are not launching or running; see ``Txn.remove``."""
         with self.transaction() as txn:
             return txn.remove(ids, states=states)
+
+
+def __getattr__(name: str) -> Any:
+    # AddResult and TaskBatch load with the add machinery, which read-only commands never need.
+    if name in ("AddResult", "TaskBatch"):
+        from dispatcher import store_add
+
+        return getattr(store_add, name)
+    raise AttributeError(name)
 
 
 def _pending_exception() -> bool:

@@ -9,16 +9,17 @@ render before it takes the queue file's lock.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tempfile import TemporaryDirectory
 
 from dispatcher.errors import TaskNotFoundError, TemplateError, UsageError
 from dispatcher.models import DUPLICATE_STATES, NewTask
@@ -29,6 +30,8 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=
 _INT64 = 2**63
 _DUP_IN = ", ".join(f"'{s.value}'" for s in sorted(DUPLICATE_STATES))
 _TABLE_IDS = itertools.count()
+#: Python-rendered batches larger than this go to DuckDB through a temporary CSV file.
+_CSV_ROWS = 2000
 #: The columns every staged source selects, in this order.
 STAGE_COLUMNS = "idx, args, command, template, name, priority, max_attempts, timeout, gpus, after"
 
@@ -111,7 +114,7 @@ class Staged:
     params: list[Any]
     after: set[int]
     axis_tables: list[tuple[str, list[list[Any]]]] = field(default_factory=list)
-    tmpdir: tempfile.TemporaryDirectory[str] | None = None
+    tmpdir: TemporaryDirectory[str] | None = None
 
     def cleanup(self) -> None:
         """Remove the temporary CSV, if any (idempotent)."""
@@ -139,24 +142,25 @@ def stage_batch(batch: TaskBatch) -> Staged:
                     command = tpl.render(args)
                 except TemplateError as err:
                     raise TemplateError(f"task {offset + k + 1} of {total}: {err}") from None
-                rows.append((offset + k, _encode_args(args, offset + k), command))
+                rows.append(
+                    (
+                        offset + k,
+                        _text(_encode_args(args, offset + k), offset + k),
+                        _text(command, offset + k),
+                    )
+                )
         offset += len(group)
     staged = Staged(total, "", [], set(batch.after), tables)
-    if rows:
-        staged.tmpdir = tempfile.TemporaryDirectory(prefix="labtasker-add-")
-        csv_path = Path(staged.tmpdir.name) / "tasks.csv"
-        try:
-            with open(csv_path, "w", encoding="utf-8", newline="") as f:
-                csv.writer(f).writerows(rows)
-        except UnicodeEncodeError as err:
-            staged.cleanup()
-            raise UsageError(f"a task's args or command is not valid text: {err}") from None
+    if len(rows) > _CSV_ROWS:
+        selects.append(_csv_select(staged, rows))
+    elif rows:
+        # Few rows: list parameters beat a temporary file.
+        idx, args, commands = (list(c) for c in zip(*rows, strict=True))
         selects.append(
             (
-                "SELECT idx, args, command FROM read_csv(?, header = false, auto_detect = false,"
-                " columns = {'idx': 'BIGINT', 'args': 'VARCHAR', 'command': 'VARCHAR'},"
-                " quote = '\"', escape = '\"', delim = ',', strict_mode = true)",
-                [str(csv_path)],
+                "SELECT unnest(?::BIGINT[]) AS idx, unnest(?::VARCHAR[]) AS args,"
+                " unnest(?::VARCHAR[]) AS command",
+                [idx, args, commands],
             )
         )
     if not selects:
@@ -179,6 +183,24 @@ def stage_batch(batch: TaskBatch) -> Staged:
         *(p for _, ps in selects for p in ps),
     ]
     return staged
+
+
+def _csv_select(staged: Staged, rows: list[tuple[int, str, str]]) -> tuple[str, list[Any]]:
+    import csv
+    import tempfile
+
+    staged.tmpdir = tempfile.TemporaryDirectory(prefix="labtasker-add-")
+    csv_path = Path(staged.tmpdir.name) / "tasks.csv"
+    # Every field quoted and one newline convention, so any text (CR, LF, "", commas) round-trips.
+    with open(csv_path, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL).writerows(rows)
+    return (
+        "SELECT idx, args, command FROM read_csv(?, header = false, auto_detect = false,"
+        " columns = {'idx': 'BIGINT', 'args': 'VARCHAR', 'command': 'VARCHAR'},"
+        " quote = '\"', escape = '\"', delim = ',', new_line = '\\n',"
+        " allow_quoted_nulls = false, strict_mode = true)",
+        [str(csv_path)],
+    )
 
 
 def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
@@ -207,6 +229,17 @@ def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
         f"unnest(?::{t}[]) AS {n}" for t, n in zip(types, names, strict=True)
     )
     return Staged(len(tasks), sql, cols, after)
+
+
+def _text(text: str, index: int) -> str:
+    """``text`` if it can be stored (UTF-8); command lines can carry undecodable bytes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"task {index + 1}: its args or command hold bytes that are not valid UTF-8 text"
+        ) from None
+    return text
 
 
 def _encode_args(args: Mapping[str, Any], index: int) -> str:
@@ -244,24 +277,25 @@ def _grid_plan(
         value = lookup(grid.fixed, key, tuple(key.split(".")))
         if value is MISSING:
             return None  # Python rendering reports the missing key with the task's number
-        words.append(_quote(key, value))
+        words.append(_text(_quote(key, value), offset))
     tables: list[tuple[str, list[list[Any]]]] = []
     for a, (paths, rows) in enumerate(grid.axes):
         keys = [p[0] for p in paths]
         cols: list[list[Any]] = [list(range(len(rows))), []] + [[] for _ in axis_words[a]]
         for row in rows:
             point = dict(zip(keys, row, strict=True))
-            cols[1].append(_encode_args(point, offset)[1:-1])
+            cols[1].append(_text(_encode_args(point, offset)[1:-1], offset))
             for c, key in enumerate(axis_words[a]):
-                cols[2 + c].append(_quote(key, point[key]))
+                cols[2 + c].append(_text(_quote(key, point[key]), offset))
         tables.append((f"labtasker_axis_{next(_TABLE_IDS)}", cols))
     strides = [math.prod(len(r) for _, r in grid.axes[a + 1 :]) for a in range(len(grid.axes))]
     idx_sql = " + ".join(f"ax{a}.c0 * {s}" for a, s in enumerate(strides))
-    fixed = _encode_args(grid.fixed, offset)[1:-1]
+    fixed = _text(_encode_args(grid.fixed, offset)[1:-1], offset)
     members = (["?"] if fixed else []) + [f"ax{a}.c1" for a in range(len(tables))]
     params: list[Any] = [offset] + ([fixed] if fixed else [])
     pieces: list[str] = []
     for k, lit in enumerate(tpl.literals):
+        _text(lit, offset)
         pieces.append("?")
         params.append(lit)
         if k < len(words):
@@ -310,24 +344,30 @@ def insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> A
     finally:
         for name, _ in staged.axis_tables:
             con.execute(f"DROP TABLE IF EXISTS temp.{name}")
-        con.execute("DROP TABLE IF EXISTS temp.labtasker_dups")
 
 
 def _insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> AddResult:
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE labtasker_dups AS"
-        f" SELECT s.idx FROM ({staged.sql}) s"
-        f" WHERE s.command IN (SELECT command FROM tasks WHERE state IN ({_DUP_IN}))",
-        staged.params,
-    )
+    existing = f"SELECT command FROM tasks WHERE state IN ({_DUP_IN})"
     dups = [
-        r[0] for r in con.execute("SELECT idx FROM temp.labtasker_dups ORDER BY idx").fetchall()
+        r[0]
+        for r in con.execute(
+            f"SELECT s.idx FROM ({staged.sql}) s WHERE s.command IN ({existing}) ORDER BY s.idx",
+            staged.params,
+        ).fetchall()
     ]
-    next_id = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()[0]
     skip = skip_existing and bool(dups)
+    added = staged.count - (len(dups) if skip else 0)
+    next_id = (
+        con.execute(
+            "UPDATE meta SET value = value + ? WHERE key = 'next_id' RETURNING value", [added]
+        ).fetchone()[0]
+        - added
+    )
     if skip:
+        # The anti-join reads the table as it was before this statement's own rows went in, so
+        # repeats inside one batch are all added, as without --skip-existing.
         id_sql = "? + row_number() OVER (ORDER BY s.idx) - 1"
-        where = " WHERE s.idx NOT IN (SELECT idx FROM temp.labtasker_dups)"
+        where = f" WHERE s.command NOT IN ({existing})"
     else:
         id_sql, where = "? + s.idx", ""
     con.execute(
@@ -337,6 +377,4 @@ def _insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> 
         f" s.after FROM ({staged.sql}) s{where}",
         [next_id, now, *staged.params],
     )
-    added = staged.count - (len(dups) if skip else 0)
-    con.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", [next_id + added])
     return AddResult(list(range(next_id, next_id + added)), dups, len(dups) if skip else 0)

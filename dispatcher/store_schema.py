@@ -82,14 +82,14 @@ TASK_COLUMNS = (
 
 def schema_version(con: Any, alias: str, path: Path) -> int:
     """The file's schema version; 0 for an empty database; StoreError for a foreign one."""
-    has_meta = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'meta'",
-        [alias],
-    ).fetchone()[0]
-    if has_meta:
+    import duckdb
+
+    try:
         row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is not None:
-            return int(row[0])
+    except duckdb.CatalogException:
+        row = None  # no meta table: an empty file, or somebody else's database
+    if row is not None:
+        return int(row[0])
     others = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE database_name = ?", [alias]
     ).fetchone()[0]

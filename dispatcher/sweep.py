@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,6 +173,8 @@ class SweepFile:
 
 def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
     """Parse a TOML sweep file (see docs/queue.md); errors name ``source`` and the key."""
+    import tomllib  # only `queue add --file x.toml` needs it
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

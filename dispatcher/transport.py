@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, Self
 
 from dispatcher.errors import (
     AuthError,
@@ -70,7 +70,8 @@ class Process(Protocol):
         ...
 
     def kill(self) -> None:
-        """Stop the process (best effort) and close our end; ``wait`` then returns promptly."""
+        """Send KILL, and EOF to stdin. A server may refuse signals (sshd does for root): the
+        process then ends when it reads that EOF, or when the connection closes."""
         ...
 
 
@@ -213,8 +214,8 @@ def map_ssh_error(
             f"({why}); check HostName, Port and ProxyJump for {name} in {ep.config_label}",
             host=name,
         )
-    if not isinstance(exc, asyncssh.DisconnectError | OSError | EOFError):
-        return None
+    if not isinstance(exc, asyncssh.Error | OSError | EOFError):
+        return None  # not the network's: a bug, left to show its traceback
     if connected:
         return ConnectionLostError(
             f"{at}: connection lost ({why}); check the host with `ssh {ep.ssh_args} true`; "
@@ -336,7 +337,7 @@ class _Transport:
     async def close(self) -> None:
         raise NotImplementedError
 
-    async def __aenter__(self) -> _Transport:
+    async def __aenter__(self) -> Self:
         await self.connect()
         return self
 
@@ -415,6 +416,7 @@ class SSHTransport(_Transport):
             connect_timeout=options.connect_timeout,
         )
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._client: Any = None  # the asyncssh client object of ``_conn``
         self._lost: Exception | None = None
         self._lock = asyncio.Lock()
         self._procs = []
@@ -430,7 +432,6 @@ class SSHTransport(_Transport):
             if not self.connected:
                 await self._drop()
                 self._conn = await self._open()
-                self._lost = None
 
     async def _open(self) -> asyncssh.SSHClientConnection:
         import asyncssh
@@ -463,15 +464,18 @@ class SSHTransport(_Transport):
             ep = self.endpoint
             _raise_mapped(exc, lambda e: map_ssh_error(e, ep, connected=False,
                                                        host_key_known=verdict))  # fmt: skip
+        self._client, self._lost = client, None  # from here on, its loss is reported
         if client.accepted:
             try:
                 await asyncio.to_thread(_record_host_key, client.accepted, self.endpoint)
             except OSError as exc:
+                self._client = None
                 conn.close()
+                await conn.wait_closed()
                 raise HostKeyError(
                     f"{self.name}: cannot record its new host key in "
                     f"{self.endpoint.known_hosts_path} ({_detail(exc)}); fix that file's "
-                    "permissions or add the key with `ssh {self.endpoint.ssh_args}`",
+                    f"permissions or add the key with `ssh {self.endpoint.ssh_args}`",
                     host=self.name,
                 ) from exc
         return conn
@@ -519,16 +523,17 @@ class SSHTransport(_Transport):
 
         def stop() -> None:
             with contextlib.suppress(OSError):
-                raw.kill()  # servers may refuse signals (root logins); closing ends ours anyway
-            raw.close()
+                raw.stdin.write_eof()  # a program reading stdin ends even if the signal is refused
+            _signal_until_gone(raw, 0.05)
 
         return self._track(_Proc(raw, self._map_session_error, stop))
 
-    def _connection_lost(self, exc: Exception | None) -> None:
-        self._lost = exc or ConnectionResetError("connection closed")
+    def _connection_lost(self, client: Any, exc: Exception | None) -> None:
+        if client is self._client:  # not a connection we dropped or never finished opening
+            self._lost = exc or ConnectionResetError("connection closed")
 
     async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._client = self._conn, None, None
         if conn is not None:
             conn.close()
             with contextlib.suppress(Exception):
@@ -540,6 +545,20 @@ class SSHTransport(_Transport):
         async with self._lock:
             await self._drop()
             self._lost = None
+
+
+def _signal_until_gone(raw: Any, delay: float) -> None:
+    """Send KILL, again after ``delay`` s (doubling) while the process lives: sshd signals the
+    session's process group, which does not exist yet if the signal beats its setsid()."""
+    if raw.returncode is not None:
+        return
+    try:
+        raw.kill()
+    except OSError:
+        return  # the channel is gone: so is anything to stop
+    if delay < 2:
+        with contextlib.suppress(RuntimeError):  # no running loop: one try is all we can do
+            asyncio.get_running_loop().call_later(delay, _signal_until_gone, raw, delay * 2)
 
 
 def _read_known_hosts(files: Sequence[str]) -> asyncssh.SSHKnownHosts:
@@ -606,7 +625,7 @@ def _client_class() -> type[Any]:
             return True
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self.owner._connection_lost(exc)
+            self.owner._connection_lost(self, exc)
 
     return Client
 

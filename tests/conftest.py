@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sshd import SshdHosts, sshd_binary
+
+from tests.sshd import SshdHosts, sshd_binary
 
 # -- environment -----------------------------------------------------------------------------
 

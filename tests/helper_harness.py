@@ -105,9 +105,13 @@ class LocalHelper:
         for started in self.state_dir.glob("runs/*/started.json"):
             if (started.parent / "exit.json").exists():
                 continue
-            info = json.loads(started.read_text())
+            pgid = json.loads(started.read_text()).get("pgid")
+            # Only a task's own session: never this process's group, never a made-up number.
+            # (killpg(1) would be kill(-1): every process on the machine.)
+            mine = isinstance(pgid, int) and pgid > 1 and pgid != os.getpgrp()
             with contextlib.suppress(OSError):
-                os.killpg(info["pgid"], signal.SIGKILL)
+                if mine and os.getsid(pgid) == pgid:
+                    os.killpg(pgid, signal.SIGKILL)
 
     async def stop(self) -> int | None:
         """Close the session (the helper sees EOF) and reap the process; returns its exit code."""
@@ -288,7 +292,11 @@ def find_python(version: str) -> str | None:
             continue
         try:
             out = subprocess.run(
-                [exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.executable)"],
+                [
+                    exe,
+                    "-c",
+                    "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.executable)",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=20,

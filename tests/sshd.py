@@ -245,7 +245,7 @@ class SshdHost:
 
     alias: str
     address: str
-    user: User
+    account: User
     dir: Path
     gpus: int | None  # None: no nvidia-smi at all (a CPU-only host)
     client_key: Path
@@ -262,8 +262,17 @@ class SshdHost:
     _keeper: subprocess.Popen[bytes] | None = None
 
     @property
+    def user(self) -> str:
+        """The user name this host logs in as."""
+        return self.account.name
+
+    @property
+    def uid(self) -> int:
+        return self.account.uid
+
+    @property
     def home(self) -> Path:
-        return self.user.home
+        return self.account.home
 
     @property
     def sshd_pid(self) -> int | None:
@@ -327,6 +336,7 @@ class SshdHost:
             "PrintLastLog": "no",
             "SetEnv": f"PATH={self.fake_bin}:/usr/local/bin:/usr/bin:/bin",
             "AcceptEnv": "LABTASKER_*",
+            "AllowUsers": self.user,  # AuthorizedKeysFile is one file for every user
         }
         self.config_path.write_text("".join(f"{k} {v}\n" for k, v in settings.items()))
 
@@ -343,6 +353,9 @@ class SshdHost:
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                 start_new_session=True,  # a Ctrl-C aimed at pytest must not kill the hosts first
             )  # fmt: skip
+
+    def started(self) -> None:
+        """Wait for the keeper to report the listener it started."""
         self.listener_pid = self._ask("")
 
     def _ask(self, command: str) -> int | None:
@@ -364,10 +377,11 @@ class SshdHost:
             "-o", f"UserKnownHostsFile={self.known_hosts_direct}",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5",
             "-o", "KexAlgorithms=curve25519-sha256",  # the default post-quantum kex costs 100 ms
-            f"{self.user.name}@{self.address}", command,
+            f"{self.user}@{self.address}", command,
         ]  # fmt: skip
 
-    def _listening(self) -> bool:
+    def listening(self) -> bool:
+        """Whether sshd accepts TCP connections (raises if it exited)."""
         if self.listener_pid is None or not _alive(self.listener_pid):
             raise RuntimeError(f"{self.alias}: sshd exited; log:\n{self.log_text()[-3000:]}")
         with socket.socket() as s:
@@ -375,15 +389,7 @@ class SshdHost:
 
     def wait_ready(self) -> None:
         """Return once a real login succeeds (retried until the deadline)."""
-        poll(self._listening, f"{self.alias}: sshd listening on {self.address}:{self.port}")
-        env = {**os.environ, "HOME": str(self.dir)}
-        env.pop("SSH_AUTH_SOCK", None)
-
-        def login() -> bool:
-            done = subprocess.run(self.login_argv(), env=env, capture_output=True, check=False)
-            return done.returncode == 0
-
-        poll(login, f"{self.alias}: login as {self.user.name}@{self.address}:{self.port}")
+        wait_ready([self])
 
     def close(self) -> None:
         """Stop the keeper: it kills every process of this host first."""
@@ -409,7 +415,7 @@ class SshdHost:
 
     def connection_pids(self, *, monitors: bool = False) -> list[int]:
         """The per-connection ``sshd: USER@notty`` processes (with ``[priv]`` ones if asked)."""
-        me = f"sshd: {self.user.name}"
+        me = f"sshd: {self.user}"
         return [
             p.pid
             for p in self.processes()
@@ -429,7 +435,7 @@ class SshdHost:
     def start_listener(self) -> None:
         """Start sshd again with the same config, port and keys; returns once logins work."""
         self.listener_pid = self._ask("start")
-        self.wait_ready()
+        wait_ready([self])
 
     def kill_connections(self) -> list[int]:
         """Kill this host's established connections (remote commands keep running)."""
@@ -458,7 +464,7 @@ class SshdHost:
     def kill_user_processes(self) -> list[int]:
         """Kill every process of this host's user on this host (a crash, as sessions see it)."""
         spare = {self.listener_pid}
-        pids = [p.pid for p in self.processes() if p.uid == self.user.uid and p.pid not in spare]
+        pids = [p.pid for p in self.processes() if p.uid == self.uid and p.pid not in spare]
         self._signal(pids, signal.SIGKILL)
         poll(lambda: not any(map(_alive, pids)), f"{self.alias}: user processes gone")
         return pids
@@ -512,6 +518,28 @@ class SshdHost:
             self.reset_gpus()
 
 
+def wait_ready(hosts: Sequence[SshdHost]) -> None:
+    """Return once a real login to each host succeeds (logins run concurrently, retried)."""
+    for host in hosts:
+        poll(host.listening, f"{host.alias}: sshd listening on {host.address}:{host.port}")
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    pending, errors = list(hosts), dict[str, str]()
+
+    def logins() -> bool:
+        runs = [(h, subprocess.Popen(h.login_argv(), env={**env, "HOME": str(h.dir)},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                for h in pending]  # fmt: skip
+        errors.update((h.alias, run.communicate()[1].decode()) for h, run in runs)
+        pending[:] = [h for h, run in runs if run.returncode]
+        return not pending
+
+    try:
+        poll(logins, "logins")
+    except AssertionError:
+        failed = "\n".join(f"{h.alias}: {errors[h.alias]}{h.log_text()[-2000:]}" for h in pending)
+        raise RuntimeError(f"no login to {[h.alias for h in pending]}:\n{failed}") from None
+
+
 # -- users ---------------------------------------------------------------------------------------
 
 
@@ -559,6 +587,11 @@ def remove_stale_dirs() -> None:
         pid = path.name[len(DIR_PREFIX) :].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _can_unshare() -> bool:
+    """Whether this machine lets root make private mount namespaces (containers may not)."""
+    return _run(["unshare", "--mount", "--propagation", "private", "true"]).returncode == 0
 
 
 def current_user() -> User:
@@ -615,47 +648,45 @@ class SshdHosts:
         base.chmod(0o755)
         tag = secrets.token_hex(2)
         users: dict[str, User] = {}
-        self = cls(base, {}, [])
+        hosts = cls(base, {}, [])
         try:
             for letter in dict.fromkeys(p.user for p in plans):
                 name = f"lt-{tag}-{letter}"
                 users[letter] = create_user(name) if root else current_user()
-                self.created_users += [name] if root else []
+                hosts.created_users += [name] if root else []
             keygen = [
                 subprocess.Popen(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
-                                  "labtasker-tests", "-f", self.client_key])
+                                  "labtasker-tests", "-f", hosts.client_key])
             ]  # fmt: skip
             keygen[0].wait()
-            unshare = (
-                root
-                and not _run(["unshare", "--mount", "--propagation", "private", "true"]).returncode
-            )
+            unshare = root and _can_unshare()
             for number, plan in enumerate(plans, start=2):
-                self.hosts[plan.alias] = SshdHost(
+                hosts.hosts[plan.alias] = SshdHost(
                     alias=plan.alias,
                     address=f"127.0.0.{number}",
-                    user=users[plan.user],
+                    account=users[plan.user],
                     dir=base / plan.alias,
                     gpus=plan.gpus,
-                    client_key=self.client_key,
+                    client_key=hosts.client_key,
                     known_hosts_direct=base / "known_hosts",
                     proxy_jump=plan.proxy_jump,
                 )
-            keygen += [host.prepare() for host in self]
+            keygen += [host.prepare() for host in hosts]
             if any(p.wait() for p in keygen):
                 raise RuntimeError("ssh-keygen failed")
-            self._plan_jumps(unshare)
-            for host in self:
+            hosts._plan_jumps(unshare)
+            for host in hosts:
                 host.launch(sshd, unshare)
+            for host in hosts:
+                host.started()
             (base / "known_hosts").write_text(
-                "".join(f"[{h.address}]:{h.port} {h.host_key}\n" for h in self)
+                "".join(f"[{h.address}]:{h.port} {h.host_key}\n" for h in hosts)
             )
-            for host in self:
-                host.wait_ready()
+            wait_ready(list(hosts))
         except BaseException:
-            self.close()
+            hosts.close()
             raise
-        return self
+        return hosts
 
     def _plan_jumps(self, unshare: bool) -> None:
         # With a mount namespace, the jump host gets its own /etc/hosts naming `behind`: only a
@@ -698,7 +729,7 @@ class SshdHosts:
                 f"Host {h.alias}",
                 f"    HostName {h.hostname}",
                 f"    Port {h.port}",
-                f"    User {h.user.name}",
+                f"    User {h.user}",
                 f"    IdentityFile {self.client_key}",
                 "    IdentitiesOnly yes",
                 f"    UserKnownHostsFile {known_hosts}",

@@ -1,1 +1,427 @@
-"""``labtasker queue ...``: add, ls, cancel, retry, update, rm. (being written)"""
+"""``labtasker queue ...``: add, ls, cancel, retry, update, rm. Parse, call the store, print.
+
+Command bodies import the store (and so duckdb) lazily, keeping ``labtasker --help`` fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from dispatcher.cli import app, db_option, fail
+from dispatcher.errors import DispatcherError, SweepError, UsageError
+from dispatcher.models import TaskState, parse_state
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from dispatcher.models import Task
+    from dispatcher.store import Store, TaskBatch
+
+queue_app = typer.Typer(
+    name="queue",
+    help="Add, list, cancel, retry, update and remove tasks.",
+    no_args_is_help=True,
+)
+app.add_typer(queue_app, name="queue")
+
+StateOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--state", "-s", help="Only tasks in this state (repeatable).", show_default=False
+    ),
+]
+IdsArgument = Annotated[list[int] | None, typer.Argument(help="Task ids.", show_default=False)]
+#: Rows the ``ls`` table shows unless --limit says otherwise.
+LS_DEFAULT_LIMIT = 200
+_JSON_PAGE = 10_000
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    # main() catches these too; catching here also covers direct app() calls (tests, embedding).
+    try:
+        yield
+    except DispatcherError as err:
+        fail(err)
+
+
+def _store(ctx: typer.Context) -> Store:
+    from dispatcher.store import Store
+
+    return Store.open_default(db_option(ctx))
+
+
+def _states(values: Sequence[str] | None) -> list[TaskState] | None:
+    return None if not values else [parse_state(v) for v in values]
+
+
+def _out(text: str) -> None:
+    from rich.console import Console
+
+    Console(highlight=False, soft_wrap=True).print(text)
+
+
+def _note(text: str, style: str = "yellow") -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[{style}]{escape(text)}[/]")
+
+
+def id_ranges(ids: Sequence[int], limit: int = 8) -> str:
+    """``1-12, 15, 20-21``: sorted ids as ranges, at most ``limit`` ranges, then "…"."""
+    ranges: list[tuple[int, int]] = []
+    for i in sorted(ids):
+        if ranges and i == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], i)
+        else:
+            ranges.append((i, i))
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[:limit]]
+    return ", ".join(parts) + (", …" if len(ranges) > limit else "")
+
+
+def _tasks_word(n: int) -> str:
+    return f"{n} task" if n == 1 else f"{n} tasks"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise SweepError(f"cannot read {path}: {why}") from None
+
+
+def build_batch(
+    *,
+    cmd: str | None,
+    words: Sequence[str],
+    args_json: Sequence[str],
+    grid: Sequence[str],
+    file: Path | None,
+    name: str | None,
+    priority: int | None,
+    max_attempts: int | None,
+    timeout: float | None,
+    gpus: int | None,
+    after: Sequence[int],
+) -> TaskBatch:
+    """Turn ``queue add`` options into a batch: --args tasks, then the grid, then the file."""
+    from dispatcher.store import TaskBatch
+    from dispatcher.sweep import (
+        SweepFile,
+        grid_from_items,
+        parse_args_json,
+        parse_jsonl,
+        parse_sweep_toml,
+    )
+    from dispatcher.template import join_words
+
+    if cmd is not None and words:
+        raise UsageError("give the command once: either --cmd TEXT or words after --")
+    template = cmd if cmd is not None else (join_words(words) if words else None)
+    groups: list[Any] = []
+    if args_json:
+        groups.append([parse_args_json(a) for a in args_json])
+    if grid:
+        groups.append(grid_from_items(grid))
+    sweep = SweepFile(grid=grid_from_items([]))
+    if file is not None:
+        text = _read(file)
+        suffix = file.suffix.lower()
+        if suffix == ".toml":
+            sweep = parse_sweep_toml(text, source=str(file))
+            groups.append(sweep.grid)
+        elif suffix in (".jsonl", ".json"):
+            groups.append(parse_jsonl(text, source=str(file)))
+        else:
+            raise SweepError(
+                f"{file}: unknown file type; use .jsonl/.json (one object a line) or .toml"
+            )
+    if template is None:
+        template = sweep.command
+    if template is None:
+        raise UsageError("no command given: use --cmd TEXT, or put the command after --")
+    if not template.strip():
+        raise UsageError("the command is empty")
+    if not groups:
+        groups.append([{}])
+
+    def pick(flag: Any, from_file: Any, default: Any) -> Any:
+        return flag if flag is not None else (from_file if from_file is not None else default)
+
+    return TaskBatch(
+        template=template,
+        groups=groups,
+        name=pick(name, sweep.name, None),
+        priority=pick(priority, sweep.priority, 0),
+        max_attempts=pick(max_attempts, sweep.max_attempts, 1),
+        timeout=pick(timeout, sweep.timeout, None),
+        gpus=pick(gpus, sweep.gpus, None),
+        after=tuple(after),
+    )
+
+
+@queue_app.command("add")
+def add(
+    ctx: typer.Context,
+    words: Annotated[
+        list[str] | None,
+        typer.Argument(help="The command as words, after --; %{key} placeholders stay live."),
+    ] = None,
+    cmd: Annotated[str | None, typer.Option("--cmd", help="The command template.")] = None,
+    args_json: Annotated[
+        list[str] | None, typer.Option("--args", help="One task's args as a JSON object.")
+    ] = None,
+    grid: Annotated[
+        list[str] | None, typer.Option("--grid", help="KEY=V1,V2,...; several are crossed.")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="A .jsonl (one object a line) or .toml sweep.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A name for these tasks.")] = None,
+    priority: Annotated[int | None, typer.Option(help="Higher runs first [default: 0].")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="Attempts per task [default: 1].")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds before a run is killed.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs each task needs.")] = None,
+    after: Annotated[
+        list[int] | None, typer.Option("--after", help="Start only after this task succeeded.")
+    ] = None,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Skip tasks whose command is already queued.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands only.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the new ids as JSON.")] = False,
+) -> None:
+    """Add tasks: one command template, args from --args, --grid and --file.
+
+    Example: labtasker queue add --grid lr=0.1,0.01 --grid seed=1,2 -- python train.py --lr %{lr}
+    """
+    with _reported():
+        batch = build_batch(
+            cmd=cmd,
+            words=words or [],
+            args_json=args_json or [],
+            grid=grid or [],
+            file=file,
+            name=name,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            gpus=gpus,
+            after=after or [],
+        )
+        if dry_run:
+            _dry_run(batch, as_json)
+            return
+        result = _store(ctx).add_batch(batch, skip_existing=skip_existing)
+        if result.duplicates and not skip_existing:
+            first = result.ids[0]
+            dup_ids = [first + i for i in result.duplicates]
+            what = (
+                "1 task duplicates an existing one"
+                if len(dup_ids) == 1
+                else (f"{len(dup_ids)} tasks duplicate existing ones")
+            )
+            _note(f"{what} (ids {id_ranges(dup_ids)}); use --skip-existing to skip them")
+        if as_json:
+            sys.stdout.write(json.dumps(result.ids) + "\n")
+            return
+        if not result.ids:
+            _out("Added 0 tasks.")
+        elif len(result.ids) == 1:
+            _out(f"Added 1 task (id {result.ids[0]}).")
+        else:
+            _out(f"Added {len(result.ids)} tasks (ids {result.ids[0]}-{result.ids[-1]}).")
+        if result.skipped:
+            _note(f"Skipped {_tasks_word(result.skipped)} whose command is already queued.")
+
+
+def _dry_run(batch: TaskBatch, as_json: bool) -> None:
+    out = sys.stdout
+    if as_json:
+        items = [{"args": dict(a), "command": c} for a, c in batch.rendered()]
+        out.write(json.dumps(items, ensure_ascii=False) + "\n")
+        return
+    for _, command in batch.rendered():
+        out.write(command + "\n")
+
+
+@queue_app.command("ls")
+def ls(
+    ctx: typer.Context,
+    state: StateOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every match as JSON.")] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(help=f"Rows to show [default: {LS_DEFAULT_LIMIT}; all with --json].", min=0),
+    ] = None,
+) -> None:
+    """List tasks, oldest first: id, name, state, priority, args, host:gpus, attempt, age."""
+    with _reported():
+        states = _states(state)
+        store = _store(ctx)
+        if as_json:
+            _ls_json(store, states, limit)
+            return
+        shown = LS_DEFAULT_LIMIT if limit is None else limit
+        with store.transaction() as tx:
+            tasks = tx.tasks(states=states, limit=shown)
+            total = tx.count(states=states) if len(tasks) >= shown else len(tasks)
+        if not total:
+            what = " in state " + ", ".join(states) if states else ""
+            _out(f"[dim]No tasks{what}.[/]" if states else "[dim]The queue is empty.[/]")
+            return
+        from rich.console import Console
+
+        console = Console(highlight=False)
+        if tasks:
+            console.print(ls_table(tasks))
+        if total > len(tasks):
+            console.print(
+                f"[dim]… {total - len(tasks):,} more not shown"
+                " (use --limit N, --state, or --json for all)[/]"
+            )
+
+
+def ls_table(tasks: Sequence[Task]) -> Table:
+    """The ``queue ls`` table; name, priority, host:gpus and attempt appear only when needed."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from dispatcher.status import STATE_STYLE, compact_args, format_duration, placement, since
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    columns: list[tuple[str, Any]] = [("id", lambda t: str(t.id))]
+    if any(t.name for t in tasks):
+        columns.append(("name", lambda t: t.name or ""))
+    columns.append(("state", lambda t: Text(str(t.state), style=STATE_STYLE[t.state])))
+    if any(t.priority for t in tasks):
+        columns.append(("priority", lambda t: str(t.priority)))
+    columns.append(("args", lambda t: compact_args(t.args)))
+    if any(t.host for t in tasks):
+        columns.append(("host:gpus", placement))
+    if any(t.attempt for t in tasks):
+        columns.append(("attempt", lambda t: f"{t.attempt}/{t.max_attempts}" if t.attempt else ""))
+    columns.append(("age", lambda t: format_duration(since(t.created_at))))
+    for title, _ in columns:
+        right = title in ("id", "priority", "attempt", "age")
+        table.add_column(title, justify="right" if right else "left", overflow="ellipsis")
+    for t in tasks:
+        table.add_row(*(cell(t) for _, cell in columns))
+    return table
+
+
+def _ls_json(store: Store, states: list[TaskState] | None, limit: int | None) -> None:
+    # Pages by id, one short transaction each, so a huge listing never holds the file for long.
+    out = sys.stdout
+    out.write("[")
+    last, left, first = None, limit, True
+    while left is None or left > 0:
+        page = _JSON_PAGE if left is None else min(left, _JSON_PAGE)
+        with store.transaction() as tx:
+            tasks = tx.tasks(states=states, limit=page, after_id=last)
+        for task in tasks:
+            out.write(("" if first else ",\n") + json.dumps(task.to_json(), ensure_ascii=False))
+            first = False
+        if len(tasks) < page:
+            break
+        last = tasks[-1].id
+        left = None if left is None else left - len(tasks)
+    out.write("]\n")
+
+
+@queue_app.command("cancel")
+def cancel(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = None) -> None:
+    """Cancel tasks: pending ones at once; launching/running ones are stopped by the dispatcher."""
+    with _reported():
+        if not ids and not state:
+            raise UsageError("name the tasks to cancel: task ids, or --state pending")
+        from dispatcher.paths import dispatcher_running
+
+        store = _store(ctx)
+        result = store.cancel(ids or None, states=_states(state))
+        parts = []
+        if result.cancelled or not result.requested:
+            parts.append(f"Cancelled {len(result.cancelled)} pending")
+            parts[-1] += " task" if len(result.cancelled) == 1 else " tasks"
+        if result.requested:
+            word = "task" if len(result.requested) == 1 else "tasks"
+            parts.append(
+                f"asked the dispatcher to stop {len(result.requested)} running {word}"
+                f" ({id_ranges(result.requested)})"
+            )
+            if not dispatcher_running(store.path):
+                parts.append(
+                    "no dispatcher is running; the next `labtasker dispatch` stops them first"
+                )
+        _out("; ".join(parts) + ".")
+        if result.skipped:
+            shown = ", ".join(f"{i} ({s})" for i, s in result.skipped[:10])
+            more = f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
+            _note(f"Left alone (already finished or lost): {shown}{more}.", style="dim")
+
+
+@queue_app.command("retry")
+def retry(
+    ctx: typer.Context,
+    ids: IdsArgument = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Retry every failed task.")] = False,
+    state: StateOption = None,
+) -> None:
+    """Send failed, cancelled or lost tasks back to pending (their attempt count is kept)."""
+    with _reported():
+        states = _states(state) or []
+        if failed:
+            states.append(TaskState.FAILED)
+        if not ids and not states:
+            raise UsageError("name the tasks to retry: task ids, --failed or --state")
+        moved = _store(ctx).retry(ids or None, states=states or None)
+        if moved:
+            _out(f"Retrying {_tasks_word(len(moved))} (ids {id_ranges(moved)}): back to pending.")
+        else:
+            _out("No tasks to retry.")
+
+
+@queue_app.command("update")
+def update(
+    ctx: typer.Context,
+    ids: Annotated[list[int], typer.Argument(help="Task ids (pending tasks only).")],
+    priority: Annotated[int | None, typer.Option(help="New priority.")] = None,
+    args_json: Annotated[
+        str | None, typer.Option("--args", help="JSON object merged into each task's args.")
+    ] = None,
+    cmd: Annotated[str | None, typer.Option("--cmd", help="New command template.")] = None,
+    name: Annotated[str | None, typer.Option(help="New name.")] = None,
+) -> None:
+    """Edit pending tasks; the command is rendered again from the (new) template and args."""
+    with _reported():
+        from dispatcher.sweep import parse_args_json
+
+        args = None if args_json is None else parse_args_json(args_json)
+        if priority is None and args is None and cmd is None and name is None:
+            raise UsageError("nothing to change: give --priority, --args, --cmd or --name")
+        changed = _store(ctx).update(ids, priority=priority, args=args, template=cmd, name=name)
+        _out(f"Updated {_tasks_word(len(changed))} (ids {id_ranges(changed)}).")
+
+
+@queue_app.command("rm")
+def rm(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = None) -> None:
+    """Delete tasks (and their attempt history); launching/running tasks must be cancelled first."""
+    with _reported():
+        if not ids and not state:
+            raise UsageError("name the tasks to remove: task ids or --state")
+        removed = _store(ctx).remove(ids or None, states=_states(state))
+        if removed:
+            _out(f"Removed {_tasks_word(len(removed))} (ids {id_ranges(removed)}).")
+        else:
+            _out("No tasks to remove.")

@@ -29,11 +29,8 @@ from dispatcher.remote import protocol
 MAX_LINE = 32 * 1024 * 1024
 #: Lines a login shell may print before the bootstrap speaks (banners, rc-file noise).
 MAX_NOISE_LINES = 200
-_NO_PYTHON = re.compile(
-    r"Python >= 3\.8 needed|command not found|No such file or directory|not found|"
-    r"SyntaxError|invalid syntax",
-    re.IGNORECASE,
-)
+#: What shells say when the interpreter is missing (a Python traceback may say it too: not that).
+_NOT_FOUND = re.compile(r"not found|No such file or directory", re.IGNORECASE)
 
 
 class _Lines:
@@ -182,7 +179,8 @@ class HelperClient:
             with contextlib.suppress(Exception):
                 err = (await asyncio.wait_for(stderr_text(), 5.0)).strip()
         text = err or "\n".join(noise).strip()
-        if _NO_PYTHON.search(text):
+        too_old = "Python >= 3.8 needed" in text
+        if too_old or ("Traceback" not in text and _NOT_FOUND.search(text)):
             return PythonMissingError(
                 f"{self.host}: no usable Python >= 3.8 ({text.splitlines()[-1][:300]}); install "
                 "one or set the host's python in hosts.toml",
@@ -276,14 +274,9 @@ class HelperClient:
 
     async def close(self) -> None:
         """End the session: the helper sees EOF and exits; its tasks keep running."""
-        with contextlib.suppress(Exception):
-            if (
-                callable(getattr(self._writer, "can_write_eof", None))
-                and self._writer.can_write_eof()
-            ):
-                self._writer.write_eof()
-        with contextlib.suppress(Exception):
-            self._writer.close()
+        for end in ("write_eof", "close"):  # EOF first: the helper's cue to exit cleanly
+            with contextlib.suppress(Exception):
+                getattr(self._writer, end)()
         if self._reader_task is not None:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -79,7 +79,7 @@ async def test_no_answer_in_time_is_connection_lost(tmp_path: Path) -> None:
         assert h.proc is not None and h.client is not None
         os.kill(h.proc.pid, signal.SIGSTOP)
         try:
-            with pytest.raises(ConnectionLostError, match="no answer from local within 0.2s"):
+            with pytest.raises(ConnectionLostError, match=r"no answer from local within 0\.2s"):
                 await h.client.call("ping", timeout=0.2)
         finally:
             os.kill(h.proc.pid, signal.SIGCONT)
@@ -137,10 +137,19 @@ async def test_garbage_instead_of_hello_is_a_protocol_error(tmp_path: Path) -> N
     await h.stop()
 
 
-async def test_a_helper_that_dies_early_reports_its_stderr(tmp_path: Path) -> None:
-    body = "print('have', flush=True); sys.stderr.write('disk quota exceeded\\n'); sys.exit(1)\n"
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ("print('have', flush=True); sys.stderr.write('disk quota exceeded\\n'); sys.exit(1)\n",
+         "disk quota exceeded"),
+        ("print('need', flush=True); open('/labtasker/no/such/dir')\n", "FileNotFoundError"),
+    ],
+)  # fmt: skip
+async def test_a_helper_that_dies_early_reports_its_stderr(
+    tmp_path: Path, body: str, said: str
+) -> None:
     h = LocalHelper(tmp_path / "state", argv=fake_helper(tmp_path, body))
-    with pytest.raises(RemoteError, match="disk quota exceeded") as info:
+    with pytest.raises(RemoteError, match=said) as info:
         await h.start()
     assert not isinstance(info.value, PythonMissingError)
     await h.stop()
@@ -149,7 +158,7 @@ async def test_a_helper_that_dies_early_reports_its_stderr(tmp_path: Path) -> No
 async def test_a_missing_interpreter_is_python_missing(tmp_path: Path) -> None:
     argv = ["sh", "-c", "exec labtasker-no-such-python3 -c pass"]
     h = LocalHelper(tmp_path / "state", argv=argv)
-    with pytest.raises(PythonMissingError, match="local: no usable Python >= 3.8"):
+    with pytest.raises(PythonMissingError, match=r"local: no usable Python >= 3\.8"):
         await h.start()
     await h.stop()
 
@@ -159,7 +168,9 @@ async def test_an_old_interpreter_is_python_missing(tmp_path: Path) -> None:
     if old is None:
         pytest.skip("no Python 3.6/3.7 interpreter found on PATH or in pyenv")
     h = LocalHelper(tmp_path / "state", python=old)
-    with pytest.raises(PythonMissingError, match=r"Python >= 3\.8 needed on this host, found 3\.[67]"):
+    with pytest.raises(
+        PythonMissingError, match=r"Python >= 3\.8 needed on this host, found 3\.[67]"
+    ):
         await h.start()
     await h.stop()
 
@@ -168,7 +179,7 @@ async def test_silence_at_start_is_connection_lost(tmp_path: Path) -> None:
     h = LocalHelper(tmp_path / "state", argv=fake_helper(tmp_path, "sys.stdin.read()\n"))
     await h.spawn()
     assert h.client is not None
-    with pytest.raises(ConnectionLostError, match="no answer from local within 0.2s"):
+    with pytest.raises(ConnectionLostError, match=r"no answer from local within 0\.2s"):
         await h.client.start(timeout=0.2)
     await h.stop()
 

@@ -1,4 +1,4 @@
-"""The helper's run lifecycle on this machine: launch, exit events, timeouts, cancel, probe, loss."""
+"""The helper's run lifecycle on this machine: launch, exit events, timeout, cancel, probe, loss."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import shlex
 import signal
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -88,7 +89,9 @@ async def test_timeout_terms_the_task(helper: LocalHelper) -> None:
 
 
 async def test_timeout_kills_a_task_that_ignores_term(helper: LocalHelper) -> None:
-    await helper.launch("stubborn", "trap '' TERM; echo ready; sleep 30", timeout=0.5, kill_grace=0.2)
+    await helper.launch(
+        "stubborn", "trap '' TERM; echo ready; sleep 30", timeout=0.5, kill_grace=0.2
+    )
     rep = await helper.wait_exit("stubborn")
     assert log_text(rep) == "ready\n"
     assert rep["timed_out"]
@@ -102,6 +105,10 @@ async def test_kill_cancels_the_whole_process_group(helper: LocalHelper, tmp_pat
     await wait_ready(helper, "victim")
     started = helper.started("victim")
     assert started["pgid"] == started["pid"] and len(live_group_members(started["pgid"])) == 2
+    # The supervisor holds none of the helper's pipes: stdio on /dev/null, one wakeup pipe.
+    fds = Path(f"/proc/{started['supervisor_pid']}/fd")
+    links = sorted(os.readlink(fd) for fd in fds.iterdir())
+    assert links[:3] == ["/dev/null"] * 3 and len(links) == 5, links
     assert (await helper.call("kill", run_id="victim", grace=5))["status"] == "signalled"
     rep = await helper.wait_exit("victim")
     assert rep["cancelled"] and not rep["timed_out"]
@@ -153,6 +160,80 @@ async def test_probe_reports_absent_starting_running_exited_and_lost(
 
     gate.touch()
     assert (await helper.wait_exit("live"))["exit_code"] == 0
+
+
+def fake_started(h: LocalHelper, run_id: str, **fields: object) -> None:
+    """A run dir whose started.json names a supervisor (no exit.json), as left by a crash."""
+    run = h.state_dir / "runs" / run_id
+    run.mkdir()
+    assert h.client is not None
+    info = {"pid": None, "pgid": None, "supervisor_pid": os.getpid(), "started_at": "x",
+            "boot_id": h.client.hello["boot_id"], "proc_start": my_start(), **fields}  # fmt: skip
+    (run / "started.json").write_text(json.dumps(info))
+
+
+def my_start() -> int:
+    return int(Path(f"/proc/{os.getpid()}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
+
+
+async def test_liveness_checks_boot_id_and_pid_reuse(helper: LocalHelper) -> None:
+    fake_started(helper, "alive")  # this test process stands in for a live supervisor
+    fake_started(helper, "reused", proc_start=my_start() + 1)
+    fake_started(helper, "rebooted", boot_id="another-boot")
+    assert (await helper.probe("alive"))["state"] == "running"
+    assert (await helper.probe("reused"))["state"] == "lost"
+    rebooted = await helper.probe("rebooted")
+    assert rebooted["state"] == "lost" and "rebooted" in rebooted["error"]
+
+
+async def test_a_zombie_supervisor_counts_as_gone(helper: LocalHelper) -> None:
+    # pid 1 does not always reap orphans: a dead supervisor may linger as a zombie.
+    child = subprocess.Popen(["true"])
+
+    async def zombie() -> bool:
+        return Path(f"/proc/{child.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
+
+    await eventually(zombie, what="a zombie")
+    start = int(Path(f"/proc/{child.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
+    fake_started(helper, "zombie", supervisor_pid=child.pid, proc_start=start)
+    try:
+        assert (await helper.probe("zombie"))["state"] == "lost"
+    finally:
+        child.wait()
+
+
+async def test_kill_never_signals_a_reused_group_number(helper: LocalHelper) -> None:
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        start = int(Path(f"/proc/{other.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
+        fake_started(helper, "reused", supervisor_pid=None, pgid=other.pid, task_start=start + 1)
+        fake_started(helper, "same", supervisor_pid=None, pgid=other.pid, task_start=start)
+        assert (await helper.call("kill", run_id="reused", grace=0))["status"] == "exited"
+        assert other.poll() is None
+        assert (await helper.call("kill", run_id="same", grace=0))["status"] == "signalled"
+        assert other.wait(15) == -signal.SIGKILL
+    finally:
+        other.kill()
+        other.wait()
+
+
+async def test_a_task_orphaned_by_its_supervisor_is_kept_and_killable(
+    helper: LocalHelper, tmp_path: Path
+) -> None:
+    await helper.launch("orphan", gate_command(tmp_path / "gate"))
+    await helper.wait_state("orphan", "running")
+    started = helper.started("orphan")
+    os.kill(started["supervisor_pid"], signal.SIGKILL)
+    assert (await helper.wait_exit("orphan"))["state"] == "lost"
+    assert live_group_members(started["pgid"]) != []
+    assert (await helper.call("cleanup", runs=["orphan"]))["refused"] == ["orphan"]
+    assert (await helper.call("kill", run_id="orphan", grace=0))["status"] == "signalled"
+
+    async def group_gone() -> bool:
+        return live_group_members(started["pgid"]) == []
+
+    await eventually(group_gone, what="the orphaned group to end")
+    assert (await helper.call("cleanup", runs=["orphan"]))["removed"] == 1
 
 
 async def test_a_run_id_starts_at_most_one_process(helper: LocalHelper, tmp_path: Path) -> None:
@@ -208,9 +289,7 @@ async def test_setup_runs_first_and_its_failure_stops_the_command(
     assert not marker.exists()
 
 
-async def test_workdir_is_expanded_and_created_private(
-    helper: LocalHelper, tmp_path: Path
-) -> None:
+async def test_workdir_is_expanded_and_created_private(helper: LocalHelper, tmp_path: Path) -> None:
     await helper.launch("wd", "pwd", workdir="~/exp/a/b")
     await helper.launch("abs", "pwd", workdir=str(tmp_path / "abs"))
     made = tmp_path / "home" / "exp" / "a" / "b"
@@ -234,16 +313,18 @@ async def test_an_uncreatable_workdir_is_an_error_with_exit_127(
 async def test_env_values_arrive_intact(helper: LocalHelper) -> None:
     env = {
         "SPACES": "a value with  spaces ",
-        "QUOTES": "it's \"quoted\" $HOME `date` \\n",
+        "QUOTES": 'it\'s "quoted" $HOME `date` \\n',
         "UNICODE": "naïve ✓ 数据",
         "CUDA_VISIBLE_DEVICES": "",
     }
     names = [*env, "LABTASKER_RUN_ID", "LABTASKER_TASK_ID"]
     dump = (
-        "import json, os; json.dump({k: os.environ.get(k) for k in %r}, "
-        "open(os.environ['LABTASKER_RESULT'], 'w'))" % names
+        f"import json, os; json.dump({{k: os.environ.get(k) for k in {names!r}}}, "
+        "open(os.environ['LABTASKER_RESULT'], 'w'))"
     )
-    await helper.launch("env", f"{shlex.quote(sys.executable)} -c {shlex.quote(dump)}", env=env, task_id=42)
+    await helper.launch(
+        "env", f"{shlex.quote(sys.executable)} -c {shlex.quote(dump)}", env=env, task_id=42
+    )
     rep = await helper.wait_exit("env")
     assert rep["result"] == {**env, "LABTASKER_RUN_ID": "env", "LABTASKER_TASK_ID": "42"}
 
@@ -252,7 +333,7 @@ async def test_state_files_are_private(helper: LocalHelper) -> None:
     await helper.launch("modes", "echo hi")
     await helper.wait_exit("modes")
     seen = 0
-    for root, dirs, files in os.walk(helper.state_dir):
+    for root, _dirs, files in os.walk(helper.state_dir):
         assert stat.S_IMODE(os.stat(root).st_mode) == 0o700, root
         for name in files:
             assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600, name

@@ -236,25 +236,19 @@ def test_an_id_given_twice_is_decided_once() -> None:
 
 def test_reasons_are_built_once_per_need_not_per_task(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: Counter[str] = Counter()
-    real_summary, real_refresh = scheduler._summary, scheduler._Planner.refresh
+    real_summary = scheduler._summary
 
     def summary(prefix: str, detail: list[str], short: list[str]) -> str:
         calls["summary"] += 1
         return real_summary(prefix, detail, short)
 
-    def refresh(self: scheduler._Planner) -> None:
-        calls["refresh"] += 1
-        real_refresh(self)
-
     monkeypatch.setattr(scheduler, "_summary", summary)
-    monkeypatch.setattr(scheduler._Planner, "refresh", refresh)
     hosts = [host(f"h{i}", 4, order=i, held={0: 1, 1: 2}) for i in range(50)]
     tasks = [task(i, gpus=[None, 0, 1, 2, 3][i % 5], priority=i % 7) for i in range(10_000)]
     p = plan(tasks, hosts)
     assert sum(len(x.gpu_ids) for x in p.placements) == 100  # every free GPU of 50 hosts
     assert len(p.waiting) + len(p.placements) == 8000  # 2000 slot tasks are impossible
     assert calls["summary"] == 1  # only "3 GPUs" never fit; its text serves 2000 tasks
-    assert calls["refresh"] == len(p.placements) + 1
 
 
 # --- invariants --------------------------------------------------------------------------
@@ -435,3 +429,10 @@ def test_replanning_the_rest_places_nothing_more(
     again = plan(rest, after)
     assert again.placements == ()
     assert set(again.waiting) == set(p.waiting)
+
+
+def test_the_short_form_splits_tasks_from_others() -> None:
+    hosts = [host(f"h{i:02}", 2, order=i, held={0: i}, foreign={1: "x" * 50}) for i in range(20)]
+    why = plan([task(1)], hosts).waiting[1]
+    assert why.startswith("no free GPU: h00 2/2 GPUs busy (1 by tasks, 1 by others); h01 ")
+    assert len(why) < 200
