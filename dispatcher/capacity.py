@@ -47,8 +47,11 @@ def gpu_problem(spec: HostSpec, inventory: Mapping[str, Any] | None) -> str | No
     error = inventory.get("error")
     indices = {g.get("index") for g in inventory.get("gpus") or []}
     if spec.gpus == "auto":
-        if error:
+        missing_smi = bool(error) and "not found" in str(error)
+        if missing_smi and spec.gpus_given:
             return f'gpus = "auto" but {error}; set gpus = 0 for a CPU-only host'
+        if error and not missing_smi:
+            return f"{error}; fix the driver or set gpus = 0 for a CPU-only host"
         return None
     if error:
         return None  # pinned GPUs on a host whose nvidia-smi fails: trust the pin
@@ -92,6 +95,9 @@ def host_capacity(
     if spec.gpus == "auto":
         if inventory is None or inventory.get("error"):
             known = inventory is not None
+            no_smi = inventory is not None and "not found" in str(inventory.get("error"))
+            if no_smi and not spec.gpus_given:
+                known = True  # no nvidia-smi and no GPUs asked for: a CPU-only host
         else:
             for g in inventory.get("gpus") or []:
                 idx = g.get("index")

@@ -49,6 +49,9 @@ class HostSpec:
     outputs: tuple[str, ...]
     enabled: bool
     slots_given: bool  # `slots` was set; otherwise it follows the GPU count (see slots_for)
+    # `gpus` was written in the file. An unwritten "auto" on a host without nvidia-smi means a
+    # CPU-only host; a written one is an error to report (the user expects GPUs there).
+    gpus_given: bool = True
 
     def slots_for(self, gpu_count: int) -> int:
         """Slots offered once the host's GPU count is known: an unset ``slots`` is 1 without GPUs.
@@ -360,6 +363,7 @@ def _host(name: Any, raw: Any, defaults: Mapping[str, Any], where: _Where) -> Ho
         ssh=ssh if isinstance(ssh, str) else None,
         local=name == "local" or ssh is False,
         slots_given=slots_given,
+        gpus_given="gpus" in own or "gpus" in defaults,
         **merged,
     )
 

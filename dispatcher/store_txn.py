@@ -222,8 +222,10 @@ class Txn:
                     f"task {task_id}: moving to launching needs a host and a run_id"
                 )
             fields["run_id"] = run_id
-        self._apply("id = ?", [task_id], new, fields, known={task.state: task_id})
-        return self.get(task_id)
+        (row,) = self._apply(
+            "id = ?", [task_id], new, fields, known={task.state: task_id}, returning=TASK_COLUMNS
+        )
+        return task_from_row(row)
 
     def _apply(
         self,
@@ -233,8 +235,10 @@ class Txn:
         fields: Mapping[str, Any],
         *,
         known: Mapping[TaskState, int] | None = None,
-    ) -> list[int]:
-        """Set-based core of ``move``: apply ``new`` and its entry rules to the rows ``where``."""
+        returning: str = "id",
+    ) -> list[Any]:
+        """Set-based core of ``move``: apply ``new`` and its entry rules to the rows ``where``;
+        returns the ``returning`` columns of the moved rows, in no particular order."""
         if known is None:
             rows = self.con.execute(
                 f"SELECT state, min(id) FROM tasks WHERE {where} GROUP BY state", params
@@ -263,10 +267,11 @@ class Txn:
             self._record_attempts(where, params, new, values, now)
         assign = ", ".join(f"{col} = {expr}" for col, (expr, _) in sets.items())
         args = [p for _, ps in sets.values() for p in ps]
-        rows = self.con.execute(
-            f"UPDATE tasks SET {assign} WHERE {where} RETURNING id", args + params
-        ).fetchall()
-        return sorted(r[0] for r in rows)
+        return list(
+            self.con.execute(
+                f"UPDATE tasks SET {assign} WHERE {where} RETURNING {returning}", args + params
+            ).fetchall()
+        )
 
     def _record_attempts(
         self, where: str, params: list[Any], new: TaskState, values: Mapping[str, Any], now: Any
@@ -327,12 +332,11 @@ class Txn:
             f" AND state IN ({_in(ACTIVE_STATES)}) RETURNING id"
         ).fetchall()
         cancelled = self._apply(
-            f"{_SEL} AND state = 'pending'",
-            [],
-            S.CANCELLED,
-            {"reason": "cancelled by user"},
+            f"{_SEL} AND state = 'pending'", [], S.CANCELLED, {"reason": "cancelled by user"}
         )
-        return CancelResult(cancelled, sorted(r[0] for r in requested), skipped)
+        return CancelResult(
+            sorted(r[0] for r in cancelled), sorted(r[0] for r in requested), skipped
+        )
 
     def retry(
         self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None
@@ -342,7 +346,7 @@ class Txn:
         self._select(ids, states)
         self._refuse(_RETRYABLE, "only failed, cancelled or lost tasks can be retried")
         fields = {"exit_code": None, "result": None, "reason": None, "losses": 0}
-        return self._apply(_SEL, [], S.PENDING, fields)
+        return sorted(r[0] for r in self._apply(_SEL, [], S.PENDING, fields))
 
     def update(
         self,

@@ -83,7 +83,7 @@ def dispatch(
 
     config = load_hosts(hosts)
     store = Store.open_default(db_option(ctx))
-    console = Console(stderr=False, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     reporter = ConsoleReporter(console)
     engine = Dispatcher(
         store,

@@ -24,7 +24,7 @@ def _adder(path: str, worker: int) -> None:
 def _mover(path: str, stop: Event, moved: Synchronized[int]) -> None:
     """Like a dispatcher: short transactions that take pending tasks through a whole attempt."""
     store = Store(Path(path), lock_timeout=60)
-    while not stop.wait(0.02):  # a dispatcher ticks; it does not spin
+    while not stop.wait(0.05):  # a dispatcher ticks; it does not spin
         with store.transaction() as tx:
             for task in tx.pending_candidates(4):
                 run = f"r{task.id}"
