@@ -7,7 +7,6 @@ Everything lives in one folder (default ./labtasker-demo): the queue, a hosts.to
 from __future__ import annotations
 
 import shutil
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -35,7 +34,3 @@ def prepare(folder: Path, slots: int = 4) -> tuple[Path, Path]:
     )
     return folder / ".labtasker" / "queue.duckdb", hosts
 
-
-def demo_command() -> str:
-    """The command template of the demo tasks."""
-    return f"{shutil.which('python3') or sys.executable} train.py --lr %{{lr}} --depth %{{depth}} --seed 1"

@@ -1,0 +1,319 @@
+"""``labtasker queue``: typer's test runner for the many cases, the real entry point for a few."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from dispatcher.cli import _register, app
+from dispatcher.models import TaskState
+from dispatcher.paths import dispatch_lock
+from dispatcher.store import Store
+
+S = TaskState
+REPO = Path(__file__).resolve().parents[2]
+RO_USER = "labtasker-ro"
+_register()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LABTASKER_DB", raising=False)
+    monkeypatch.delenv("LABTASKER_LOCK_TIMEOUT", raising=False)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "q.duckdb"
+
+
+def run(db: Path, *args: str) -> Any:
+    return CliRunner().invoke(app, ["--db", str(db), *args])
+
+
+def ok(db: Path, *args: str) -> str:
+    result = run(db, *args)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return str(result.stdout)
+
+
+def listed(db: Path) -> list[dict[str, Any]]:
+    return list(json.loads(ok(db, "queue", "ls", "--json")))
+
+
+def test_add_a_grid_and_list_it(db: Path) -> None:
+    out = ok(db, "queue", "add", "--cmd", "train --lr %{lr} --seed %{seed}", "--grid",
+             "lr=0.1,0.01", "--grid", "seed=1,2,3", "--name", "sweep", "--gpus", "1")  # fmt: skip
+    assert out == "Added 6 tasks (ids 1-6).\n"
+    tasks = listed(db)
+    assert [t["command"] for t in tasks[:2]] == [
+        "train --lr 0.1 --seed 1",
+        "train --lr 0.1 --seed 2",
+    ]
+    assert tasks[-1]["args"] == {"lr": 0.01, "seed": 3}
+    assert {(t["name"], t["gpus_requested"], t["state"]) for t in tasks} == {
+        ("sweep", 1, "pending")
+    }
+
+
+def test_words_after_double_dash_stay_words(db: Path) -> None:
+    ok(db, "queue", "add", "--args", '{"out": "runs/a b", "lr": 0.1}', "--",
+       "python", "train.py", "--out=%{out}/x y", "--lr", "%{lr}", "it's")  # fmt: skip
+    (task,) = listed(db)
+    assert shlex.split(task["command"]) == [
+        "python", "train.py", "--out=runs/a b/x y", "--lr", "0.1", "it's"
+    ]  # fmt: skip
+
+
+def test_one_task_without_args_and_the_json_output(db: Path) -> None:
+    assert ok(db, "queue", "add", "--cmd", "nvidia-smi") == "Added 1 task (id 1).\n"
+    assert json.loads(ok(db, "queue", "add", "--json", "--grid", "a=1,2", "--cmd", "x %{a}")) == [
+        2,
+        3,
+    ]
+
+
+def test_files_jsonl_and_toml_with_flags_overriding_the_file(db: Path, tmp_path: Path) -> None:
+    jsonl = tmp_path / "runs.jsonl"
+    jsonl.write_text('{"a": 1}\n\n{"a": "two words"}\n')
+    ok(db, "queue", "add", "--file", str(jsonl), "--cmd", "p %{a}")
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(
+        'command = "t %{lr} %{m}"\nname = "s"\npriority = 3\ngpus = 2\n'
+        '[grid]\nlr = [1, 2]\n[zip]\nm = ["x", "y"]\n'
+    )
+    assert ok(db, "queue", "add", "--file", str(sweep), "--priority", "9") == (
+        "Added 4 tasks (ids 3-6).\n"
+    )
+    tasks = listed(db)
+    assert [t["command"] for t in tasks] == [
+        "p 1",
+        "p 'two words'",
+        "t 1 x",
+        "t 1 y",
+        "t 2 x",
+        "t 2 y",
+    ]
+    assert {(t["priority"], t["gpus_requested"], t["name"]) for t in tasks[2:]} == {(9, 2, "s")}
+
+
+def test_dry_run_prints_commands_and_adds_nothing(db: Path) -> None:
+    out = ok(db, "queue", "add", "--dry-run", "--grid", "a=1,x y", "--", "echo", "%{a}")
+    assert out == "echo 1\necho 'x y'\n"
+    assert not db.exists()
+
+
+def test_duplicates_warn_and_can_be_skipped(db: Path) -> None:
+    ok(db, "queue", "add", "--grid", "a=1,2", "--cmd", "x %{a}")
+    result = run(db, "queue", "add", "--grid", "a=1,2,3", "--cmd", "x %{a}")
+    assert result.stdout == "Added 3 tasks (ids 3-5).\n"
+    assert result.stderr == (
+        "2 tasks duplicate existing ones (ids 3-4); use --skip-existing to skip them\n"
+    )
+    result = run(db, "queue", "add", "--grid", "a=1,4", "--cmd", "x %{a}", "--skip-existing")
+    assert result.stdout == "Added 1 task (id 6).\n"
+    assert result.stderr == "Skipped 1 task whose command is already queued.\n"
+
+
+def test_ls_table_filters_and_footer(db: Path) -> None:
+    assert ok(db, "queue", "ls") == "The queue is empty.\n"
+    ok(db, "queue", "add", "--grid", "seed=1,2,3,4,5", "--cmd", "x %{seed}", "--name", "nm")
+    Store(db).cancel([2])
+    out = ok(db, "queue", "ls", "--limit", "3")
+    lines = out.splitlines()
+    assert lines[0].split() == ["id", "name", "state", "args", "age"]
+    assert lines[1].split()[:4] == ["1", "nm", "pending", "seed=1"]
+    assert lines[-1] == "… 2 more not shown (use --limit N, --state, or --json for all)"
+    out = ok(db, "queue", "ls", "--state", "cancelled")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["2"]
+    assert ok(db, "queue", "ls", "-s", "running") == "No tasks in state running.\n"
+    assert [t["id"] for t in json.loads(ok(db, "queue", "ls", "--json", "--limit", "2"))] == [1, 2]
+
+
+def _running(db: Path, task_id: int) -> None:
+    with Store(db).transaction() as tx:
+        tx.move(task_id, S.LAUNCHING, host="gpu-a", run_id=f"r{task_id}", gpu_ids=[0])
+        tx.move(task_id, S.RUNNING, run_id=f"r{task_id}")
+
+
+def test_cancel_tells_what_happens_to_running_tasks(db: Path) -> None:
+    ok(db, "queue", "add", "--grid", "a=1,2,3,4", "--cmd", "x %{a}")
+    _running(db, 3)
+    _running(db, 4)
+    assert ok(db, "queue", "cancel", "1", "2", "3") == (
+        "Cancelled 2 pending tasks; asked the dispatcher to stop 1 running task (3); no dispatcher"
+        " is running; the next `labtasker dispatch` stops them first.\n"
+    )
+    with dispatch_lock(db):
+        out = ok(db, "queue", "cancel", "4")
+    assert out == "asked the dispatcher to stop 1 running task (4).\n"
+    assert [t["cancel_requested"] for t in listed(db)] == [False, False, True, True]
+
+
+def test_retry_update_and_rm(db: Path) -> None:
+    ok(db, "queue", "add", "--grid", "a=1,2,3", "--cmd", "x %{a}")
+    Store(db).cancel([1, 2])
+    assert ok(db, "queue", "retry", "--state", "cancelled") == (
+        "Retrying 2 tasks (ids 1-2): back to pending.\n"
+    )
+    assert ok(db, "queue", "update", "1", "3", "--args", '{"a": 9}', "--priority", "4") == (
+        "Updated 2 tasks (ids 1, 3).\n"
+    )
+    assert [(t["command"], t["priority"]) for t in listed(db)] == [
+        ("x 9", 4),
+        ("x 2", 0),
+        ("x 9", 4),
+    ]
+    _running(db, 2)
+    result = run(db, "queue", "rm", "2", "3")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "Error: task 2 is running; cancel it first (`labtasker queue cancel ID`)\n",
+    )
+    assert ok(db, "queue", "rm", "3") == "Removed 1 task (ids 3).\n"
+    assert ok(db, "queue", "retry", "--failed") == "No tasks to retry.\n"
+
+
+BAD_INPUTS = [
+    (["queue", "add", "--args", "{lr: 1}", "--cmd", "x"], "--args '{lr: 1}': not valid JSON"),
+    (["queue", "add", "--grid", "lr", "--cmd", "x"], "--grid 'lr': expected KEY=V1,V2"),
+    (["queue", "add", "--cmd", "x %{lr}"], "task 1 of 1: template placeholder %{lr} has no"),
+    (["queue", "add", "--cmd", "x %{lr"], "has no closing '}'"),
+    (["queue", "add", "--cmd", "x", "--", "y"], "either --cmd TEXT or words after --"),
+    (["queue", "add", "--grid", "a=1"], "no command given"),
+    (["queue", "add", "--cmd", "x", "--after", "99"], "--after names task(s) 99"),
+    (["queue", "add", "--cmd", "x", "--file", "nope.jsonl"], "cannot read nope.jsonl"),
+    (["queue", "add", "--cmd", "x", "--timeout", "-1"], "timeout must be a positive"),
+    (["queue", "cancel", "1", "99"], "task(s) 99 not in the queue"),
+    (["queue", "cancel"], "name the tasks to cancel"),
+    (["queue", "ls", "--state", "runing"], "unknown state 'runing'; valid states: pending"),
+    (["queue", "update", "1"], "nothing to change"),
+    (["queue", "update", "1", "--cmd", "y %{zz}"], "task 1: template placeholder %{zz}"),
+    (["queue", "retry", "1"], "task 1 is pending; only failed, cancelled or lost"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    db: Path, args: list[str], message: str
+) -> None:
+    ok(db, "queue", "add", "--cmd", "first")
+    before = listed(db)
+    result = run(db, *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert listed(db) == before
+
+
+def test_a_file_that_is_not_a_queue_is_named_and_left_alone(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    result = run(notes, "queue", "add", "--cmd", "x")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"Error: {notes} is not a labtasker queue (the file exists but is not a DuckDB"
+        " database); move it away or choose another file with --db or LABTASKER_DB\n"
+    )
+    assert notes.read_text() == "my notes\n"
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> Any:
+    """The real entry point, as a user's shell runs it."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args], capture_output=True, text=True, env=full_env,
+        cwd=cwd, timeout=60,
+    )  # fmt: skip
+
+
+def test_end_to_end_through_the_entry_point(tmp_path: Path) -> None:
+    added = cli("queue", "add", "--grid", "a=1,2", "--", "echo", "%{a}", cwd=tmp_path)
+    assert (added.returncode, added.stdout, added.stderr) == (0, "Added 2 tasks (ids 1-2).\n", "")
+    queue_dir = tmp_path / ".labtasker"
+    assert stat.S_IMODE(os.stat(queue_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(queue_dir / "queue.duckdb").st_mode) == 0o600
+    env = {"LABTASKER_DB": str(queue_dir / "queue.duckdb")}
+    listing = cli("queue", "ls", "--json", env=env)
+    assert [t["command"] for t in json.loads(listing.stdout)] == ["echo 1", "echo 2"]
+    bad = cli("queue", "cancel", "7", env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("Error: task(s) 7 not in the queue")
+
+
+@pytest.fixture
+def unprivileged() -> Iterator[list[str]]:
+    """A command prefix that runs as an ordinary user.
+
+    The user may read and search everywhere (CAP_DAC_READ_SEARCH, so it can reach this
+    interpreter wherever it lives) but has no right to write what it does not own.
+    """
+    if os.geteuid() != 0:
+        yield []  # already unprivileged
+        return
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop root privileges")
+    try:
+        pwd.getpwnam(RO_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", RO_USER],
+            check=True,
+        )
+    yield [
+        "setpriv", f"--reuid={RO_USER}", f"--regid={RO_USER}", "--clear-groups",
+        "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", "--",
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def locked() -> Iterator[Path]:
+    """A directory everyone can read and search, but only root can write."""
+    # Not under tmp_path: pytest makes that 0700, and the user must be able to look inside.
+    with tempfile.TemporaryDirectory(prefix="labtasker-ro-") as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+def test_a_read_only_directory_is_a_clear_error(locked: Path, unprivileged: list[str]) -> None:
+    db = locked / "q.duckdb"
+    # As root, the directory is root's and the command runs as another user; a suite run by an
+    # ordinary user takes the write bit away from itself instead.
+    read_only = 0o755 if unprivileged else 0o555
+
+    def as_user(*args: str) -> Any:
+        os.chmod(locked, read_only)
+        try:
+            return subprocess.run(
+                [*unprivileged, sys.executable, "-m", "dispatcher", "--db", str(db), *args],
+                capture_output=True, text=True, cwd=REPO, timeout=60,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )  # fmt: skip
+        finally:
+            os.chmod(locked, 0o755)
+
+    new = as_user("queue", "add", "--cmd", "x")
+    assert new.returncode == 2 and "Traceback" not in new.stderr
+    assert new.stderr.startswith(f"Error: cannot create the queue file {db}: Permission denied")
+    assert os.listdir(locked) == []
+
+    Store(db).counts()
+    os.chmod(db, 0o666)  # the file is writable, its directory is not (no room for the WAL)
+    existing = as_user("queue", "add", "--cmd", "x")
+    assert existing.returncode == 2 and "Traceback" not in existing.stderr
+    assert existing.stderr.startswith(f"Error: cannot write the queue file {db}")
+    assert Store(db).tasks() == []
+    assert as_user("queue", "ls").stdout == "The queue is empty.\n"  # reading still works
