@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -152,3 +153,32 @@ def progress_panel(snapshot: Snapshot) -> RenderableType:
         style = "green" if desc.startswith("up") else "yellow"
         hosts.add_row(Text(name, style="bold"), Text(desc, style=style))
     return Group(head, hosts)
+
+
+@dataclass
+class HostCheck:
+    """One host's answers to ``labtasker hosts check`` (error set when something failed)."""
+
+    name: str
+    ok: bool
+    python: str = ""
+    user: str = ""
+    workdir: str = ""
+    gpus: str = ""
+    error: str | None = None
+
+
+def hosts_table(rows: Sequence[HostCheck]) -> Table:
+    """One row per host: ok/FAIL, Python, user, workdir, GPUs, and a problem column if needed."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    titles = ["host", "", "python", "user", "workdir", "gpus"]
+    problems = any(r.error for r in rows)
+    for title in [*titles, "problem"] if problems else titles:
+        table.add_column(title)
+    for r in rows:
+        mark = Text("ok", style="green") if r.ok else Text("FAIL", style="bold red")
+        cells: list[RenderableType] = [r.name, mark, r.python, r.user, r.workdir, r.gpus]
+        if problems:
+            cells.append(Text(r.error or "", style="red"))
+        table.add_row(*cells)
+    return table

@@ -1,4 +1,4 @@
-"""The queue store: every SQL statement on the queue file, and the one function that moves tasks.
+"""The queue store: the ``Store`` API and how each transaction opens and closes the queue file.
 
 Several processes share one DuckDB file, and DuckDB lets only one process have it open. So no
 process keeps it open: each operation is one short transaction. A process holds one in-memory
@@ -7,7 +7,9 @@ COMMIT (ROLLBACK on error), then DETACHes it (checkpoint, lock released). An ATT
 another process holds the file is retried with exponential backoff and jitter until the lock
 timeout (120 s; env LABTASKER_LOCK_TIMEOUT), then StoreLockedError. Guarantees: every committed
 write is durable and none is lost to a concurrent writer; a failed operation changes nothing.
-``change_token`` lets a polling reader skip the file while nobody has written it.
+``change_token`` lets a polling reader skip the file while nobody has written it. The SQL lives
+in ``store_txn`` (reads, and ``Txn.move``, the one function that changes a task's state),
+``store_add`` (bulk adds) and ``store_schema`` (tables, migrations).
 """
 
 from __future__ import annotations
@@ -16,19 +18,18 @@ import contextlib
 import itertools
 import os
 import random
+import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import duckdb
 
 from dispatcher import store_schema as schema
 from dispatcher.errors import StoreError, StoreLockedError, StoreVersionError, UsageError
 from dispatcher.models import NewTask, Task, TaskState
 from dispatcher.paths import ensure_private_dir, resolve_db_path
+from dispatcher.store_schema import duckdb
 from dispatcher.store_txn import Attempt, CancelResult, Txn
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class Store:
         with _instance_lock:
             guard = _path_locks.setdefault(self.path, threading.Lock())
         # Threads of one process share the DuckDB instance, which attaches a file only once.
-        if not guard.acquire(timeout=self.lock_timeout if self.lock_timeout > 0 else -1):
+        if not guard.acquire(timeout=max(self.lock_timeout, 0.001)):
             raise self._locked_error("another thread of this process")
         held.add(self.path)
         try:
@@ -132,7 +133,7 @@ class Store:
                 schema.migrate(con, alias, self.path)
                 yield con
             finally:
-                failing = _pending_exception()
+                failing = sys.exc_info()[0] is not None
                 try:
                     con.execute("USE memory")
                     con.execute(f"DETACH {alias}")
@@ -278,10 +279,18 @@ class Store:
         with self.transaction() as txn:
             return txn.retry(ids, states=states)
 
-    def update(self, ids: Iterable[int], **changes: Any) -> list[int]:
+    def update(
+        self,
+        ids: Iterable[int],
+        *,
+        priority: int | None = None,
+        args: Mapping[str, Any] | None = None,
+        template: str | None = None,
+        name: str | None = None,
+    ) -> list[int]:
         """Edit pending tasks; see ``Txn.update``."""
         with self.transaction() as txn:
-            return txn.update(ids, **changes)
+            return txn.update(ids, priority=priority, args=args, template=template, name=name)
 
     def remove(
         self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None
@@ -298,12 +307,6 @@ def __getattr__(name: str) -> Any:
 
         return getattr(store_add, name)
     raise AttributeError(name)
-
-
-def _pending_exception() -> bool:
-    import sys
-
-    return sys.exc_info()[0] is not None
 
 
 def _is_lock_conflict(err: duckdb.Error) -> bool:
@@ -337,8 +340,3 @@ def _store_error(path: Path, err: duckdb.Error) -> StoreError:
             f"{path} was written by an incompatible DuckDB; upgrade labtasker and duckdb ({text})"
         )
     return StoreError(f"queue file {path}: {text}")
-
-
-def utc_now() -> datetime:
-    """The current time, UTC, aware."""
-    return datetime.now(UTC)

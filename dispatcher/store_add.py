@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -93,16 +93,22 @@ class TaskBatch:
 
     def rendered(self) -> Iterator[tuple[Mapping[str, Any], str]]:
         """Every task's (args, command) in order, rendered in Python; errors name the task."""
-        tpl = self.check()
-        total = len(self)
-        index = 0
+        tpl, total, offset = self.check(), len(self), 0
         for group in self.groups:
-            for args in group:
-                index += 1
-                try:
-                    yield args, tpl.render(args)
-                except TemplateError as err:
-                    raise TemplateError(f"task {index} of {total}: {err}") from None
+            for _, args, command in _render(tpl, group, offset, total):
+                yield args, command
+            offset += len(group)
+
+
+def _render(
+    tpl: Template, group: ArgGroup, offset: int, total: int
+) -> Iterator[tuple[int, Mapping[str, Any], str]]:
+    """(index in the batch, args, command) for each task of ``group``."""
+    for k, args in enumerate(group, offset):
+        try:
+            yield k, args, tpl.render(args)
+        except TemplateError as err:
+            raise TemplateError(f"task {k + 1} of {total}: {err}") from None
 
 
 @dataclass
@@ -124,43 +130,39 @@ class Staged:
 
 
 def stage_batch(batch: TaskBatch) -> Staged:
-    """Render what Python must render and write it to a temporary CSV; no database access."""
+    """Render what Python must render (to a temporary CSV when many); no database access."""
     tpl = batch.check()
     total = len(batch)
+    staged = Staged(total, "", [], set(batch.after))
     selects: list[tuple[str, list[Any]]] = []
-    tables: list[tuple[str, list[list[Any]]]] = []
-    rows: list[tuple[int, str, str]] = []
+    python_groups: list[tuple[int, ArgGroup]] = []
     offset = 0
     for group in batch.groups:
         plan = _grid_plan(tpl, group, offset) if isinstance(group, Grid) else None
         if plan is not None:
-            tables.extend(plan[0])
+            staged.axis_tables.extend(plan[0])
             selects.append(plan[1])
         else:
-            for k, args in enumerate(group):
-                try:
-                    command = tpl.render(args)
-                except TemplateError as err:
-                    raise TemplateError(f"task {offset + k + 1} of {total}: {err}") from None
-                rows.append(
-                    (
-                        offset + k,
-                        _text(_encode_args(args, offset + k), offset + k),
-                        _text(command, offset + k),
-                    )
-                )
+            python_groups.append((offset, group))
         offset += len(group)
-    staged = Staged(total, "", [], set(batch.after), tables)
-    if len(rows) > _CSV_ROWS:
+    rows = (
+        (k, _text(_encode_args(args, k), k), _text(command, k))
+        for offset, group in python_groups
+        for k, args, command in _render(tpl, group, offset, total)
+    )
+    if sum(len(g) for _, g in python_groups) > _CSV_ROWS:
         selects.append(_csv_select(staged, rows))
-    elif rows:
+    elif python_groups:
         # Few rows: list parameters beat a temporary file.
-        idx, args, commands = (list(c) for c in zip(*rows, strict=True))
+        columns: list[list[Any]] = [[], [], []]
+        for row in rows:
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
         selects.append(
             (
                 "SELECT unnest(?::BIGINT[]) AS idx, unnest(?::VARCHAR[]) AS args,"
                 " unnest(?::VARCHAR[]) AS command",
-                [idx, args, commands],
+                columns,
             )
         )
     if not selects:
@@ -185,15 +187,19 @@ def stage_batch(batch: TaskBatch) -> Staged:
     return staged
 
 
-def _csv_select(staged: Staged, rows: list[tuple[int, str, str]]) -> tuple[str, list[Any]]:
+def _csv_select(staged: Staged, rows: Iterable[tuple[int, str, str]]) -> tuple[str, list[Any]]:
     import csv
     import tempfile
 
     staged.tmpdir = tempfile.TemporaryDirectory(prefix="labtasker-add-")
     csv_path = Path(staged.tmpdir.name) / "tasks.csv"
-    # Every field quoted and one newline convention, so any text (CR, LF, "", commas) round-trips.
-    with open(csv_path, "w", encoding="utf-8", newline="") as f:
-        csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL).writerows(rows)
+    try:
+        # Every field quoted, one newline convention: any text (CR, LF, "", commas) round-trips.
+        with open(csv_path, "w", encoding="utf-8", newline="") as f:
+            csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL).writerows(rows)
+    except BaseException:
+        staged.cleanup()  # a render error midway: leave no file behind
+        raise
     return (
         "SELECT idx, args, command FROM read_csv(?, header = false, auto_detect = false,"
         " columns = {'idx': 'BIGINT', 'args': 'VARCHAR', 'command': 'VARCHAR'},"
@@ -217,7 +223,8 @@ def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
         )
         if "\0" in t.command or "\0" in t.template:
             raise UsageError(f"task {k + 1}: its command contains a NUL character")
-        row = (k, _encode_args(t.args, k), t.command, t.template, t.name, t.priority,
+        args, command, template = _encode_args(t.args, k), t.command, t.template
+        row = (k, _text(args, k), _text(command, k), _text(template, k), t.name, t.priority,
                t.max_attempts, t.timeout, t.gpus, list(t.after))  # fmt: skip
         for c, value in enumerate(row):
             cols[c].append(value)
@@ -357,12 +364,8 @@ def _insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> 
     ]
     skip = skip_existing and bool(dups)
     added = staged.count - (len(dups) if skip else 0)
-    next_id = (
-        con.execute(
-            "UPDATE meta SET value = value + ? WHERE key = 'next_id' RETURNING value", [added]
-        ).fetchone()[0]
-        - added
-    )
+    next_id = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()[0]
+    con.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", [next_id + added])
     if skip:
         # The anti-join reads the table as it was before this statement's own rows went in, so
         # repeats inside one batch are all added, as without --skip-existing.

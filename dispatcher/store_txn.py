@@ -1,19 +1,22 @@
 """``Txn``: reads and writes inside one store transaction, including ``move``, the only code that
 changes a task's state. Bulk operations (cancel, retry) go through ``move``'s set-based core, so
-every state change passes ``check_transition`` and the same entry rules.
+every state change passes ``check_transition`` and the same entry rules; edits that change no
+state (update, remove) live in ``store_edit``.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.errors import IllegalTransitionError, TaskNotFoundError, TemplateError, UsageError
+from dispatcher import store_edit
+from dispatcher.errors import IllegalTransitionError, TaskNotFoundError
 from dispatcher.models import ACTIVE_STATES, NewTask, Task, TaskState, check_transition
+from dispatcher.store_edit import SELECTED, filters, sql_in
 from dispatcher.store_schema import (
     TASK_COLUMNS,
     dump_json,
@@ -29,12 +32,7 @@ S = TaskState
 _UNSET: Any = type("Unset", (), {"__repr__": lambda self: "UNSET"})()
 _FINISHED = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST})
 _RETRYABLE = frozenset({S.FAILED, S.CANCELLED, S.LOST})
-_SEL = "id IN (SELECT id FROM temp.labtasker_sel)"
-_sel_ids = itertools.count()
-
-
-def _in(states: Iterable[TaskState]) -> str:
-    return ", ".join(f"'{TaskState(s).value}'" for s in sorted(set(states)))
+_CANCELLABLE = ACTIVE_STATES | {S.PENDING}
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,7 @@ class Txn:
         after_id: int | None = None,
     ) -> list[Task]:
         """Tasks matching every filter given, ordered by id; ``after_id`` pages through them."""
-        where, params = _filters(states, ids, host, after_id)
+        where, params = filters(states, ids, host, after_id)
         if limit is None:
             sql = f"SELECT {TASK_COLUMNS} FROM tasks{where} ORDER BY id"
         else:
@@ -119,7 +117,7 @@ class Txn:
         host: str | None = None,
     ) -> int:
         """How many tasks match every filter given."""
-        where, params = _filters(states, ids, host, None)
+        where, params = filters(states, ids, host, None)
         return int(self.con.execute(f"SELECT count(*) FROM tasks{where}", params).fetchone()[0])
 
     def counts(self) -> dict[TaskState, int]:
@@ -163,7 +161,7 @@ class Txn:
                 r[4],
                 TaskState(r[5]),
                 r[6],
-                None if r[7] is None else _loads(r[7]),
+                None if r[7] is None else json.loads(r[7]),
                 from_db_time(r[8]),
                 from_db_time(r[9]),
                 r[10],
@@ -222,10 +220,8 @@ class Txn:
                     f"task {task_id}: moving to launching needs a host and a run_id"
                 )
             fields["run_id"] = run_id
-        (row,) = self._apply(
-            "id = ?", [task_id], new, fields, known={task.state: task_id}, returning=TASK_COLUMNS
-        )
-        return task_from_row(row)
+        self._apply("id = ?", [task_id], new, fields, known={task.state: task_id})
+        return self.get(task_id)
 
     def _apply(
         self,
@@ -235,10 +231,8 @@ class Txn:
         fields: Mapping[str, Any],
         *,
         known: Mapping[TaskState, int] | None = None,
-        returning: str = "id",
-    ) -> list[Any]:
-        """Set-based core of ``move``: apply ``new`` and its entry rules to the rows ``where``;
-        returns the ``returning`` columns of the moved rows, in no particular order."""
+    ) -> None:
+        """Set-based core of ``move``: apply ``new`` and its entry rules to the rows ``where``."""
         if known is None:
             rows = self.con.execute(
                 f"SELECT state, min(id) FROM tasks WHERE {where} GROUP BY state", params
@@ -257,21 +251,20 @@ class Txn:
             for col in ("exit_code", "result", "started_at", "finished_at", "reason"):
                 sets[col] = ("NULL", [])
             sets["attempt"] = ("attempt + 1", [])
-        elif new is S.RUNNING:
-            sets["started_at"] = ("?", [now])
-        if new in _FINISHED:
-            sets["finished_at"] = ("?", [now])
         for col, value in values.items():
             sets[col] = ("?", [value])
+        # Entry times: the one given, or now (a None from a report that lacked it counts as none).
+        if new is S.RUNNING:
+            sets["started_at"] = ("?", [values.get("started_at") or now])
+        if new in _FINISHED:
+            sets["finished_at"] = ("?", [values.get("finished_at") or now])
         if any(old in ACTIVE_STATES for old in known) and new not in ACTIVE_STATES:
             self._record_attempts(where, params, new, values, now)
         assign = ", ".join(f"{col} = {expr}" for col, (expr, _) in sets.items())
         args = [p for _, ps in sets.values() for p in ps]
-        return list(
-            self.con.execute(
-                f"UPDATE tasks SET {assign} WHERE {where} RETURNING {returning}", args + params
-            ).fetchall()
-        )
+        # No RETURNING here or anywhere in the store: duckdb 2.0.1 can return an updated row
+        # twice when the update runs on several threads.
+        self.con.execute(f"UPDATE tasks SET {assign} WHERE {where}", args + params)
 
     def _record_attempts(
         self, where: str, params: list[Any], new: TaskState, values: Mapping[str, Any], now: Any
@@ -296,8 +289,8 @@ class Txn:
         self.con.execute(
             "INSERT INTO attempts (task_id, attempt, run_id, host, gpu_ids, exit_code, result,"
             f" started_at, reason, outcome, finished_at) SELECT id, {', '.join(exprs)}, ?, ?"
-            f" FROM tasks WHERE ({where}) AND state IN ({_in(ACTIVE_STATES)})",
-            [*args, new.value, values.get("finished_at", now), *params],
+            f" FROM tasks WHERE ({where}) AND state IN ({sql_in(ACTIVE_STATES)})",
+            [*args, new.value, values.get("finished_at") or now, *params],
         )
 
     def set_reasons(self, reasons: Mapping[int, str | None]) -> None:
@@ -314,40 +307,6 @@ class Txn:
 
     # User operations on many tasks; ids and states select them (ids all must exist).
 
-    def request_cancel(
-        self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None
-    ) -> CancelResult:
-        """Cancel selected pending tasks now; flag launching/running ones with cancel_requested
-        so the dispatcher stops them; leave finished and lost ones alone (reported)."""
-        self._select(ids, states)
-        skipped = [
-            (i, TaskState(s))
-            for i, s in self.con.execute(
-                f"SELECT id, state FROM tasks WHERE {_SEL} AND state NOT IN"
-                f" ('pending', {_in(ACTIVE_STATES)}) ORDER BY id"
-            ).fetchall()
-        ]
-        requested = self.con.execute(
-            f"UPDATE tasks SET cancel_requested = true WHERE {_SEL}"
-            f" AND state IN ({_in(ACTIVE_STATES)}) RETURNING id"
-        ).fetchall()
-        cancelled = self._apply(
-            f"{_SEL} AND state = 'pending'", [], S.CANCELLED, {"reason": "cancelled by user"}
-        )
-        return CancelResult(
-            sorted(r[0] for r in cancelled), sorted(r[0] for r in requested), skipped
-        )
-
-    def retry(
-        self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None
-    ) -> list[int]:
-        """Send selected failed, cancelled or lost tasks back to pending (attempt count kept,
-        losses reset, outcome cleared; history stays in ``attempts``). Others are refused."""
-        self._select(ids, states)
-        self._refuse(_RETRYABLE, "only failed, cancelled or lost tasks can be retried")
-        fields = {"exit_code": None, "result": None, "reason": None, "losses": 0}
-        return sorted(r[0] for r in self._apply(_SEL, [], S.PENDING, fields))
-
     def update(
         self,
         ids: Iterable[int],
@@ -357,80 +316,54 @@ class Txn:
         template: str | None = None,
         name: str | None = None,
     ) -> list[int]:
-        """Edit pending tasks: ``args`` are merged into each task's args, and the command is
-        rendered again (a missing key is a TemplateError naming the task). Others are refused."""
-        self._select(ids, None)
-        self._refuse({S.PENDING}, "only pending tasks can be updated")
-        if priority is not None or name is not None:
-            from dispatcher.store_add import check_settings
-
-            check_settings(
-                priority=priority or 0, max_attempts=1, timeout=None, gpus=None, name=name
-            )
-            sets = [(c, v) for c, v in (("priority", priority), ("name", name)) if v is not None]
-            self.con.execute(
-                f"UPDATE tasks SET {', '.join(f'{c} = ?' for c, _ in sets)} WHERE {_SEL}",
-                [v for _, v in sets],
-            )
-        if args is not None or template is not None:
-            self._rerender(args, template)
-        return [
-            r[0]
-            for r in self.con.execute(f"SELECT id FROM tasks WHERE {_SEL} ORDER BY id").fetchall()
-        ]
-
-    def _rerender(self, args: Mapping[str, Any] | None, template: str | None) -> None:
-        from dispatcher.sweep import merge
-        from dispatcher.template import compile_template
-
-        new_ids, new_args, new_cmds, new_tpls = [], [], [], []
-        for task_id, old_args, old_tpl in self.con.execute(
-            f"SELECT id, args, template FROM tasks WHERE {_SEL} ORDER BY id"
-        ).fetchall():
-            merged = merge(_loads(old_args), args) if args is not None else _loads(old_args)
-            tpl = template if template is not None else old_tpl
-            try:
-                command = compile_template(tpl).render(merged)
-                encoded = dump_json(merged)
-            except TemplateError as err:
-                raise TemplateError(f"task {task_id}: {err}") from None
-            except (TypeError, ValueError) as err:
-                raise UsageError(f"task {task_id}: args cannot be stored as JSON ({err})") from None
-            new_ids.append(task_id)
-            new_args.append(encoded)
-            new_cmds.append(command)
-            new_tpls.append(tpl)
-        self.con.execute(
-            "UPDATE tasks SET args = u.args, command = u.command, template = u.template FROM"
-            " (SELECT unnest(?::BIGINT[]) AS id, unnest(?::VARCHAR[]) AS args,"
-            " unnest(?::VARCHAR[]) AS command, unnest(?::VARCHAR[]) AS template) u"
-            " WHERE tasks.id = u.id",
-            [new_ids, new_args, new_cmds, new_tpls],
+        """Edit pending tasks; see ``store_edit.update``."""
+        return store_edit.update(
+            self.con, self.path, ids, priority=priority, args=args, template=template, name=name
         )
 
     def remove(
         self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None
     ) -> list[int]:
-        """Delete selected tasks and their attempts. Launching/running tasks are refused, and so
-        is a task another pending task waits for (``after``), unless that one goes too."""
-        self._select(ids, states)
-        self._refuse(
-            set(TaskState) - ACTIVE_STATES, "cancel it first (`labtasker queue cancel ID`)"
+        """Delete tasks that are not launching or running; see ``store_edit.remove``."""
+        return store_edit.remove(self.con, self.path, ids, states)
+
+    def request_cancel(
+        self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None
+    ) -> CancelResult:
+        """Cancel selected pending tasks now; flag launching/running ones with cancel_requested
+        so the dispatcher stops them; leave finished and lost ones alone (reported)."""
+        store_edit.select(self.con, self.path, ids, states)
+        by_state: dict[TaskState, list[int]] = {}
+        for i, state in self.con.execute(
+            f"SELECT id, state FROM tasks WHERE {SELECTED} ORDER BY id"
+        ).fetchall():
+            by_state.setdefault(TaskState(state), []).append(i)
+        self.con.execute(
+            f"UPDATE tasks SET cancel_requested = true WHERE {SELECTED}"
+            f" AND state IN ({sql_in(ACTIVE_STATES)})"
         )
-        waiting = self.con.execute(
-            "SELECT d.id, d.dep FROM (SELECT id, unnest(after) AS dep FROM tasks"
-            " WHERE state = 'pending' AND len(after) > 0) d"
-            " WHERE d.dep IN (SELECT id FROM temp.labtasker_sel)"
-            " AND d.id NOT IN (SELECT id FROM temp.labtasker_sel) ORDER BY d.id LIMIT 1"
-        ).fetchone()
-        if waiting is not None:
-            raise UsageError(
-                f"task {waiting[1]} cannot be removed: pending task {waiting[0]} waits for it"
-                f" (--after); remove or cancel task {waiting[0]} too"
-            )
-        self.con.execute(f"DELETE FROM attempts WHERE task_{_SEL}")
-        rows = self.con.execute(f"DELETE FROM tasks WHERE {_SEL} RETURNING id").fetchall()
-        return sorted(r[0] for r in rows)
+        self._apply(
+            f"{SELECTED} AND state = 'pending'", [], S.CANCELLED, {"reason": "cancelled by user"}
+        )
+        requested = sorted(i for s in ACTIVE_STATES for i in by_state.get(s, []))
+        skipped: list[tuple[int, TaskState]] = sorted(
+            (i, s) for s, found in by_state.items() if s not in _CANCELLABLE for i in found
+        )
+        return CancelResult(by_state.get(S.PENDING, []), requested, skipped)
+
+    def retry(
+        self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None
+    ) -> list[int]:
+        """Send selected failed, cancelled or lost tasks back to pending (attempt count kept,
+        losses reset, outcome cleared; history stays in ``attempts``). Others are refused."""
+        store_edit.select(self.con, self.path, ids, states)
+        store_edit.refuse(
+            self.con, _RETRYABLE, "only failed, cancelled or lost tasks can be retried"
+        )
+        fields = {"exit_code": None, "result": None, "reason": None, "losses": 0}
+        moved = self.con.execute(f"SELECT id FROM tasks WHERE {SELECTED} ORDER BY id").fetchall()
+        self._apply(SELECTED, [], S.PENDING, fields)
+        return [r[0] for r in moved]
 
     def add(self, tasks: Sequence[NewTask], *, skip_existing: bool = False) -> AddResult:
         """Add fully formed tasks as pending. Ids are new (never reused) and contiguous;
@@ -450,69 +383,12 @@ class Txn:
         finally:
             staged.cleanup()
 
-    def _select(self, ids: Iterable[int] | None, states: Iterable[TaskState] | None) -> None:
-        """Put the selected ids into temp.labtasker_sel; every given id must exist."""
-        if ids is None and states is None:
-            raise UsageError("name the tasks: give task ids or --state")
-        id_list = None if ids is None else sorted(set(ids))
-        if id_list is not None:
-            missing = self.con.execute(
-                "SELECT unnest(?::BIGINT[]) AS id EXCEPT SELECT id FROM tasks ORDER BY id",
-                [id_list],
-            ).fetchall()
-            if missing:
-                shown = ", ".join(str(r[0]) for r in missing[:10])
-                raise TaskNotFoundError(
-                    f"task(s) {shown} not in the queue {self.path}; see `labtasker queue ls`"
-                )
-        where, params = _filters(states, id_list, None, None)
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE labtasker_sel AS SELECT id FROM tasks{where}", params
-        )
-
-    def _refuse(self, allowed: Iterable[TaskState], hint: str) -> None:
-        row = self.con.execute(
-            f"SELECT id, state FROM tasks WHERE {_SEL} AND state NOT IN ({_in(allowed)})"
-            " ORDER BY id LIMIT 1"
-        ).fetchone()
-        if row is not None:
-            raise IllegalTransitionError(f"task {row[0]} is {row[1]}; {hint}")
-
 
 def _to_db(col: str, value: Any) -> Any:
     if col in ("started_at", "finished_at"):
         return to_db_time(value)
     if col == "result":
-        return dump_json(dict(value)) if value is not None else None
+        return dump_json(dict(value), allow_nan=True) if value is not None else None
     if col == "gpu_ids":
         return None if value is None else [int(g) for g in value]
     return value
-
-
-def _loads(text: str) -> Any:
-    import json
-
-    return json.loads(text)
-
-
-def _filters(
-    states: Iterable[TaskState] | None,
-    ids: Iterable[int] | None,
-    host: str | None,
-    after_id: int | None,
-) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if states is not None:
-        wanted = [TaskState(s) for s in states]
-        clauses.append(f"state IN ({_in(wanted)})" if wanted else "false")
-    if ids is not None:
-        clauses.append("id IN (SELECT unnest(?::BIGINT[]))")
-        params.append(list(ids))
-    if host is not None:
-        clauses.append("host = ?")
-        params.append(host)
-    if after_id is not None:
-        clauses.append("id > ?")
-        params.append(after_id)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params

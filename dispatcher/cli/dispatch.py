@@ -76,7 +76,7 @@ def dispatch(
     """
     from rich.console import Console
 
-    from dispatcher.engine import DispatchOptions, Dispatcher
+    from dispatcher.engine import Dispatcher, DispatchOptions
     from dispatcher.hosts import load_hosts
     from dispatcher.paths import logs_dir
     from dispatcher.store import Store
@@ -118,7 +118,7 @@ def dispatch(
             "run `labtasker dispatch` again to collect them.[/]"
         )
         raise typer.Exit(130)
-    snap = engine._snapshot()
+    snap = engine.snapshot()
     console.print(
         f"Done: {snap.succeeded} succeeded, {snap.failed} failed, "
         f"{snap.counts.get(TaskState.PENDING, 0)} pending."

@@ -1,4 +1,4 @@
-"""``labtasker hosts check``: can each host be reached and used? One line per host."""
+"""``labtasker hosts check``: can each host be reached and used? One table row per host."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 
 from dispatcher.cli import app
 from dispatcher.cli.dispatch import HostsOption
+from dispatcher.status import HostCheck
 
 if TYPE_CHECKING:
     from dispatcher.hosts import HostSpec
@@ -18,54 +19,65 @@ hosts_app = typer.Typer(help="Check and manage the hosts of hosts.toml.", no_arg
 app.add_typer(hosts_app, name="hosts")
 
 
-async def check_host(spec: HostSpec, accept_new: bool) -> tuple[bool, str, list[str]]:
-    """Connect, start the helper and ask it about Python, the workdir and the GPUs."""
+def describe_gpus(spec: HostSpec, inv: dict[str, Any]) -> tuple[bool, str]:
+    """(usable, text): each GPU's memory use and whose processes are on it."""
     from dispatcher.capacity import foreign_use, gpu_problem
+
+    problem = gpu_problem(spec, inv)
+    gpus = inv.get("gpus") or []
+    if problem:
+        return False, problem
+    if not gpus:
+        return True, "none (CPU-only)"
+    parts = []
+    processes = inv.get("processes") or []
+    for g in gpus:
+        used, total = g.get("memory_used_mib"), g.get("memory_total_mib")
+        text = f"{g.get('index')}: {used}/{total} MiB"
+        owners = [
+            f"{p.get('user') or '?'} (pid {p.get('pid')})"
+            for p in processes
+            if p.get("gpu_uuid") and p.get("gpu_uuid") == g.get("uuid")
+        ]
+        if foreign_use(g, processes, spec.max_gpu_memory_used):
+            text += " busy"
+        if owners:
+            text += " by " + ", ".join(owners)
+        parts.append(text)
+    return True, "; ".join(parts)
+
+
+async def check_host(spec: HostSpec, accept_new: bool) -> HostCheck:
+    """Connect, start the helper and ask it about Python, the workdir and the GPUs."""
     from dispatcher.errors import DispatcherError
     from dispatcher.hostsession import ssh_options, start_helper
 
+    row = HostCheck(name=spec.name, ok=False)
     try:
         transport, client, hello = await start_helper(
             spec, ssh_options(spec, accept_new_host_keys=accept_new)
         )
     except DispatcherError as err:
-        return False, str(err), []
+        row.error = str(err)
+        return row
     try:
+        row.python, row.user = str(hello.get("python")), str(hello.get("user"))
         info = await client.call("check", workdir=spec.workdir)
-        parts = [f"python {hello.get('python')}", f"user {hello.get('user')}"]
-        ok = True
-        if info.get("workdir_writable"):
-            parts.append(f"workdir {info.get('workdir')} writable")
+        row.ok = bool(info.get("workdir_writable"))
+        row.workdir = str(info.get("workdir"))
+        if not row.ok:
+            row.error = f"workdir {row.workdir} is not writable: {info.get('workdir_error')}"
+        if spec.gpus == ():
+            row.gpus = f"none (CPU-only, {spec.slots} slots)"
         else:
-            ok = False
-            parts.append(
-                f"workdir {info.get('workdir')} NOT writable ({info.get('workdir_error')})"
-            )
-        gpu_lines: list[str] = []
-        if spec.gpus != ():
-            inv: dict[str, Any] = await client.call("gpus")
-            problem = gpu_problem(spec, inv)
-            if problem:
-                ok = False
-                parts.append(problem)
-            gpus = inv.get("gpus") or []
-            if not problem:
-                parts.append(f"{len(gpus)} GPU(s)" if gpus else "no GPU found: CPU-only")
-            for g in gpus:
-                other = foreign_use(g, inv.get("processes") or [], spec.max_gpu_memory_used)
-                gpu_lines.append(
-                    f"  GPU {g.get('index')} {g.get('name')}: "
-                    f"{g.get('memory_used_mib')}/{g.get('memory_total_mib')} MiB used"
-                    + (f" — busy: {other}" if other else " — free")
-                )
-        else:
-            parts.append(f"CPU-only, {spec.slots} slot(s)")
-        return ok, ", ".join(parts), gpu_lines
+            gpus_ok, row.gpus = describe_gpus(spec, await client.call("gpus"))
+            row.ok = row.ok and gpus_ok
     except DispatcherError as err:
-        return False, str(err), []
+        row.ok, row.error = False, str(err)
     finally:
         await client.close()
         await transport.close()
+    return row
 
 
 @hosts_app.command("check")
@@ -75,28 +87,47 @@ def check(
         bool, typer.Option("--accept-new-host-keys", help="Record keys of never-seen hosts.")
     ] = False,
 ) -> None:
-    """Per host: reachable, authenticated, Python version, GPUs and who uses them, workdir."""
+    """Per host: reachable, authenticated, Python version, GPUs and who uses them, workdir.
+
+    Exit status 1 when some host fails a check.
+    """
     from rich.console import Console
-    from rich.markup import escape
 
     from dispatcher.hosts import load_hosts
+    from dispatcher.status import hosts_table
 
     config = load_hosts(hosts)
-    console = Console(highlight=False, soft_wrap=True)
+    enabled = [h for h in config.hosts if h.enabled]
 
-    async def run_all() -> list[tuple[bool, str, list[str]]]:
-        return await asyncio.gather(
-            *(check_host(h, accept_new_host_keys) for h in config.hosts if h.enabled)
+    async def run_all() -> list[HostCheck]:
+        return await asyncio.gather(*(check_host(h, accept_new_host_keys) for h in enabled))
+
+    rows = asyncio.run(run_all())
+    Console(highlight=False).print(hosts_table(rows))
+    raise typer.Exit(0 if all(r.ok for r in rows) else 1)
+
+
+@hosts_app.command("resume")
+def resume(
+    ctx: typer.Context,
+    names: Annotated[list[str], typer.Argument(help="Suspended host names (as in hosts.toml).")],
+) -> None:
+    """Place tasks on suspended hosts again (a running dispatcher sees it within a tick)."""
+    from dispatcher.cli import db_option
+    from dispatcher.errors import UsageError
+    from dispatcher.store import Store
+    from dispatcher.store_recovery import resume_hosts, suspended_hosts
+
+    store = Store.open_default(db_option(ctx))
+    with store.transaction() as tx:
+        known = suspended_hosts(tx)
+        resumed = resume_hosts(tx, names)
+    unknown = [n for n in names if n not in known]
+    for name in resumed:
+        typer.echo(f"{name}: resumed")
+    if unknown:
+        have = ", ".join(sorted(known)) or "none"
+        raise UsageError(
+            f"not suspended: {', '.join(unknown)} (suspended hosts: {have});"
+            " `labtasker status` lists them"
         )
-
-    results = asyncio.run(run_all())
-    failed = 0
-    for spec, (ok, line, gpu_lines) in zip(
-        [h for h in config.hosts if h.enabled], results, strict=True
-    ):
-        mark = "[green]ok[/]  " if ok else "[red]FAIL[/]"
-        console.print(f"{mark} [bold]{escape(spec.name)}[/]: {escape(line)}")
-        for gl in gpu_lines:
-            console.print(escape(gl))
-        failed += not ok
-    raise typer.Exit(1 if failed else 0)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from dispatcher.models import Task
-    from dispatcher.store import Store, TaskBatch
+    from dispatcher.store import Store
+    from dispatcher.store_add import TaskBatch
 
 queue_app = typer.Typer(
     name="queue",
@@ -114,7 +115,7 @@ def build_batch(
     after: Sequence[int],
 ) -> TaskBatch:
     """Turn ``queue add`` options into a batch: --args tasks, then the grid, then the file."""
-    from dispatcher.store import TaskBatch
+    from dispatcher.store_add import TaskBatch  # not dispatcher.store: --dry-run needs no duckdb
     from dispatcher.sweep import (
         SweepFile,
         grid_from_items,
@@ -314,8 +315,11 @@ def ls_table(tasks: Sequence[Task]) -> Table:
         columns.append(("attempt", lambda t: f"{t.attempt}/{t.max_attempts}" if t.attempt else ""))
     columns.append(("age", lambda t: format_duration(since(t.created_at))))
     for title, _ in columns:
-        right = title in ("id", "priority", "attempt", "age")
-        table.add_column(title, justify="right" if right else "left", overflow="ellipsis")
+        if title == "args":  # the one column that may be long: cut it, never wrap rows
+            table.add_column(title, overflow="ellipsis", no_wrap=True, max_width=50)
+        else:
+            right = title in ("id", "priority", "attempt", "age")
+            table.add_column(title, justify="right" if right else "left", no_wrap=True)
     for t in tasks:
         table.add_row(*(cell(t) for _, cell in columns))
     return table

@@ -7,13 +7,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
 from dispatcher.cli import app, db_option
 from dispatcher.cli.dispatch import HostsOption
-from dispatcher.errors import UsageError
+from dispatcher.errors import DispatcherError, UsageError
 from dispatcher.models import ACTIVE_STATES, Task
 
 if TYPE_CHECKING:
@@ -27,22 +27,30 @@ def _status_view(store: Store) -> tuple[RenderableType, list[Task]]:
     from rich.text import Text
 
     from dispatcher.status import counts_line, running_table
+    from dispatcher.store_recovery import suspended_hosts
 
     with store.transaction() as tx:
         active = tx.tasks(states=ACTIVE_STATES)
         counts = tx.counts()
+        suspended = suspended_hosts(tx)
     parts: list[RenderableType] = []
     if active:
-        parts.append(running_table(active, last_lines=last_lines(active)))
+        parts.append(running_table(active, last_lines=last_lines(store, active)))
     else:
         parts.append(Text("Nothing is running.", style="dim"))
     parts.append(counts_line(counts))
+    for s in suspended.values():  # persisted by the dispatcher; lifted by `hosts resume`
+        at = s.suspended_at.strftime("%Y-%m-%d %H:%M:%S")
+        parts.append(Text(f"host {s.host} {s.reason} (since {at} UTC)", style="bold red"))
     return Group(*parts), active
 
 
-def last_lines(tasks: list[Task]) -> dict[int, str]:
-    """The last output line of each task as the dispatcher last recorded it."""
-    return {t.id: t.last_line for t in tasks if getattr(t, "last_line", None)}  # type: ignore[misc]
+def last_lines(store: Store, tasks: list[Task]) -> dict[int, str]:
+    """The last output line of each active task as the running dispatcher last fetched it."""
+    from dispatcher.collect import read_last_lines
+
+    lines = read_last_lines(store.path)
+    return {t.id: lines[t.id] for t in tasks if t.id in lines}
 
 
 @app.command()
@@ -113,4 +121,30 @@ def logs(
     spec = next((h for h in config.hosts if h.name == task.host), None)
     if spec is None:
         raise UsageError(f"task {task_id} runs on {task.host}, which {hosts} does not list")
-    asyncio.run(stream_log(spec, task.run_id, follow=follow, out=sys.stdout.buffer))
+    out = _Counting(sys.stdout.buffer)
+    try:
+        asyncio.run(stream_log(spec, task.run_id, follow=follow, out=out))
+    except DispatcherError:
+        # The run may have ended meanwhile and its directory been tidied away after the
+        # dispatcher copied its log: finish from that copy.
+        local = log_path(logs_dir(store.path), task.run_id)
+        with store.transaction() as tx:
+            now = tx.get(task_id)
+        if now.state in ACTIVE_STATES or now.run_id != task.run_id or not local.exists():
+            raise
+        sys.stdout.buffer.write(local.read_bytes()[out.written :])
+
+
+class _Counting:
+    """A binary stream wrapper that counts what was written through it."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        self.written += len(data)
+        return self.stream.write(data)
+
+    def flush(self) -> None:
+        self.stream.flush()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from typing import BinaryIO
+from typing import Protocol
 
 from dispatcher.hosts import HostSpec
 from dispatcher.hostsession import ssh_options, start_helper
@@ -13,8 +13,16 @@ from dispatcher.hostsession import ssh_options, start_helper
 CHUNK = 1024 * 1024
 
 
+class Sink(Protocol):
+    """Where the output goes (``sys.stdout.buffer`` or a wrapper of it)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 async def stream_log(
-    spec: HostSpec, run_id: str, *, follow: bool, out: BinaryIO, poll: float = 0.5
+    spec: HostSpec, run_id: str, *, follow: bool, out: Sink, poll: float = 0.5
 ) -> None:
     """Copy the run's output to ``out``; with ``follow``, until the run exits."""
     transport, client, _ = await start_helper(spec, ssh_options(spec))

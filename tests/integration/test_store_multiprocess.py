@@ -8,6 +8,8 @@ from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
+import pytest
+
 from dispatcher.models import TaskState
 from dispatcher.store import Store, TaskBatch
 
@@ -24,9 +26,9 @@ def _adder(path: str, worker: int) -> None:
 def _mover(path: str, stop: Event, moved: Synchronized[int]) -> None:
     """Like a dispatcher: short transactions that take pending tasks through a whole attempt."""
     store = Store(Path(path), lock_timeout=60)
-    while not stop.wait(0.05):  # a dispatcher ticks; it does not spin
+    while not stop.wait(0.2):  # a dispatcher ticks; it does not spin
         with store.transaction() as tx:
-            for task in tx.pending_candidates(4):
+            for task in tx.pending_candidates(8):
                 run = f"r{task.id}"
                 tx.move(task.id, S.LAUNCHING, host="h", run_id=run, gpu_ids=[0])
                 tx.move(task.id, S.RUNNING, run_id=run)
@@ -34,6 +36,7 @@ def _mover(path: str, stop: Event, moved: Synchronized[int]) -> None:
                 moved.value += 1
 
 
+@pytest.mark.slow  # 1000 serialized write transactions: 15-40 s on a busy 2-core machine
 def test_concurrent_adds_race_a_state_writer_and_none_is_lost(tmp_path: Path) -> None:
     path = str(tmp_path / "q.duckdb")
     Store(Path(path)).counts()  # create the file up front

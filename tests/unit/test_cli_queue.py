@@ -29,12 +29,6 @@ RO_USER = "labtasker-ro"
 _register()
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LABTASKER_DB", raising=False)
-    monkeypatch.delenv("LABTASKER_LOCK_TIMEOUT", raising=False)
-
-
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "q.duckdb"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import socket
 import stat
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from hypothesis import strategies as st
 from dispatcher import store as store_module
 from dispatcher import store_add
 from dispatcher.errors import (
+    DispatcherRunningError,
     IllegalTransitionError,
     StoreError,
     StoreLockedError,
@@ -30,17 +34,17 @@ from dispatcher.errors import (
     UsageError,
 )
 from dispatcher.models import NewTask, TaskState
-from dispatcher.paths import resolve_db_path
+from dispatcher.paths import (
+    dispatch_lock,
+    dispatcher_running,
+    lock_path,
+    logs_dir,
+    resolve_db_path,
+)
 from dispatcher.store import Store, TaskBatch
 from dispatcher.sweep import Grid, grid_from_items
 
 S = TaskState
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LABTASKER_DB", raising=False)
-    monkeypatch.delenv("LABTASKER_LOCK_TIMEOUT", raising=False)
 
 
 @pytest.fixture
@@ -93,6 +97,20 @@ def test_path_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("LABTASKER_DB", "env.duckdb")
     assert resolve_db_path(None) == tmp_path / "env.duckdb"
     assert resolve_db_path(Path("flag.duckdb")) == tmp_path / "flag.duckdb"
+
+
+def test_one_dispatcher_per_queue(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    assert not dispatcher_running(db)
+    with dispatch_lock(db):
+        assert dispatcher_running(db)
+        who = f"another dispatcher (pid {os.getpid()} on {socket.gethostname()})"
+        with pytest.raises(DispatcherRunningError, match=re.escape(who)), dispatch_lock(db):
+            pass
+        assert dispatcher_running(db)  # the refused attempt did not break the holder's lock
+    assert not dispatcher_running(db)
+    assert stat.S_IMODE(os.stat(lock_path(db)).st_mode) == 0o600
+    assert (lock_path(db).name, logs_dir(db).name) == ("q.duckdb.dispatch.lock", "q.logs")
 
 
 def test_a_newer_schema_is_refused(store: Store) -> None:
@@ -372,6 +390,27 @@ def test_a_full_attempt_and_its_entry_rules(store: Store) -> None:
         "exit 3",
     )
     assert attempt.started_at == started and attempt.finished_at == t.finished_at
+
+
+def test_a_report_without_times_gets_the_transaction_time(store: Store) -> None:
+    (tid,) = add(store)
+    launch(store, tid)
+    with store.transaction() as tx:
+        running = tx.move(tid, S.RUNNING, run_id="r1", started_at=None)
+        done = tx.move(tid, S.SUCCEEDED, run_id="r1", finished_at=None, exit_code=0)
+        (attempt,) = tx.attempts(tid)
+    assert running is not None and running.started_at is not None
+    assert done is not None and done.finished_at is not None
+    assert attempt.finished_at == done.finished_at
+
+
+def test_a_result_may_hold_nan(store: Store) -> None:
+    (tid,) = add(store)
+    launch(store, tid)
+    with store.transaction() as tx:
+        tx.move(tid, S.FAILED, run_id="r1", result={"loss": float("nan")})
+    result = store.get(tid).result
+    assert result is not None and math.isnan(result["loss"])
 
 
 def test_one_row_moves_many_times_in_one_transaction(store: Store) -> None:

@@ -1,0 +1,108 @@
+"""Latency (benchmark 3): queue add -> task started on an idle slot; task exit -> recorded.
+
+``dispatch --forever`` runs over 4 sshd hosts; tasks are added one at a time through the Python
+API (``Queue.add``) and each is awaited before the next, so a slot is always idle. The start time
+is the helper's own record of spawning the task; "recorded" is when another process first sees
+the finished state in the queue file (checked every 2 ms via its change token).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+from common import BenchHosts, Config, Row, Section, Stats, bench_hosts, cli_argv, cli_env
+
+from dispatcher.api import Queue
+from dispatcher.models import TaskState
+from dispatcher.store import Store
+
+HOSTS, SLOTS = 4, 8
+POLL = 0.002
+
+
+def wait_finished(store: Store, task_id: int, timeout: float = 60.0) -> tuple[float, object]:
+    """Poll until the task is finished; (wall clock when first seen, the task)."""
+    deadline = time.monotonic() + timeout
+    token: tuple[int, ...] | None = None
+    while time.monotonic() < deadline:
+        now_token = store.change_token()
+        if now_token != token:
+            token = now_token
+            task = store.tasks(ids=[task_id])[0]
+            if task.state in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.LOST):
+                return time.time(), task
+        time.sleep(POLL)
+    raise SystemExit(f"task {task_id} not finished within {timeout:g} s; see the dispatch log")
+
+
+def measure(bh: BenchHosts, n: int) -> tuple[list[float], list[float]]:
+    """Start latencies and exit-to-recorded latencies (seconds) of ``n`` tasks."""
+    db = bh.work / "latency.duckdb"
+    queue, store = Queue(db), Store(db, lock_timeout=60)
+    log = (bh.work / "latency-dispatch.log").open("w")
+    proc = subprocess.Popen(
+        cli_argv(db, "dispatch", "--forever", "--hosts", str(bh.hosts_toml())),
+        env=cli_env(bh.home),
+        cwd=bh.work,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    starts, records = [], []
+    try:
+        for i in range(n + 4):  # the first tasks warm up the connections
+            [task_id] = queue.add(f"true {i}")
+            added = time.time()
+            seen, task = wait_finished(store, task_id)
+            assert task.started_at is not None and task.finished_at is not None  # type: ignore[attr-defined]
+            if i >= 4:
+                starts.append(task.started_at.timestamp() - added)  # type: ignore[attr-defined]
+                records.append(seen - task.finished_at.timestamp())  # type: ignore[attr-defined]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    return starts, records
+
+
+def run(cfg: Config) -> Section:
+    """p50/p95 of both latencies."""
+    n = cfg.pick(200, 40)
+    with bench_hosts(HOSTS, SLOTS, "latency") as bh:
+        starts, records = measure(bh, n)
+    s, r = Stats.of(starts), Stats.of(records)
+    section = Section(
+        "Latency",
+        "python3 bench/run.py --only latency",
+        f"`labtasker dispatch --forever` on {HOSTS} sshd hosts with {SLOTS} idle slots each; {n}"
+        " tasks (`true`) added one at a time with `Queue(db).add(...)`, each awaited before the"
+        " next. Start: from `add` returning (committed) to the helper spawning the task (its"
+        " `started_at`). Recorded: from the task's exit (`finished_at`, the helper's clock; same"
+        f" machine) to another process seeing it finished in the queue file (polled every"
+        f" {POLL * 1000:.0f} ms). Median/min/max are over the {n} tasks.",
+    )
+    p95s, p95r = s.quantile(0.95), r.quantile(0.95)
+    section.rows += [
+        Row(
+            "add -> started (median = p50)",
+            s,
+            "s",
+            vs=f"p95 {p95s * 1000:.0f} ms",
+            target="p50 <= 200 ms",
+            met=s.median <= 0.2,
+        ),
+        Row(
+            "exit -> recorded (median = p50)",
+            r,
+            "s",
+            vs=f"p95 {p95r * 1000:.0f} ms",
+            target="p95 <= 1 s",
+            met=p95r <= 1.0,
+        ),
+    ]
+    return section

@@ -1,0 +1,197 @@
+"""The Python API: ``Queue``, the same queue the ``labtasker`` CLI uses, from a script or notebook.
+
+A thin layer over the store (each call is one short transaction, so a running dispatcher and the
+CLI can use the queue at the same time) and over ``dispatcher.results``. Dispatching stays with
+``labtasker dispatch``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dispatcher.errors import SweepError, UsageError
+from dispatcher.models import TaskState, parse_state
+
+if TYPE_CHECKING:
+    from dispatcher.store import Store
+
+__all__ = ["Queue"]
+
+States = str | TaskState | Iterable[str | TaskState] | None
+
+
+def _states(state: States) -> list[TaskState] | None:
+    if state is None:
+        return None
+    if isinstance(state, str):  # TaskState is a str too
+        return [parse_state(state)]
+    return [parse_state(s) for s in state]
+
+
+def _grid(grid: Mapping[str, Any]) -> Any:
+    """A lazy ``Grid`` from ``{"lr": [0.1, 0.01], "model.depth": [2, 4]}`` (dotted keys nest)."""
+    from dispatcher.sweep import Grid
+
+    axes = []
+    seen: list[tuple[str, ...]] = []
+    for key, values in grid.items():
+        path = tuple(str(key).split("."))
+        if not all(path):
+            raise SweepError(f"grid key {key!r}: use a name or dotted names like model.depth")
+        if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
+            raise SweepError(
+                f"grid key {key!r}: give a list of values, e.g. {{{key!r}: [1, 2]}}, not {values!r}"
+            )
+        rows = tuple((v,) for v in values)
+        if not rows:
+            raise SweepError(f"grid key {key!r}: the list of values is empty")
+        for other in seen:
+            shorter, longer = sorted((path, other), key=len)
+            if longer[: len(shorter)] == shorter:
+                raise SweepError(
+                    f"grid keys {'.'.join(other)!r} and {key!r} overlap; one would overwrite"
+                    " the other"
+                )
+        seen.append(path)
+        axes.append(((path,), rows))
+    return Grid({}, tuple(axes))
+
+
+class Queue:
+    """A labtasker queue file.
+
+    ``Queue()`` opens the queue the CLI uses here ($LABTASKER_DB, else
+    ``.labtasker/queue.duckdb`` in the current directory, resolved now); ``Queue(db=path)`` opens
+    (or creates) another. Every method is one transaction on the file.
+
+    >>> q = Queue()
+    >>> ids = q.add("python train.py --lr %{lr} --seed %{seed}", grid={"lr": [0.1, 0.01],
+    ...                                                                "seed": [1, 2, 3]})
+    """
+
+    def __init__(self, db: str | os.PathLike[str] | None = None) -> None:
+        from dispatcher.store import Store
+
+        self._store: Store = Store.open_default(None if db is None else Path(db))
+
+    @property
+    def path(self) -> Path:
+        """The queue file's absolute path."""
+        return self._store.path
+
+    @property
+    def store(self) -> Store:
+        """The underlying store, for what this API does not cover."""
+        return self._store
+
+    def __repr__(self) -> str:
+        return f"Queue(db={str(self.path)!r})"
+
+    def add(
+        self,
+        cmd: str,
+        *,
+        args: Sequence[Mapping[str, Any]] | None = None,
+        grid: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 1,
+        timeout: float | None = None,
+        gpus: int | None = None,
+        after: Sequence[int] = (),
+        skip_existing: bool = False,
+    ) -> list[int]:
+        """Add tasks running ``cmd`` (a template with ``%{key}`` placeholders); the new ids.
+
+        As with ``labtasker queue add``: one task per dict of ``args``, then one per point of
+        ``grid`` (keys crossed, the last varying fastest; dotted keys nest); neither gives one
+        task with no args. ``skip_existing`` leaves out tasks whose command is already pending,
+        running or succeeded. Errors (bad template, missing key) raise before anything is added.
+        """
+        from dispatcher.store_add import TaskBatch
+
+        if not isinstance(cmd, str) or not cmd.strip():
+            raise UsageError(f"cmd must be a non-empty command template, got {cmd!r}")
+        groups: list[Any] = []
+        if args is not None:
+            if isinstance(args, Mapping):
+                raise SweepError("args must be a list of dicts, one per task: args=[{...}]")
+            groups.append([dict(a) for a in args])
+        if grid is not None:
+            groups.append(_grid(grid))
+        if not groups:
+            groups.append([{}])
+        batch = TaskBatch(
+            template=cmd,
+            groups=groups,
+            name=name,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            gpus=gpus,
+            after=tuple(after),
+        )
+        return self._store.add_batch(batch, skip_existing=skip_existing).ids
+
+    def tasks(
+        self, state: States = None, *, ids: Iterable[int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Tasks as dicts (the ``queue ls --json`` shape), oldest first; filter by state(s)/ids."""
+        found = self._store.tasks(states=_states(state), ids=None if ids is None else list(ids))
+        return [t.to_json() for t in found]
+
+    def cancel(self, ids: Iterable[int] | None = None, *, state: States = None) -> list[int]:
+        """Cancel tasks: pending ones now, running ones by the dispatcher (which stops them).
+
+        Returns the ids cancelled or marked for stopping; finished tasks are left alone.
+        """
+        result = self._store.cancel(None if ids is None else list(ids), states=_states(state))
+        return sorted(result.cancelled + result.requested)
+
+    def retry(
+        self, ids: Iterable[int] | None = None, *, failed: bool = False, state: States = None
+    ) -> list[int]:
+        """Send failed, cancelled or lost tasks back to pending; the ids moved.
+
+        ``failed=True`` retries every failed task; ``state`` names other states to retry.
+        """
+        states = _states(state) or []
+        if failed:
+            states.append(TaskState.FAILED)
+        if ids is None and not states:
+            raise UsageError("name the tasks to retry: retry(ids), retry(failed=True) or state=")
+        return self._store.retry(None if ids is None else list(ids), states=states or None)
+
+    def results(self, state: States = None) -> list[dict[str, Any]]:
+        """One dict per task, as ``labtasker results`` prints: id, name, state, host, gpus,
+        runtime, exit_code, then ``args.KEY`` and ``result.KEY`` (nested keys joined by dots)."""
+        from dispatcher import results
+
+        names, rows, _ = results.read(self._store, _states(state))
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def results_df(self, state: States = None) -> Any:
+        """``results`` as a pandas DataFrame (needs pandas). Nested values (lists, mixed types)
+        are JSON text in the frame."""
+        if importlib.util.find_spec("pandas") is None:
+            raise ImportError(
+                "Queue.results_df() needs pandas, which is not installed: `pip install pandas`,"
+                " or use Queue.results() for a list of dicts"
+            )
+        from dispatcher import results
+
+        states = _states(state)
+        with self._store.transaction() as txn:
+            query = results.select_sql(results.columns(txn.con, states, now=txn.now()), states)
+            return txn.con.execute(query).df()
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        """Rows of one read-only SELECT over the ``tasks`` and ``attempts`` views, as dicts."""
+        from dispatcher import results
+
+        names, rows = results.query(self._store, query)
+        return [dict(zip(names, row, strict=True)) for row in rows]

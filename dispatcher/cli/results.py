@@ -1,0 +1,255 @@
+"""``labtasker results`` (one row per task, args and result flattened) and ``labtasker sql``
+(read-only SQL over the queue). Parse, call ``dispatcher.results``, print.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from dispatcher.cli import app, db_option, fail
+from dispatcher.cli.queue import StateOption
+from dispatcher.errors import DispatcherError, UsageError
+from dispatcher.models import TaskState, parse_state
+
+if TYPE_CHECKING:
+    from dispatcher.store import Store
+
+#: Rows the table view shows unless --limit says otherwise.
+TABLE_LIMIT = 50
+#: The widest line the table view prints; beyond it, columns are truncated.
+_MAX_WIDTH = 1000
+
+
+class ResultsFormat(StrEnum):
+    """Output formats of ``results``."""
+
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+    PARQUET = "parquet"
+
+
+class SqlFormat(StrEnum):
+    """Output formats of ``sql``."""
+
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+
+
+LimitOption = Annotated[
+    int | None,
+    typer.Option(
+        "--limit", "-n", min=0, help=f"Rows the table shows [default: {TABLE_LIMIT}].",
+        show_default=False,
+    ),
+]  # fmt: skip
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    # main() catches these too; catching here also covers direct app() calls (tests, embedding).
+    try:
+        yield
+    except DispatcherError as err:
+        fail(err)
+
+
+def _store(ctx: typer.Context) -> Store:
+    from dispatcher.store import Store
+
+    return Store.open_default(db_option(ctx))
+
+
+def _states(values: Sequence[str] | None) -> list[TaskState] | None:
+    return None if not values else [parse_state(v) for v in values]
+
+
+def _note(text: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[dim]{escape(text)}[/]")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
+
+
+def _print_table(names: Sequence[str], rows: Sequence[Sequence[Any]], more: str | None) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    for name in names:
+        # One line per row: a narrow terminal truncates cells (csv and json hold everything).
+        table.add_column(name, no_wrap=True, overflow="ellipsis", min_width=min(len(name), 24))
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row), end_section=False)
+    from rich.measure import Measurement
+
+    # Rich drops columns that do not fit; print wide lines instead (a pager can scroll them).
+    wanted = Measurement.get(console, console.options.update_width(_MAX_WIDTH), table).maximum
+    if wanted > console.width:
+        console = Console(highlight=False, width=min(wanted, _MAX_WIDTH))
+    console.print(table)
+    if more:
+        console.print(f"[dim]{escape(more)}[/]")
+
+
+def _infer_format(output: Path) -> ResultsFormat:
+    suffix = output.suffix.lower().lstrip(".")
+    if suffix in ("csv", "json", "parquet"):
+        return ResultsFormat(suffix)
+    raise UsageError(
+        f"cannot tell the format of {output} from its suffix; add --format csv|json|parquet"
+    )
+
+
+@app.command()
+def results(
+    ctx: typer.Context,
+    fmt: Annotated[
+        ResultsFormat | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table, csv, json or parquet [default: table, or from --output].",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write to this file instead of the terminal."),
+    ] = None,
+    state: StateOption = None,
+    limit: LimitOption = None,
+) -> None:
+    """One row per task: id, name, state, host, gpus, runtime, exit_code, args.KEY, result.KEY.
+
+    Nested keys are joined by dots (result.val.loss). The table shows the first 50 rows (--limit);
+    csv, json and parquet hold every row. Example: labtasker results -s succeeded -o runs.parquet
+    """
+    from dispatcher import results as res
+
+    with _reported():
+        states = _states(state)
+        chosen = fmt or (_infer_format(output) if output is not None else ResultsFormat.TABLE)
+        store = _store(ctx)
+        if chosen is ResultsFormat.TABLE:
+            if output is not None:
+                raise UsageError("the table view prints to the terminal; for a file use --format"
+                                 " csv, json or parquet with --output")  # fmt: skip
+            shown = TABLE_LIMIT if limit is None else limit
+            names, rows, total = res.read(store, states, limit=shown)
+            if not total:
+                what = " in state " + ", ".join(states) if states else ""
+                _note(f"No tasks{what}.")
+                return
+            more = None
+            if total > len(rows):
+                more = (
+                    f"Showing the first {len(rows):,} of {total:,} tasks;"
+                    " use --limit N, or --format csv|json|parquet for all."
+                )
+            _print_table(names, rows, more)
+            return
+        if output is not None:
+            n = res.write(store, chosen.value, output, states)
+            _note(f"Wrote {n:,} rows to {output}.")
+            return
+        if chosen is ResultsFormat.PARQUET:
+            raise UsageError("parquet is binary: give a file with --output FILE.parquet")
+        with tempfile.TemporaryDirectory(prefix="labtasker-results-") as tmp:
+            path = Path(tmp) / f"results.{chosen.value}"
+            res.write(store, chosen.value, path, states)
+            _copy_to_stdout(path)
+
+
+def _copy_to_stdout(path: Path) -> None:
+    sys.stdout.flush()
+    with path.open("rb") as f:
+        shutil.copyfileobj(f, sys.stdout.buffer)
+        # DuckDB's JSON array ends without a newline; a terminal prompt should not follow it.
+        if f.tell() and path.suffix == ".json":
+            sys.stdout.buffer.write(b"\n")
+    sys.stdout.buffer.flush()
+
+
+@app.command()
+def sql(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="One SELECT (or WITH ... SELECT) statement.")],
+    fmt: Annotated[
+        SqlFormat, typer.Option("--format", "-f", help="table, csv or json.")
+    ] = SqlFormat.TABLE,
+    limit: LimitOption = None,
+) -> None:
+    """Run read-only SQL over the queue: views `tasks` (args and result are JSON) and `attempts`.
+
+    Example: labtasker sql "SELECT args.lr, avg((result->>'acc')::DOUBLE) FROM tasks GROUP BY 1"
+    Statements that write are refused; see docs/results.md for the columns and more examples.
+    """
+    from dispatcher import results as res
+
+    with _reported():
+        store = _store(ctx)
+        if fmt is SqlFormat.TABLE:
+            shown = TABLE_LIMIT if limit is None else limit
+            names, rows = res.query(store, query, limit=shown + 1)
+            more = len(rows) > shown
+            rows = rows[:shown]
+            if not rows:
+                _note(f"No rows (columns: {', '.join(names)}).")
+                return
+            note = f"Showing the first {shown:,} rows; use --limit N or --format csv|json for all."
+            _print_table(names, rows, note if more else None)
+            return
+        names, rows = res.query(store, query)
+        out = sys.stdout
+        if fmt is SqlFormat.JSON:
+            items = [dict(zip(names, row, strict=True)) for row in rows]
+            out.write(json.dumps(items, ensure_ascii=False, default=_json_default) + "\n")
+            return
+        writer = csv.writer(out, lineterminator=os.linesep)
+        writer.writerow(names)
+        for row in rows:
+            writer.writerow([_csv_cell(v) for v in row])
+
+
+def _json_default(value: Any) -> Any:
+    # Timestamps are stored in UTC; DECIMAL averages and UUIDs print as their text.
+    if isinstance(value, datetime):
+        return value.isoformat() + ("Z" if value.tzinfo is None else "")
+    return str(value)
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    return value

@@ -1,0 +1,353 @@
+"""The dispatcher's host-side jobs: applying run reports, and every call it makes to a host.
+
+``HostJobs`` is mixed into ``engine.Dispatcher``: it turns helper reports (exit events, launch
+replies, probes) into state moves, and runs the asynchronous host calls (launch, kill, cleanup,
+GPU refresh, reconcile after a (re)connect, tails of running runs for ``labtasker status``).
+Reports are queued and applied by the engine's tick, inside its one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dispatcher.collect import LogCollector, write_last_lines
+from dispatcher.errors import ConnectionLostError, DispatcherError, RemoteError, TransportError
+from dispatcher.hostsession import HostSession
+from dispatcher.models import ACTIVE_STATES, Task, TaskState
+from dispatcher.outcome import Outcome, lost_outcome, outcome_of, parse_time
+from dispatcher.recovery import crash_point
+from dispatcher.store import Store, Txn
+
+if TYPE_CHECKING:
+    from dispatcher.engine import DispatchOptions, Reporter
+
+S = TaskState
+
+
+@dataclass
+class HostState:
+    """The dispatcher's bookkeeping for one host, next to its session."""
+
+    session: HostSession
+    order: int
+    reconciled: bool = False
+    refreshing: bool = False
+    tailing: bool = False
+    released: dict[int, float] = field(default_factory=dict)  # gpu index -> monotonic time
+    failures: deque[float] = field(default_factory=deque)
+    suspended: str | None = None
+    orphans: set[str] = field(default_factory=set)  # run ids fenced off after a loss
+
+
+class HostJobs:
+    """Report handling and host calls of the dispatcher; see the module docstring."""
+
+    store: Store
+    reporter: Reporter
+    options: DispatchOptions
+    collector: LogCollector
+    hosts: dict[str, HostState]
+    active: dict[int, Task]
+    counts: dict[TaskState, int]
+    final: dict[int, TaskState]
+    last_lines: dict[int, str]
+    _reports: list[tuple[str, dict[str, Any]]]
+    _wake: asyncio.Event
+    _jobs: set[asyncio.Task[Any]]
+    _kills_sent: set[str]
+    _last_tails: float
+
+    # -- reports ---------------------------------------------------------------------------------
+
+    def _on_exit_event(self, session: HostSession, report: dict[str, Any]) -> None:
+        self._on_report(session.name, report)
+
+    def _on_report(self, host: str, report: dict[str, Any]) -> None:
+        if report.get("state") == "exited":
+            self._spawn(self._collect(host, report))
+        else:
+            self._reports.append((host, report))
+            self._wake.set()
+
+    async def _collect(self, host: str, report: dict[str, Any]) -> None:
+        """Copy the log first, so a task is never final without its output on the controller."""
+        run_id = str(report.get("run_id"))
+        try:
+            await self.collector.fetch(self.hosts[host].session, report)
+        except DispatcherError as err:
+            self.reporter.log(
+                f"{host}: could not copy the log of run {run_id}: {err}", style="yellow"
+            )
+        self._reports.append((host, report))
+        self._wake.set()
+
+    def _apply_report(self, tx: Txn, host: str, report: dict[str, Any]) -> None:
+        run_id = str(report.get("run_id"))
+        task = next((t for t in self.active.values() if t.run_id == run_id), None)
+        state = report.get("state")
+        hs = self.hosts[host]
+        if task is None or task.host != host:
+            # Fenced: a run of an attempt we gave up on. Stop it if it still runs; tidy up after it.
+            if state in ("running", "starting"):
+                self._spawn(self._kill(host, run_id))
+            elif state == "exited":
+                self._spawn(self._cleanup(host, [run_id]))
+            hs.orphans.discard(run_id)
+            return
+        if state in ("running", "starting"):
+            if task.state is S.LAUNCHING:
+                started = parse_time(report.get("started_at"))
+                moved = tx.move(task.id, S.RUNNING, run_id=run_id, started_at=started)
+                if moved:
+                    self.active[task.id] = moved
+        elif state == "exited":
+            self._finish(tx, task, outcome_of(report, task))
+            self._spawn(self._cleanup(host, [run_id]))
+        elif state == "lost":
+            self._finish(
+                tx, task, lost_outcome(task, "its process vanished without an exit record")
+            )
+        elif state == "absent":
+            if task.state is S.LAUNCHING:
+                self._spawn(self._launch(task))  # never created: send the same run id again
+            else:
+                self._finish(tx, task, lost_outcome(task, "its run directory vanished"))
+        elif state == "launch_error":
+            moved = tx.move(
+                task.id,
+                S.PENDING,
+                run_id=run_id,
+                reason=f"launch on {host} failed: {report.get('error')}",
+            )
+            if moved:
+                self.active.pop(task.id, None)
+                self._count_failure(hs, now=time.monotonic())
+
+    def _finish(self, tx: Txn, task: Task, outcome: Outcome) -> None:
+        moved = tx.move(task.id, outcome.state, run_id=task.run_id, **outcome.fields)
+        if moved is None:
+            return
+        self.active.pop(task.id, None)
+        self.last_lines.pop(task.id, None)
+        hs = self.hosts.get(task.host or "")
+        now = time.monotonic()
+        if hs is not None:
+            for idx in task.gpu_ids or []:
+                hs.released[idx] = now
+            if outcome.counts_as_failure:
+                self._count_failure(hs, now)
+            elif outcome.state is S.SUCCEEDED:
+                hs.failures.clear()
+        final = outcome.state
+        if outcome.fail_after_loss:
+            tx.move(task.id, S.FAILED, reason=outcome.fail_after_loss)
+            final = S.FAILED
+        elif outcome.requeue_reason:
+            tx.move(task.id, S.PENDING, reason=outcome.requeue_reason)
+            final = S.PENDING
+        self.final[task.id] = final
+        word = {S.SUCCEEDED: "green", S.CANCELLED: "yellow"}.get(outcome.state, "red")
+        note = f" ({outcome.fields.get('reason')})" if outcome.fields.get("reason") else ""
+        self.reporter.log(f"task {task.id} {outcome.state} on {task.host}{note}", style=word)
+
+    def _count_failure(self, hs: HostState, now: float) -> None:
+        spec = hs.session.spec
+        if spec.suspend_after_failures <= 0:
+            return
+        hs.failures.append(now)
+        while hs.failures and now - hs.failures[0] > spec.failure_window:
+            hs.failures.popleft()
+        if len(hs.failures) >= spec.suspend_after_failures and not hs.suspended:
+            hs.suspended = (
+                f"suspended after {len(hs.failures)} failures in a row; "
+                f"fix the host, then `labtasker hosts resume {spec.name}` or restart dispatch"
+            )
+            self.reporter.log(f"{spec.name}: {hs.suspended}", style="bold red")
+
+    def _expire_unreachable(self, tx: Txn, now: float) -> None:
+        """Tasks on a host unreachable past its grace period are lost and requeued elsewhere."""
+        for name, hs in self.hosts.items():
+            s = hs.session
+            if s.status == "up" or s.down_since is None:
+                continue
+            if now - s.down_since < s.spec.lost_after:
+                continue
+            for task in [t for t in self.active.values() if t.host == name]:
+                if task.run_id:
+                    hs.orphans.add(task.run_id)
+                why = f"host unreachable for more than {s.spec.lost_after:g}s ({s.error})"
+                self._finish(tx, task, lost_outcome(task, why))
+
+    # -- host calls (async jobs) -----------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        job: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._jobs.add(job)
+
+        def done(j: asyncio.Task[Any]) -> None:
+            self._jobs.discard(j)
+            exc = None if j.cancelled() else j.exception()
+            if exc is not None:
+                if not isinstance(exc, DispatcherError):
+                    raise exc  # a bug: let asyncio report it loudly
+                self.reporter.log(str(exc), style="yellow")
+            self._wake.set()
+
+        job.add_done_callback(done)
+
+    async def _launch(self, task: Task) -> None:
+        hs = self.hosts[task.host or ""]
+        spec = hs.session.spec
+        env = dict(spec.env)
+        env.update(
+            {
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # make CUDA's numbering match nvidia-smi's
+                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in task.gpu_ids or []),
+                "LABTASKER_TASK_ID": str(task.id),
+                "LABTASKER_RUN_ID": str(task.run_id),
+                "LABTASKER_ATTEMPT": str(task.attempt),
+                "LABTASKER_ARGS": json.dumps(task.args, ensure_ascii=False),
+            }
+        )
+        launch = {
+            "command": task.command,
+            "setup": spec.setup,
+            "workdir": spec.workdir,
+            "env": env,
+            "timeout": task.timeout,
+            "kill_grace": spec.kill_grace,
+            "task_id": task.id,
+        }
+        try:
+            reply = await hs.session.call("launch", run_id=task.run_id, spec=launch)
+        except (ConnectionLostError, TransportError):
+            return  # outcome unknown: stays launching; the probe after reconnecting decides
+        except RemoteError as err:
+            self._on_report(
+                task.host or "", {"run_id": task.run_id, "state": "launch_error", "error": str(err)}
+            )
+            return
+        crash_point("sent")  # test hook: die with the run started, its start unrecorded
+        if reply.get("status") == "exists" and isinstance(reply.get("run"), dict):
+            self._on_report(task.host or "", reply["run"])
+        else:
+            self._on_report(task.host or "", {"run_id": task.run_id, "state": "running"})
+
+    async def _kill(self, host: str, run_id: str) -> None:
+        hs = self.hosts[host]
+        with contextlib.suppress(ConnectionLostError, TransportError):
+            await hs.session.call("kill", run_id=run_id, grace=hs.session.spec.kill_grace)
+
+    async def _cleanup(self, host: str, run_ids: list[str]) -> None:
+        with contextlib.suppress(DispatcherError):
+            await self.hosts[host].session.call("cleanup", runs=run_ids)
+
+    def _send_cancels(self) -> None:
+        for task in self.active.values():
+            if not task.cancel_requested or not task.run_id or task.run_id in self._kills_sent:
+                continue
+            hs = self.hosts.get(task.host or "")
+            if hs is None or not hs.session.up or task.state is not S.RUNNING:
+                continue
+            self._kills_sent.add(task.run_id)
+            self.reporter.log(f"task {task.id}: cancelling on {task.host}", style="yellow")
+            self._spawn(self._kill(task.host or "", task.run_id))
+
+    def _refresh_gpus(self, now: float) -> None:
+        if not self.counts[S.PENDING]:
+            return
+        for hs in self.hosts.values():
+            s = hs.session
+            if hs.refreshing or not s.up or not hs.reconciled or s.spec.gpus == ():
+                continue
+            if s.inventory and now - s.inventory.fetched_at < self.options.gpu_refresh:
+                continue
+            hs.refreshing = True
+            self._spawn(self._refresh_one(hs))
+
+    async def _refresh_one(self, hs: HostState) -> None:
+        try:
+            await hs.session.refresh_gpus()
+        finally:
+            hs.refreshing = False
+
+    # -- last output lines for `labtasker status` ------------------------------------------------
+
+    def _poll_tails(self, now: float) -> None:
+        """Every ``tail_interval`` s, one ``tail`` call per host for all its running runs."""
+        if now - self._last_tails < self.options.tail_interval:
+            return
+        self._last_tails = now
+        for name, hs in self.hosts.items():
+            runs = {
+                t.run_id: t.id
+                for t in self.active.values()
+                if t.host == name and t.run_id and t.state is S.RUNNING
+            }
+            if runs and hs.session.up and not hs.tailing:
+                hs.tailing = True
+                self._spawn(self._tail_one(hs, runs))
+        known = {k: v for k, v in self.last_lines.items() if k in self.active}
+        if known != self.last_lines:
+            self.last_lines = known
+            self._write_tails()
+
+    async def _tail_one(self, hs: HostState, runs: dict[str, int]) -> None:
+        try:
+            reply = await hs.session.call("tail", runs=sorted(runs), bytes=4096, timeout=10.0)
+        except (ConnectionLostError, TransportError):
+            return
+        finally:
+            hs.tailing = False
+        for run_id, line in (reply.get("lines") or {}).items():
+            task_id = runs.get(run_id)
+            if task_id in self.active and isinstance(line, str):
+                self.last_lines[task_id] = line
+        self._write_tails()
+
+    def _write_tails(self) -> None:
+        try:
+            write_last_lines(self.store.path, self.last_lines)
+        except OSError as err:
+            self.reporter.log(f"could not record last output lines: {err}", style="yellow")
+
+    # -- host (re)connection: reconcile before placing anything there ----------------------------
+
+    def _on_host_change(self, session: HostSession) -> None:
+        hs = self.hosts.get(session.name)
+        if hs is None:
+            return
+        if session.status == "up":
+            self.reporter.log(f"{session.name}: connected", style="green")
+            hs.reconciled = False
+            self._spawn(self._reconcile(hs))
+        elif session.status == "down":
+            hs.reconciled = False
+            self.reporter.log(f"{session.error}", style="yellow")
+        self._wake.set()
+
+    async def _reconcile(self, hs: HostState) -> None:
+        """Ask the host about every run we think is there, then take its GPU inventory."""
+        name = hs.session.name
+        with self.store.transaction() as tx:
+            mine = tx.tasks(states=ACTIVE_STATES, host=name)
+        runs = [t.run_id for t in mine if t.run_id] + sorted(hs.orphans)
+        try:
+            if runs:
+                reply = await hs.session.call("probe", runs=runs, timeout=60.0)
+                for report in (reply.get("runs") or {}).values():
+                    if isinstance(report, dict):
+                        self._on_report(name, report)
+            if hs.session.spec.gpus != ():
+                await hs.session.refresh_gpus()
+        except (ConnectionLostError, TransportError):
+            return  # the session reconnects and we come back here
+        hs.reconciled = True
+        self._wake.set()

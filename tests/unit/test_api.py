@@ -1,0 +1,161 @@
+"""The Python API (``dispatcher.Queue``) against real queue files, checked against the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from dispatcher import Queue
+from dispatcher.cli import _register, app
+from dispatcher.errors import IllegalTransitionError, SweepError, TemplateError, UsageError
+from dispatcher.models import TaskState
+
+S = TaskState
+_register()
+
+
+def cli(*args: str) -> Any:
+    done = CliRunner().invoke(app, list(args))
+    assert done.exit_code == 0, done.output
+    return done
+
+
+@pytest.fixture
+def q(tmp_path: Path) -> Queue:
+    return Queue(db=tmp_path / "q.duckdb")
+
+
+def end(q: Queue, task_id: int, state: TaskState, result: dict[str, Any] | None = None) -> None:
+    """Finish a task through the store's state moves, as the dispatcher does."""
+    with q.store.transaction() as txn:
+        txn.move(task_id, S.LAUNCHING, host="local", run_id=f"r{task_id}", gpu_ids=[])
+        txn.move(task_id, state, run_id=f"r{task_id}", exit_code=0, result=result)
+
+
+def test_default_queue_is_the_clis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ids = Queue().add("echo %{x}", grid={"x": [1, 2]})
+    assert Queue().path == (tmp_path / ".labtasker" / "queue.duckdb").resolve()
+    listed = json.loads(cli("queue", "ls", "--json").stdout)
+    assert [t["id"] for t in listed] == ids
+    monkeypatch.setenv("LABTASKER_DB", str(tmp_path / "env.duckdb"))
+    assert Queue().path == tmp_path / "env.duckdb"
+    assert Queue().tasks() == []
+
+
+def test_add_grid_args_and_settings(q: Queue) -> None:
+    ids = q.add(
+        "train --lr %{lr} --depth %{model.depth} --tag %{tag}",
+        args=[{"lr": 1, "model": {"depth": 0}, "tag": "hand picked"}],
+        grid={"lr": [0.1, 0.01], "model.depth": [2, 4], "tag": ["g"]},
+        name="sweep",
+        priority=5,
+        max_attempts=2,
+        timeout=60,
+        gpus=1,
+    )
+    assert len(ids) == 5 and ids == list(range(ids[0], ids[0] + 5))
+    tasks = q.tasks()
+    assert tasks[0]["command"] == "train --lr 1 --depth 0 --tag 'hand picked'"
+    assert [t["args"] for t in tasks[1:3]] == [
+        {"lr": 0.1, "model": {"depth": 2}, "tag": "g"},
+        {"lr": 0.1, "model": {"depth": 4}, "tag": "g"},
+    ]
+    t = tasks[-1]
+    assert (t["name"], t["priority"], t["max_attempts"], t["timeout"], t["gpus_requested"]) == (
+        "sweep", 5, 2, 60.0, 1,
+    )  # fmt: skip
+    assert q.add("echo") != [] and q.tasks(ids=[ids[0]])[0]["id"] == ids[0]
+
+
+def test_skip_existing_and_after(q: Queue) -> None:
+    first = q.add("echo %{x}", grid={"x": [1, 2]})
+    again = q.add("echo %{x}", grid={"x": [1, 2, 3]}, skip_existing=True)
+    assert len(again) == 1 and q.tasks(ids=again)[0]["args"] == {"x": 3}
+    (child,) = q.add("echo done", after=first)
+    assert q.store.get(child).after == first
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"grid": {"lr": 0.1}}, SweepError, "give a list of values"),
+        ({"grid": {"lr": "0.1,0.2"}}, SweepError, "give a list of values"),
+        ({"grid": {"lr": []}}, SweepError, "empty"),
+        ({"grid": {"m": [1], "m.depth": [2]}}, SweepError, "overlap"),
+        ({"grid": {"a..b": [1]}}, SweepError, "dotted names"),
+        ({"args": {"lr": 1}}, SweepError, "list of dicts"),
+        ({"args": [{"other": 1}]}, TemplateError, "lr"),
+        ({"grid": {"lr": [1]}, "max_attempts": 0}, UsageError, "max attempts"),
+    ],
+)
+def test_add_errors_add_nothing(
+    q: Queue, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        q.add("run %{lr}", **kwargs)
+    assert q.tasks() == []
+
+
+def test_empty_command_is_refused(q: Queue) -> None:
+    with pytest.raises(UsageError, match="non-empty"):
+        q.add("  ")
+
+
+def test_tasks_by_state_cancel_and_retry(q: Queue) -> None:
+    a, b, c, d = q.add("run %{i}", grid={"i": [1, 2, 3, 4]})
+    end(q, a, S.FAILED)
+    end(q, b, S.SUCCEEDED, {"acc": 1})
+    with q.store.transaction() as txn:
+        txn.move(c, S.LAUNCHING, host="local", run_id="rc", gpu_ids=[])
+    assert [t["id"] for t in q.tasks(state="failed")] == [a]
+    assert [t["id"] for t in q.tasks(state=["failed", S.SUCCEEDED])] == [a, b]
+    assert q.cancel([c, d]) == [c, d]
+    assert q.tasks(ids=[d])[0]["state"] == "cancelled"
+    assert q.tasks(ids=[c])[0]["cancel_requested"] is True  # the dispatcher stops it
+    assert q.retry(failed=True) == [a]
+    assert q.tasks(ids=[a])[0]["state"] == "pending"
+    assert q.retry([d]) == [d]
+    with pytest.raises(IllegalTransitionError, match="succeeded"):
+        q.retry([b])
+    with pytest.raises(UsageError, match="name the tasks"):
+        q.retry()
+    with pytest.raises(UsageError, match="unknown state"):
+        q.tasks(state="done")
+
+
+def test_results_match_the_cli(q: Queue) -> None:
+    a, b = q.add("run %{lr}", grid={"lr": [0.1, 0.2]})
+    end(q, a, S.SUCCEEDED, {"acc": 0.5, "val": {"loss": 1.5}})
+    end(q, b, S.FAILED, {"acc": 0.1})
+    rows = q.results()
+    assert rows[0]["result.val.loss"] == 1.5 and rows[1]["result.val.loss"] is None
+    assert [r["args.lr"] for r in rows] == [0.1, 0.2]
+    assert [r["id"] for r in q.results(state="succeeded")] == [a]
+    printed = cli("--db", str(q.path), "results", "--format", "json").stdout
+    assert json.loads(printed) == rows
+    assert q.sql("SELECT id, result FROM tasks WHERE state = 'failed'") == [
+        {"id": b, "result": {"acc": 0.1}}
+    ]
+    with pytest.raises(UsageError, match="read-only"):
+        q.sql("DELETE FROM tasks")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pandas") is not None, reason="pandas installed")
+def test_results_df_without_pandas_says_what_to_install(q: Queue) -> None:
+    with pytest.raises(ImportError, match="pip install pandas"):
+        q.results_df()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pandas") is None, reason="pandas not installed")
+def test_results_df_with_pandas(q: Queue) -> None:
+    a, _ = q.add("run %{lr}", grid={"lr": [0.1, 0.2]})
+    end(q, a, S.SUCCEEDED, {"acc": 0.5, "val": {"loss": 1.5}})
+    df = q.results_df(state="succeeded")
+    assert list(df["id"]) == [a] and float(df["result.val.loss"].iloc[0]) == 1.5
+    assert list(df.columns) == list(q.results()[0])

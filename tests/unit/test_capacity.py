@@ -1,0 +1,108 @@
+"""capacity.py: a host's spec + nvidia-smi inventory + our active tasks -> the scheduler's view."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dispatcher.capacity import foreign_use, gpu_problem, host_capacity
+from dispatcher.hosts import make_host
+from dispatcher.models import Task, TaskState
+from dispatcher.scheduler import HostCapacity
+
+
+def gpu(index: int, used: int = 0) -> dict[str, Any]:
+    return {"index": index, "uuid": f"GPU-{index}", "memory_used_mib": used}
+
+
+def inventory(*gpus: dict[str, Any], procs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"gpus": list(gpus), "processes": procs or [], "error": None}
+
+
+def task(task_id: int, gpu_ids: list[int] | None) -> Task:
+    return Task(task_id, TaskState.RUNNING, {}, "t", "t", host="h", gpu_ids=gpu_ids)
+
+
+def cap(
+    settings: dict[str, Any],
+    inv: dict[str, Any] | None,
+    active: Sequence[Task] = (),
+    **kw: Any,
+) -> HostCapacity:
+    spec = make_host("h", settings)
+    return host_capacity(
+        spec, order=0, usable=True, unusable_reason=None, inventory=inv, active=active, **kw
+    )
+
+
+def test_a_gpu_held_by_a_task_is_not_free_and_a_busy_one_names_its_owner() -> None:
+    procs = [{"gpu_uuid": "GPU-2", "pid": 4242, "user": "bob"}]
+    c = cap({}, inventory(gpu(0), gpu(1), gpu(2, used=12 * 1024), procs=procs), [task(7, [1])])
+    assert [(g.index, g.held_by_task, g.foreign) for g in c.gpus] == [
+        (0, None, None),
+        (1, 7, None),
+        (2, None, "12.0 GiB used by bob (pid 4242)"),
+    ]
+    assert c.usable and c.gpus_known and c.slots_total == 0
+
+
+def test_memory_under_the_threshold_is_not_someone_elses_job() -> None:
+    c = cap({"max_gpu_memory_used": "2GiB"}, inventory(gpu(0, used=1500), gpu(1, used=2100)))
+    assert [g.foreign for g in c.gpus] == [None, "2.1 GiB used by another process"]
+
+
+def test_a_just_released_gpu_is_not_held_against_by_its_stale_memory_reading() -> None:
+    c = cap({}, inventory(gpu(0, used=30000)), recently_released=[0])
+    assert c.gpus[0].foreign is None
+
+
+def test_cpu_host_counts_slots_used_by_tasks_without_gpus() -> None:
+    c = cap({"gpus": 0, "slots": 2}, None, [task(1, []), task(2, None)])
+    assert (c.gpus, c.slots_total, c.slots_used, c.gpus_known) == ((), 2, 2, True)
+
+
+def test_auto_without_nvidia_smi_is_cpu_only_unless_gpus_were_asked_for() -> None:
+    missing = {"gpus": [], "processes": [], "error": "nvidia-smi: command not found"}
+    c = cap({}, missing)
+    assert c.usable and c.gpus == () and c.slots_total == 1
+    asked = cap({"gpus": "auto"}, missing)
+    assert not asked.usable and 'gpus = "auto" but nvidia-smi' in str(asked.unusable_reason)
+
+
+def test_pinned_gpus_only_and_a_missing_index_is_reported() -> None:
+    c = cap({"gpus": [1]}, inventory(gpu(0), gpu(1)))
+    assert [g.index for g in c.gpus] == [1]
+    spec = make_host("h", {"gpus": [3]})
+    assert gpu_problem(spec, inventory(gpu(0), gpu(1))) == (
+        "GPU index 3 does not exist (nvidia-smi lists: 0, 1)"
+    )
+
+
+def test_auto_before_the_first_query_is_unknown() -> None:
+    c = cap({}, None)
+    assert not c.gpus_known and c.gpus == ()
+
+
+@given(
+    used=st.lists(st.integers(0, 80_000), min_size=1, max_size=8),
+    held=st.sets(st.integers(0, 7)),
+)
+def test_a_gpu_is_offered_only_when_nobody_holds_or_uses_it(
+    used: list[int], held: set[int]
+) -> None:
+    gpus = [gpu(i, u) for i, u in enumerate(used)]
+    active = [task(100 + i, [i]) for i in sorted(held) if i < len(used)]
+    c = cap({}, inventory(*gpus), active)
+    for g, u in zip(c.gpus, used, strict=True):
+        free = g.held_by_task is None and g.foreign is None
+        assert free == (g.index not in held and u * 1024 * 1024 <= 1024**3)
+
+
+def test_foreign_use_lists_at_most_three_owners() -> None:
+    procs = [{"gpu_uuid": "GPU-0", "pid": p, "user": "u"} for p in range(5)]
+    assert foreign_use(gpu(0, 5000), procs, 0) == (
+        "4.9 GiB used by u (pid 0), u (pid 1), u (pid 2) +2"
+    )
