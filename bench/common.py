@@ -39,6 +39,7 @@ __all__ = [
     "Row",
     "Section",
     "Stats",
+    "add_and_dispatch",
     "cli_argv",
     "cli_env",
     "fmt_seconds",
@@ -200,6 +201,44 @@ def run_cli(
     if done.returncode != 0:
         raise SystemExit(f"labtasker {shlex.join(args[:4])} failed: {done.stderr.strip()[-2000:]}")
     return took
+
+
+def add_and_dispatch(
+    db: Path,
+    n: int,
+    hosts_toml: Path,
+    *,
+    home: Path | None = None,
+    cwd: Path | None = None,
+    wrap: Sequence[str] = (),
+) -> tuple[float, float]:
+    """Queue ``n`` ``true`` tasks with one ``queue add``, then ``dispatch`` until it exits.
+
+    Returns (add seconds, dispatch seconds), each the wall time of its whole CLI process;
+    SystemExit unless dispatch reports all ``n`` succeeded. ``wrap`` prefixes the dispatch
+    command (a profiler). The queue file is removed afterwards.
+    """
+    grid = f"i={','.join(map(str, range(n)))}"
+    add = run_cli(db, "queue", "add", "--grid", grid, "--", "true", "%{i}", home=home, cwd=cwd)
+    start = time.perf_counter()
+    done = subprocess.run(
+        [*wrap, *cli_argv(db, "dispatch", "--hosts", str(hosts_toml))],
+        env=cli_env(home),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    took = time.perf_counter() - start
+    if done.returncode != 0 or f"{n} succeeded" not in done.stdout:
+        raise SystemExit(
+            f"labtasker dispatch failed ({done.returncode}): {done.stdout[-800:]}"
+            f"{done.stderr[-1500:]}"
+        )
+    for leftover in db.parent.glob(db.name + "*"):
+        leftover.unlink()
+    return add, took
 
 
 def timed(fn: Callable[[], object]) -> float:

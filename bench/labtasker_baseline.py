@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import OUT, Config, Row, Section, Stats, cli_argv, cli_env, ratio, run_cli
+from common import OUT, Config, Row, Section, Stats, add_and_dispatch, ratio
 
 VERSION = "2.8.0"
 VENV = OUT / "venv-labtasker"
@@ -100,30 +100,7 @@ def ours(n: int, slots: int) -> tuple[float, float]:
         db = work / "q.duckdb"
         toml = work / "hosts.toml"
         toml.write_text(f"[hosts.local]\ngpus = 0\nslots = {slots}\n")
-        submit = run_cli(
-            db,
-            "queue",
-            "add",
-            "--grid",
-            f"i={','.join(map(str, range(n)))}",
-            "--",
-            "true",
-            "%{i}",
-            cwd=work,
-        )
-        start = time.perf_counter()
-        done = subprocess.run(
-            cli_argv(db, "dispatch", "--hosts", str(toml)),
-            env=cli_env(),
-            cwd=work,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        took = time.perf_counter() - start
-        if done.returncode != 0 or f"{n} succeeded" not in done.stdout:
-            raise SystemExit(f"labtasker dispatch on local failed: {done.stderr[-1500:]}")
-        return submit, took
+        return add_and_dispatch(db, n, toml, cwd=work)
 
 
 def run(cfg: Config) -> Section:

@@ -64,6 +64,8 @@ def versions() -> dict[str, str]:
         "Python": platform.python_version(),
         "OpenSSH": _first_line(["ssh", "-V"]),
         "DuckDB": pkg("duckdb"),
+        "typer": pkg("typer"),
+        "rich": pkg("rich"),
         "asyncssh": pkg("asyncssh"),
         "GNU parallel": _first_line(["parallel", "--version"]),
         "Labtasker": _first_line([str(lt), "--version"]) if lt.exists() else "not installed yet",

@@ -1,7 +1,8 @@
 """CLI start-up (benchmark 5): ``labtasker --help`` and ``status`` on an empty queue.
 
 Runs the installed console script when there is one (else ``python -m dispatcher``), and checks
-with ``python -X importtime`` that commands which never touch SSH do not import asyncssh.
+with ``python -X importtime`` that commands which never touch SSH do not import asyncssh, and
+which of the slow optional imports (duckdb, pydantic through typer, rich's markdown) each pays.
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ def run(cfg: Config) -> Section:
             s = Stats.of(times[1:])
             mods = imports(db, args)
             ssh = "asyncssh" in mods
-            note = f"imports asyncssh: {'yes' if ssh else 'no'}, duckdb: "
-            note += "yes" if {"duckdb", "_duckdb"} & mods else "no"
+            heavy = {"duckdb": {"duckdb", "_duckdb"}, "pydantic": {"pydantic"}}
+            heavy["markdown"] = {"markdown_it", "pygments"}
+            note = f"imports asyncssh: {'yes' if ssh else 'no'}"
+            note += "".join(f", {k}: {'yes' if v & mods else 'no'}" for k, v in heavy.items())
             tgt = "no asyncssh" + (f", < {target * 1000:.0f} ms" if target else "")
             met = not ssh and (target is None or s.median < target)
             rows.append(Row(f"`labtasker {' '.join(args)}`", s, "s", vs=note, target=tgt, met=met))

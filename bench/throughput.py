@@ -16,52 +16,21 @@ from common import (
     Row,
     Section,
     Stats,
+    add_and_dispatch,
     bench_hosts,
-    cli_argv,
     cli_env,
     ratio,
-    run_cli,
 )
 
 HOSTS, SLOTS = 4, 8
 SLOW_SHELL = 0.25
 
 
-def labtasker_run(bh: BenchHosts, n: int, tag: str) -> float:
+def labtasker_run(bh: BenchHosts, n: int, tag: str, wrap: tuple[str, ...] = ()) -> float:
     """Seconds from ``queue add`` of ``n`` ``true`` tasks to dispatch exiting with all recorded."""
     db = bh.work / f"tp-{tag}.duckdb"
-    toml = bh.hosts_toml()
-    start = time.perf_counter()
-    run_cli(
-        db,
-        "queue",
-        "add",
-        "--grid",
-        f"i={','.join(map(str, range(n)))}",
-        "--",
-        "true",
-        "%{i}",
-        home=bh.home,
-        cwd=bh.work,
-    )
-    done = subprocess.run(
-        cli_argv(db, "dispatch", "--hosts", str(toml)),
-        env=cli_env(bh.home),
-        cwd=bh.work,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    took = time.perf_counter() - start
-    if done.returncode != 0 or f"{n} succeeded" not in done.stdout:
-        raise SystemExit(
-            f"labtasker dispatch failed ({done.returncode}): {done.stdout[-800:]}"
-            f"{done.stderr[-1500:]}"
-        )
-    for leftover in bh.work.glob(f"tp-{tag}.duckdb*"):
-        leftover.unlink()
-    return took
+    add, took = add_and_dispatch(db, n, bh.hosts_toml(), home=bh.home, cwd=bh.work, wrap=wrap)
+    return add + took
 
 
 def parallel_argv(bh: BenchHosts) -> list[str]:
@@ -196,3 +165,39 @@ def run(cfg: Config) -> Section:
         ),
     ]
     return section
+
+
+def main() -> None:
+    """Quick runs while tuning: ``python3 bench/throughput.py -n 400 --runs 1``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="labtasker dispatch throughput on sshd hosts")
+    parser.add_argument("-n", type=int, default=400, help="tasks per run (default 400)")
+    parser.add_argument("--runs", type=int, default=1, help="repetitions (default 1)")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also time GNU parallel, plain and with ControlMaster",
+    )
+    parser.add_argument(
+        "--slow-shell", action="store_true", help=f"{SLOW_SHELL * 1000:.0f} ms login shells"
+    )
+    parser.add_argument("--profile", metavar="FILE", help="run dispatch under py-spy (raw output)")
+    opts = parser.parse_args()
+    wrap = ("py-spy", "record", "-r", "200", "-f", "raw", "-o", opts.profile, "--")
+    with bench_hosts(HOSTS, SLOTS, "throughput") as bh:
+        if opts.slow_shell:
+            bh.set_slow_shell(SLOW_SHELL)
+        if opts.compare:
+            times = measure(bh, opts.n, opts.runs, plain=True)
+        else:
+            runs = range(opts.runs)
+            w = wrap if opts.profile else ()
+            times = {"labtasker": [labtasker_run(bh, opts.n, str(r), w) for r in runs]}
+    for tool, seconds in times.items():
+        s = rates(opts.n, seconds)
+        print(f"{tool}: median {s.median:.1f} tasks/s (min {s.lo:.1f}, max {s.hi:.1f}, n={s.n})")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.errors import SweepError, UsageError
+from dispatcher.errors import UsageError
 from dispatcher.models import TaskState, parse_state
 
 if TYPE_CHECKING:
@@ -30,35 +30,6 @@ def _states(state: States) -> list[TaskState] | None:
     if isinstance(state, str):  # TaskState is a str too
         return [parse_state(state)]
     return [parse_state(s) for s in state]
-
-
-def _grid(grid: Mapping[str, Any]) -> Any:
-    """A lazy ``Grid`` from ``{"lr": [0.1, 0.01], "model.depth": [2, 4]}`` (dotted keys nest)."""
-    from dispatcher.sweep import Grid
-
-    axes = []
-    seen: list[tuple[str, ...]] = []
-    for key, values in grid.items():
-        path = tuple(str(key).split("."))
-        if not all(path):
-            raise SweepError(f"grid key {key!r}: use a name or dotted names like model.depth")
-        if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
-            raise SweepError(
-                f"grid key {key!r}: give a list of values, e.g. {{{key!r}: [1, 2]}}, not {values!r}"
-            )
-        rows = tuple((v,) for v in values)
-        if not rows:
-            raise SweepError(f"grid key {key!r}: the list of values is empty")
-        for other in seen:
-            shorter, longer = sorted((path, other), key=len)
-            if longer[: len(shorter)] == shorter:
-                raise SweepError(
-                    f"grid keys {'.'.join(other)!r} and {key!r} overlap; one would overwrite"
-                    " the other"
-                )
-        seen.append(path)
-        axes.append(((path,), rows))
-    return Grid({}, tuple(axes))
 
 
 class Queue:
@@ -104,36 +75,42 @@ class Queue:
         gpus: int | None = None,
         after: Sequence[int] = (),
         skip_existing: bool = False,
+        random: Mapping[str, Any] | None = None,
+        samples: int | None = None,
+        seed: int = 0,
+        max_running: int | None = None,
+        outputs: Sequence[str] = (),
     ) -> list[int]:
         """Add tasks running ``cmd`` (a template with ``%{key}`` placeholders); the new ids.
 
         As with ``labtasker queue add``: one task per dict of ``args``, then one per point of
-        ``grid`` (keys crossed, the last varying fastest; dotted keys nest); neither gives one
-        task with no args. ``skip_existing`` leaves out tasks whose command is already pending,
-        running or succeeded. Errors (bad template, missing key) raise before anything is added.
+        ``grid`` (keys crossed, the last varying fastest; dotted keys nest) crossed with
+        ``samples`` random points of ``random`` (``{"lr": {"loguniform": [1e-5, 0.1]}}``; also
+        uniform, randint, choice; reproducible from ``seed``); neither gives one task with no
+        args. ``max_running`` caps how many of these tasks (of this ``name``) run at once;
+        ``outputs`` are globs copied back after each run. ``skip_existing`` leaves out tasks
+        whose command is already pending, running or succeeded. Errors (bad template, missing
+        key) raise before anything is added.
         """
-        from dispatcher.store_add import TaskBatch
+        from dispatcher import sampling
+        from dispatcher.batch import assemble
+        from dispatcher.sweep import grid_from_mapping
 
         if not isinstance(cmd, str) or not cmd.strip():
             raise UsageError(f"cmd must be a non-empty command template, got {cmd!r}")
-        groups: list[Any] = []
-        if args is not None:
-            if isinstance(args, Mapping):
-                raise SweepError("args must be a list of dicts, one per task: args=[{...}]")
-            groups.append([dict(a) for a in args])
-        if grid is not None:
-            groups.append(_grid(grid))
-        if not groups:
-            groups.append([{}])
-        batch = TaskBatch(
-            template=cmd,
-            groups=groups,
+        batch = assemble(
+            cmd,
+            args=args,
+            grid=None if grid is None else grid_from_mapping(grid),
+            random=None if random is None else sampling.from_mapping(random, samples, seed),
             name=name,
             priority=priority,
             max_attempts=max_attempts,
             timeout=timeout,
             gpus=gpus,
-            after=tuple(after),
+            max_running=max_running,
+            outputs=outputs,
+            after=after,
         )
         return self._store.add_batch(batch, skip_existing=skip_existing).ids
 

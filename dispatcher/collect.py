@@ -2,8 +2,9 @@
 
 Logs are stored as ``<logs_dir>/<run_id>.log`` (0600, directory 0700), so a finished task's
 output stays readable with no host reachable. Small logs arrive inline in the exit report; big ones
-are read in chunks over the helper's channel. The running tasks' last output lines, for
-``labtasker status``, are kept in ``<queue>.status.json`` next to the queue file.
+are read in chunks over the helper's channel. The running tasks' last output lines and each
+host's GPU use, for ``labtasker status``, are kept in ``<queue>.status.json`` next to the queue
+file, stamped with the time written so a reader can tell a stopped dispatcher's stale view.
 """
 
 from __future__ import annotations
@@ -13,8 +14,17 @@ import contextlib
 import json
 import os
 import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from dispatcher.capacity import foreign_use
+
+if TYPE_CHECKING:
+    from dispatcher.hostsession import HostSession
+    from dispatcher.models import Task
 
 CHUNK = 1024 * 1024
 
@@ -70,10 +80,21 @@ def last_lines_path(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".status.json")
 
 
-def write_last_lines(db_path: Path, lines: dict[int, str]) -> None:
-    """Replace the last-lines file atomically (0600), so ``status`` never reads half of it."""
+def write_last_lines(
+    db_path: Path, lines: dict[int, str], *, hosts: Mapping[str, Any] | None = None
+) -> None:
+    """Replace the status file atomically (0600), so ``status`` never reads half of it.
+
+    ``hosts``: each host's GPU view (``gpu_views``); the file also records when it was written.
+    """
     target = last_lines_path(db_path)
-    data = json.dumps({"lines": {str(k): v for k, v in sorted(lines.items())}}).encode()
+    data = json.dumps(
+        {
+            "written_at": time.time(),
+            "lines": {str(k): v for k, v in sorted(lines.items())},
+            "hosts": dict(hosts or {}),
+        }
+    ).encode()
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     try:
         os.write(fd, data)
@@ -89,11 +110,74 @@ def write_last_lines(db_path: Path, lines: dict[int, str]) -> None:
 
 def read_last_lines(db_path: Path) -> dict[int, str]:
     """The last output line per task id as the dispatcher last saw it ({} when none)."""
+    return read_status_file(db_path).lines
+
+
+@dataclass
+class StatusFile:
+    """What the dispatcher last wrote for ``status``; ``written_at`` None when never written."""
+
+    lines: dict[int, str] = field(default_factory=dict)
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    written_at: float | None = None  # seconds since the epoch
+
+
+def read_status_file(db_path: Path) -> StatusFile:
+    """The status file of the queue at ``db_path``; an empty one when missing or damaged."""
     try:
         data = json.loads(last_lines_path(db_path).read_text())
     except (OSError, ValueError):
-        return {}
-    raw = data.get("lines") if isinstance(data, dict) else None
-    if not isinstance(raw, dict):
-        return {}
-    return {int(k): v for k, v in raw.items() if k.isdigit() and isinstance(v, str)}
+        return StatusFile()
+    if not isinstance(data, dict):
+        return StatusFile()
+    out = StatusFile()
+    raw = data.get("lines")
+    if isinstance(raw, dict):
+        out.lines = {int(k): v for k, v in raw.items() if k.isdigit() and isinstance(v, str)}
+    hosts = data.get("hosts")
+    if isinstance(hosts, dict):
+        out.hosts = {k: v for k, v in hosts.items() if isinstance(k, str) and isinstance(v, dict)}
+    written = data.get("written_at")
+    if isinstance(written, int | float) and not isinstance(written, bool):
+        out.written_at = float(written)
+    return out
+
+
+def gpu_views(
+    sessions: Iterable[HostSession], active: Iterable[Task], now: float
+) -> dict[str, dict[str, Any]]:
+    """Each host's GPUs as ``status`` shows them: ours (task id), someone else's, or free.
+
+    ``now`` is monotonic, like the inventories' ``fetched_at``; ``age`` is how old each view is.
+    """
+    tasks = list(active)
+    views: dict[str, dict[str, Any]] = {}
+    for s in sessions:
+        spec, inv = s.spec, s.inventory
+        held = {i: t.id for t in tasks if t.host == s.name for i in t.gpu_ids or []}
+        gpus: list[dict[str, Any]] = []
+        for g in inv.gpus if inv is not None else []:
+            idx = g.get("index")
+            if not isinstance(idx, int) or (isinstance(spec.gpus, tuple) and idx not in spec.gpus):
+                continue  # not ours to use: pinned out
+            task = held.get(idx)
+            other = None
+            if task is None and inv is not None:
+                other = foreign_use(g, inv.processes, spec.max_gpu_memory_used)
+            gpus.append(
+                {
+                    "index": idx,
+                    "name": g.get("name"),
+                    "used_mib": g.get("memory_used_mib"),
+                    "total_mib": g.get("memory_total_mib"),
+                    "task": task,
+                    "other": other,
+                }
+            )
+        views[s.name] = {
+            "status": s.describe(),
+            "gpus": gpus,
+            "error": inv.error if inv is not None else None,
+            "age": None if inv is None else round(max(now - inv.fetched_at, 0.0), 1),
+        }
+    return views

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,9 +29,13 @@ from dispatcher.paths import dispatch_lock
 from dispatcher.reconcile import HostJobs, HostState
 from dispatcher.recovery import SuspensionSync, crash_point
 from dispatcher.scheduler import Candidate, HostCapacity, plan
-from dispatcher.store import Store, Txn
+from dispatcher.store import MoveRequest, Store, Txn
 
 S = TaskState
+#: A tick that applied at least this many reports counts as busy (see ``busy_coalesce``).
+BUSY_REPORTS = 8
+#: Seconds between rewrites of pending reasons that are already set (see ``_place``).
+REASON_REFRESH = 1.0
 
 
 @dataclass
@@ -42,6 +47,8 @@ class DispatchOptions:
     idle_tick: float = 2.0  # re-read the queue at least this often (seconds)
     gpu_refresh: float = 5.0  # re-ask nvidia-smi this often while tasks wait for GPUs
     coalesce: float = 0.005  # gather events this long before a tick
+    busy_coalesce: float = 0.02  # ... and this long after a tick that handled many reports
+    queue_poll: float = 0.05  # look this often for writes by other processes (a stat)
     tail_interval: float = 2.0  # fetch running tasks' last output lines this often
 
 
@@ -53,6 +60,7 @@ class Snapshot:
     hosts: list[tuple[str, str]]
     succeeded: int = 0
     failed: int = 0
+    median_runtime: float | None = None  # of tasks that succeeded in this run (for the ETA)
 
 
 class Reporter(Protocol):
@@ -90,6 +98,7 @@ class Dispatcher(HostJobs):
         self.final: dict[int, TaskState] = {}
         self.unplaceable: dict[int, str] = {}
         self.last_lines: dict[int, str] = {}
+        self.runtimes: list[float] = []
         self._last_tails = 0.0
         self._reports: list[tuple[str, dict[str, Any]]] = []
         self._wake = asyncio.Event()
@@ -99,6 +108,9 @@ class Dispatcher(HostJobs):
         self._last_tick = 0.0
         self._stop = False
         self._placed_last = False
+        self._busy = False
+        self._reasons_at = 0.0
+        self._synced_at = -1e9
         self.suspensions = SuspensionSync()
 
     # -- public ----------------------------------------------------------------------------------
@@ -137,17 +149,30 @@ class Dispatcher(HostJobs):
 
     async def _loop(self) -> None:
         while True:
-            timeout = self.options.idle_tick
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            if self.options.coalesce:
-                await asyncio.sleep(self.options.coalesce)
+            await self._wait_for_work()
+            # Under load, wait a little longer so one tick carries many reports.
+            coalesce = self.options.busy_coalesce if self._busy else self.options.coalesce
+            if coalesce:
+                await asyncio.sleep(coalesce)
             self._wake.clear()
             if self._stop:
                 return
             self._tick()
             self._poll_tails(time.monotonic())
             if self._done():
+                return
+
+    async def _wait_for_work(self) -> None:
+        """Return when woken, when another process wrote the queue (``queue add``, cancel: they
+        cannot wake us, so poll the file's change token, a stat), or after ``idle_tick``."""
+        deadline = time.monotonic() + self.options.idle_tick
+        while not self._wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(left, self.options.queue_poll))
+            if self.store.change_token() != self._token:
                 return
 
     def _done(self) -> bool:
@@ -173,14 +198,24 @@ class Dispatcher(HostJobs):
         launches: list[Task] = []
         with self.store.transaction() as tx:
             reports, self._reports = self._reports, []
+            self._busy = len(reports) >= BUSY_REPORTS
+            # Our own rows: their moves are checked now and written in a few set-based
+            # statements before the reads below.
+            tx.defer_moves(self.active)
             for host, report in reports:
                 self._apply_report(tx, host, report)
             self._expire_unreachable(tx, now)
-            self.suspensions.sync(tx, self.hosts, self.reporter)
+            # Resumes made from another terminal show up within a second; a suspended host is
+            # looked at every tick. Skipping it saves a statement on most busy ticks.
+            if now - self._synced_at >= 1.0 or any(h.suspended for h in self.hosts.values()):
+                self._synced_at = now
+                self.suspensions.sync(tx, self.hosts, self.reporter)
             self.active = {t.id: t for t in tx.tasks(states=ACTIVE_STATES)}
             self.counts = tx.counts()
             launches = self._place(tx)
-            self.counts = tx.counts() if launches else self.counts
+            if launches:
+                self.counts[S.PENDING] -= len(launches)
+                self.counts[S.LAUNCHING] += len(launches)
         self._token = self.store.change_token()
         if launches:
             crash_point("placed")  # test hook: die between `launching` and the launch
@@ -236,28 +271,34 @@ class Dispatcher(HostJobs):
             if c.usable
         )
         candidates = tx.pending_candidates(limit=free * 2 + 64)
-        result = plan([Candidate(t.id, t.priority, t.gpus) for t in candidates], caps)
+        running: dict[str, int] = {}  # active tasks per sweep, for max_running
+        for t in self.active.values():
+            running[t.sweep] = running.get(t.sweep, 0) + 1
+        wanted = [Candidate(t.id, t.priority, t.gpus, t.sweep, t.max_running) for t in candidates]
+        result = plan(wanted, caps, running)
         by_id = {t.id: t for t in candidates}
-        launches = []
+        requests = []
         for placement in result.placements:
             task = by_id[placement.task_id]
-            moved = tx.move(
-                task.id,
-                S.LAUNCHING,
-                host=placement.host,
-                gpu_ids=list(placement.gpu_ids),
-                run_id=new_run_id(task),
-                attempt=task.attempt + 1,
-                reason=None,
-                exit_code=None,
-                result=None,
-            )
-            if moved:
-                self.active[moved.id] = moved
-                launches.append(moved)
-        reasons = {**result.waiting, **result.impossible}
+            fields: dict[str, Any] = {"host": placement.host, "gpu_ids": list(placement.gpu_ids)}
+            fields.update(attempt=task.attempt + 1, reason=None, exit_code=None, result=None)
+            requests.append(MoveRequest(task.id, S.LAUNCHING, new_run_id(task), fields))
+        launches = [t for t in tx.move_many(requests, known=by_id) if t is not None]
+        for moved in launches:
+            self.active[moved.id] = moved
+        # Write only the reasons that differ from the rows just read, and while busy refresh
+        # the ones already shown (their "N tasks ahead" changes every tick) once a second:
+        # reasons are for display, and a write per tick would cost more than the rest of it.
+        now = time.monotonic()
+        refresh = now - self._reasons_at >= REASON_REFRESH
+        reasons = {
+            i: r
+            for i, r in {**result.waiting, **result.impossible}.items()
+            if i in by_id and by_id[i].reason != r and (refresh or by_id[i].reason is None)
+        }
         if reasons:
             tx.set_reasons(reasons)
+            self._reasons_at = now if refresh else self._reasons_at
         self.unplaceable = dict(result.impossible)
         if not candidates and self.counts[S.PENDING]:
             self.unplaceable = {0: "pending tasks wait for dependencies that will not succeed"}
@@ -275,4 +316,5 @@ class Dispatcher(HostJobs):
             hosts.append((name, f"{desc}, {n} running" if hs.session.up else desc))
         ok = sum(1 for s in self.final.values() if s is S.SUCCEEDED)
         bad = sum(1 for s in self.final.values() if s in (S.FAILED, S.LOST))
-        return Snapshot(dict(self.counts), hosts, ok, bad)
+        runtime = statistics.median(self.runtimes) if self.runtimes else None
+        return Snapshot(dict(self.counts), hosts, ok, bad, runtime)

@@ -52,6 +52,7 @@ class HostSpec:
     # `gpus` was written in the file. An unwritten "auto" on a host without nvidia-smi means a
     # CPU-only host; a written one is an error to report (the user expects GPUs there).
     gpus_given: bool = True
+    outputs_max_size: int = GIB  # bytes of outputs copied back per task, at most
 
     def slots_for(self, gpu_count: int) -> int:
         """Slots offered once the host's GPU count is known: an unset ``slots`` is 1 without GPUs.
@@ -256,6 +257,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "suspend_after_failures": (_int(0), 5),
     "failure_window": (_duration(positive=True), 600.0),
     "outputs": (_globs, ()),
+    "outputs_max_size": (_size, GIB),
     "enabled": (_bool, True),
 }
 HOST_KEYS: tuple[str, ...] = tuple(_KEYS)

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from dispatcher.errors import (
     AuthError,
@@ -26,9 +27,13 @@ from dispatcher.errors import (
     TransportError,
 )
 from dispatcher.hosts import HostSpec
+from dispatcher.outcome import without_host
 from dispatcher.remote import protocol
 from dispatcher.remote.client import HelperClient
 from dispatcher.transport import HostTransport, SSHOptions, make_transport
+
+if TYPE_CHECKING:
+    from dispatcher.outputs import FetchReport
 
 HostStatus = Literal["connecting", "up", "down"]
 
@@ -229,10 +234,24 @@ class HostSession:
         self.inventory = inv
         return inv
 
+    async def fetch_files(
+        self, globs: Sequence[str], local_dir: Path, max_bytes: int
+    ) -> FetchReport:
+        """Copy files matching ``globs`` under the host's workdir into ``local_dir`` (outputs)."""
+        transport = self._transport
+        if transport is None or self.status != "up":
+            raise ConnectionLostError(
+                f"{self.name}: not connected ({self.error or 'connecting'})", host=self.name
+            )
+        return await transport.fetch_files(self.spec.workdir, globs, local_dir, max_bytes)
+
     def describe(self) -> str:
         """One line about the host's health, for status and reasons."""
         if self.status == "up":
             return "up"
         if self.status == "connecting":
             return "connecting"
-        return f"unreachable ({self.error})" if self.error else "unreachable"
+        # The error names the host already; the callers put the name in front of this text.
+        return (
+            f"unreachable ({without_host(self.name, self.error)})" if self.error else "unreachable"
+        )

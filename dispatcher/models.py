@@ -36,9 +36,7 @@ TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
     S.PENDING: frozenset({S.LAUNCHING, S.CANCELLED}),
     # A launch that provably never created its run goes back to pending; a run the host reports
     # ended before we saw it start goes straight to its outcome.
-    S.LAUNCHING: frozenset(
-        {S.RUNNING, S.PENDING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}
-    ),
+    S.LAUNCHING: frozenset({S.RUNNING, S.PENDING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}),
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset({S.PENDING}),
@@ -51,9 +49,7 @@ ACTIVE_STATES: frozenset[TaskState] = frozenset({S.LAUNCHING, S.RUNNING})
 #: States a task stays in unless a user acts (retry).
 TERMINAL_STATES: frozenset[TaskState] = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
 #: States whose rendered command counts as "already there" for duplicate detection.
-DUPLICATE_STATES: frozenset[TaskState] = frozenset(
-    {S.PENDING, S.LAUNCHING, S.RUNNING, S.SUCCEEDED}
-)
+DUPLICATE_STATES: frozenset[TaskState] = frozenset({S.PENDING, S.LAUNCHING, S.RUNNING, S.SUCCEEDED})
 #: How many times a task may be lost (host crash, partition past grace) before it is failed.
 MAX_LOSSES = 3
 
@@ -91,6 +87,18 @@ class NewTask:
     timeout: float | None = None
     gpus: int | None = None
     after: tuple[int, ...] = ()
+    max_running: int | None = None
+    outputs: tuple[str, ...] = ()
+
+
+def sweep_key(name: str | None, batch: int | None) -> str:
+    """The throttle group of a task: its name, else the ``queue add`` it came from.
+
+    ``max_running`` limits how many tasks of one group run at once; tasks added under one name
+    (a sweep submitted again with more points, say) share one group. The store's SQL mirrors
+    this rule in ``store_txn.pending_candidates``.
+    """
+    return name if name is not None else f"batch {batch}"
 
 
 @dataclass
@@ -120,6 +128,14 @@ class Task:
     reason: str | None = None
     cancel_requested: bool = False
     after: list[int] = field(default_factory=list)
+    batch: int | None = None  # the first id of the ``queue add`` that created the task
+    max_running: int | None = None  # at most this many of the task's sweep run at once
+    outputs: tuple[str, ...] = ()  # globs (relative to the working directory) copied back after exit
+
+    @property
+    def sweep(self) -> str:
+        """The throttle group ``max_running`` counts in; see ``sweep_key``."""
+        return sweep_key(self.name, self.batch)
 
     def to_json(self) -> dict[str, Any]:
         """The public JSON shape used by ``queue ls --json`` and ``status --json``."""
@@ -149,6 +165,9 @@ class Task:
             "finished_at": iso(self.finished_at),
             "reason": self.reason,
             "cancel_requested": self.cancel_requested,
+            "batch": self.batch,
+            "max_running": self.max_running,
+            "outputs": list(self.outputs),
         }
 
     def replace(self, **changes: Any) -> Task:

@@ -6,6 +6,7 @@ task, and gets back the state to move to, the fields to record and whether to re
 
 from __future__ import annotations
 
+import re
 import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +57,15 @@ def describe_exit(exit_code: int | None, sig: str | None) -> str:
     return f"exit {exit_code}"
 
 
+def without_host(host: str | None, text: str) -> str:
+    """``text`` with each ``HOST: `` / ``HOST (ADDR): `` prefix (at its start or after a ``(``)
+    cut to nothing / ``ADDR: ``: a reason that already names the host says it once."""
+    if not host:
+        return text
+    pattern = rf"(^|\()({re.escape(host)}(?: \(([^()]*)\))?: )"
+    return re.sub(pattern, lambda m: m[1] + (f"{m[3]}: " if m[3] else ""), text)
+
+
 def real_attempts(task: Task) -> int:
     """Attempts that count against --max-attempts: losses are the host's fault, not the task's."""
     return max(task.attempt - task.losses, 0)
@@ -102,6 +112,7 @@ def outcome_of(report: dict[str, Any], task: Task) -> Outcome:
 def lost_outcome(task: Task, why: str) -> Outcome:
     """A run whose process vanished without an exit record (host crash, reboot, grace passed)."""
     losses = task.losses + 1
+    why = without_host(task.host, why)
     fields: dict[str, Any] = {"losses": losses, "reason": f"lost on {task.host}: {why}"}
     if losses >= MAX_LOSSES:
         return Outcome(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections import deque
@@ -17,16 +18,19 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.collect import LogCollector, write_last_lines
+from dispatcher.collect import LogCollector, gpu_views, log_path, write_last_lines
 from dispatcher.errors import ConnectionLostError, DispatcherError, RemoteError, TransportError
+from dispatcher.hooks import HOOK_STATES, on_finish
 from dispatcher.hostsession import HostSession
 from dispatcher.models import ACTIVE_STATES, Task, TaskState
 from dispatcher.outcome import Outcome, lost_outcome, outcome_of, parse_time
+from dispatcher.outputs import describe, task_outputs_dir
 from dispatcher.recovery import crash_point
 from dispatcher.store import Store, Txn
 
 if TYPE_CHECKING:
     from dispatcher.engine import DispatchOptions, Reporter
+    from dispatcher.hosts import HostsConfig
 
 S = TaskState
 
@@ -50,6 +54,7 @@ class HostJobs:
     """Report handling and host calls of the dispatcher; see the module docstring."""
 
     store: Store
+    config: HostsConfig
     reporter: Reporter
     options: DispatchOptions
     collector: LogCollector
@@ -58,11 +63,13 @@ class HostJobs:
     counts: dict[TaskState, int]
     final: dict[int, TaskState]
     last_lines: dict[int, str]
+    runtimes: list[float]  # seconds, of the tasks that succeeded in this run (for the ETA)
     _reports: list[tuple[str, dict[str, Any]]]
     _wake: asyncio.Event
     _jobs: set[asyncio.Task[Any]]
     _kills_sent: set[str]
     _last_tails: float
+    _last_tick: float
 
     # -- reports ---------------------------------------------------------------------------------
 
@@ -85,8 +92,32 @@ class HostJobs:
             self.reporter.log(
                 f"{host}: could not copy the log of run {run_id}: {err}", style="yellow"
             )
+        if not await self._copy_outputs(host, report):
+            return  # connection lost: the probe after reconnecting reports this exit again
         self._reports.append((host, report))
         self._wake.set()
+
+    async def _copy_outputs(self, host: str, report: dict[str, Any]) -> bool:
+        """Copy the task's output files (hosts.toml ``outputs`` and its own); False if the host
+        went down meanwhile, so the exit must wait to be recorded with its outputs."""
+        run_id = str(report.get("run_id"))
+        task = next((t for t in self.active.values() if t.run_id == run_id), None)
+        session = self.hosts[host].session
+        globs = [*session.spec.outputs, *getattr(task, "outputs", ())]
+        if task is None or task.host != host or not globs or report.get("cancelled"):
+            return True
+        cap = session.spec.outputs_max_size
+        try:
+            got = await session.fetch_files(globs, task_outputs_dir(self.store.path, task.id), cap)
+        except DispatcherError as err:
+            if not session.up:
+                return False
+            self.reporter.log(f"task {task.id}: could not copy outputs: {err}", style="yellow")
+            return True
+        problem = describe(got, cap)
+        if problem:
+            self.reporter.log(f"task {task.id} on {host}: {problem}", style="yellow")
+        return True
 
     def _apply_report(self, tx: Txn, host: str, report: dict[str, Any]) -> None:
         run_id = str(report.get("run_id"))
@@ -147,12 +178,18 @@ class HostJobs:
                 hs.failures.clear()
         final = outcome.state
         if outcome.fail_after_loss:
-            tx.move(task.id, S.FAILED, reason=outcome.fail_after_loss)
+            moved = tx.move(task.id, S.FAILED, reason=outcome.fail_after_loss) or moved
             final = S.FAILED
         elif outcome.requeue_reason:
             tx.move(task.id, S.PENDING, reason=outcome.requeue_reason)
             final = S.PENDING
         self.final[task.id] = final
+        if final is S.SUCCEEDED and moved.started_at and moved.finished_at:
+            self.runtimes.append((moved.finished_at - moved.started_at).total_seconds())
+        if self.config.on_finish and final in HOOK_STATES:
+            log = log_path(self.collector.logs_dir, task.run_id) if task.run_id else None
+            warn = functools.partial(self.reporter.log, style="yellow")
+            self._spawn(on_finish(self.config.on_finish, moved, final, log, warn))
         word = {S.SUCCEEDED: "green", S.CANCELLED: "yellow"}.get(outcome.state, "red")
         note = f" ({outcome.fields.get('reason')})" if outcome.fields.get("reason") else ""
         self.reporter.log(f"task {task.id} {outcome.state} on {task.host}{note}", style=word)
@@ -294,10 +331,9 @@ class HostJobs:
             if runs and hs.session.up and not hs.tailing:
                 hs.tailing = True
                 self._spawn(self._tail_one(hs, runs))
-        known = {k: v for k, v in self.last_lines.items() if k in self.active}
-        if known != self.last_lines:
-            self.last_lines = known
-            self._write_tails()
+        # Written every interval, changed or not: its time stamp tells `status` we are alive.
+        self.last_lines = {k: v for k, v in self.last_lines.items() if k in self.active}
+        self._write_tails()
 
     async def _tail_one(self, hs: HostState, runs: dict[str, int]) -> None:
         try:
@@ -314,7 +350,10 @@ class HostJobs:
 
     def _write_tails(self) -> None:
         try:
-            write_last_lines(self.store.path, self.last_lines)
+            views = gpu_views(
+                (h.session for h in self.hosts.values()), self.active.values(), time.monotonic()
+            )
+            write_last_lines(self.store.path, self.last_lines, hosts=views)
         except OSError as err:
             self.reporter.log(f"could not record last output lines: {err}", style="yellow")
 
@@ -331,6 +370,9 @@ class HostJobs:
         elif session.status == "down":
             hs.reconciled = False
             self.reporter.log(f"{session.error}", style="yellow")
+            # Re-plan at once: pending tasks' reasons must say why the host failed, not the
+            # "connecting" of the plan made before it did (dispatch may end on this tick).
+            self._last_tick = 0.0
         self._wake.set()
 
     async def _reconcile(self, hs: HostState) -> None:

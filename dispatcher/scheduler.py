@@ -16,7 +16,11 @@
 6. Impossible: no configured host could EVER take the task (more GPUs than the largest host has,
    or no slots anywhere); decided only once every host's GPUs are known. Unusable hosts count as
    configured: they may come back.
-7. Every other unplaced task waits with a short reason (< 200 chars), like squeue's: the busy
+7. Throttle: a candidate with ``max_running = K`` waits while K tasks of its ``group`` (its
+   sweep) are active, counting those already running (``active``) and those placed earlier in
+   this plan; the reason says "sweep NAME at its limit of K running". It takes no capacity and
+   is not counted as a task ahead of others.
+8. Every other unplaced task waits with a short reason (< 200 chars), like squeue's: the busy
    GPUs and down hosts, or "waiting for a free GPU (N tasks ahead)" when capacity existed at the
    start of this plan but tasks ahead of it took it. Host summaries are built once per plan.
 """
@@ -38,6 +42,8 @@ class Candidate:
     id: int
     priority: int
     gpus: int | None  # None = 1 GPU on a GPU host, else 1 slot; 0 = one slot; N = N GPUs
+    group: str | None = None  # the sweep it belongs to (rule 7)
+    max_running: int | None = None  # at most this many of ``group`` active at once
 
 
 @dataclass(frozen=True)
@@ -280,8 +286,15 @@ class _Planner:
         return _summary(f"no free {self.default_what}: ", detail, short)
 
 
-def plan(candidates: Sequence[Candidate], hosts: Sequence[HostCapacity]) -> Plan:
-    """Decide every candidate: placed, waiting or impossible, by the rules in the module doc."""
+def plan(
+    candidates: Sequence[Candidate],
+    hosts: Sequence[HostCapacity],
+    active: Mapping[str, int] | None = None,
+) -> Plan:
+    """Decide every candidate: placed, waiting or impossible, by the rules in the module doc.
+
+    ``active`` counts the launching and running tasks of each group (sweep) for rule 7.
+    """
     if not hosts:
         why = "no hosts configured; add one to hosts.toml"
         return Plan((), {}, {c.id: why for c in candidates})
@@ -290,6 +303,7 @@ def plan(candidates: Sequence[Candidate], hosts: Sequence[HostCapacity]) -> Plan
     waiting: dict[int, str] = {}
     impossible: dict[int, str] = {}
     decided: set[int] = set()
+    running = dict(active or {})
     for c in sorted(candidates, key=lambda c: (-c.priority, c.id)):
         if c.id in decided:
             continue
@@ -300,9 +314,15 @@ def plan(candidates: Sequence[Candidate], hosts: Sequence[HostCapacity]) -> Plan
         if never is not None:
             impossible[c.id] = never
             continue
+        limit, group = c.max_running, c.group
+        if limit is not None and group is not None and running.get(group, 0) >= limit:
+            waiting[c.id] = _clip(f"sweep {group} at its limit of {limit} running", REASON_LIMIT)
+            continue
         placement = planner.place(c.id, kind, n)
         if placement is not None:
             placements.append(placement)
+            if c.group is not None:
+                running[c.group] = running.get(c.group, 0) + 1
         else:
             waiting[c.id] = planner.waiting(kind, n)
         taken = ("gpu" if placement.gpu_ids else "slot") if placement else kind

@@ -1,4 +1,4 @@
-"""Rich rendering of tasks, counts and hosts. Rendering only: callers fetch the data.
+"""Rich rendering of tasks, counts, hosts, GPU use and the ETA. Rendering only: callers fetch data.
 
 Columns appear only when some row needs them (no empty "GPU" column on a CPU-only setup).
 """
@@ -133,6 +133,86 @@ def running_table(
     return table
 
 
+def eta_seconds(median_runtime: float | None, remaining: int, running: int) -> float | None:
+    """Median runtime x remaining tasks / tasks running at once; None when it cannot be known."""
+    if median_runtime is None or running <= 0 or remaining <= 0:
+        return None
+    return median_runtime * remaining / running
+
+
+def eta_text(median_runtime: float | None, counts: Mapping[TaskState, int]) -> Text:
+    """'ETA ~12 min' from finished runtimes and the unfinished counts; 'ETA unknown' without."""
+    running = counts.get(TaskState.RUNNING, 0) + counts.get(TaskState.LAUNCHING, 0)
+    remaining = running + counts.get(TaskState.PENDING, 0)
+    if remaining == 0:
+        return Text("")
+    eta = eta_seconds(median_runtime, remaining, running)
+    if eta is None:
+        return Text("ETA unknown", style="dim")
+    if eta < 60:
+        words = "<1 min"
+    elif eta < 90 * 60:
+        words = f"~{round(eta / 60)} min"
+    elif eta < 48 * 3600:
+        words = f"~{eta / 3600:.1f} h"
+    else:
+        words = f"~{eta / 86400:.1f} days"
+    return Text(f"ETA {words}", style="bold")
+
+
+def _gib(mib: Any) -> str:
+    return f"{mib / 1024:.1f}" if isinstance(mib, int | float) else "?"
+
+
+def gpu_table(hosts: Mapping[str, Mapping[str, Any]]) -> Table | None:
+    """Per host and GPU: held by our task N, used by someone else (who), or free; None if no GPU.
+
+    ``hosts`` is the dispatcher's view from the status file (``collect.gpu_views``).
+    """
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for title in ("host", "gpu", "memory (GiB)", "used by"):
+        table.add_column(title)
+    rows = 0
+    for name, view in hosts.items():
+        gpus = view.get("gpus") or []
+        age = view.get("age")
+        label = Text(name, style="bold")
+        if isinstance(age, int | float) and age >= 10:  # an old reading: say how old
+            label.append(f" {format_duration(age)} ago", style="dim")
+        if view.get("error") and not gpus:
+            table.add_row(label, "", "", Text(str(view["error"]), style="yellow"))
+            rows += 1
+        for g in gpus:
+            mem = f"{_gib(g.get('used_mib'))}/{_gib(g.get('total_mib'))}"
+            if g.get("task") is not None:
+                who = Text(f"task {g['task']}", style="bold blue")
+            elif g.get("other"):
+                who = Text(str(g["other"]), style="yellow")
+            else:
+                who = Text("free", style="green")
+            table.add_row(label, str(g.get("index")), mem, who)
+            label, rows = Text(""), rows + 1  # the host's name once, on its first GPU
+    return table if rows else None
+
+
+def freshness(written_at: float | None, now: float, *, running: bool) -> Text | None:
+    """A warning when the dispatcher's view is stale: it stopped, or has not written lately.
+
+    ``written_at`` and ``now`` are seconds since the epoch.
+    """
+    if written_at is None:
+        return None if running else Text("No dispatcher is running.", style="dim")
+    age = format_duration(max(now - written_at, 0.0))
+    if not running:
+        return Text(
+            f"No dispatcher is running: last output lines and GPU use are from {age} ago.",
+            style="yellow",
+        )
+    if now - written_at > 30:
+        return Text(f"The dispatcher has not reported for {age}.", style="yellow")
+    return None
+
+
 def progress_panel(snapshot: Snapshot) -> RenderableType:
     """The live view of ``labtasker dispatch``: a bar of finished/total and one line per host."""
     from rich.progress_bar import ProgressBar
@@ -147,6 +227,7 @@ def progress_panel(snapshot: Snapshot) -> RenderableType:
         ProgressBar(total=max(total, 1), completed=done, width=40),
         Text(f"{done}/{total}"),
         counts_line(counts),
+        eta_text(snapshot.median_runtime, counts),
     )
     hosts = Table.grid(padding=(0, 2))
     for name, desc in snapshot.hosts:

@@ -30,12 +30,12 @@ from dispatcher.errors import StoreError, StoreLockedError, StoreVersionError, U
 from dispatcher.models import NewTask, Task, TaskState
 from dispatcher.paths import ensure_private_dir, resolve_db_path
 from dispatcher.store_schema import duckdb
-from dispatcher.store_txn import Attempt, CancelResult, Txn
+from dispatcher.store_txn import Attempt, CancelResult, MoveRequest, Txn
 
 if TYPE_CHECKING:
     from dispatcher.store_add import AddResult, TaskBatch
 
-__all__ = ["AddResult", "Attempt", "CancelResult", "Store", "TaskBatch", "Txn"]
+__all__ = ["AddResult", "Attempt", "CancelResult", "MoveRequest", "Store", "TaskBatch", "Txn"]
 
 LOCK_TIMEOUT_ENV = "LABTASKER_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 120.0
@@ -107,8 +107,10 @@ class Store:
         try:
             with self._attached() as con:
                 con.execute("BEGIN")
+                txn = Txn(con, self.path)
                 try:
-                    yield Txn(con, self.path)
+                    yield txn
+                    txn.flush()
                 except BaseException:
                     with contextlib.suppress(duckdb.Error):
                         con.execute("ROLLBACK")

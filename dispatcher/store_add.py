@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,19 +21,32 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tempfile import TemporaryDirectory
 
+from dispatcher.batch import ArgGroup, TaskBatch, check_settings, render
 from dispatcher.errors import TaskNotFoundError, TemplateError, UsageError
 from dispatcher.models import DUPLICATE_STATES, NewTask
 from dispatcher.sweep import Grid
-from dispatcher.template import MISSING, Template, compile_template, lookup, quote_value
+from dispatcher.template import MISSING, Template, lookup, quote_value
+
+__all__ = [
+    "AddResult",
+    "Staged",
+    "TaskBatch",
+    "check_settings",
+    "insert",
+    "stage_batch",
+    "stage_tasks",
+]
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-_INT64 = 2**63
 _DUP_IN = ", ".join(f"'{s.value}'" for s in sorted(DUPLICATE_STATES))
 _TABLE_IDS = itertools.count()
 #: Python-rendered batches larger than this go to DuckDB through a temporary CSV file.
 _CSV_ROWS = 2000
 #: The columns every staged source selects, in this order.
-STAGE_COLUMNS = "idx, args, command, template, name, priority, max_attempts, timeout, gpus, after"
+STAGE_COLUMNS = (
+    "idx, args, command, template, name, priority, max_attempts, timeout, gpus, after,"
+    " max_running, outputs"
+)
 
 
 @dataclass(frozen=True)
@@ -43,72 +56,6 @@ class AddResult:
     ids: list[int]
     duplicates: list[int]
     skipped: int
-
-
-ArgGroup = Grid | Sequence[Mapping[str, Any]]
-
-
-def check_settings(
-    *, priority: int, max_attempts: int, timeout: float | None, gpus: int | None, name: str | None
-) -> None:
-    """Raise UsageError for a task setting the queue cannot hold or the dispatcher cannot honour."""
-    if not -_INT64 <= priority < _INT64:
-        raise UsageError(f"priority {priority} is out of range (64-bit integer)")
-    if not 1 <= max_attempts < 2**31:
-        raise UsageError(f"max attempts must be at least 1, got {max_attempts}")
-    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
-        raise UsageError(f"timeout must be a positive number of seconds, got {timeout}")
-    if gpus is not None and not 0 <= gpus < 2**31:
-        raise UsageError(f"gpus must be 0 or more, got {gpus}")
-    if name is not None and "\0" in name:
-        raise UsageError(f"task name {name!r} contains a NUL character")
-
-
-@dataclass(frozen=True)
-class TaskBatch:
-    """One ``queue add``: a template, argument groups (concatenated in order), shared settings."""
-
-    template: str
-    groups: Sequence[ArgGroup] = field(default_factory=lambda: [[{}]])
-    name: str | None = None
-    priority: int = 0
-    max_attempts: int = 1
-    timeout: float | None = None
-    gpus: int | None = None
-    after: tuple[int, ...] = ()
-
-    def __len__(self) -> int:
-        return sum(len(g) for g in self.groups)
-
-    def check(self) -> Template:
-        """Validate the shared settings and parse the template; UsageError/TemplateError if bad."""
-        check_settings(
-            priority=self.priority,
-            max_attempts=self.max_attempts,
-            timeout=self.timeout,
-            gpus=self.gpus,
-            name=self.name,
-        )
-        return compile_template(self.template)
-
-    def rendered(self) -> Iterator[tuple[Mapping[str, Any], str]]:
-        """Every task's (args, command) in order, rendered in Python; errors name the task."""
-        tpl, total, offset = self.check(), len(self), 0
-        for group in self.groups:
-            for _, args, command in _render(tpl, group, offset, total):
-                yield args, command
-            offset += len(group)
-
-
-def _render(
-    tpl: Template, group: ArgGroup, offset: int, total: int
-) -> Iterator[tuple[int, Mapping[str, Any], str]]:
-    """(index in the batch, args, command) for each task of ``group``."""
-    for k, args in enumerate(group, offset):
-        try:
-            yield k, args, tpl.render(args)
-        except TemplateError as err:
-            raise TemplateError(f"task {k + 1} of {total}: {err}") from None
 
 
 @dataclass
@@ -148,7 +95,7 @@ def stage_batch(batch: TaskBatch) -> Staged:
     rows = (
         (k, _text(_encode_args(args, k), k), _text(command, k))
         for offset, group in python_groups
-        for k, args, command in _render(tpl, group, offset, total)
+        for k, args, command in render(tpl, group, offset, total)
     )
     if sum(len(g) for _, g in python_groups) > _CSV_ROWS:
         selects.append(_csv_select(staged, rows))
@@ -170,9 +117,8 @@ def stage_batch(batch: TaskBatch) -> Staged:
     staged.sql = (
         "SELECT idx, args, command, ?::VARCHAR AS template, ?::VARCHAR AS name,"
         " ?::BIGINT AS priority, ?::INTEGER AS max_attempts, ?::DOUBLE AS timeout,"
-        " ?::INTEGER AS gpus, ?::BIGINT[] AS after FROM ("
-        + " UNION ALL ".join(sql for sql, _ in selects)
-        + ")"
+        " ?::INTEGER AS gpus, ?::BIGINT[] AS after, ?::INTEGER AS max_running,"
+        " ?::VARCHAR[] AS outputs FROM (" + " UNION ALL ".join(sql for sql, _ in selects) + ")"
     )
     staged.params = [
         batch.template,
@@ -182,6 +128,8 @@ def stage_batch(batch: TaskBatch) -> Staged:
         batch.timeout,
         batch.gpus,
         list(batch.after),
+        batch.max_running,
+        list(batch.outputs),
         *(p for _, ps in selects for p in ps),
     ]
     return staged
@@ -211,7 +159,7 @@ def _csv_select(staged: Staged, rows: Iterable[tuple[int, str, str]]) -> tuple[s
 
 def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
     """Stage fully formed tasks (each with its own settings) as one list-valued SELECT."""
-    cols: list[list[Any]] = [[] for _ in range(10)]
+    cols: list[list[Any]] = [[] for _ in range(12)]
     after: set[int] = set()
     for k, t in enumerate(tasks):
         check_settings(
@@ -220,17 +168,20 @@ def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
             timeout=t.timeout,
             gpus=t.gpus,
             name=t.name,
+            max_running=t.max_running,
+            outputs=t.outputs,
         )
         if "\0" in t.command or "\0" in t.template:
             raise UsageError(f"task {k + 1}: its command contains a NUL character")
         args, command, template = _encode_args(t.args, k), t.command, t.template
         row = (k, _text(args, k), _text(command, k), _text(template, k), t.name, t.priority,
-               t.max_attempts, t.timeout, t.gpus, list(t.after))  # fmt: skip
+               t.max_attempts, t.timeout, t.gpus, list(t.after), t.max_running,
+               list(t.outputs))  # fmt: skip
         for c, value in enumerate(row):
             cols[c].append(value)
         after.update(t.after)
     types = ("BIGINT", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "INTEGER", "DOUBLE",
-             "INTEGER", "BIGINT[]")  # fmt: skip
+             "INTEGER", "BIGINT[]", "INTEGER", "VARCHAR[]")  # fmt: skip
     names = STAGE_COLUMNS.split(", ")
     sql = "SELECT " + ", ".join(
         f"unnest(?::{t}[]) AS {n}" for t, n in zip(types, names, strict=True)
@@ -375,9 +326,10 @@ def _insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> 
         id_sql, where = "? + s.idx", ""
     con.execute(
         "INSERT INTO tasks (id, state, created_at, args, command, template, name, priority,"
-        f" max_attempts, timeout, gpus, after) SELECT {id_sql}, 'pending', ?::TIMESTAMP,"
-        " s.args, s.command, s.template, s.name, s.priority, s.max_attempts, s.timeout, s.gpus,"
-        f" s.after FROM ({staged.sql}) s{where}",
-        [next_id, now, *staged.params],
+        " max_attempts, timeout, gpus, after, max_running, outputs, batch)"
+        f" SELECT {id_sql}, 'pending', ?::TIMESTAMP, s.args, s.command, s.template, s.name,"
+        " s.priority, s.max_attempts, s.timeout, s.gpus, s.after, s.max_running, s.outputs,"
+        f" ?::BIGINT FROM ({staged.sql}) s{where}",
+        [next_id, now, next_id, *staged.params],
     )
     return AddResult(list(range(next_id, next_id + added)), dups, len(dups) if skip else 0)

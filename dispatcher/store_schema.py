@@ -90,13 +90,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         _ATTEMPTS,
         "INSERT INTO meta VALUES ('schema_version', 0), ('next_id', 1)",
     ),
+    # 1 -> 2: per-sweep throttle (batch: the first id of the add; max_running) and declared
+    # outputs. Existing tasks become batches of one, with no limit and no outputs.
+    (
+        "ALTER TABLE tasks ADD COLUMN batch BIGINT",
+        "ALTER TABLE tasks ADD COLUMN max_running INTEGER",
+        "ALTER TABLE tasks ADD COLUMN outputs VARCHAR[] NOT NULL DEFAULT []",
+        "UPDATE tasks SET batch = id",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 TASK_COLUMNS = (
     "id, state, args, template, command, name, priority, max_attempts, attempt, losses, timeout,"
     " gpus, host, gpu_ids, run_id, exit_code, result, created_at, started_at, finished_at,"
-    " reason, cancel_requested, after"
+    " reason, cancel_requested, after, batch, max_running, outputs"
 )
 
 
@@ -187,4 +195,7 @@ def task_from_row(row: Sequence[Any]) -> Task:
         reason=row[20],
         cancel_requested=row[21],
         after=row[22],
+        batch=row[23],
+        max_running=row[24],
+        outputs=tuple(row[25] or ()),
     )

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dispatcher import store_edit
-from dispatcher.errors import IllegalTransitionError, TaskNotFoundError
+from dispatcher.errors import IllegalTransitionError, StoreError, TaskNotFoundError
 from dispatcher.models import ACTIVE_STATES, NewTask, Task, TaskState, check_transition
 from dispatcher.store_edit import SELECTED, filters, sql_in
 from dispatcher.store_schema import (
@@ -62,13 +62,115 @@ class Attempt:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class MoveRequest:
+    """One state change for ``Txn.move_many``; ``fields`` are ``Txn.move``'s keywords."""
+
+    task_id: int
+    new: TaskState
+    run_id: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    old: Task
+    task: Task  # the row after the move
+    sets: dict[str, Any]  # column -> value as stored
+    attempt_row: tuple[Any, ...] | None  # values for _ATTEMPT_COLS
+
+
+_COL_TYPES = {
+    "state": "VARCHAR",
+    "host": "VARCHAR",
+    "gpu_ids": "INTEGER[]",
+    "run_id": "VARCHAR",
+    "attempt": "INTEGER",
+    "losses": "INTEGER",
+    "exit_code": "INTEGER",
+    "result": "VARCHAR",
+    "reason": "VARCHAR",
+    "started_at": "TIMESTAMP",
+    "finished_at": "TIMESTAMP",
+    "cancel_requested": "BOOLEAN",
+}
+_ATTEMPT_COLS: tuple[str, ...] = ("task_id", "attempt", "run_id", "host", "gpu_ids", "outcome")
+_ATTEMPT_COLS += ("exit_code", "result", "started_at", "finished_at", "reason")
+_ATTEMPT_TYPES = {**_COL_TYPES, "task_id": "BIGINT", "outcome": "VARCHAR"}
+
+
+def plan_move(task: Task, req: MoveRequest, now: datetime) -> _Planned | None:
+    """Decide one move against ``task`` (its current row) without I/O: None when ``req.run_id``
+    fences it off, else the new row, the columns to write and the attempts row; raises
+    IllegalTransitionError for a move the lifecycle forbids. ``now`` is naive UTC."""
+    new, fields = req.new, dict(req.fields)
+    if new is not S.LAUNCHING and req.run_id is not None and req.run_id != task.run_id:
+        return None
+    if new is S.LAUNCHING:
+        if req.run_id is None or fields.get("host") is None:
+            raise IllegalTransitionError(
+                f"task {task.id}: moving to launching needs a host and a run_id"
+            )
+        fields["run_id"] = req.run_id
+    check_transition(task.id, task.state, new)
+    values = {k: _to_db(k, v) for k, v in fields.items()}
+    sets: dict[str, Any] = {"state": new.value}
+    if new is S.PENDING:
+        sets.update(dict.fromkeys(("host", "gpu_ids", "run_id", "started_at", "finished_at")))
+        sets["cancel_requested"] = False
+    elif new is S.LAUNCHING:
+        sets.update(dict.fromkeys(("exit_code", "result", "started_at", "finished_at", "reason")))
+        sets["attempt"] = task.attempt + 1
+    sets.update(values)
+    # Entry times: the one given, or now (a None from a report that lacked it counts as none).
+    if new is S.RUNNING:
+        sets["started_at"] = values.get("started_at") or now
+    if new in _FINISHED:
+        sets["finished_at"] = values.get("finished_at") or now
+    attempt_row = None
+    if task.state in ACTIVE_STATES and new not in ACTIVE_STATES:
+        old = {
+            "attempt": task.attempt,
+            "run_id": task.run_id,
+            "host": task.host,
+            "gpu_ids": task.gpu_ids,
+            "exit_code": task.exit_code,
+            "result": _to_db("result", task.result),
+            "started_at": to_db_time(task.started_at),
+            "reason": task.reason,
+        }
+        old.update((k, v) for k, v in values.items() if k in old)
+        old.update(task_id=task.id, outcome=new.value)
+        old["finished_at"] = values.get("finished_at") or now
+        attempt_row = tuple(old[c] for c in _ATTEMPT_COLS)
+    changes: dict[str, Any] = {}
+    for col, value in sets.items():
+        if col in ("started_at", "finished_at"):
+            value = from_db_time(value)
+        elif col == "result":
+            value = None if fields.get("result") is None else dict(fields["result"])
+        changes[col] = value
+    changes["state"] = new
+    return _Planned(task, task.replace(**changes), sets, attempt_row)
+
+
 class Txn:
     """One open transaction on the queue; valid only inside ``Store.transaction()``."""
 
     def __init__(self, con: Any, path: Path) -> None:
-        self.con = con
+        self._con = con
         self.path = path
         self._now = datetime.now(UTC).replace(tzinfo=None)
+        self._deferred: list[MoveRequest] | None = None
+        self._held: dict[int, Task] = {}
+        self._held_start: dict[int, Task] = {}
+
+    @property
+    def con(self) -> Any:
+        """The DuckDB connection; moves deferred by ``defer_moves`` are written first."""
+        if self._deferred:
+            self.flush()
+        return self._con
 
     def now(self) -> datetime:
         """This transaction's timestamp (naive UTC, as stored)."""
@@ -130,7 +232,8 @@ class Txn:
         return out
 
     def pending_candidates(self, limit: int) -> list[Task]:
-        """Pending tasks whose ``after`` tasks all succeeded: priority high first, then id."""
+        """Pending tasks whose ``after`` tasks all succeeded, at most ``max_running`` of each
+        throttled sweep: priority high first, then id."""
         # Pick the ids first and fetch whole rows only for them (a top-N over every column of a
         # million pending rows is several times slower).
         rows = self.con.execute(
@@ -138,7 +241,14 @@ class Txn:
             " WHERE state = 'pending' AND (len(after) = 0 OR id NOT IN (SELECT d.id FROM"
             " (SELECT id, unnest(after) AS dep FROM tasks WHERE state = 'pending'"
             " AND len(after) > 0) d LEFT JOIN tasks s ON s.id = d.dep AND s.state = 'succeeded'"
-            " WHERE s.id IS NULL)) ORDER BY priority DESC, id LIMIT ?)"
+            " WHERE s.id IS NULL))"
+            # max_running = K: at most the first K of a sweep (models.sweep_key) can start now,
+            # so the rest must not crowd other sweeps' tasks out of the LIMIT.
+            " AND (max_running IS NULL OR id IN (SELECT id FROM (SELECT id, max_running,"
+            " row_number() OVER (PARTITION BY coalesce(name, 'batch ' || batch)"
+            " ORDER BY priority DESC, id) AS rn FROM tasks WHERE state = 'pending'"
+            " AND max_running IS NOT NULL) WHERE rn <= max_running))"
+            " ORDER BY priority DESC, id LIMIT ?)"
             " ORDER BY priority DESC, id",
             [max(0, limit)],
         ).fetchall()
@@ -177,6 +287,7 @@ class Txn:
         new: TaskState,
         *,
         run_id: str | None = None,
+        task: Task | None = None,
         host: str | None = _UNSET,
         gpu_ids: Sequence[int] | None = _UNSET,
         attempt: int = _UNSET,
@@ -196,9 +307,11 @@ class Txn:
         ``attempt`` unless given. Entry rules: -> running sets started_at; -> succeeded, failed,
         cancelled or lost sets finished_at; -> pending clears host, gpu_ids, run_id, started_at,
         finished_at and cancel_requested; leaving launching/running writes an attempts row.
-        Illegal moves raise IllegalTransitionError naming both states.
+        Illegal moves raise IllegalTransitionError naming both states. ``task``, the row as the
+        caller holds it, saves reading it; the write checks that its state and run_id still
+        hold (else the row is read and the move decided again). In ``defer_moves`` mode a move
+        of a held task is checked now and written with the others at the next read or commit.
         """
-        task = self.get(task_id)
         given = {
             "host": host,
             "gpu_ids": gpu_ids,
@@ -211,17 +324,147 @@ class Txn:
             "finished_at": finished_at,
             "cancel_requested": cancel_requested,
         }
-        fields = {k: v for k, v in given.items() if v is not _UNSET}
-        if new is not S.LAUNCHING and run_id is not None and run_id != task.run_id:
-            return None
-        if new is S.LAUNCHING:
-            if run_id is None or fields.get("host") is None:
-                raise IllegalTransitionError(
-                    f"task {task_id}: moving to launching needs a host and a run_id"
+        req = MoveRequest(task_id, new, run_id, {k: v for k, v in given.items() if v is not _UNSET})
+        if self._deferred is not None and task is None:
+            task = self._held.get(task_id)
+            if task is not None:
+                planned = plan_move(task, req, self._now)
+                if planned is None:
+                    return None
+                self._deferred.append(req)
+                self._held[task_id] = planned.task
+                return planned.task
+        if task is not None and task.id == task_id:
+            planned = plan_move(task, req, self._now)
+            if planned is None:
+                # Fenced by the caller's copy; confirm against the file before ignoring it.
+                return self.move_many([req])[0]
+            if self._write([planned], strict=False):
+                return planned.task
+        return self.move_many([req])[0]
+
+    def move_many(
+        self, requests: Sequence[MoveRequest], *, known: Mapping[int, Task] | None = None
+    ) -> list[Task | None]:
+        """Apply many moves with a fixed handful of statements; the result is aligned with
+        ``requests``: the task after its move, or None where ``run_id`` fenced it off.
+
+        Each move is checked as ``move`` checks it against the row's current state: the row in
+        ``known`` (read earlier in this transaction, or held by the one dispatcher), else the
+        row read from the file. An illegal move raises IllegalTransitionError and nothing is
+        written. A task may appear more than once (its moves apply in order). Each round of
+        moves is one UPDATE, guarded by every row's expected state and run_id (a row found
+        otherwise raises StoreError: the transaction rolls back), and one attempts INSERT.
+        """
+        if not requests:
+            return []
+        self.flush()
+        current = {i: t for i, t in (known or {}).items()}
+        ids = sorted({r.task_id for r in requests} - set(current))
+        if ids:
+            rows = self._con.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT unnest(?::BIGINT[]))",
+                [ids],
+            ).fetchall()
+            current.update((t.id, t) for t in map(task_from_row, rows))
+        rounds: list[list[_Planned]] = []
+        seen: dict[int, int] = {}
+        out: list[Task | None] = []
+        for req in requests:
+            task = current.get(req.task_id)
+            if task is None:
+                raise self._not_found(req.task_id)
+            planned = plan_move(task, req, self._now)
+            if planned is None:
+                out.append(None)
+                continue
+            n = seen[req.task_id] = seen.get(req.task_id, -1) + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(planned)
+            current[req.task_id] = planned.task
+            out.append(planned.task)
+        for group in rounds:
+            self._write(group, strict=True)
+        return out
+
+    def defer_moves(self, held: Mapping[int, Task]) -> None:
+        """Batch the moves of tasks in ``held`` (the caller's current copies of their rows).
+
+        Such a move is checked against the held row at once (fencing, transition table) and
+        returns the moved task; the writes of all of them go out together, as ``move_many``,
+        before the next statement of this transaction (any use of ``con``) or at commit. Any
+        row found in another state than held then raises StoreError, and the transaction rolls
+        back.
+        """
+        self.flush()
+        self._deferred = []
+        self._held = dict(held)
+        self._held_start = dict(held)
+
+    def flush(self) -> None:
+        """Write the moves ``defer_moves`` has gathered (no-op when none)."""
+        pending, self._deferred = self._deferred, None
+        if not pending:
+            self._deferred = pending
+            return
+        try:
+            done = self.move_many(pending, known=self._held_start)
+        finally:
+            self._deferred = []
+            self._held_start = dict(self._held)
+        for req, task in zip(pending, done, strict=True):
+            if task is None:
+                raise StoreError(
+                    f"task {req.task_id} in {self.path} changed while the dispatcher held it"
+                    f" (a move to {req.new} was fenced off); stop other dispatchers and retry"
                 )
-            fields["run_id"] = run_id
-        self._apply("id = ?", [task_id], new, fields, known={task.state: task_id})
-        return self.get(task_id)
+
+    def _not_found(self, task_id: int) -> TaskNotFoundError:
+        return TaskNotFoundError(
+            f"task {task_id} is not in the queue {self.path}; see `labtasker queue ls`"
+        )
+
+    def _write(self, planned: Sequence[_Planned], *, strict: bool) -> bool:
+        """Write one round of planned moves (each task at most once): one UPDATE guarded by
+        each row's expected state and run_id, and one attempts INSERT. False (nothing written)
+        when the guard failed and not ``strict``; StoreError when ``strict``."""
+        cols = list(dict.fromkeys(c for p in planned for c in p.sets))
+        select = ["unnest(?::BIGINT[]) AS id", "unnest(?::VARCHAR[]) AS old_state"]
+        select.append("unnest(?::VARCHAR[]) AS old_run")
+        params: list[Any] = [
+            [p.old.id for p in planned],
+            [p.old.state.value for p in planned],
+            [p.old.run_id for p in planned],
+        ]
+        for n, col in enumerate(cols):
+            select.append(f"unnest(?::{_COL_TYPES[col]}[]) AS c{n}")
+            # A column another move of the round sets keeps this row's value (known: guarded).
+            params.append(
+                [p.sets[col] if col in p.sets else _db_value(p.task, col) for p in planned]
+            )
+        assign = ", ".join(f"{col} = v.c{n}" for n, col in enumerate(cols))
+        changed = self._con.execute(
+            f"UPDATE tasks SET {assign} FROM (SELECT {', '.join(select)}) v"
+            " WHERE tasks.id = v.id AND tasks.state = v.old_state"
+            " AND tasks.run_id IS NOT DISTINCT FROM v.old_run",
+            params,
+        ).fetchone()[0]
+        if changed != len(planned):
+            if not strict and changed == 0:
+                return False
+            raise StoreError(
+                f"{self.path}: {len(planned) - changed} of {len(planned)} tasks were not in the"
+                " state this process expected; the transaction was rolled back, retry"
+            )
+        attempts = [p.attempt_row for p in planned if p.attempt_row is not None]
+        if attempts:
+            self._con.execute(
+                f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) SELECT "
+                + ", ".join(f"unnest(?::{_ATTEMPT_TYPES[c]}[])" for c in _ATTEMPT_COLS),
+                [[row[i] for row in attempts] for i in range(len(_ATTEMPT_COLS))],
+            )
+        return True
 
     def _apply(
         self,
@@ -295,15 +538,14 @@ class Txn:
 
     def set_reasons(self, reasons: Mapping[int, str | None]) -> None:
         """Set the pending reason of pending tasks; others and unchanged ones are left alone."""
-        by_reason: dict[str | None, list[int]] = {}
-        for task_id, reason in reasons.items():
-            by_reason.setdefault(reason, []).append(task_id)
-        for reason, ids in by_reason.items():
-            self.con.execute(
-                "UPDATE tasks SET reason = ? WHERE id IN (SELECT unnest(?::BIGINT[]))"
-                " AND state = 'pending' AND reason IS DISTINCT FROM ?",
-                [reason, ids, reason],
-            )
+        if not reasons:
+            return
+        self.con.execute(
+            "UPDATE tasks SET reason = v.reason FROM (SELECT unnest(?::BIGINT[]) AS id,"
+            " unnest(?::VARCHAR[]) AS reason) v WHERE tasks.id = v.id AND tasks.state = 'pending'"
+            " AND tasks.reason IS DISTINCT FROM v.reason",
+            [list(reasons), list(reasons.values())],
+        )
 
     # User operations on many tasks; ids and states select them (ids all must exist).
 
@@ -382,6 +624,11 @@ class Txn:
             return insert(self.con, staged, now=self.now(), skip_existing=skip_existing)
         finally:
             staged.cleanup()
+
+
+def _db_value(task: Task, col: str) -> Any:
+    """Column ``col`` of ``task`` as stored."""
+    return task.state.value if col == "state" else _to_db(col, getattr(task, col))
 
 
 def _to_db(col: str, value: Any) -> Any:

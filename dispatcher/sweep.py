@@ -1,7 +1,8 @@
 """Argument groups: ``--args`` JSON, ``--grid KEY=V1,V2``, JSONL files and TOML sweep files.
 
 Pure: callers pass file text in. Grids expand lazily (``Grid`` is an iterable with a length), so
-a million-point sweep is never held as a list of dicts. Errors are SweepError naming the input.
+a million-point sweep is never held as a list of dicts; random points (``dispatcher.sampling``)
+are one more axis. Errors are SweepError naming the input.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher.errors import SweepError
+from dispatcher.sampling import from_table as random_axis
 
 Path_ = tuple[str, ...]
 #: One axis of a grid: the keys that vary together, and their rows of values.
@@ -25,11 +27,14 @@ SWEEP_KEYS = (
     "args",
     "grid",
     "zip",
+    "random",
     "repeat",
     "priority",
     "max_attempts",
     "timeout",
     "gpus",
+    "max_running",
+    "outputs",
 )
 
 
@@ -158,6 +163,36 @@ def grid_from_items(items: Sequence[str]) -> Grid:
     return Grid({}, tuple(axes))
 
 
+def grid_from_mapping(grid: Mapping[str, Any]) -> Grid:
+    """A lazy ``Grid`` from ``{"lr": [0.1, 0.01], "model.depth": [2, 4]}`` (dotted keys nest)."""
+    axes: list[Axis] = []
+    for key, values in grid.items():
+        path = tuple(str(key).split("."))
+        if not all(path):
+            raise SweepError(f"grid key {key!r}: use a name or dotted names like model.depth")
+        if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
+            raise SweepError(
+                f"grid key {key!r}: give a list of values, e.g. {{{key!r}: [1, 2]}}, not {values!r}"
+            )
+        rows = tuple((v,) for v in values)
+        if not rows:
+            raise SweepError(f"grid key {key!r}: the list of values is empty")
+        axes.append(((path,), rows))
+    _check_disjoint([p for paths, _ in axes for p in paths], source="grid=")
+    return Grid({}, tuple(axes))
+
+
+def with_axis(grid: Grid, axis: Axis | None) -> Grid:
+    """``grid`` crossed with one more axis (varying fastest); SweepError if keys overlap."""
+    if axis is None:
+        return grid
+    out = Grid(grid.fixed, (*grid.axes, axis))
+    paths = [p for paths, _ in out.axes for p in paths]
+    _check_disjoint([*paths, *(p for p, _ in _flatten(grid.fixed, (), leaves_only=True))],
+                    source="grid and random keys")  # fmt: skip
+    return out
+
+
 @dataclass(frozen=True)
 class SweepFile:
     """A parsed TOML sweep file: its points and the task defaults it sets."""
@@ -169,6 +204,8 @@ class SweepFile:
     max_attempts: int | None = None
     timeout: float | None = None
     gpus: int | None = None
+    max_running: int | None = None
+    outputs: tuple[str, ...] | None = None
 
 
 def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
@@ -207,6 +244,9 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
             raise SweepError(f"{source}: [zip] lists must have equal lengths ({sizes})")
         paths = tuple(p for p, _ in zipped)
         axes.append((paths, tuple(zip(*(v for _, v in zipped), strict=True))))
+    randoms = random_axis(_table(doc, "random", source), f"{source}: random")
+    if randoms is not None:
+        axes.append(randoms)
     repeat = _opt(doc, "repeat", int, source)
     if repeat is not None:
         if repeat < 1:
@@ -218,6 +258,10 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
     command = _opt(doc, "command", str, source)
     name = _opt(doc, "name", str, source)
     timeout = _opt(doc, "timeout", float, source)
+    outputs = _opt(doc, "outputs", list, source)
+    if outputs is not None and not all(isinstance(g, str) for g in outputs):
+        raise SweepError(f"{source}: 'outputs' must be a list of glob strings like"
+                         f' ["out/*.json"], got {outputs!r}')  # fmt: skip
     return SweepFile(
         grid=Grid(fixed, tuple(axes)),
         command=command,
@@ -226,6 +270,8 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
         max_attempts=_opt(doc, "max_attempts", int, source),
         timeout=timeout,
         gpus=_opt(doc, "gpus", int, source),
+        max_running=_opt(doc, "max_running", int, source),
+        outputs=None if outputs is None else tuple(outputs),
     )
 
 
@@ -275,7 +321,7 @@ def _check_disjoint(paths: Iterable[Path_], *, source: str) -> None:
             if path[:k] in seen:
                 raise SweepError(
                     f"{source}: key {'.'.join(path)!r} is set twice"
-                    f" (also by {'.'.join(path[:k])!r} in args, grid, zip or repeat)"
+                    f" (also by {'.'.join(path[:k])!r} in args, grid, zip, random or repeat)"
                 )
         seen.add(path)
 

@@ -31,6 +31,8 @@ from dispatcher.errors import (
 if TYPE_CHECKING:  # importing asyncssh costs ~200 ms: only commands that use SSH pay for it
     import asyncssh
 
+    from dispatcher.outputs import FetchReport
+
 #: How much of a process's stderr is kept (the tail): enough for a traceback, bounded.
 STDERR_LIMIT = 64 * 1024
 #: Longest stdout line a local process may send (asyncio's default, 64 KiB, is too small).
@@ -83,6 +85,11 @@ class HostTransport(Protocol):
     async def connect(self) -> None: ...
     async def start(self, argv: Sequence[str]) -> Process: ...
     async def close(self) -> None: ...
+    async def fetch_files(
+        self, workdir: str | None, globs: Sequence[str], local_dir: Path, max_bytes: int
+    ) -> FetchReport:
+        """Copy files matching ``globs`` under ``workdir`` into ``local_dir`` (see outputs.py)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -392,6 +399,14 @@ class LocalTransport(_Transport):
         """Stop processes still running (their pipes belong to this event loop)."""
         await self._settle()
 
+    async def fetch_files(
+        self, workdir: str | None, globs: Sequence[str], local_dir: Path, max_bytes: int
+    ) -> FetchReport:
+        """Copy this machine's files matching ``globs`` under ``workdir`` into ``local_dir``."""
+        from dispatcher.outputs import fetch_local
+
+        return await fetch_local(workdir, globs, local_dir, max_bytes)
+
 
 class SSHTransport(_Transport):
     """One asyncssh connection to a host; every ``start`` opens a new session on it.
@@ -545,6 +560,19 @@ class SSHTransport(_Transport):
         async with self._lock:
             await self._drop()
             self._lost = None
+
+    async def fetch_files(
+        self, workdir: str | None, globs: Sequence[str], local_dir: Path, max_bytes: int
+    ) -> FetchReport:
+        """Copy host files matching ``globs`` under ``workdir`` over SFTP on this connection."""
+        from dispatcher.outputs import fetch_sftp
+
+        if self._conn is None or self._lost is not None:
+            _raise_mapped(self._lost or ConnectionResetError("closed"), self._map_session_error)
+        try:
+            return await fetch_sftp(self._conn, workdir, globs, local_dir, max_bytes)
+        except Exception as exc:
+            _raise_mapped(exc, self._map_session_error)
 
 
 def _signal_until_gone(raw: Any, delay: float) -> None:

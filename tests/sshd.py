@@ -337,6 +337,7 @@ class SshdHost:
             "SetEnv": f"PATH={self.fake_bin}:/usr/local/bin:/usr/bin:/bin",
             "AcceptEnv": "LABTASKER_*",
             "AllowUsers": self.user,  # AuthorizedKeysFile is one file for every user
+            "Subsystem": "sftp internal-sftp",  # output files come back over SFTP
         }
         self.config_path.write_text("".join(f"{k} {v}\n" for k, v in settings.items()))
 

@@ -1,7 +1,9 @@
 """The ``labtasker`` command: the typer app, the global ``--db`` option and error reporting.
 
 Each command group lives in its own module and registers itself on ``app``; command bodies import
-heavy modules (duckdb, asyncssh) inside the function, so ``labtasker --help`` stays fast.
+heavy modules (duckdb, asyncssh) inside the function, so ``labtasker --help`` stays fast; help
+is click's plain text (rich's markdown help costs ~200 ms). typer is kept below 0.29, which
+converts every option value through pydantic (another 150-250 ms per command; pyproject.toml).
 Only ``DispatcherError`` is caught: one red line on stderr and its exit code. Anything else is a
 bug and shows a traceback.
 """
@@ -22,7 +24,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_show_locals=False,
-    rich_markup_mode="rich",
+    # Plain click help: typer's rich help imports rich.markdown, markdown_it and pygments, about
+    # 200 ms of every `--help` on a 2-core machine. Sub-apps inherit this setting.
+    rich_markup_mode=None,
 )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 import sys
 from pathlib import Path
@@ -21,12 +20,14 @@ def demo(
     slots: Annotated[int, typer.Option(help="Tasks at once on this machine.")] = 4,
 ) -> None:
     """Queue a 3 x 3 grid of a stand-in training script and dispatch it on the `local` host."""
+    import asyncio
+
     from rich.console import Console
     from rich.table import Table
 
     from dispatcher.cli.dispatch import ConsoleReporter
     from dispatcher.demo.run import prepare
-    from dispatcher.engine import DispatchOptions, Dispatcher
+    from dispatcher.engine import Dispatcher, DispatchOptions
     from dispatcher.hosts import load_hosts
     from dispatcher.models import NewTask
     from dispatcher.paths import ensure_private_dir, logs_dir
@@ -46,9 +47,7 @@ def demo(
     console.print(f"Queued {len(added.ids)} tasks in {db}")
     console.print(f"[dim]$ labtasker --db {db} dispatch --hosts {hosts_file}[/]")
     reporter = ConsoleReporter(console)
-    engine = Dispatcher(
-        store, load_hosts(hosts_file), reporter, logs_dir(db), DispatchOptions()
-    )
+    engine = Dispatcher(store, load_hosts(hosts_file), reporter, logs_dir(db), DispatchOptions())
     try:
         code = asyncio.run(engine.run())
     finally:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,7 +13,7 @@ from dispatcher.models import TaskState
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from dispatcher.engine import Snapshot
+    from dispatcher.engine import Dispatcher, Snapshot
 
 HostsOption = Annotated[
     Path,
@@ -74,6 +72,9 @@ def dispatch(
     Exit status: 0 when every task that finished succeeded, 1 when some failed, were lost or
     cannot be placed, 2 on a usage or configuration error.
     """
+    import asyncio  # here, not at the top: `labtasker --help` need not pay for it
+    import signal
+
     from rich.console import Console
 
     from dispatcher.engine import Dispatcher, DispatchOptions
@@ -123,7 +124,67 @@ def dispatch(
         f"Done: {snap.succeeded} succeeded, {snap.failed} failed, "
         f"{snap.counts.get(TaskState.PENDING, 0)} pending."
     )
-    for task_id, reason in sorted(engine.unplaceable.items())[:20]:
-        label = f"task {task_id}" if task_id else "pending tasks"
-        console.print(f"[red]{label} cannot be placed:[/] {reason}", highlight=False)
+    if engine.unplaceable:
+        report_problems(engine)
     raise typer.Exit(code)
+
+
+def report_problems(engine: Dispatcher) -> None:
+    """Print why pending work could not run to stderr, one ``Error:`` line per problem.
+
+    Progress went to stdout as it happened; this summary is what a script or CI log must see,
+    so it goes where ``labtasker``'s other errors go (``cli.fail``).
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for line in [*host_problems(engine), *task_problems(engine.unplaceable)]:
+        err.print(f"[bold red]Error:[/] {escape(line)}")
+
+
+def host_problems(engine: Dispatcher) -> list[str]:
+    """One line per host that could take no task when dispatch ended, naming the host."""
+    from dispatcher.capacity import gpu_problem
+
+    lines = []
+    for name, hs in engine.hosts.items():
+        session = hs.session
+        if hs.suspended:
+            lines.append(f"{name}: {hs.suspended}")
+        elif not session.up:
+            # The transport's message names the host and says what to do next.
+            lines.append(session.error or f"{name}: never connected; run `labtasker hosts check`")
+        elif session.inventory is not None:
+            inv = session.inventory
+            view = {"gpus": inv.gpus, "processes": inv.processes, "error": inv.error}
+            problem = gpu_problem(session.spec, view)
+            if problem:
+                lines.append(f"{name}: {problem}")
+    return lines
+
+
+def task_problems(unplaceable: dict[int, str]) -> list[str]:
+    """One line per distinct reason, naming the tasks it holds back and what to do about it."""
+    by_reason: dict[str, list[int]] = {}
+    for task_id, reason in sorted(unplaceable.items()):
+        by_reason.setdefault(reason, []).append(task_id)
+    lines = []
+    for reason, ids in by_reason.items():
+        if ids == [0]:
+            lines.append(f"{reason}; see `labtasker queue ls`, then retry or remove them")
+            continue
+        label = f"task {ids[0]}" if len(ids) == 1 else f"{len(ids)} tasks ({_id_list(ids)})"
+        if reason.startswith(("needs ", "asks for ")):
+            what = "it stays pending: add a host that fits, or `labtasker queue rm` it and add it"
+            hint = f"{what} again with fewer --gpus"
+        else:
+            hint = "it stays pending and runs at the next `labtasker dispatch` once that is fixed"
+            hint += " (`labtasker hosts check` shows when)"
+        lines.append(f"{label} cannot be placed: {reason}; {hint}")
+    return lines
+
+
+def _id_list(ids: list[int], shown: int = 8) -> str:
+    text = ", ".join(str(i) for i in ids[:shown])
+    return f"{text}, +{len(ids) - shown} more" if len(ids) > shown else text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -10,10 +9,10 @@ import typer
 
 from dispatcher.cli import app
 from dispatcher.cli.dispatch import HostsOption
-from dispatcher.status import HostCheck
 
 if TYPE_CHECKING:
     from dispatcher.hosts import HostSpec
+    from dispatcher.status import HostCheck
 
 hosts_app = typer.Typer(help="Check and manage the hosts of hosts.toml.", no_args_is_help=True)
 app.add_typer(hosts_app, name="hosts")
@@ -51,6 +50,7 @@ async def check_host(spec: HostSpec, accept_new: bool) -> HostCheck:
     """Connect, start the helper and ask it about Python, the workdir and the GPUs."""
     from dispatcher.errors import DispatcherError
     from dispatcher.hostsession import ssh_options, start_helper
+    from dispatcher.status import HostCheck
 
     row = HostCheck(name=spec.name, ok=False)
     try:
@@ -91,6 +91,8 @@ def check(
 
     Exit status 1 when some host fails a check.
     """
+    import asyncio
+
     from rich.console import Console
 
     from dispatcher.hosts import load_hosts

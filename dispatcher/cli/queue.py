@@ -5,25 +5,27 @@ Command bodies import the store (and so duckdb) lazily, keeping ``labtasker --he
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dispatcher.cli import app, db_option, fail
-from dispatcher.errors import DispatcherError, SweepError, UsageError
-from dispatcher.models import TaskState, parse_state
+from dispatcher.cli import app
+from dispatcher.cli.common import StateOption, note, out, reported
+from dispatcher.cli.common import open_store as _store
+from dispatcher.cli.common import states as _states
+from dispatcher.errors import SweepError, UsageError
+from dispatcher.models import TaskState
 
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from dispatcher.batch import TaskBatch
     from dispatcher.models import Task
     from dispatcher.store import Store
-    from dispatcher.store_add import TaskBatch
 
 queue_app = typer.Typer(
     name="queue",
@@ -32,48 +34,10 @@ queue_app = typer.Typer(
 )
 app.add_typer(queue_app, name="queue")
 
-StateOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--state", "-s", help="Only tasks in this state (repeatable).", show_default=False
-    ),
-]
 IdsArgument = Annotated[list[int] | None, typer.Argument(help="Task ids.", show_default=False)]
 #: Rows the ``ls`` table shows unless --limit says otherwise.
 LS_DEFAULT_LIMIT = 200
 _JSON_PAGE = 10_000
-
-
-@contextlib.contextmanager
-def _reported() -> Iterator[None]:
-    # main() catches these too; catching here also covers direct app() calls (tests, embedding).
-    try:
-        yield
-    except DispatcherError as err:
-        fail(err)
-
-
-def _store(ctx: typer.Context) -> Store:
-    from dispatcher.store import Store
-
-    return Store.open_default(db_option(ctx))
-
-
-def _states(values: Sequence[str] | None) -> list[TaskState] | None:
-    return None if not values else [parse_state(v) for v in values]
-
-
-def _out(text: str) -> None:
-    from rich.console import Console
-
-    Console(highlight=False, soft_wrap=True).print(text)
-
-
-def _note(text: str, style: str = "yellow") -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[{style}]{escape(text)}[/]")
 
 
 def id_ranges(ids: Sequence[int], limit: int = 8) -> str:
@@ -113,60 +77,49 @@ def build_batch(
     timeout: float | None,
     gpus: int | None,
     after: Sequence[int],
+    random: Sequence[str] = (),
+    samples: int | None = None,
+    seed: int | None = None,
+    max_running: int | None = None,
+    outputs: Sequence[str] = (),
 ) -> TaskBatch:
-    """Turn ``queue add`` options into a batch: --args tasks, then the grid, then the file."""
-    from dispatcher.store_add import TaskBatch  # not dispatcher.store: --dry-run needs no duckdb
-    from dispatcher.sweep import (
-        SweepFile,
-        grid_from_items,
-        parse_args_json,
-        parse_jsonl,
-        parse_sweep_toml,
-    )
+    """Parse ``queue add`` options and files; ``dispatcher.batch.assemble`` builds the batch."""
+    from dispatcher import sampling
+    from dispatcher.batch import assemble  # not dispatcher.store: --dry-run needs no duckdb
+    from dispatcher.sweep import grid_from_items, parse_args_json, parse_jsonl, parse_sweep_toml
     from dispatcher.template import join_words
 
     if cmd is not None and words:
         raise UsageError("give the command once: either --cmd TEXT or words after --")
-    template = cmd if cmd is not None else (join_words(words) if words else None)
-    groups: list[Any] = []
-    if args_json:
-        groups.append([parse_args_json(a) for a in args_json])
-    if grid:
-        groups.append(grid_from_items(grid))
-    sweep = SweepFile(grid=grid_from_items([]))
+    if not random and (samples is not None or seed is not None):
+        raise UsageError("--samples and --seed go with --random KEY=KIND:A,B")
+    sweep, rows = None, None
     if file is not None:
         text = _read(file)
         suffix = file.suffix.lower()
         if suffix == ".toml":
             sweep = parse_sweep_toml(text, source=str(file))
-            groups.append(sweep.grid)
         elif suffix in (".jsonl", ".json"):
-            groups.append(parse_jsonl(text, source=str(file)))
+            rows = parse_jsonl(text, source=str(file))
         else:
             raise SweepError(
                 f"{file}: unknown file type; use .jsonl/.json (one object a line) or .toml"
             )
-    if template is None:
-        template = sweep.command
-    if template is None:
-        raise UsageError("no command given: use --cmd TEXT, or put the command after --")
-    if not template.strip():
-        raise UsageError("the command is empty")
-    if not groups:
-        groups.append([{}])
-
-    def pick(flag: Any, from_file: Any, default: Any) -> Any:
-        return flag if flag is not None else (from_file if from_file is not None else default)
-
-    return TaskBatch(
-        template=template,
-        groups=groups,
-        name=pick(name, sweep.name, None),
-        priority=pick(priority, sweep.priority, 0),
-        max_attempts=pick(max_attempts, sweep.max_attempts, 1),
-        timeout=pick(timeout, sweep.timeout, None),
-        gpus=pick(gpus, sweep.gpus, None),
-        after=tuple(after),
+    return assemble(
+        cmd if cmd is not None else (join_words(words) if words else None),
+        args=[parse_args_json(a) for a in args_json] if args_json else None,
+        grid=grid_from_items(grid) if grid else None,
+        random=sampling.from_items(random, samples, seed or 0) if random else None,
+        sweep=sweep,
+        rows=rows,
+        name=name,
+        priority=priority,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        gpus=gpus,
+        max_running=max_running,
+        outputs=outputs or None,
+        after=after,
     )
 
 
@@ -197,6 +150,23 @@ def add(
     after: Annotated[
         list[int] | None, typer.Option("--after", help="Start only after this task succeeded.")
     ] = None,
+    random: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--random",
+            help="KEY=KIND:A,B random values (uniform, loguniform, randint,"
+            " choice); crossed with --grid.",
+        ),
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="Random points to draw for --random.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of --random [default: 0].")] = None,
+    max_running: Annotated[
+        int | None, typer.Option(help="At most this many of these tasks run at once.")
+    ] = None,
+    outputs: Annotated[
+        list[str] | None,
+        typer.Option("--outputs", help="Glob of files to copy back after a run (repeatable)."),
+    ] = None,
     skip_existing: Annotated[
         bool, typer.Option("--skip-existing", help="Skip tasks whose command is already queued.")
     ] = False,
@@ -207,7 +177,7 @@ def add(
 
     Example: labtasker queue add --grid lr=0.1,0.01 --grid seed=1,2 -- python train.py --lr %{lr}
     """
-    with _reported():
+    with reported():
         batch = build_batch(
             cmd=cmd,
             words=words or [],
@@ -220,6 +190,11 @@ def add(
             timeout=timeout,
             gpus=gpus,
             after=after or [],
+            random=random or [],
+            samples=samples,
+            seed=seed,
+            max_running=max_running,
+            outputs=outputs or [],
         )
         if dry_run:
             _dry_run(batch, as_json)
@@ -233,18 +208,18 @@ def add(
                 if len(dup_ids) == 1
                 else (f"{len(dup_ids)} tasks duplicate existing ones")
             )
-            _note(f"{what} (ids {id_ranges(dup_ids)}); use --skip-existing to skip them")
+            note(f"{what} (ids {id_ranges(dup_ids)}); use --skip-existing to skip them")
         if as_json:
             sys.stdout.write(json.dumps(result.ids) + "\n")
             return
         if not result.ids:
-            _out("Added 0 tasks.")
+            out("Added 0 tasks.")
         elif len(result.ids) == 1:
-            _out(f"Added 1 task (id {result.ids[0]}).")
+            out(f"Added 1 task (id {result.ids[0]}).")
         else:
-            _out(f"Added {len(result.ids)} tasks (ids {result.ids[0]}-{result.ids[-1]}).")
+            out(f"Added {len(result.ids)} tasks (ids {result.ids[0]}-{result.ids[-1]}).")
         if result.skipped:
-            _note(f"Skipped {_tasks_word(result.skipped)} whose command is already queued.")
+            note(f"Skipped {_tasks_word(result.skipped)} whose command is already queued.")
 
 
 def _dry_run(batch: TaskBatch, as_json: bool) -> None:
@@ -268,7 +243,7 @@ def ls(
     ] = None,
 ) -> None:
     """List tasks, oldest first: id, name, state, priority, args, host:gpus, attempt, age."""
-    with _reported():
+    with reported():
         states = _states(state)
         store = _store(ctx)
         if as_json:
@@ -280,7 +255,7 @@ def ls(
             total = tx.count(states=states) if len(tasks) >= shown else len(tasks)
         if not total:
             what = " in state " + ", ".join(states) if states else ""
-            _out(f"[dim]No tasks{what}.[/]" if states else "[dim]The queue is empty.[/]")
+            out(f"[dim]No tasks{what}.[/]" if states else "[dim]The queue is empty.[/]")
             return
         from rich.console import Console
 
@@ -347,7 +322,7 @@ def _ls_json(store: Store, states: list[TaskState] | None, limit: int | None) ->
 @queue_app.command("cancel")
 def cancel(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = None) -> None:
     """Cancel tasks: pending ones at once; launching/running ones are stopped by the dispatcher."""
-    with _reported():
+    with reported():
         if not ids and not state:
             raise UsageError("name the tasks to cancel: task ids, or --state pending")
         from dispatcher.paths import dispatcher_running
@@ -368,11 +343,11 @@ def cancel(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = Non
                 parts.append(
                     "no dispatcher is running; the next `labtasker dispatch` stops them first"
                 )
-        _out("; ".join(parts) + ".")
+        out("; ".join(parts) + ".")
         if result.skipped:
             shown = ", ".join(f"{i} ({s})" for i, s in result.skipped[:10])
             more = f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
-            _note(f"Left alone (already finished or lost): {shown}{more}.", style="dim")
+            note(f"Left alone (already finished or lost): {shown}{more}.", style="dim")
 
 
 @queue_app.command("retry")
@@ -383,7 +358,7 @@ def retry(
     state: StateOption = None,
 ) -> None:
     """Send failed, cancelled or lost tasks back to pending (their attempt count is kept)."""
-    with _reported():
+    with reported():
         states = _states(state) or []
         if failed:
             states.append(TaskState.FAILED)
@@ -391,9 +366,9 @@ def retry(
             raise UsageError("name the tasks to retry: task ids, --failed or --state")
         moved = _store(ctx).retry(ids or None, states=states or None)
         if moved:
-            _out(f"Retrying {_tasks_word(len(moved))} (ids {id_ranges(moved)}): back to pending.")
+            out(f"Retrying {_tasks_word(len(moved))} (ids {id_ranges(moved)}): back to pending.")
         else:
-            _out("No tasks to retry.")
+            out("No tasks to retry.")
 
 
 @queue_app.command("update")
@@ -408,24 +383,24 @@ def update(
     name: Annotated[str | None, typer.Option(help="New name.")] = None,
 ) -> None:
     """Edit pending tasks; the command is rendered again from the (new) template and args."""
-    with _reported():
+    with reported():
         from dispatcher.sweep import parse_args_json
 
         args = None if args_json is None else parse_args_json(args_json)
         if priority is None and args is None and cmd is None and name is None:
             raise UsageError("nothing to change: give --priority, --args, --cmd or --name")
         changed = _store(ctx).update(ids, priority=priority, args=args, template=cmd, name=name)
-        _out(f"Updated {_tasks_word(len(changed))} (ids {id_ranges(changed)}).")
+        out(f"Updated {_tasks_word(len(changed))} (ids {id_ranges(changed)}).")
 
 
 @queue_app.command("rm")
 def rm(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = None) -> None:
     """Delete tasks (and their attempt history); launching/running tasks must be cancelled first."""
-    with _reported():
+    with reported():
         if not ids and not state:
             raise UsageError("name the tasks to remove: task ids or --state")
         removed = _store(ctx).remove(ids or None, states=_states(state))
         if removed:
-            _out(f"Removed {_tasks_word(len(removed))} (ids {id_ranges(removed)}).")
+            out(f"Removed {_tasks_word(len(removed))} (ids {id_ranges(removed)}).")
         else:
-            _out("No tasks to remove.")
+            out("No tasks to remove.")

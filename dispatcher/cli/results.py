@@ -4,28 +4,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from dispatcher.cli import app, db_option, fail
-from dispatcher.cli.queue import StateOption
-from dispatcher.errors import DispatcherError, UsageError
-from dispatcher.models import TaskState, parse_state
-
-if TYPE_CHECKING:
-    from dispatcher.store import Store
+from dispatcher.cli import app
+from dispatcher.cli.common import StateOption, note, open_store, reported
+from dispatcher.cli.common import states as parse_states
+from dispatcher.errors import UsageError
 
 #: Rows the table view shows unless --limit says otherwise.
 TABLE_LIMIT = 50
@@ -57,32 +53,6 @@ LimitOption = Annotated[
         show_default=False,
     ),
 ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def _reported() -> Iterator[None]:
-    # main() catches these too; catching here also covers direct app() calls (tests, embedding).
-    try:
-        yield
-    except DispatcherError as err:
-        fail(err)
-
-
-def _store(ctx: typer.Context) -> Store:
-    from dispatcher.store import Store
-
-    return Store.open_default(db_option(ctx))
-
-
-def _states(values: Sequence[str] | None) -> list[TaskState] | None:
-    return None if not values else [parse_state(v) for v in values]
-
-
-def _note(text: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[dim]{escape(text)}[/]")
 
 
 def _cell(value: Any) -> str:
@@ -155,10 +125,10 @@ def results(
     """
     from dispatcher import results as res
 
-    with _reported():
-        states = _states(state)
+    with reported():
+        states = parse_states(state)
         chosen = fmt or (_infer_format(output) if output is not None else ResultsFormat.TABLE)
-        store = _store(ctx)
+        store = open_store(ctx)
         if chosen is ResultsFormat.TABLE:
             if output is not None:
                 raise UsageError("the table view prints to the terminal; for a file use --format"
@@ -167,7 +137,7 @@ def results(
             names, rows, total = res.read(store, states, limit=shown)
             if not total:
                 what = " in state " + ", ".join(states) if states else ""
-                _note(f"No tasks{what}.")
+                note(f"No tasks{what}.", "dim")
                 return
             more = None
             if total > len(rows):
@@ -179,7 +149,7 @@ def results(
             return
         if output is not None:
             n = res.write(store, chosen.value, output, states)
-            _note(f"Wrote {n:,} rows to {output}.")
+            note(f"Wrote {n:,} rows to {output}.", "dim")
             return
         if chosen is ResultsFormat.PARQUET:
             raise UsageError("parquet is binary: give a file with --output FILE.parquet")
@@ -215,18 +185,20 @@ def sql(
     """
     from dispatcher import results as res
 
-    with _reported():
-        store = _store(ctx)
+    with reported():
+        store = open_store(ctx)
         if fmt is SqlFormat.TABLE:
             shown = TABLE_LIMIT if limit is None else limit
             names, rows = res.query(store, query, limit=shown + 1)
             more = len(rows) > shown
             rows = rows[:shown]
             if not rows:
-                _note(f"No rows (columns: {', '.join(names)}).")
+                note(f"No rows (columns: {', '.join(names)}).", "dim")
                 return
-            note = f"Showing the first {shown:,} rows; use --limit N or --format csv|json for all."
-            _print_table(names, rows, note if more else None)
+            footer = (
+                f"Showing the first {shown:,} rows; use --limit N or --format csv|json for all."
+            )
+            _print_table(names, rows, footer if more else None)
             return
         names, rows = res.query(store, query)
         out = sys.stdout

@@ -1,8 +1,11 @@
-"""``labtasker status`` and ``labtasker logs``: what runs now, and what a task printed."""
+"""``labtasker status`` and ``labtasker logs``: what runs now, and what a task printed.
+
+``status`` reads the queue and the dispatcher's status file (last output lines, GPU use per host,
+written every few seconds while a dispatcher runs); ``--watch`` redraws it in place.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -14,31 +17,61 @@ import typer
 from dispatcher.cli import app, db_option
 from dispatcher.cli.dispatch import HostsOption
 from dispatcher.errors import DispatcherError, UsageError
-from dispatcher.models import ACTIVE_STATES, Task
+from dispatcher.models import ACTIVE_STATES, Task, TaskState
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from dispatcher.store import Store
+    from dispatcher.store_txn import Txn
 
 
-def _status_view(store: Store) -> tuple[RenderableType, list[Task]]:
+def median_runtime(tx: Txn) -> float | None:
+    """Median seconds from start to finish of the queue's succeeded tasks (None: none yet)."""
+    row = tx.con.execute(
+        "SELECT median(epoch(finished_at) - epoch(started_at)) FROM tasks"
+        " WHERE state = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL",
+        [str(TaskState.SUCCEEDED)],
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, list[Task]]:
+    """The ``status`` view and the active tasks; ``watch`` adds the ETA and each host's GPU use."""
     from rich.console import Group
+    from rich.table import Table
     from rich.text import Text
 
-    from dispatcher.status import counts_line, running_table
+    from dispatcher.collect import read_status_file
+    from dispatcher.paths import dispatcher_running
+    from dispatcher.status import counts_line, eta_text, freshness, gpu_table, running_table
     from dispatcher.store_recovery import suspended_hosts
 
     with store.transaction() as tx:
         active = tx.tasks(states=ACTIVE_STATES)
         counts = tx.counts()
         suspended = suspended_hosts(tx)
+        median = median_runtime(tx) if watch else None
+    written = read_status_file(store.path)
+    running = dispatcher_running(store.path)
     parts: list[RenderableType] = []
     if active:
-        parts.append(running_table(active, last_lines=last_lines(store, active)))
+        lines = {t.id: written.lines[t.id] for t in active if t.id in written.lines}
+        parts.append(running_table(active, last_lines=lines))
     else:
         parts.append(Text("Nothing is running.", style="dim"))
-    parts.append(counts_line(counts))
+    if watch:
+        line = Table.grid(padding=(0, 2))
+        line.add_row(counts_line(counts), eta_text(median, counts))
+        parts.append(line)
+        gpus = gpu_table(written.hosts) if running else None
+        if gpus is not None:
+            parts.append(gpus)
+    else:
+        parts.append(counts_line(counts))
+    stale = freshness(written.written_at, time.time(), running=running)
+    if stale is not None and active:  # the last lines shown may be old
+        parts.append(stale)
     for s in suspended.values():  # persisted by the dispatcher; lifted by `hosts resume`
         at = s.suspended_at.strftime("%Y-%m-%d %H:%M:%S")
         parts.append(Text(f"host {s.host} {s.reason} (since {at} UTC)", style="bold red"))
@@ -75,7 +108,7 @@ def status(
         sys.stdout.write(json.dumps([t.to_json() for t in active], indent=2) + "\n")
         return
     if not watch:
-        view, _ = _status_view(store)
+        view, _ = status_view(store)
         console.print(view)
         return
     from rich.live import Live
@@ -83,7 +116,7 @@ def status(
     with Live(console=console, auto_refresh=False, screen=False) as live:
         try:
             while True:
-                view, _ = _status_view(store)
+                view, _ = status_view(store, watch=True)
                 live.update(view, refresh=True)
                 time.sleep(interval)
         except KeyboardInterrupt:
@@ -114,6 +147,8 @@ def logs(
             return
     if task.state not in ACTIVE_STATES or not task.run_id or not task.host:
         raise UsageError(f"task {task_id} has no output yet (state {task.state})")
+    import asyncio
+
     from dispatcher.hosts import load_hosts
     from dispatcher.remote.follow import stream_log
 

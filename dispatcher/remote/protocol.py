@@ -32,7 +32,8 @@ INLINE_LOG_LIMIT = 64 * 1024
 BOOTSTRAP = r"""
 import sys,os,hashlib
 if sys.version_info<(3,8):
-    sys.stderr.write("labtasker: Python >= 3.8 needed on this host, found %s\n"%sys.version.split()[0]);sys.exit(3)
+    sys.stderr.write("labtasker: Python >= 3.8 needed on this host, found %s\n"
+                     %sys.version.split()[0]);sys.exit(3)
 d,h,n=os.path.expanduser(sys.argv[1]),sys.argv[2],int(sys.argv[3])
 os.makedirs(d,0o700,exist_ok=True);os.chmod(d,0o700)
 p=os.path.join(d,"helper-%s.py"%h[:16])

@@ -87,7 +87,7 @@ def test_skip_existing_and_after(q: Queue) -> None:
         ({"grid": {"lr": 0.1}}, SweepError, "give a list of values"),
         ({"grid": {"lr": "0.1,0.2"}}, SweepError, "give a list of values"),
         ({"grid": {"lr": []}}, SweepError, "empty"),
-        ({"grid": {"m": [1], "m.depth": [2]}}, SweepError, "overlap"),
+        ({"grid": {"m": [1], "m.depth": [2]}}, SweepError, "set twice"),
         ({"grid": {"a..b": [1]}}, SweepError, "dotted names"),
         ({"args": {"lr": 1}}, SweepError, "list of dicts"),
         ({"args": [{"other": 1}]}, TemplateError, "lr"),
@@ -159,3 +159,46 @@ def test_results_df_with_pandas(q: Queue) -> None:
     df = q.results_df(state="succeeded")
     assert list(df["id"]) == [a] and float(df["result.val.loss"].iloc[0]) == 1.5
     assert list(df.columns) == list(q.results()[0])
+
+
+def test_add_random_points_throttle_and_outputs_match_the_cli(q: Queue, tmp_path: Path) -> None:
+    ids = q.add(
+        "train --lr %{lr} --act %{act}",
+        random={"lr": {"loguniform": [1e-5, 1e-1]}, "act": {"choice": ["relu", "gelu"]}},
+        samples=4,
+        seed=2,
+        max_running=2,
+        outputs=["out/*.json"],
+        name="r",
+    )
+    tasks = q.tasks(ids=ids)
+    assert len(tasks) == 4
+    assert {(t["max_running"], tuple(t["outputs"]), t["name"]) for t in tasks} == {
+        (2, ("out/*.json",), "r")
+    }
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(
+        'command = "train --lr %{lr} --act %{act}"\n[random]\nsamples = 4\nseed = 2\n'
+        'lr = { loguniform = [1e-5, 1e-1] }\nact = { choice = ["relu", "gelu"] }\n'
+    )
+    preview = cli("queue", "add", "--file", str(sweep), "--dry-run").stdout.splitlines()
+    assert [t["command"] for t in tasks] == preview  # one add path: same points as the file
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"random": {"lr": {"uniform": [0, 1]}}}, "needs samples=N"),
+        ({"random": {"lr": {"uniform": [0, 1]}}, "samples": 2, "seed": "x"}, "seed must be"),
+        ({"random": {}, "samples": 2}, "random= is empty"),
+        ({"random": {"lr": [0, 1]}, "samples": 2}, "expected a distribution"),
+        ({"max_running": 0}, "max running"),
+        ({"outputs": ["../x"]}, "no '..'"),
+    ],
+)
+def test_bad_random_throttle_or_outputs_add_nothing(
+    q: Queue, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        q.add("run %{lr}", grid={"lr": [1]} if "random" not in kwargs else None, **kwargs)
+    assert q.tasks() == []

@@ -311,3 +311,51 @@ def test_a_read_only_directory_is_a_clear_error(locked: Path, unprivileged: list
     assert existing.stderr.startswith(f"Error: cannot write the queue file {db}")
     assert Store(db).tasks() == []
     assert as_user("queue", "ls").stdout == "The queue is empty.\n"  # reading still works
+
+
+def test_random_max_running_and_outputs_from_flags(db: Path) -> None:
+    ok(db, "queue", "add", "--random", "lr=loguniform:1e-4,1e-2", "--random", "act=choice:a,b",
+       "--samples", "3", "--seed", "5", "--grid", "d=1,2", "--max-running", "2",
+       "--outputs", "out/*.json", "--outputs", "ckpt/last.pt",
+       "--cmd", "train --lr %{lr} --act %{act} --d %{d}")  # fmt: skip
+    tasks = listed(db)
+    assert len(tasks) == 6 and [t["args"]["d"] for t in tasks] == [1, 1, 1, 2, 2, 2]
+    assert [t["args"]["lr"] for t in tasks[:3]] == [t["args"]["lr"] for t in tasks[3:]]
+    assert all(1e-4 <= t["args"]["lr"] <= 1e-2 and t["args"]["act"] in "ab" for t in tasks)
+    assert {(t["max_running"], tuple(t["outputs"]), t["batch"]) for t in tasks} == {
+        (2, ("out/*.json", "ckpt/last.pt"), tasks[0]["id"])
+    }
+
+
+def test_edited_random_sweep_resubmits_only_new_points(db: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "s.toml"
+    body = 'command = "t %{lr} %{n}"\nname = "r"\nmax_running = 2\n[random]\nseed = 3\n'
+    body += "lr = { uniform = [0, 1] }\nn = { randint = [1, 1000000] }\n"
+    sweep.write_text(body + "samples = 4\n")
+    preview = ok(db, "queue", "add", "--file", str(sweep), "--dry-run").splitlines()
+    assert len(preview) == 4 and listed(db) == []
+    ok(db, "queue", "add", "--file", str(sweep))
+    assert [t["command"] for t in listed(db)] == preview
+    sweep.write_text(body + "samples = 6\n")
+    out = ok(db, "queue", "add", "--file", str(sweep), "--skip-existing")
+    assert out.startswith("Added 2 tasks (ids 5-6).")
+    tasks = listed(db)
+    assert [t["command"] for t in tasks[:4]] == preview and len({t["command"] for t in tasks}) == 6
+    assert {(t["name"], t["max_running"]) for t in tasks} == {("r", 2)}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--random", "lr=uniform:0,1"], "needs --samples N"),
+        (["--samples", "3"], "--samples and --seed go with --random"),
+        (["--random", "lr=uniform:1,0", "--samples", "2"], "uniform needs finite LOW <= HIGH"),
+        (["--max-running", "0"], "max running must be at least 1"),
+        (["--outputs", "/abs/*.json"], "output glob '/abs/\\*.json'"),
+    ],
+)
+def test_bad_random_throttle_and_output_flags(db: Path, args: list[str], message: str) -> None:
+    result = run(db, "queue", "add", *args, "--cmd", "x %{lr}")
+    assert result.exit_code == 2
+    assert message.replace("\\", "") in result.stderr
+    assert not db.exists() or listed(db) == []

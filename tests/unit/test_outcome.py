@@ -107,3 +107,14 @@ def test_every_report_maps_to_a_legal_move(
         assert S.PENDING in TRANSITIONS[out.state] and attempt < max_attempts
     assert out.state is not S.SUCCEEDED or (code == 0 and not flags.get("error"))
     assert isinstance(describe_exit(code, None), str)
+
+
+def test_a_lost_reason_names_the_host_once() -> None:
+    why = "host unreachable for more than 3s (gpu-a (10.0.0.5:22): connection lost)"
+    out = lost_outcome(task(losses=0), why)
+    assert out.fields["reason"] == (
+        "lost on gpu-a: host unreachable for more than 3s (10.0.0.5:22: connection lost)"
+    )
+    assert out.requeue_reason is not None and out.requeue_reason.count("gpu-a") == 1
+    other = lost_outcome(task(losses=0), "gone (gpu-ab: x)")  # another host's name stays
+    assert other.fields["reason"] == "lost on gpu-a: gone (gpu-ab: x)"

@@ -436,3 +436,75 @@ def test_the_short_form_splits_tasks_from_others() -> None:
     why = plan([task(1)], hosts).waiting[1]
     assert why.startswith("no free GPU: h00 2/2 GPUs busy (1 by tasks, 1 by others); h01 ")
     assert len(why) < 200
+
+
+# --- rule 7: max_running per sweep ---------------------------------------------------------------
+
+
+def sweep_task(id: int, group: str, limit: int | None, priority: int = 0) -> Candidate:
+    return Candidate(id, priority, 0, group, limit)
+
+
+def test_a_sweep_at_its_limit_waits_and_does_not_block_others() -> None:
+    cands = [sweep_task(i, "lr", 2) for i in range(1, 6)] + [sweep_task(9, "other", None)]
+    p = plan(cands, [host("cpu", slots=8)], {"lr": 1})
+    assert sorted(placed(p)) == [1, 9]  # one more of "lr" (1 already runs), and the other sweep
+    assert p.waiting == dict.fromkeys([2, 3, 4, 5], "sweep lr at its limit of 2 running")
+
+
+def test_the_limit_counts_placements_of_this_plan_and_lowered_limits_place_none() -> None:
+    p = plan([sweep_task(i, "s", 3, priority=-i) for i in range(1, 6)], [host("cpu", slots=8)])
+    assert sorted(placed(p)) == [1, 2, 3]
+    assert set(p.waiting) == {4, 5}
+    lowered = plan([sweep_task(7, "s", 1)], [host("cpu", slots=8)], {"s": 2})
+    assert not lowered.placements and lowered.waiting[7].startswith("sweep s at its limit of 1")
+
+
+def test_throttled_tasks_are_not_counted_as_tasks_ahead() -> None:
+    cands = [sweep_task(1, "s", 1), sweep_task(2, "s", 1), Candidate(3, 0, 0), Candidate(4, 0, 0)]
+    p = plan(cands, [host("cpu", slots=2)])
+    assert sorted(placed(p)) == [1, 3]
+    assert p.waiting[4] == "waiting for a free slot (2 tasks ahead)"
+
+
+def test_an_impossible_task_says_so_even_when_its_sweep_is_at_its_limit() -> None:
+    p = plan([Candidate(1, 0, 4, "s", 1)], [host("a", 2)], {"s": 5})
+    assert p.impossible[1].startswith("needs 4 GPUs on one host")
+
+
+@st.composite
+def throttled_lists(draw: st.DrawFn) -> list[Candidate]:
+    """Candidates in sweeps a, b, c; every task of one sweep carries that sweep's limit."""
+    limits = {g: draw(st.one_of(st.none(), st.integers(1, 4))) for g in "abc"}
+    out = []
+    for c in draw(candidate_lists):
+        group = draw(st.sampled_from([None, "a", "b", "c"]))
+        limit = None if group is None else limits[group]
+        out.append(Candidate(c.id, c.priority, c.gpus, group, limit))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    host_lists(),
+    throttled_lists(),
+    st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 5)),
+)
+def test_never_more_than_k_of_a_sweep_active_after_placement(
+    hosts: list[HostCapacity], candidates: list[Candidate], active: dict[str, int]
+) -> None:
+    p = plan(candidates, hosts, active)
+    by_id = {c.id: c for c in candidates}
+    after = Counter(active)
+    after.update(g for x in p.placements if (g := by_id[x.task_id].group) is not None)
+    for x in p.placements:
+        c = by_id[x.task_id]
+        if c.max_running is not None and c.group is not None:
+            assert active.get(c.group, 0) < c.max_running  # it had room when placed
+            assert after[c.group] <= c.max_running  # and the plan never overfills the sweep
+    for i, why in p.waiting.items():
+        c = by_id[i]
+        if why.startswith("sweep "):
+            assert c.max_running is not None and c.group is not None
+            assert after[c.group] >= c.max_running
+            assert why == f"sweep {c.group} at its limit of {c.max_running} running"

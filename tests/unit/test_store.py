@@ -42,6 +42,7 @@ from dispatcher.paths import (
     resolve_db_path,
 )
 from dispatcher.store import Store, TaskBatch
+from dispatcher.store_schema import SCHEMA_VERSION
 from dispatcher.sweep import Grid, grid_from_items
 
 S = TaskState
@@ -75,7 +76,7 @@ def test_new_file_is_private_and_versioned(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
     assert sql(store, "SELECT key, value FROM meta ORDER BY key") == [
         ("next_id", 1),
-        ("schema_version", 1),
+        ("schema_version", SCHEMA_VERSION),
     ]
     assert sorted(os.listdir(tmp_path / "sub")) == ["q.duckdb"]  # no temp leftovers
 

@@ -1,0 +1,63 @@
+"""Small helpers shared by the CLI's command modules: opening the store, state filters, printing.
+
+The store (and so duckdb) and rich are imported inside the functions, keeping ``--help`` fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from dispatcher.cli import db_option, fail
+from dispatcher.errors import DispatcherError
+from dispatcher.models import TaskState, parse_state
+
+if TYPE_CHECKING:
+    from dispatcher.store import Store
+
+StateOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--state", "-s", help="Only tasks in this state (repeatable).", show_default=False
+    ),
+]
+
+
+@contextlib.contextmanager
+def reported() -> Iterator[None]:
+    """Turn a ``DispatcherError`` raised inside into one red line and its exit code."""
+    # main() catches these too; catching here also covers direct app() calls (tests, embedding).
+    try:
+        yield
+    except DispatcherError as err:
+        fail(err)
+
+
+def open_store(ctx: typer.Context) -> Store:
+    """The queue named by ``--db``, ``$LABTASKER_DB`` or the project default."""
+    from dispatcher.store import Store
+
+    return Store.open_default(db_option(ctx))
+
+
+def states(values: Sequence[str] | None) -> list[TaskState] | None:
+    """``--state`` values as states (None when none given); UsageError names a bad one."""
+    return None if not values else [parse_state(v) for v in values]
+
+
+def out(text: str) -> None:
+    """Print rich markup to stdout."""
+    from rich.console import Console
+
+    Console(highlight=False, soft_wrap=True).print(text)
+
+
+def note(text: str, style: str = "yellow") -> None:
+    """Print plain ``text`` (markup escaped) to stderr in ``style``."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[{style}]{escape(text)}[/]")
