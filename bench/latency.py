@@ -106,3 +106,24 @@ def run(cfg: Config) -> Section:
         ),
     ]
     return section
+
+
+def main() -> None:
+    """Quick runs while tuning: ``python3 bench/latency.py -n 40``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="labtasker start and record latency")
+    parser.add_argument("-n", type=int, default=40, help="tasks (default 40)")
+    opts = parser.parse_args()
+    with bench_hosts(HOSTS, SLOTS, "latency") as bh:
+        starts, records = measure(bh, opts.n)
+    for label, values in (("add -> started", starts), ("exit -> recorded", records)):
+        s = Stats.of(values)
+        print(
+            f"{label}: p50 {s.median * 1000:.0f} ms, p95 {s.quantile(0.95) * 1000:.0f} ms"
+            f" (min {s.lo * 1000:.0f}, max {s.hi * 1000:.0f}, n={s.n})"
+        )
+
+
+if __name__ == "__main__":
+    main()

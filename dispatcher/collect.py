@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dispatcher.capacity import foreign_use
-
 if TYPE_CHECKING:
     from dispatcher.hostsession import HostSession
     from dispatcher.models import Task
@@ -150,6 +148,8 @@ def gpu_views(
 
     ``now`` is monotonic, like the inventories' ``fetched_at``; ``age`` is how old each view is.
     """
+    from dispatcher.capacity import foreign_use  # here: `status` imports this module, not this
+
     tasks = list(active)
     views: dict[str, dict[str, Any]] = {}
     for s in sessions:
