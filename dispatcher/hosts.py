@@ -202,16 +202,24 @@ def _gpus(v: Any) -> Literal["auto"] | tuple[int, ...]:
     return tuple(sorted(v))
 
 
+def _kind(value: Any) -> str:
+    """What ``value`` is, never what it holds: env values may be secrets (``secret_env``)."""
+    if isinstance(value, str):
+        return "a string containing NUL"
+    names = {bool: "a boolean", int: "an integer", float: "a number", list: "a list"}
+    return names.get(type(value), "a table" if isinstance(value, Mapping) else "a date or time")
+
+
 def _env(v: Any) -> dict[str, str]:
     if not isinstance(v, Mapping):
-        _fail('a table like { WANDB_MODE = "offline" }', v)
+        raise ConfigError(f'must be a table like {{ WANDB_MODE = "offline" }}, got {_kind(v)}')
     for k, val in v.items():
         if not isinstance(k, str) or not _ENV_NAME.fullmatch(k):
             raise ConfigError(f"has {_show(k)}, which is not a variable name (letters, digits, _)")
         if not isinstance(val, str) or "\0" in val:
             # Silent str() would turn true into "True"; the user should say what the shell sees.
             raise ConfigError(
-                f'value of {k} must be a string (quote it: {k} = "..."), got {_show(val)}'
+                f'value of {k} must be a string (quote it: {k} = "..."), got {_kind(val)}'
             )
     return dict(v)
 

@@ -87,8 +87,10 @@ def outcome_of(report: dict[str, Any], task: Task) -> Outcome:
         notes.append(f"result not recorded: {report['result_error']}")
     if report.get("cancelled"):
         return Outcome(TaskState.CANCELLED, {**base, "reason": "cancelled by user"})
-    if report.get("error"):
+    if report.get("error") and report.get("pid") is None:
         reason = f"could not start: {report['error']}"
+    elif report.get("error"):  # it ran; the helper adds why it ended (e.g. the disk is full)
+        reason = f"{describe_exit(code, report.get('signal'))}; {report['error']}"
     elif report.get("timed_out"):
         limit = f" after {task.timeout:g}s" if task.timeout else ""
         reason = f"timed out{limit} ({describe_exit(code, report.get('signal'))})"

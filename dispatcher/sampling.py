@@ -8,6 +8,7 @@ values alone. Floats are rounded to ``DIGITS`` significant digits. The points fo
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -82,6 +83,12 @@ def parse_dist(spec: Any, where: str) -> Dist:
     if kind == "choice":
         if not values:
             raise SweepError(f"{where}: choice needs at least one value")
+        try:
+            json.dumps(values, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise SweepError(
+                f"{where}: a choice cannot be stored as JSON ({err}); use strings for dates"
+            ) from None
         return Dist(kind, values)
     if len(values) != 2:
         raise SweepError(f"{where}: {kind} needs [LOW, HIGH], got {list(values)!r}")

@@ -20,6 +20,8 @@ from dispatcher.sampling import from_table as random_axis
 Path_ = tuple[str, ...]
 #: One axis of a grid: the keys that vary together, and their rows of values.
 Axis = tuple[tuple[Path_, ...], tuple[tuple[Any, ...], ...]]
+#: Largest `repeat`: its values are built eagerly (a million is already far past any sweep).
+MAX_REPEAT = 1_000_000
 #: Top-level keys a TOML sweep file may hold.
 SWEEP_KEYS = (
     "command",
@@ -48,6 +50,8 @@ def parse_args_json(text: str, *, source: str = "--args") -> dict[str, Any]:
         value = json.loads(text, parse_constant=_reject_constant)
     except ValueError as err:
         raise SweepError(f"{source} {_clip(text)}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise SweepError(f"{source} {_clip(text)}: nested too deeply") from None
     if not isinstance(value, dict):
         raise SweepError(
             f"{source} {_clip(text)}: expected a JSON object like '{{\"lr\": 0.1}}',"
@@ -216,6 +220,8 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise SweepError(f"{source}: not valid TOML ({err})") from None
+    except RecursionError:
+        raise SweepError(f"{source}: nested too deeply to read") from None
     for key in doc:
         if key not in SWEEP_KEYS:
             raise SweepError(
@@ -249,8 +255,8 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
         axes.append(randoms)
     repeat = _opt(doc, "repeat", int, source)
     if repeat is not None:
-        if repeat < 1:
-            raise SweepError(f"{source}: repeat must be at least 1, got {repeat}")
+        if not 1 <= repeat <= MAX_REPEAT:
+            raise SweepError(f"{source}: repeat must be 1 to {MAX_REPEAT:,}, got {repeat}")
         axes.append(((("repeat",),), tuple((i,) for i in range(repeat))))
     all_paths = [p for paths, _ in axes for p in paths]
     all_paths += [p for p, _ in _flatten(fixed, (), leaves_only=True)]

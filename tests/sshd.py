@@ -414,6 +414,15 @@ class SshdHost:
         assert self._keeper is not None, f"{self.alias} is not running"
         return descendants(self._keeper.pid, proc_table())
 
+    def in_mount_namespace(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` made to run where this host's sessions see mounts (its private namespace
+        when it has one), e.g. to mount a tiny tmpfs only this host sees."""
+        assert self._keeper is not None, f"{self.alias} is not running"
+        pid = self._keeper.pid
+        if os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            return list(argv)
+        return ["nsenter", "-t", str(pid), "-m", *argv]
+
     def connection_pids(self, *, monitors: bool = False) -> list[int]:
         """The per-connection ``sshd: USER@notty`` processes (with ``[priv]`` ones if asked)."""
         me = f"sshd: {self.user}"

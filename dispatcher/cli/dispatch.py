@@ -152,7 +152,7 @@ def host_problems(engine: Dispatcher) -> list[str]:
         session = hs.session
         if hs.suspended:
             lines.append(f"{name}: {hs.suspended}")
-        elif not session.up:
+        elif session.status != "up":  # not ``session.up``: dispatch has closed every session
             # The transport's message names the host and says what to do next.
             lines.append(session.error or f"{name}: never connected; run `labtasker hosts check`")
         elif session.inventory is not None:
@@ -178,6 +178,8 @@ def task_problems(unplaceable: dict[int, str]) -> list[str]:
         if reason.startswith(("needs ", "asks for ")):
             what = "it stays pending: add a host that fits, or `labtasker queue rm` it and add it"
             hint = f"{what} again with fewer --gpus"
+        elif "used by" in reason:
+            hint = "it stays pending; `labtasker dispatch --forever` waits until the GPU is free"
         else:
             hint = "it stays pending and runs at the next `labtasker dispatch` once that is fixed"
             hint += " (`labtasker hosts check` shows when)"

@@ -162,7 +162,7 @@ class HelperClient:
             raise await self._start_failure(noise, stderr_text)
         try:
             hello = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply to be ours
             hello = None
         if not isinstance(hello, dict) or hello.get("event") != "hello":
             raise ProtocolError(
@@ -201,7 +201,7 @@ class HelperClient:
                     )
                 try:
                     msg = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: nested too deeply
                     msg = None
                 if not isinstance(msg, dict):
                     raise ProtocolError(

@@ -1,8 +1,9 @@
 """labtasker's helper: runs on a lab server, shipped and started by ``protocol.BOOTSTRAP``.
 
 Stdlib only, Python 3.8+, Linux (/proc), one file. It owns STATE_DIR/runs/<run_id>/ (spec.json,
-cmd.sh, supervisor.json, started.json, exit.json, output.log, result.json, cancel.json; dirs 0700,
-files 0600) and answers one JSON request per stdin line with one JSON reply line on stdout.
+cmd.sh, supervisor.json, started.json, exit.reserve, exit.json, output.log, result.json,
+cancel.json; dirs 0700, files 0600) and answers one JSON request per stdin line with one JSON
+reply line on stdout.
 Each task runs under a forked supervisor in its own session, so tasks outlive the helper.
 
 Ops (request params -> reply fields; every reply also has "id" and "ok"):
@@ -67,6 +68,11 @@ GPU_QUERY_TIMEOUT = 15.0
 ADOPTED_POLL_S = 0.5
 LOST_AFTER_S = 60.0
 DEFAULT_GRACE = 10.0
+#: Held by each run until its end, then freed for exit.json: a task filling the disk must not
+#: leave its run without an exit record.
+RESERVE_BYTES = 16 * 1024
+#: Less free space than this after a failed run means the disk was (or is) full.
+NEARLY_FULL = 64 * 1024
 OPS = ("ping", "gpus", "launch", "probe", "kill", "read", "tail", "cleanup", "check")
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _QUERIES = (
@@ -175,6 +181,20 @@ def file_size(path: str) -> int:
         return 0
 
 
+def disk_full(path: str, host: str) -> Optional[str]:
+    """Why a run on a (nearly) full disk went wrong, or None when there is room at ``path``."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    if st.f_bavail * st.f_frsize >= NEARLY_FULL:
+        return None
+    return (
+        "no space left on device (ENOSPC) in %s on %s: the task's output was cut short; "
+        "free space there or set state_dir to a larger disk" % (path, host)
+    )
+
+
 def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -267,6 +287,8 @@ class Supervisor:
         st = proc_stat(os.getpid())
         me = {"pid": os.getpid(), "proc_start": st[2] if st else None, "boot_id": self.boot_id}
         self.record("supervisor.json", me)
+        with contextlib.suppress(OSError):  # no room even for this: finish() says the disk is full
+            write_file(self.path("exit.reserve"), bytes(RESERVE_BYTES))
         self.started_at = utc_now()
         workdir = expand_dir(self.spec["workdir"])
         try:
@@ -357,6 +379,11 @@ class Supervisor:
         self.finish(127, None, cancelled=False)
 
     def finish(self, code: int, sig: Optional[str], cancelled: bool) -> None:
+        full = disk_full(self.run_dir, self.host) if code != 0 and not cancelled else None
+        if full:
+            self.notes.append("%s (the task ended with %s)" % (full, sig or "exit %d" % code))
+        with contextlib.suppress(OSError):
+            os.unlink(self.path("exit.reserve"))  # its room is what exit.json is written into
         info = {"exit_code": code, "signal": sig, "timed_out": self.timed_out,
                 "cancelled": cancelled, "started_at": self.started_at,
                 "finished_at": utc_now(), "error": "; ".join(self.notes) or None}  # fmt: skip
@@ -370,6 +397,8 @@ def supervise(run_dir: str, spec: Dict[str, Any], boot_id: str, host: str, umask
     except BaseException as exc:
         with contextlib.suppress(BaseException):
             if not os.path.exists(os.path.join(run_dir, "exit.json")):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(run_dir, "exit.reserve"))
                 err = "supervisor failed on %s: %s: %s" % (host, type(exc).__name__, exc)
                 write_file(os.path.join(run_dir, "exit.json"),
                            {"exit_code": 127, "signal": None, "timed_out": False,
@@ -501,8 +530,9 @@ class Helper:
             pid = info.get("supervisor_pid", info.get("pid"))
             if process_matches(pid, info.get("proc_start")):
                 return ("running" if started else "starting"), None
-            why = "its supervisor (pid %s) on %s ended without recording an exit"
-            return "lost", why % (pid, self.host)
+            why = "its supervisor (pid %s) on %s ended without recording an exit" % (pid, self.host)
+            full = disk_full(self.run_dir(run_id), self.host)
+            return "lost", "%s; %s" % (why, full) if full else why
         if any(r == run_id and process_matches(p, None) for p, r in self.children.items()):
             return "starting", None
         with contextlib.suppress(OSError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,33 @@ def test_a_read_only_file(db: Path) -> None:
     db.chmod(0o444)
     before = db.read_bytes()
     one_error(labtasker(db, "queue", "add", "--cmd", "echo 3"), str(db), code=2)
+    assert db.read_bytes() == before
+
+
+@pytest.fixture
+def read_only_mount(db: Path) -> Iterator[Path]:
+    """The queue file's directory bind-mounted read-only onto itself: read-only even for root."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root; test_a_read_only_file covers other users")
+    where = str(db.parent)
+    done = subprocess.run(["mount", "--bind", where, where], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+    try:
+        remount = ["mount", "-o", "remount,ro,bind", where, where]
+        done = subprocess.run(remount, capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot remount read-only here: {done.stderr.strip()}")
+        yield db
+    finally:
+        subprocess.run(["umount", where], capture_output=True, check=True)
+
+
+def test_a_queue_on_a_read_only_filesystem_even_for_root(read_only_mount: Path) -> None:
+    db = read_only_mount
+    before = db.read_bytes()
+    for args in (("queue", "add", "--cmd", "echo 3"), ("queue", "cancel", "1")):
+        one_error(labtasker(db, *args), f"cannot write the queue file {db}", "--db", code=2)
     assert db.read_bytes() == before
 
 

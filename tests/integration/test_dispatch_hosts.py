@@ -72,7 +72,7 @@ def test_a_task_no_host_can_take_is_reported_not_waited_on(lab: Lab) -> None:
     expected = (
         f"task {big} cannot be placed: needs 3 GPUs on one host; the largest host (gpu2) has 2"
     )
-    assert expected in done.stdout
+    assert expected in done.stderr
     assert lab.task(big)["state"] == "pending"
 
 
@@ -104,7 +104,8 @@ def test_a_gpu_busy_with_another_users_process_is_skipped(lab: Lab) -> None:
     reason = lab.task(waiting)["reason"]
     assert reason.startswith("no free GPU"), reason
     assert f"4.9 GiB used by root (pid {os.getpid()})" in reason
-    assert f"task {waiting} cannot be placed: {reason}" in done.stdout
+    hint = "it stays pending; `labtasker dispatch --forever` waits until the GPU is free"
+    assert f"task {waiting} cannot be placed: {reason}; {hint}" in done.stderr
 
 
 def test_forever_waits_for_new_tasks_and_ctrl_c_leaves_them_running(lab: Lab) -> None:

@@ -314,7 +314,7 @@ def test_inline_host_tables_still_get_a_line() -> None:
         ({"slots": 1.0}, "`slots` must be an integer"),
         ({"keepalive_count_max": 0}, "`keepalive_count_max` must be an integer >= 1"),
         ({"connect_timeout": 0}, "`connect_timeout` must be a duration > 0"),
-        ({"env": {"A": 1}}, 'value of A must be a string (quote it: A = "..."), got 1'),
+        ({"env": {"A": 1}}, 'value of A must be a string (quote it: A = "..."), got an integer'),
         ({"env": {"A": True}}, "value of A must be a string"),
         ({"env": {"1A": "x"}}, "not a variable name"),
         ({"env": "A=1"}, "`env` must be a table"),

@@ -52,6 +52,7 @@ def test_a_bad_result_file_is_noted_but_does_not_fail_the_task() -> None:
         ({"exit_code": 137}, "exit 137 (SIGKILL: killed by a signal, e.g. out of memory)"),
         ({"exit_code": -15, "timed_out": True}, "timed out after 5s (killed by SIGTERM)"),
         ({"exit_code": None, "error": "workdir missing"}, "could not start: workdir missing"),
+        ({"exit_code": 1, "pid": 7, "error": "disk full on h"}, "exit 1; disk full on h"),
     ],
 )
 def test_failures_say_why(rep: dict[str, Any], reason: str) -> None:
