@@ -168,7 +168,7 @@ def test_sweep_file_dotted_grid_keys_nest_and_merge_with_args() -> None:
         ("[grid]\nlr = []", "grid.lr: expected a non-empty list"),
         ("[zip]\na = [1, 2]\nb = [1]", "equal lengths"),
         ("[args]\nlr = 1\n[grid]\nlr = [1, 2]", "'lr' is set twice"),
-        ("repeat = 0", "repeat must be at least 1"),
+        ("repeat = 0", "repeat must be 1 to 1,000,000"),
         ("repeat = 1\n[args]\nrepeat = 3", "'repeat' is set twice"),
         ("priority = 'high'", "'priority' must be int"),
         ("priority = true", "'priority' must be int"),

@@ -245,9 +245,12 @@ def test_make_transport_chooses_by_host() -> None:
     assert isinstance(make_transport("local", ssh_target="gpu-b"), SSHTransport)
 
 
-def test_asyncssh_is_imported_lazily() -> None:
+@pytest.mark.parametrize(
+    "module", ["transport", "process", "ssh_target", "ssh_errors", "ssh_trust"]
+)
+def test_asyncssh_is_imported_lazily(module: str) -> None:
     # ~200 ms at import: `labtasker --help` and local-only runs must not pay it.
-    tree = ast.parse(Path(transport.__file__).read_text())
+    tree = ast.parse((Path(transport.__file__).parent / f"{module}.py").read_text())
     imported = [
         alias.name if isinstance(node, ast.Import) else node.module
         for node in tree.body
