@@ -7,6 +7,7 @@ interleaved; then the same with a login shell that takes 250 ms to start on ever
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -24,12 +25,21 @@ from common import (
 
 HOSTS, SLOTS = 4, 8
 SLOW_SHELL = 0.25
+#: CPU seconds of each labtasker run (its CLI processes), in run order.
+CPU_SECONDS: list[float] = []
 
 
 def labtasker_run(bh: BenchHosts, n: int, tag: str, wrap: tuple[str, ...] = ()) -> float:
     """Seconds from ``queue add`` of ``n`` ``true`` tasks to dispatch exiting with all recorded."""
     db = bh.work / f"tp-{tag}.duckdb"
+    before = os.times()
     add, took = add_and_dispatch(db, n, bh.hosts_toml(), home=bh.home, cwd=bh.work, wrap=wrap)
+    after = os.times()
+    # CPU of `queue add` + `dispatch` (waited children): the machine is shared, wall is noisy.
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    CPU_SECONDS.append(cpu)
     return add + took
 
 
@@ -197,6 +207,10 @@ def main() -> None:
     for tool, seconds in times.items():
         s = rates(opts.n, seconds)
         print(f"{tool}: median {s.median:.1f} tasks/s (min {s.lo:.1f}, max {s.hi:.1f}, n={s.n})")
+    if CPU_SECONDS and not opts.profile:
+        each = ", ".join(f"{c:.2f}" for c in CPU_SECONDS)
+        per_task = 1000 * min(CPU_SECONDS) / opts.n
+        print(f"labtasker CPU (queue add + dispatch): {each} s; {per_task:.1f} ms/task")
 
 
 if __name__ == "__main__":

@@ -29,13 +29,16 @@ from dispatcher.paths import dispatch_lock
 from dispatcher.reconcile import HostJobs, HostState
 from dispatcher.recovery import SuspensionSync, crash_point
 from dispatcher.scheduler import Candidate, HostCapacity, plan
-from dispatcher.store import MoveRequest, Store, Txn
+from dispatcher.store import MoveRequest, Store, Tally, Txn
 
 S = TaskState
 #: A tick that applied at least this many reports counts as busy (see ``busy_coalesce``).
 BUSY_REPORTS = 8
 #: Seconds between rewrites of pending reasons that are already set (see ``_place``).
 REASON_REFRESH = 1.0
+#: While busy, keep the queue file attached across ticks for at most this long (``Txn.keep``):
+#: it saves ATTACH, schema check and DETACH, and other processes wait at most about this long.
+KEEP_ATTACHED = 0.25
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Dispatcher(HostJobs):
         self._jobs: set[asyncio.Task[Any]] = set()
         self._kills_sent: set[str] = set()
         self._token: tuple[int, ...] | None = None
+        self._attachment = (0, 0)  # ``Txn.attachment`` of the last tick
         self._last_tick = 0.0
         self._stop = False
         self._placed_last = False
@@ -138,6 +142,7 @@ class Dispatcher(HostJobs):
         try:
             await self._loop()
         finally:
+            self.store.release()
             for job in list(self._jobs):
                 job.cancel()
             await asyncio.gather(*(h.session.stop() for h in self.hosts.values()))
@@ -166,12 +171,16 @@ class Dispatcher(HostJobs):
         """Return when woken, when another process wrote the queue (``queue add``, cancel: they
         cannot wake us, so poll the file's change token, a stat), or after ``idle_tick``."""
         deadline = time.monotonic() + self.options.idle_tick
+        if not self._busy:
+            self.store.release()
         while not self._wake.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(left, self.options.queue_poll))
+            # Nothing came for a poll interval: no busy tick follows, so let other processes in.
+            self.store.release()
             if self.store.change_token() != self._token:
                 return
 
@@ -197,8 +206,11 @@ class Dispatcher(HostJobs):
         self._last_tick = now
         launches: list[Task] = []
         with self.store.transaction() as tx:
+            # The same attachment, next transaction: nobody else wrote since our last tick.
+            continuous = tx.attachment == (self._attachment[0], self._attachment[1] + 1)
             reports, self._reports = self._reports, []
             self._busy = len(reports) >= BUSY_REPORTS
+            tx.keep = KEEP_ATTACHED if self._busy else 0.0
             # Our own rows: their moves are checked now and written in a few set-based
             # statements before the reads below.
             tx.defer_moves(self.active)
@@ -210,12 +222,15 @@ class Dispatcher(HostJobs):
             if now - self._synced_at >= 1.0 or any(h.suspended for h in self.hosts.values()):
                 self._synced_at = now
                 self.suspensions.sync(tx, self.hosts, self.reporter)
-            self.active = {t.id: t for t in tx.tasks(states=ACTIVE_STATES)}
-            self.counts = tx.counts()
-            launches = self._place(tx)
+            tally = tx.tally()
+            self.counts = tally.counts
+            if not continuous:
+                self._merge_active(tx, tally)
+            launches = self._place(tx, plain=not (tally.pending_after or tally.pending_throttled))
             if launches:
                 self.counts[S.PENDING] -= len(launches)
                 self.counts[S.LAUNCHING] += len(launches)
+        self._attachment = tx.attachment
         self._token = self.store.change_token()
         if launches:
             crash_point("placed")  # test hook: die between `launching` and the launch
@@ -224,6 +239,25 @@ class Dispatcher(HostJobs):
         self._send_cancels()
         self._refresh_gpus(now)
         self.reporter.update(self.snapshot())
+
+    def _merge_active(self, tx: Txn, tally: Tally) -> None:
+        """Bring ``self.active`` up to date after other transactions may have run.
+
+        Only this dispatcher moves tasks into or out of launching/running (it holds the
+        dispatch lock); other processes can only flag them with cancel_requested (``queue
+        cancel``). So the flags suffice, unless the counts disagree with the tasks held
+        (the first tick): then the active rows are read.
+        """
+        held = {s: 0 for s in ACTIVE_STATES}
+        for t in self.active.values():
+            held[t.state] += 1
+        if any(held[s] != tally.counts[s] for s in ACTIVE_STATES):
+            self.active = {t.id: t for t in tx.tasks(states=ACTIVE_STATES)}
+            return
+        for i in tally.cancel_requested:
+            task = self.active.get(i)
+            if task is not None and not task.cancel_requested:
+                self.active[i] = task.replace(cancel_requested=True)
 
     def _needs_plan(self) -> bool:
         return bool(self.counts[S.PENDING]) and any(
@@ -258,7 +292,7 @@ class Dispatcher(HostJobs):
             recently_released=released,
         )
 
-    def _place(self, tx: Txn) -> list[Task]:
+    def _place(self, tx: Txn, *, plain: bool = False) -> list[Task]:
         self._placed_last = False
         if self._stop or not self.counts[S.PENDING]:
             self.unplaceable = {}
@@ -270,7 +304,7 @@ class Dispatcher(HostJobs):
             for c in caps
             if c.usable
         )
-        candidates = tx.pending_candidates(limit=free * 2 + 64)
+        candidates = tx.pending_candidates(limit=free * 2 + 64, plain=plain)
         running: dict[str, int] = {}  # active tasks per sweep, for max_running
         for t in self.active.values():
             running[t.sweep] = running.get(t.sweep, 0) + 1
@@ -290,7 +324,8 @@ class Dispatcher(HostJobs):
         # the ones already shown (their "N tasks ahead" changes every tick) once a second:
         # reasons are for display, and a write per tick would cost more than the rest of it.
         now = time.monotonic()
-        refresh = now - self._reasons_at >= REASON_REFRESH
+        # Idle ticks write every change: the last plan before dispatch ends must be on record.
+        refresh = not self._busy or now - self._reasons_at >= REASON_REFRESH
         reasons = {
             i: r
             for i, r in {**result.waiting, **result.impossible}.items()

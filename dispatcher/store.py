@@ -1,15 +1,17 @@
 """The queue store: the ``Store`` API and how each transaction opens and closes the queue file.
 
 Several processes share one DuckDB file, and DuckDB lets only one process have it open. So no
-process keeps it open: each operation is one short transaction. A process holds one in-memory
-DuckDB instance; a transaction ATTACHes the file (which takes DuckDB's file lock), runs BEGIN ...
-COMMIT (ROLLBACK on error), then DETACHes it (checkpoint, lock released). An ATTACH refused because
+process keeps it open for long: each operation is one short transaction. A process holds one
+in-memory DuckDB instance; a transaction ATTACHes the file (which takes DuckDB's file lock), runs
+BEGIN ... COMMIT (ROLLBACK on error), then DETACHes it (checkpoint, lock released). A busy
+dispatcher may leave it attached between back-to-back transactions (``Txn.keep``), for at most a
+few hundred milliseconds in all, and ``release`` ends that at once. An ATTACH refused because
 another process holds the file is retried with exponential backoff and jitter until the lock
 timeout (120 s; env LABTASKER_LOCK_TIMEOUT), then StoreLockedError. Guarantees: every committed
 write is durable and none is lost to a concurrent writer; a failed operation changes nothing.
 ``change_token`` lets a polling reader skip the file while nobody has written it. The SQL lives
-in ``store_txn`` (reads, and ``Txn.move``, the one function that changes a task's state),
-``store_add`` (bulk adds) and ``store_schema`` (tables, migrations).
+in ``store_txn`` (reads, user operations), ``store_move`` (``Txn.move``, the one function that
+changes a task's state), ``store_add`` (bulk adds) and ``store_schema`` (tables, migrations).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +33,21 @@ from dispatcher.errors import StoreError, StoreLockedError, StoreVersionError, U
 from dispatcher.models import NewTask, Task, TaskState
 from dispatcher.paths import ensure_private_dir, resolve_db_path
 from dispatcher.store_schema import duckdb
-from dispatcher.store_txn import Attempt, CancelResult, MoveRequest, Txn
+from dispatcher.store_txn import Attempt, CancelResult, MoveRequest, Tally, Txn
 
 if TYPE_CHECKING:
     from dispatcher.store_add import AddResult, TaskBatch
 
-__all__ = ["AddResult", "Attempt", "CancelResult", "MoveRequest", "Store", "TaskBatch", "Txn"]
+__all__ = [
+    "AddResult",
+    "Attempt",
+    "CancelResult",
+    "MoveRequest",
+    "Store",
+    "Tally",
+    "TaskBatch",
+    "Txn",
+]
 
 LOCK_TIMEOUT_ENV = "LABTASKER_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 120.0
@@ -48,6 +60,21 @@ _instance_lock = threading.Lock()
 _instance: tuple[int, duckdb.DuckDBPyConnection] | None = None
 _path_locks: dict[Path, threading.Lock] = {}
 _held = threading.local()
+
+
+@dataclass
+class _Kept:
+    """A queue file left attached after a commit (``Txn.keep``); used under its path lock."""
+
+    pid: int
+    con: duckdb.DuckDBPyConnection
+    alias: str
+    serial: int  # which attachment: a new one may follow writes by other processes
+    since: float  # monotonic time of the ATTACH
+    uses: int = 0  # transactions run on it so far
+
+
+_kept: dict[Path, _Kept] = {}
 
 
 def _connection() -> duckdb.DuckDBPyConnection:
@@ -105,9 +132,14 @@ class Store:
             raise self._locked_error("another thread of this process")
         held.add(self.path)
         try:
-            with self._attached() as con:
+            kept = self._open()
+            keep = False
+            try:
+                kept.uses += 1
+                con = kept.con
                 con.execute("BEGIN")
                 txn = Txn(con, self.path)
+                txn.attachment = (kept.serial, kept.uses)
                 try:
                     yield txn
                     txn.flush()
@@ -116,32 +148,68 @@ class Store:
                         con.execute("ROLLBACK")
                     raise
                 con.execute("COMMIT")
+                keep = txn.keep > 0 and time.monotonic() - kept.since < txn.keep
+            finally:
+                if keep:
+                    _kept[self.path] = kept
+                else:
+                    self._close(kept, failing=sys.exc_info()[0] is not None)
         except duckdb.Error as err:
             raise _store_error(self.path, err) from None
         finally:
             held.discard(self.path)
             guard.release()
 
-    @contextlib.contextmanager
-    def _attached(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def release(self) -> None:
+        """Detach the file if a transaction left it attached (``Txn.keep``), so that other
+        processes can open it; no-op otherwise."""
+        with _instance_lock:
+            guard = _path_locks.setdefault(self.path, threading.Lock())
+        if self.path not in _kept or self.path in getattr(_held, "paths", ()):
+            return
+        with guard:
+            kept = _kept.pop(self.path, None)
+            if kept is not None:
+                try:
+                    self._close(kept, failing=False)
+                except duckdb.Error as err:
+                    raise _store_error(self.path, err) from None
+
+    def _open(self) -> _Kept:
+        """The attachment left by the previous transaction, else a new one (schema checked)."""
+        kept = _kept.pop(self.path, None)
+        if kept is not None and kept.pid == os.getpid():
+            return kept
         if not os.path.exists(self.path):
             self._create()
         con = _connection()
-        alias = f"labtasker_q{next(_aliases)}"
+        serial = next(_aliases)
+        alias = f"labtasker_q{serial}"
         try:
             self._attach(con, alias)
             try:
                 con.execute(f"USE {alias}")
                 schema.migrate(con, alias, self.path)
-                yield con
-            finally:
-                failing = sys.exc_info()[0] is not None
-                try:
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
                     con.execute("USE memory")
                     con.execute(f"DETACH {alias}")
-                except duckdb.Error:
-                    if not failing:
-                        raise
+                raise
+        except BaseException:
+            con.close()
+            raise
+        return _Kept(os.getpid(), con, alias, serial, time.monotonic())
+
+    @staticmethod
+    def _close(kept: _Kept, *, failing: bool) -> None:
+        """DETACH (checkpoint, lock released); errors are raised unless already failing."""
+        con = kept.con
+        try:
+            con.execute("USE memory")
+            con.execute(f"DETACH {kept.alias}")
+        except duckdb.Error:
+            if not failing:
+                raise
         finally:
             con.close()
 

@@ -1,36 +1,30 @@
-"""``Txn``: reads and writes inside one store transaction, including ``move``, the only code that
-changes a task's state. Bulk operations (cancel, retry) go through ``move``'s set-based core, so
-every state change passes ``check_transition`` and the same entry rules; edits that change no
-state (update, remove) live in ``store_edit``.
+"""``Txn``: reads and user operations inside one store transaction. State changes go through
+``store_move`` (``Txn`` is a ``Mover``: ``move``, the only code that changes a task's state, and
+``move_many``); bulk operations (cancel, retry) use ``_apply``, the set-based form of the same
+entry rules, after ``check_transition``; edits that change no state live in ``store_edit``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from dispatcher import store_edit
-from dispatcher.errors import IllegalTransitionError, StoreError, TaskNotFoundError
-from dispatcher.models import ACTIVE_STATES, NewTask, Task, TaskState, check_transition
+from dispatcher.models import ACTIVE_STATES, NewTask, TaskState, check_transition
 from dispatcher.store_edit import SELECTED, filters, sql_in
-from dispatcher.store_schema import (
-    TASK_COLUMNS,
-    dump_json,
-    from_db_time,
-    task_from_row,
-    to_db_time,
-)
+from dispatcher.store_move import FINISHED, Mover, MoveRequest, plan_move, to_db
+from dispatcher.store_schema import TASK_COLUMNS, from_db_time, task_from_row
 
 if TYPE_CHECKING:
+    from dispatcher.models import Task
     from dispatcher.store_add import AddResult, TaskBatch
 
+__all__ = ["Attempt", "CancelResult", "MoveRequest", "Tally", "Txn", "plan_move"]
+
 S = TaskState
-_UNSET: Any = type("Unset", (), {"__repr__": lambda self: "UNSET"})()
-_FINISHED = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST})
 _RETRYABLE = frozenset({S.FAILED, S.CANCELLED, S.LOST})
 _CANCELLABLE = ACTIVE_STATES | {S.PENDING}
 
@@ -43,6 +37,18 @@ class CancelResult:
     cancelled: list[int]
     requested: list[int]
     skipped: list[tuple[int, TaskState]]
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What the dispatcher reads every round in one statement: tasks per state, whether any
+    pending task has ``after`` dependencies or a throttled sweep, and the active tasks that
+    another process flagged with cancel_requested."""
+
+    counts: dict[TaskState, int]
+    pending_after: int
+    pending_throttled: int
+    cancel_requested: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -62,119 +68,8 @@ class Attempt:
     reason: str | None
 
 
-@dataclass(frozen=True)
-class MoveRequest:
-    """One state change for ``Txn.move_many``; ``fields`` are ``Txn.move``'s keywords."""
-
-    task_id: int
-    new: TaskState
-    run_id: str | None = None
-    fields: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Planned:
-    old: Task
-    task: Task  # the row after the move
-    sets: dict[str, Any]  # column -> value as stored
-    attempt_row: tuple[Any, ...] | None  # values for _ATTEMPT_COLS
-
-
-_COL_TYPES = {
-    "state": "VARCHAR",
-    "host": "VARCHAR",
-    "gpu_ids": "INTEGER[]",
-    "run_id": "VARCHAR",
-    "attempt": "INTEGER",
-    "losses": "INTEGER",
-    "exit_code": "INTEGER",
-    "result": "VARCHAR",
-    "reason": "VARCHAR",
-    "started_at": "TIMESTAMP",
-    "finished_at": "TIMESTAMP",
-    "cancel_requested": "BOOLEAN",
-}
-_ATTEMPT_COLS: tuple[str, ...] = ("task_id", "attempt", "run_id", "host", "gpu_ids", "outcome")
-_ATTEMPT_COLS += ("exit_code", "result", "started_at", "finished_at", "reason")
-_ATTEMPT_TYPES = {**_COL_TYPES, "task_id": "BIGINT", "outcome": "VARCHAR"}
-
-
-def plan_move(task: Task, req: MoveRequest, now: datetime) -> _Planned | None:
-    """Decide one move against ``task`` (its current row) without I/O: None when ``req.run_id``
-    fences it off, else the new row, the columns to write and the attempts row; raises
-    IllegalTransitionError for a move the lifecycle forbids. ``now`` is naive UTC."""
-    new, fields = req.new, dict(req.fields)
-    if new is not S.LAUNCHING and req.run_id is not None and req.run_id != task.run_id:
-        return None
-    if new is S.LAUNCHING:
-        if req.run_id is None or fields.get("host") is None:
-            raise IllegalTransitionError(
-                f"task {task.id}: moving to launching needs a host and a run_id"
-            )
-        fields["run_id"] = req.run_id
-    check_transition(task.id, task.state, new)
-    values = {k: _to_db(k, v) for k, v in fields.items()}
-    sets: dict[str, Any] = {"state": new.value}
-    if new is S.PENDING:
-        sets.update(dict.fromkeys(("host", "gpu_ids", "run_id", "started_at", "finished_at")))
-        sets["cancel_requested"] = False
-    elif new is S.LAUNCHING:
-        sets.update(dict.fromkeys(("exit_code", "result", "started_at", "finished_at", "reason")))
-        sets["attempt"] = task.attempt + 1
-    sets.update(values)
-    # Entry times: the one given, or now (a None from a report that lacked it counts as none).
-    if new is S.RUNNING:
-        sets["started_at"] = values.get("started_at") or now
-    if new in _FINISHED:
-        sets["finished_at"] = values.get("finished_at") or now
-    attempt_row = None
-    if task.state in ACTIVE_STATES and new not in ACTIVE_STATES:
-        old = {
-            "attempt": task.attempt,
-            "run_id": task.run_id,
-            "host": task.host,
-            "gpu_ids": task.gpu_ids,
-            "exit_code": task.exit_code,
-            "result": _to_db("result", task.result),
-            "started_at": to_db_time(task.started_at),
-            "reason": task.reason,
-        }
-        old.update((k, v) for k, v in values.items() if k in old)
-        old.update(task_id=task.id, outcome=new.value)
-        old["finished_at"] = values.get("finished_at") or now
-        attempt_row = tuple(old[c] for c in _ATTEMPT_COLS)
-    changes: dict[str, Any] = {}
-    for col, value in sets.items():
-        if col in ("started_at", "finished_at"):
-            value = from_db_time(value)
-        elif col == "result":
-            value = None if fields.get("result") is None else dict(fields["result"])
-        changes[col] = value
-    changes["state"] = new
-    return _Planned(task, task.replace(**changes), sets, attempt_row)
-
-
-class Txn:
+class Txn(Mover):
     """One open transaction on the queue; valid only inside ``Store.transaction()``."""
-
-    def __init__(self, con: Any, path: Path) -> None:
-        self._con = con
-        self.path = path
-        self._now = datetime.now(UTC).replace(tzinfo=None)
-        self._deferred: list[MoveRequest] | None = None
-        self._held: dict[int, Task] = {}
-        self._held_start: dict[int, Task] = {}
-
-    @property
-    def con(self) -> Any:
-        """The DuckDB connection; moves deferred by ``defer_moves`` are written first."""
-        if self._deferred:
-            self.flush()
-        return self._con
-
-    def now(self) -> datetime:
-        """This transaction's timestamp (naive UTC, as stored)."""
-        return self._now
 
     # Reads.
 
@@ -184,9 +79,7 @@ class Txn:
             f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", [task_id]
         ).fetchone()
         if row is None:
-            raise TaskNotFoundError(
-                f"task {task_id} is not in the queue {self.path}; see `labtasker queue ls`"
-            )
+            raise self._not_found(task_id)
         return task_from_row(row)
 
     def tasks(
@@ -231,9 +124,35 @@ class Txn:
             out[TaskState(state)] = n
         return out
 
-    def pending_candidates(self, limit: int) -> list[Task]:
+    def tally(self) -> Tally:
+        """Counts per state (every state a key) and the rest of ``Tally``, in one statement."""
+        counts = dict.fromkeys(TaskState, 0)
+        after = throttled = 0
+        cancels: set[int] = set()
+        for state, n, deps, limited, flagged in self.con.execute(
+            "SELECT state, count(*), count(*) FILTER (WHERE len(after) > 0),"
+            " count(*) FILTER (WHERE max_running IS NOT NULL),"
+            " list(id) FILTER (WHERE cancel_requested) FROM tasks GROUP BY state"
+        ).fetchall():
+            counts[TaskState(state)] = n
+            if state == S.PENDING.value:
+                after, throttled = deps, limited
+            elif TaskState(state) in ACTIVE_STATES:
+                cancels.update(flagged or ())
+        return Tally(counts, after, throttled, frozenset(cancels))
+
+    def pending_candidates(self, limit: int, *, plain: bool = False) -> list[Task]:
         """Pending tasks whose ``after`` tasks all succeeded, at most ``max_running`` of each
-        throttled sweep: priority high first, then id."""
+        throttled sweep: priority high first, then id. ``plain``: the caller knows (``tally``)
+        that no pending task has dependencies or a throttle, so a plain top-N does."""
+        if plain:
+            rows = self.con.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT id FROM tasks"
+                " WHERE state = 'pending' ORDER BY priority DESC, id LIMIT ?)"
+                " ORDER BY priority DESC, id",
+                [max(0, limit)],
+            ).fetchall()
+            return [task_from_row(r) for r in rows]
         # Pick the ids first and fetch whole rows only for them (a top-N over every column of a
         # million pending rows is several times slower).
         rows = self.con.execute(
@@ -281,191 +200,6 @@ class Txn:
 
     # The state machine.
 
-    def move(
-        self,
-        task_id: int,
-        new: TaskState,
-        *,
-        run_id: str | None = None,
-        task: Task | None = None,
-        host: str | None = _UNSET,
-        gpu_ids: Sequence[int] | None = _UNSET,
-        attempt: int = _UNSET,
-        losses: int = _UNSET,
-        exit_code: int | None = _UNSET,
-        result: Mapping[str, Any] | None = _UNSET,
-        reason: str | None = _UNSET,
-        started_at: datetime | None = _UNSET,
-        finished_at: datetime | None = _UNSET,
-        cancel_requested: bool = _UNSET,
-    ) -> Task | None:
-        """Move one task to ``new`` (THE state-changing function); returns the updated task.
-
-        ``run_id`` fences: unless ``new`` is launching, a run_id that differs from the task's
-        current one means a stale report from an old attempt, and the move is ignored (None).
-        Moving to launching requires ``host`` and ``run_id`` (the new attempt's id) and bumps
-        ``attempt`` unless given. Entry rules: -> running sets started_at; -> succeeded, failed,
-        cancelled or lost sets finished_at; -> pending clears host, gpu_ids, run_id, started_at,
-        finished_at and cancel_requested; leaving launching/running writes an attempts row.
-        Illegal moves raise IllegalTransitionError naming both states. ``task``, the row as the
-        caller holds it, saves reading it; the write checks that its state and run_id still
-        hold (else the row is read and the move decided again). In ``defer_moves`` mode a move
-        of a held task is checked now and written with the others at the next read or commit.
-        """
-        given = {
-            "host": host,
-            "gpu_ids": gpu_ids,
-            "attempt": attempt,
-            "losses": losses,
-            "exit_code": exit_code,
-            "result": result,
-            "reason": reason,
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "cancel_requested": cancel_requested,
-        }
-        req = MoveRequest(task_id, new, run_id, {k: v for k, v in given.items() if v is not _UNSET})
-        if self._deferred is not None and task is None:
-            task = self._held.get(task_id)
-            if task is not None:
-                planned = plan_move(task, req, self._now)
-                if planned is None:
-                    return None
-                self._deferred.append(req)
-                self._held[task_id] = planned.task
-                return planned.task
-        if task is not None and task.id == task_id:
-            planned = plan_move(task, req, self._now)
-            if planned is None:
-                # Fenced by the caller's copy; confirm against the file before ignoring it.
-                return self.move_many([req])[0]
-            if self._write([planned], strict=False):
-                return planned.task
-        return self.move_many([req])[0]
-
-    def move_many(
-        self, requests: Sequence[MoveRequest], *, known: Mapping[int, Task] | None = None
-    ) -> list[Task | None]:
-        """Apply many moves with a fixed handful of statements; the result is aligned with
-        ``requests``: the task after its move, or None where ``run_id`` fenced it off.
-
-        Each move is checked as ``move`` checks it against the row's current state: the row in
-        ``known`` (read earlier in this transaction, or held by the one dispatcher), else the
-        row read from the file. An illegal move raises IllegalTransitionError and nothing is
-        written. A task may appear more than once (its moves apply in order). Each round of
-        moves is one UPDATE, guarded by every row's expected state and run_id (a row found
-        otherwise raises StoreError: the transaction rolls back), and one attempts INSERT.
-        """
-        if not requests:
-            return []
-        self.flush()
-        current = {i: t for i, t in (known or {}).items()}
-        ids = sorted({r.task_id for r in requests} - set(current))
-        if ids:
-            rows = self._con.execute(
-                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT unnest(?::BIGINT[]))",
-                [ids],
-            ).fetchall()
-            current.update((t.id, t) for t in map(task_from_row, rows))
-        rounds: list[list[_Planned]] = []
-        seen: dict[int, int] = {}
-        out: list[Task | None] = []
-        for req in requests:
-            task = current.get(req.task_id)
-            if task is None:
-                raise self._not_found(req.task_id)
-            planned = plan_move(task, req, self._now)
-            if planned is None:
-                out.append(None)
-                continue
-            n = seen[req.task_id] = seen.get(req.task_id, -1) + 1
-            if n == len(rounds):
-                rounds.append([])
-            rounds[n].append(planned)
-            current[req.task_id] = planned.task
-            out.append(planned.task)
-        for group in rounds:
-            self._write(group, strict=True)
-        return out
-
-    def defer_moves(self, held: Mapping[int, Task]) -> None:
-        """Batch the moves of tasks in ``held`` (the caller's current copies of their rows).
-
-        Such a move is checked against the held row at once (fencing, transition table) and
-        returns the moved task; the writes of all of them go out together, as ``move_many``,
-        before the next statement of this transaction (any use of ``con``) or at commit. Any
-        row found in another state than held then raises StoreError, and the transaction rolls
-        back.
-        """
-        self.flush()
-        self._deferred = []
-        self._held = dict(held)
-        self._held_start = dict(held)
-
-    def flush(self) -> None:
-        """Write the moves ``defer_moves`` has gathered (no-op when none)."""
-        pending, self._deferred = self._deferred, None
-        if not pending:
-            self._deferred = pending
-            return
-        try:
-            done = self.move_many(pending, known=self._held_start)
-        finally:
-            self._deferred = []
-            self._held_start = dict(self._held)
-        for req, task in zip(pending, done, strict=True):
-            if task is None:
-                raise StoreError(
-                    f"task {req.task_id} in {self.path} changed while the dispatcher held it"
-                    f" (a move to {req.new} was fenced off); stop other dispatchers and retry"
-                )
-
-    def _not_found(self, task_id: int) -> TaskNotFoundError:
-        return TaskNotFoundError(
-            f"task {task_id} is not in the queue {self.path}; see `labtasker queue ls`"
-        )
-
-    def _write(self, planned: Sequence[_Planned], *, strict: bool) -> bool:
-        """Write one round of planned moves (each task at most once): one UPDATE guarded by
-        each row's expected state and run_id, and one attempts INSERT. False (nothing written)
-        when the guard failed and not ``strict``; StoreError when ``strict``."""
-        cols = list(dict.fromkeys(c for p in planned for c in p.sets))
-        select = ["unnest(?::BIGINT[]) AS id", "unnest(?::VARCHAR[]) AS old_state"]
-        select.append("unnest(?::VARCHAR[]) AS old_run")
-        params: list[Any] = [
-            [p.old.id for p in planned],
-            [p.old.state.value for p in planned],
-            [p.old.run_id for p in planned],
-        ]
-        for n, col in enumerate(cols):
-            select.append(f"unnest(?::{_COL_TYPES[col]}[]) AS c{n}")
-            # A column another move of the round sets keeps this row's value (known: guarded).
-            params.append(
-                [p.sets[col] if col in p.sets else _db_value(p.task, col) for p in planned]
-            )
-        assign = ", ".join(f"{col} = v.c{n}" for n, col in enumerate(cols))
-        changed = self._con.execute(
-            f"UPDATE tasks SET {assign} FROM (SELECT {', '.join(select)}) v"
-            " WHERE tasks.id = v.id AND tasks.state = v.old_state"
-            " AND tasks.run_id IS NOT DISTINCT FROM v.old_run",
-            params,
-        ).fetchone()[0]
-        if changed != len(planned):
-            if not strict and changed == 0:
-                return False
-            raise StoreError(
-                f"{self.path}: {len(planned) - changed} of {len(planned)} tasks were not in the"
-                " state this process expected; the transaction was rolled back, retry"
-            )
-        attempts = [p.attempt_row for p in planned if p.attempt_row is not None]
-        if attempts:
-            self._con.execute(
-                f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) SELECT "
-                + ", ".join(f"unnest(?::{_ATTEMPT_TYPES[c]}[])" for c in _ATTEMPT_COLS),
-                [[row[i] for row in attempts] for i in range(len(_ATTEMPT_COLS))],
-            )
-        return True
-
     def _apply(
         self,
         where: str,
@@ -484,7 +218,7 @@ class Txn:
         for old, example in known.items():
             check_transition(example, old, new)
         now = self.now()
-        values = {k: _to_db(k, v) for k, v in fields.items()}
+        values = {k: to_db(k, v) for k, v in fields.items()}
         sets: dict[str, tuple[str, list[Any]]] = {"state": ("?", [new.value])}
         if new is S.PENDING:
             for col in ("host", "gpu_ids", "run_id", "started_at", "finished_at"):
@@ -499,7 +233,7 @@ class Txn:
         # Entry times: the one given, or now (a None from a report that lacked it counts as none).
         if new is S.RUNNING:
             sets["started_at"] = ("?", [values.get("started_at") or now])
-        if new in _FINISHED:
+        if new in FINISHED:
             sets["finished_at"] = ("?", [values.get("finished_at") or now])
         if any(old in ACTIVE_STATES for old in known) and new not in ACTIVE_STATES:
             self._record_attempts(where, params, new, values, now)
@@ -624,18 +358,3 @@ class Txn:
             return insert(self.con, staged, now=self.now(), skip_existing=skip_existing)
         finally:
             staged.cleanup()
-
-
-def _db_value(task: Task, col: str) -> Any:
-    """Column ``col`` of ``task`` as stored."""
-    return task.state.value if col == "state" else _to_db(col, getattr(task, col))
-
-
-def _to_db(col: str, value: Any) -> Any:
-    if col in ("started_at", "finished_at"):
-        return to_db_time(value)
-    if col == "result":
-        return dump_json(dict(value), allow_nan=True) if value is not None else None
-    if col == "gpu_ids":
-        return None if value is None else [int(g) for g in value]
-    return value
