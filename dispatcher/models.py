@@ -130,7 +130,7 @@ class Task:
     after: list[int] = field(default_factory=list)
     batch: int | None = None  # the first id of the ``queue add`` that created the task
     max_running: int | None = None  # at most this many of the task's sweep run at once
-    outputs: tuple[str, ...] = ()  # globs (relative to the working directory) copied back after exit
+    outputs: tuple[str, ...] = ()  # globs under the working directory, copied back after exit
 
     @property
     def sweep(self) -> str:

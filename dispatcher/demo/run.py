@@ -33,4 +33,3 @@ def prepare(folder: Path, slots: int = 4) -> tuple[Path, Path]:
         encoding="utf-8",
     )
     return folder / ".labtasker" / "queue.duckdb", hosts
-

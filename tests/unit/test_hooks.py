@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,11 +73,18 @@ async def test_a_hook_past_its_time_is_killed_with_its_children(tmp_path: Path) 
     problem = await run_hook(f"sleep 30 & echo $! > {pid_file}; wait", {}, timeout=0.5)
     assert problem == "still running after 0.5 s; killed"
     pid = int(pid_file.read_text())
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return  # gone and reaped
-    assert stat.rsplit(")", 1)[1].split()[0] == "Z"  # killed, waiting for init to reap it
+    state = "?"
+    deadline = time.monotonic() + 10  # SIGKILL is delivered at once, but the exit is not
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return  # gone and reaped
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            return  # killed, waiting for its reaper
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the hook's child {pid} still runs (state {state})")
 
 
 async def test_on_finish_warns_once_and_never_raises() -> None:
