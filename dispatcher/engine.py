@@ -165,7 +165,13 @@ class Dispatcher(HostJobs):
             self._tick()
             self._poll_tails(time.monotonic())
             if self._done():
-                return
+                # One last plan on the hosts' final state (a host may have come up unusable or
+                # gone down since the last one, without a report to wake a tick): its reasons
+                # are what `queue ls` shows after dispatch ends.
+                self._last_tick = 0.0
+                self._tick()
+                if self._done():
+                    return
 
     async def _wait_for_work(self) -> None:
         """Return when woken, when another process wrote the queue (``queue add``, cancel: they

@@ -124,6 +124,15 @@ class Txn(Mover):
             out[TaskState(state)] = n
         return out
 
+    def pending_reasons(self, limit: int = 3) -> list[tuple[str, int]]:
+        """The most common reasons pending tasks wait for, with how many tasks each holds."""
+        rows = self.con.execute(
+            "SELECT reason, count(*) AS n FROM tasks WHERE state = 'pending' AND reason IS NOT"
+            " NULL GROUP BY reason ORDER BY n DESC, reason LIMIT ?",
+            [limit],
+        ).fetchall()
+        return [(str(r), int(n)) for r, n in rows]
+
     def tally(self) -> Tally:
         """Counts per state (every state a key) and the rest of ``Tally``, in one statement."""
         counts = dict.fromkeys(TaskState, 0)

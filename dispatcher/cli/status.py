@@ -52,6 +52,7 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
         counts = tx.counts()
         suspended = suspended_hosts(tx)
         median = median_runtime(tx) if watch else None
+        waiting = tx.pending_reasons() if counts[TaskState.PENDING] else []
     written = read_status_file(store.path)
     running = dispatcher_running(store.path)
     parts: list[RenderableType] = []
@@ -69,6 +70,8 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
             parts.append(gpus)
     else:
         parts.append(counts_line(counts))
+    for reason, n in waiting:  # why the queue does not move, as the last plan saw it
+        parts.append(Text(f"{n} pending: {reason}", style="yellow"))
     stale = freshness(written.written_at, time.time(), running=running)
     if stale is not None and active:  # the last lines shown may be old
         parts.append(stale)
