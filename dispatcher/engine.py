@@ -113,6 +113,7 @@ class Dispatcher(HostJobs):
         self._stop = False
         self._placed_last = False
         self._busy = False
+        self._kept = False
         self._reasons_at = 0.0
         self._synced_at = -1e9
         self.suspensions = SuspensionSync()
@@ -177,7 +178,7 @@ class Dispatcher(HostJobs):
         """Return when woken, when another process wrote the queue (``queue add``, cancel: they
         cannot wake us, so poll the file's change token, a stat), or after ``idle_tick``."""
         deadline = time.monotonic() + self.options.idle_tick
-        if not self._busy:
+        if not self._kept:
             self.store.release()
         while not self._wake.is_set():
             left = deadline - time.monotonic()
@@ -216,7 +217,10 @@ class Dispatcher(HostJobs):
             continuous = tx.attachment == (self._attachment[0], self._attachment[1] + 1)
             reports, self._reports = self._reports, []
             self._busy = len(reports) >= BUSY_REPORTS
-            tx.keep = KEEP_ATTACHED if self._busy else 0.0
+            # Any round with reports is likely followed by another within milliseconds (the
+            # launches it sends reply at once): keep the file for it. Idle polls release it.
+            tx.keep = KEEP_ATTACHED if reports else 0.0
+            self._kept = bool(reports)
             # Our own rows: their moves are checked now and written in a few set-based
             # statements before the reads below.
             tx.defer_moves(self.active)
