@@ -70,6 +70,16 @@ def _spec_like(table: Mapping[str, Any]) -> bool:
     return bool(set(table) & set(KINDS)) or (len(values) == 1 and isinstance(values[0], list))
 
 
+def check_json(value: Any, where: str) -> None:
+    """SweepError unless ``value`` can be stored as (strict) JSON, as task args are."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise SweepError(
+            f"{where}: value cannot be stored as JSON ({err}); use strings for dates"
+        ) from None
+
+
 def parse_dist(spec: Any, where: str) -> Dist:
     """A ``Dist`` from ``{KIND: [...]}``; SweepError names ``where`` and what is allowed."""
     if isinstance(spec, Mapping) and len(spec) == 1 and next(iter(spec)) not in KINDS:
@@ -83,12 +93,7 @@ def parse_dist(spec: Any, where: str) -> Dist:
     if kind == "choice":
         if not values:
             raise SweepError(f"{where}: choice needs at least one value")
-        try:
-            json.dumps(values, allow_nan=False)
-        except (TypeError, ValueError) as err:
-            raise SweepError(
-                f"{where}: a choice cannot be stored as JSON ({err}); use strings for dates"
-            ) from None
+        check_json(values, where)
         return Dist(kind, values)
     if len(values) != 2:
         raise SweepError(f"{where}: {kind} needs [LOW, HIGH], got {list(values)!r}")

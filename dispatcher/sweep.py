@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher.errors import SweepError
+from dispatcher.sampling import check_json
 from dispatcher.sampling import from_table as random_axis
 
 Path_ = tuple[str, ...]
@@ -228,13 +229,13 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
                 f"{source}: unknown key {key!r}; allowed top-level keys: {', '.join(SWEEP_KEYS)}"
             )
     fixed = _table(doc, "args", source)
-    _check_json(fixed, f"{source}: [args]")
+    check_json(fixed, f"{source}: [args]")
     axes: list[Axis] = []
     for path, values in _flatten(_table(doc, "grid", source), ()):
         where = f"{source}: grid.{'.'.join(path)}"
         if not isinstance(values, list) or not values:
             raise SweepError(f"{where}: expected a non-empty list of values")
-        _check_json(values, where)
+        check_json(values, where)
         axes.append(((path,), tuple((v,) for v in values)))
     zipped = list(_flatten(_table(doc, "zip", source), ()))
     if zipped:
@@ -243,7 +244,7 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
             where = f"{source}: zip.{'.'.join(path)}"
             if not isinstance(values, list) or not values:
                 raise SweepError(f"{where}: expected a non-empty list of values")
-            _check_json(values, where)
+            check_json(values, where)
             lengths.add(len(values))
         if len(lengths) > 1:
             sizes = ", ".join(f"{'.'.join(p)}={len(v)}" for p, v in zipped)
@@ -309,15 +310,6 @@ def _flatten(
             yield from _flatten(value, path, leaves_only=leaves_only)
         else:
             yield path, value
-
-
-def _check_json(value: Any, where: str) -> None:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise SweepError(
-            f"{where}: value cannot be stored as JSON ({err}); use strings for dates"
-        ) from None
 
 
 def _check_disjoint(paths: Iterable[Path_], *, source: str) -> None:
