@@ -163,19 +163,22 @@ class Txn(Mover):
             ).fetchall()
             return [task_from_row(r) for r in rows]
         # Pick the ids first and fetch whole rows only for them (a top-N over every column of a
-        # million pending rows is several times slower).
+        # million pending rows is several times slower). `ready`: pending, every `after` task
+        # succeeded. max_running = K: at most the first K *ready* tasks of a sweep
+        # (models.sweep_key) can start now, so the rest must not crowd other sweeps' tasks out
+        # of the LIMIT; counting only ready ones keeps a sweep moving past tasks whose
+        # dependencies failed.
         rows = self.con.execute(
-            f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT id FROM tasks"
+            "WITH ready AS (SELECT id, priority, name, batch, max_running FROM tasks"
             " WHERE state = 'pending' AND (len(after) = 0 OR id NOT IN (SELECT d.id FROM"
             " (SELECT id, unnest(after) AS dep FROM tasks WHERE state = 'pending'"
             " AND len(after) > 0) d LEFT JOIN tasks s ON s.id = d.dep AND s.state = 'succeeded'"
-            " WHERE s.id IS NULL))"
-            # max_running = K: at most the first K of a sweep (models.sweep_key) can start now,
-            # so the rest must not crowd other sweeps' tasks out of the LIMIT.
-            " AND (max_running IS NULL OR id IN (SELECT id FROM (SELECT id, max_running,"
-            " row_number() OVER (PARTITION BY coalesce(name, 'batch ' || batch)"
-            " ORDER BY priority DESC, id) AS rn FROM tasks WHERE state = 'pending'"
-            " AND max_running IS NOT NULL) WHERE rn <= max_running))"
+            " WHERE s.id IS NULL))),"
+            " capped AS (SELECT id FROM (SELECT id, max_running, row_number() OVER (PARTITION BY"
+            " coalesce(name, 'batch ' || batch) ORDER BY priority DESC, id) AS rn FROM ready"
+            " WHERE max_running IS NOT NULL) WHERE rn <= max_running)"
+            f" SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT id FROM ready"
+            " WHERE max_running IS NULL OR id IN (SELECT id FROM capped)"
             " ORDER BY priority DESC, id LIMIT ?)"
             " ORDER BY priority DESC, id",
             [max(0, limit)],

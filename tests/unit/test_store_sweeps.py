@@ -93,3 +93,14 @@ def test_pending_candidates_hold_at_most_k_of_a_throttled_sweep(store: Store) ->
                               max_running=2))  # fmt: skip
     with store.transaction() as tx:
         assert sum(t.name == "big" for t in tx.pending_candidates(limit=100)) == 2
+
+
+def test_a_throttled_sweep_moves_past_tasks_whose_dependencies_failed(store: Store) -> None:
+    (gate,) = store.add([NewTask({}, "gate", "gate")]).ids
+    with store.transaction() as tx:
+        tx.move(gate, S.CANCELLED)
+    (blocked,) = store.add([NewTask({}, "a", "a", name="s", max_running=1, after=(gate,))]).ids
+    (free,) = store.add([NewTask({}, "b", "b", name="s", max_running=1)]).ids
+    with store.transaction() as tx:
+        assert [t.id for t in tx.pending_candidates(limit=10)] == [free]
+    assert blocked < free  # the cap counts only tasks that could start
