@@ -241,6 +241,18 @@ def add_and_dispatch(
     return add, took
 
 
+def interrupt(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float) -> None:
+    """Ctrl-C a ``dispatch`` (its tasks keep running), then kill it if it is not gone in time."""
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def timed(fn: Callable[[], object]) -> float:
     """Wall time of one call."""
     start = time.perf_counter()

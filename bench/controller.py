@@ -14,7 +14,18 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import BenchHosts, Config, Row, Section, Stats, bench_hosts, cli_argv, cli_env, poll
+from common import (
+    BenchHosts,
+    Config,
+    Row,
+    Section,
+    Stats,
+    bench_hosts,
+    cli_argv,
+    cli_env,
+    interrupt,
+    poll,
+)
 from queue_scale import grid_args
 
 from dispatcher.models import TaskState
@@ -93,12 +104,7 @@ def measure(bh: BenchHosts, pending: int, windows: int, window: float) -> dict[s
         out["helper_procs"] = [float(len(pids)) for pids in per_host]
         out["total"] = [float(total)]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        interrupt(proc, 60)
     for host in bh.hosts:  # the sleeps live on after dispatch: end them before the next case
         for p in host.processes():
             if p.cmdline.startswith("sleep 600"):

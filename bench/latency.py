@@ -8,11 +8,20 @@ the finished state in the queue file (checked every 2 ms via its change token).
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 
-from common import BenchHosts, Config, Row, Section, Stats, bench_hosts, cli_argv, cli_env
+from common import (
+    BenchHosts,
+    Config,
+    Row,
+    Section,
+    Stats,
+    bench_hosts,
+    cli_argv,
+    cli_env,
+    interrupt,
+)
 
 from dispatcher.api import Queue
 from dispatcher.models import TaskState
@@ -60,12 +69,7 @@ def measure(bh: BenchHosts, n: int) -> tuple[list[float], list[float]]:
                 starts.append(task.started_at.timestamp() - added)  # type: ignore[attr-defined]
                 records.append(seen - task.finished_at.timestamp())  # type: ignore[attr-defined]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        interrupt(proc, 30)
         log.close()
     return starts, records
 

@@ -42,6 +42,13 @@ def _gpu_count() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
+def _device_names() -> dict[int, str]:
+    """GPU index -> name, as nvidia-smi lists them."""
+    argv = ["nvidia-smi", "--query-gpu=index,name", "--format=csv,noheader"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+    return {int(i): name.strip() for i, name in (line.split(",", 1) for line in out.splitlines())}
+
+
 def _torch_cuda() -> bool:
     code = "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"
     try:
@@ -156,13 +163,14 @@ def test_each_task_gets_its_own_real_gpu(lab: Lab) -> None:
     assert "Traceback" not in done.stdout + done.stderr
     tasks = lab.tasks()
     assert [t["state"] for t in tasks] == ["succeeded"] * n
+    devices = _device_names()
     by_gpu: dict[int, list[tuple[float, float]]] = {}
     for t in tasks:
         assert t["gpus"] is not None and len(t["gpus"]) == 1, t
         gpu = t["gpus"][0]
         r = t["result"]
         assert r["visible"] == str(gpu), (t["id"], r, gpu)
-        assert "NVIDIA" in r["device"] or "H" in r["device"], r
+        assert r["device"] == devices[gpu], (r, devices)
         assert r["checksum"] == r["checksum"] and r["checksum"] > 0  # finite, real work done
         by_gpu.setdefault(gpu, []).append((_ts(t["started_at"]), _ts(t["finished_at"])))
     for spans in by_gpu.values():

@@ -17,12 +17,15 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from dispatcher.store import Store
 from tests.sshd import SshdHosts, poll
+
+if TYPE_CHECKING:
+    from tests.integration.faults_lab import FaultLab
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "run_my_experiment.py"
@@ -192,3 +195,15 @@ def lab(ssh_home: Path, sshd_hosts: SshdHosts, tmp_path: Path) -> Iterator[Lab]:
     finally:
         lab.stop_all()
         shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.fixture
+def faults(lab: Lab) -> Iterator[FaultLab]:
+    """The lab with fault-injection helpers (``faults_lab.py``); kills what a test leaves."""
+    from tests.integration.faults_lab import FaultLab  # it imports this module
+
+    faults = FaultLab(lab)
+    try:
+        yield faults
+    finally:
+        faults.kill_leftovers()

@@ -3,22 +3,10 @@ dispatch reconciles: running tasks are adopted, ended ones collected, nothing st
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from dispatcher.recovery import CRASH_ENV
-from tests.integration.conftest import Lab
 from tests.integration.faults_lab import FaultLab, kill9
 
 HOSTS = ("gpu2", "gpu1", "cpu")  # 2 + 1 GPUs and 2 CPU slots: 5 tasks at once
-
-
-@pytest.fixture
-def faults(lab: Lab) -> Iterator[FaultLab]:
-    faults = FaultLab(lab)
-    yield faults
-    faults.kill_leftovers()
 
 
 def test_kill_9_mid_run_then_restart_loses_and_repeats_nothing(faults: FaultLab) -> None:

@@ -4,23 +4,13 @@ task's failure), a crashed host gets work again when it returns, a broken one is
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-
-import pytest
 
 from dispatcher.store import Store
 from dispatcher.store_recovery import suspend_host
-from tests.integration.conftest import Lab, finish
+from tests.integration.conftest import finish
 from tests.integration.faults_lab import FaultLab, connected
 
 HOSTS = ("gpu2", "gpu1", "cpu")
-
-
-@pytest.fixture
-def faults(lab: Lab) -> Iterator[FaultLab]:
-    faults = FaultLab(lab)
-    yield faults
-    faults.kill_leftovers()
 
 
 def _assert_lost_once_then_done(faults: FaultLab, ids: list[int], lost: set[int]) -> None:

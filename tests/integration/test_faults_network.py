@@ -4,22 +4,12 @@ dispatcher reconnects and collects them, and nothing is relaunched because a con
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from tests.integration.conftest import Lab, finish
+from tests.integration.conftest import finish
 from tests.integration.faults_lab import FaultLab, alive, connected, partition
 
 HOSTS = ("gpu2", "gpu1", "cpu")
-
-
-@pytest.fixture
-def faults(lab: Lab) -> Iterator[FaultLab]:
-    faults = FaultLab(lab)
-    yield faults
-    faults.kill_leftovers()
 
 
 def _running_on(faults: FaultLab, host: str) -> list[dict[str, Any]]:

@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from tests.integration.conftest import Lab
 from tests.integration.faults_lab import FaultLab, alive
-
-
-@pytest.fixture
-def faults(lab: Lab) -> Iterator[FaultLab]:
-    faults = FaultLab(lab)
-    yield faults
-    faults.kill_leftovers()
 
 
 def test_exit_code_signal_timeout_and_retries_end_right(faults: FaultLab) -> None:
