@@ -1,10 +1,12 @@
 """labtasker's helper: runs on a lab server, shipped and started by ``protocol.BOOTSTRAP``.
 
-Stdlib only, Python 3.8+, Linux (/proc), one file. It owns STATE_DIR/runs/<run_id>/ (spec.json,
-cmd.sh, supervisor.json, started.json, exit.reserve, exit.json, output.log, result.json,
-cancel.json; dirs 0700, files 0600) and answers one JSON request per stdin line with one JSON
-reply line on stdout.
-Each task runs under a forked supervisor in its own session, so tasks outlive the helper.
+Stdlib only, Python 3.8+, Linux (/proc), one file. It owns STATE_DIR/runs/<run_id>/
+(started.json, exit.reserve, exit.json, output.log, result.json, cancel.json, and cmd.sh for a
+script too long for an argument; dirs 0700, files 0600) and answers one JSON request per stdin
+line with one JSON reply line on stdout.
+Tasks run under the helper's *keeper*: one process forked at the first launch, in a session of its
+own, that starts every task, enforces timeouts and cancels and records exits (see Keeper). Tasks
+and keeper outlive the helper and its connection; a fork per task would cost more than the task.
 
 Ops (request params -> reply fields; every reply also has "id" and "ok"):
   ping    {} -> {}
@@ -12,7 +14,7 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
           "processes": [{gpu_uuid, pid, user, used_memory_mib, name}], "error": null | text}.
           Values nvidia-smi reports as [N/A] are null; "No devices were found" gives no GPUs.
   launch  {"run_id", "spec": {command, setup, workdir, env, timeout, kill_grace, task_id}}
-          -> {"status": "started", "pid": supervisor pid} | {"status": "exists", "run": REPORT}.
+          -> {"status": "started", "pid": keeper pid} | {"status": "exists", "run": REPORT}.
           The run dir is made with os.mkdir, so one run_id never starts two processes.
           The task sees LABTASKER_RESULT (write a JSON object there), LABTASKER_RUN_ID,
           LABTASKER_RUN_DIR and LABTASKER_TASK_ID, and the umask the helper was started with.
@@ -29,9 +31,9 @@ REPORT: {run_id, state: absent|starting|running|exited|lost, pid, started_at, fi
 exit_code (-N for signal N), signal, timed_out, cancelled, error, result, result_error, log_size,
 log (base64, only when exited and log_size <= 64 KiB), boot_id, inline_omitted}. inline_omitted is
 true when log/result were left out to keep the reply under 1 MiB: probe that run alone or read it.
-"starting": no started.json yet and the supervisor lives (or, before it has written
-supervisor.json, the run dir is under 60 s old); "lost": no exit.json and the supervisor is gone,
-its pid reused, or the host rebooted. Event {"event": "exit", "run": REPORT}: a watched run ended.
+"starting": no started.json yet and the keeper lives (or the run dir is under 60 s old); "lost":
+no exit.json and the run's supervisor (the keeper named in started.json) is gone, its pid reused,
+or the host rebooted. Event {"event": "exit", "run": REPORT}: a watched run ended.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ DEFAULT_GRACE = 10.0
 #: Held by each run until its end, then freed for exit.json: a task filling the disk must not
 #: leave its run without an exit record.
 RESERVE_BYTES = 16 * 1024
+#: Longer task scripts go to cmd.sh: Linux caps one exec argument at 128 KiB.
+SCRIPT_ARG_LIMIT = 64 * 1024
 #: Less free space than this after a failed run means the disk was (or is) full.
 NEARLY_FULL = 64 * 1024
 OPS = ("ping", "gpus", "launch", "probe", "kill", "read", "tail", "cleanup", "check")
@@ -247,88 +251,27 @@ def _drain(fd: int) -> None:
             pass
 
 
-class Supervisor:
-    """The forked child for one run: starts the task, enforces timeout and cancel, writes
-    exit.json and leaves with os._exit, never returning into the helper's loop."""
+def signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, sig)
 
-    def __init__(self, run_dir: str, spec: Dict[str, Any], boot_id: str, host: str) -> None:
-        self.run_dir, self.spec, self.boot_id, self.host = run_dir, spec, boot_id, host
-        self.cancel_requested = self.cancelled = self.timed_out = False
+
+class KeptRun:
+    """One task under the keeper: its process, deadlines and what finish() records."""
+
+    def __init__(self, run_dir: str, spec: Dict[str, Any]) -> None:
+        self.run_dir, self.spec = run_dir, spec
+        self.proc: Optional["subprocess.Popen[bytes]"] = None
+        self.status: Optional[int] = None  # waitpid status once the task's leader ended
+        timeout = spec["timeout"]
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.kill_at: Optional[float] = None
+        self.killed = self.cancel_requested = self.cancelled = self.timed_out = False
         self.notes: List[str] = []
         self.started_at = utc_now()
-        self.wake = -1
 
     def path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
-
-    def on_term(self, signum: int, frame: Any) -> None:
-        self.cancel_requested = True
-
-    def detach(self) -> None:
-        """Own session, stdio on /dev/null, no other fds: the helper's pipes are the SSH
-        channel, and holding them would keep the session open after the helper exits."""
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGTERM, self.on_term)
-        for num in (signal.SIGCHLD, signal.SIGHUP, signal.SIGINT):
-            signal.signal(num, _noop)  # handlers, not SIG_IGN: exec gives the task defaults
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
-            if fd > 2:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self.wake = _wakeup_pipe()
-
-    def run(self, umask: int) -> None:
-        self.detach()
-        st = proc_stat(os.getpid())
-        me = {"pid": os.getpid(), "proc_start": st[2] if st else None, "boot_id": self.boot_id}
-        self.record("supervisor.json", me)
-        with contextlib.suppress(OSError):  # no room even for this: finish() says the disk is full
-            write_file(self.path("exit.reserve"), bytes(RESERVE_BYTES))
-        self.started_at = utc_now()
-        workdir = expand_dir(self.spec["workdir"])
-        try:
-            os.makedirs(workdir, 0o700, exist_ok=True)
-        except OSError as exc:
-            return self.fail("cannot create workdir %s on %s: %s" % (workdir, self.host, exc))
-        if self.cancel_requested:
-            return self.finish(-signal.SIGTERM, "SIGTERM", cancelled=True)
-        env = dict(os.environ, **self.spec["env"])
-        env.update(LABTASKER_RESULT=self.path("result.json"), LABTASKER_RUN_DIR=self.run_dir,
-                   LABTASKER_RUN_ID=os.path.basename(self.run_dir),
-                   LABTASKER_TASK_ID=str(self.spec["task_id"]))  # fmt: skip
-        shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-        os.umask(umask)  # the task creates files as it would from the user's own shell
-        try:
-            log = os.open(self.path("output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                proc = subprocess.Popen([shell, self.path("cmd.sh")], cwd=workdir, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True,
-                                        close_fds=True)  # fmt: skip
-            finally:
-                os.close(log)
-        except OSError as exc:
-            return self.fail("cannot start the task in %s on %s: %s" % (workdir, self.host, exc))
-        task = proc_stat(proc.pid)
-        started = {"pid": proc.pid, "pgid": proc.pid, "supervisor_pid": me["pid"],
-                   "started_at": self.started_at, "boot_id": self.boot_id, "hostname": self.host,
-                   "proc_start": me["proc_start"],
-                   "task_start": task[2] if task else None}  # fmt: skip
-        self.record("started.json", started)
-        status = self.wait(proc.pid)
-        proc.returncode = decode_status(status)[0]  # reaped by us; keeps Popen quiet
-        self.finish(*decode_status(status), cancelled=self.cancelled)
-
-    def record(self, name: str, obj: Dict[str, Any]) -> None:
-        try:
-            write_file(self.path(name), obj)
-        except OSError as exc:  # e.g. disk full: the task still runs; exit.json will say so
-            self.notes.append("could not write %s: %s" % (name, exc))
 
     def grace(self) -> float:
         if self.cancelled:
@@ -337,73 +280,225 @@ class Supervisor:
                 return max(0.0, float(info["grace"]))
         return float(self.spec["kill_grace"])
 
-    def wait(self, pid: int) -> int:
-        """Wait for the task; on timeout or cancel TERM its group, then KILL it after the grace."""
-        timeout = self.spec["timeout"]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        kill_at: Optional[float] = None
-        killed = False
-        status: Optional[int] = None
-        while True:
-            if status is None:
-                try:
-                    got, st = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    got, st = pid, 0
-                status = st if got == pid else None
-            now = time.monotonic()
-            if status is not None and (kill_at is None or killed or not group_alive(pid)):
-                return status
-            if kill_at is None and (self.cancel_requested or (deadline or math.inf) <= now):
-                self.cancelled, self.timed_out = self.cancel_requested, not self.cancel_requested
-                self.signal_group(pid, signal.SIGTERM)
-                kill_at = now + self.grace()
-            if kill_at is not None and not killed and now >= kill_at:
-                self.signal_group(pid, signal.SIGKILL)
-                killed = True
-                continue
-            waits = [deadline - now] if kill_at is None and deadline is not None else []
-            waits += [kill_at - now] if kill_at is not None and not killed else []
-            waits += [0.05] if status is not None else []  # the leader is gone, its group not
-            with contextlib.suppress(InterruptedError):
-                select.select([self.wake], [], [], max(0.0, min(waits)) if waits else None)
-            _drain(self.wake)
-
-    def signal_group(self, pgid: int, sig: int) -> None:
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, sig)
-
-    def fail(self, error: str) -> None:
-        append_log(self.path("output.log"), "labtasker: %s\n" % error)
-        self.notes.insert(0, error)
-        self.finish(127, None, cancelled=False)
-
-    def finish(self, code: int, sig: Optional[str], cancelled: bool) -> None:
-        full = disk_full(self.run_dir, self.host) if code != 0 and not cancelled else None
-        if full:
-            self.notes.append("%s (the task ended with %s)" % (full, sig or "exit %d" % code))
-        with contextlib.suppress(OSError):
-            os.unlink(self.path("exit.reserve"))  # its room is what exit.json is written into
-        info = {"exit_code": code, "signal": sig, "timed_out": self.timed_out,
-                "cancelled": cancelled, "started_at": self.started_at,
-                "finished_at": utc_now(), "error": "; ".join(self.notes) or None}  # fmt: skip
-        write_file(self.path("exit.json"), info, sync=True)
+    def step(self, now: float) -> Optional[float]:
+        """Advance timeout/cancel handling: None when the run is over, else seconds to wait."""
+        pid = self.proc.pid if self.proc else 0
+        if self.status is not None and (self.kill_at is None or self.killed or
+                                        not group_alive(pid)):  # fmt: skip
+            return None
+        if self.kill_at is None and (self.cancel_requested or (self.deadline or math.inf) <= now):
+            self.cancelled, self.timed_out = self.cancel_requested, not self.cancel_requested
+            signal_group(pid, signal.SIGTERM)
+            self.kill_at = now + self.grace()
+        if self.kill_at is not None and not self.killed and now >= self.kill_at:
+            signal_group(pid, signal.SIGKILL)
+            self.killed = True
+            return 0.0
+        waits = [self.deadline - now] if self.kill_at is None and self.deadline else [math.inf]
+        waits += [self.kill_at - now] if self.kill_at is not None and not self.killed else []
+        waits += [0.05] if self.status is not None else []  # the leader is gone, its group not
+        return max(0.0, min(waits))
 
 
-def supervise(run_dir: str, spec: Dict[str, Any], boot_id: str, host: str, umask: int) -> None:
-    """Body of the forked child: runs the Supervisor and always ends the process."""
-    try:
-        Supervisor(run_dir, spec, boot_id, host).run(umask)
-    except BaseException as exc:
-        with contextlib.suppress(BaseException):
-            if not os.path.exists(os.path.join(run_dir, "exit.json")):
+class Keeper:
+    """The forked process that starts and watches every task a helper launches.
+
+    It lives in its own session with stdio on /dev/null, so it and its tasks outlive the helper
+    and the SSH connection. It reads launch lines ({"run_id", "spec"}) from the helper's pipe,
+    starts each command in a session of its own, enforces timeouts and cancels (TERM the group,
+    KILL after the grace), writes exit.json, and tells the helper the run id on its note pipe.
+    SIGUSR1: look for cancel.json in its runs; SIGTERM: cancel all of them; SIGHUP and SIGINT
+    are ignored. It ends once the helper is gone and its last task is recorded.
+    """
+
+    def __init__(self, helper: "Helper", cmd_fd: int, note_fd: int) -> None:
+        self.runs_dir, self.boot_id, self.host = helper.runs, helper.boot_id, helper.host
+        self.umask, self.cmd, self.note = helper.umask, cmd_fd, note_fd
+        self.runs: Dict[int, KeptRun] = {}  # task pid -> run
+        self.inbuf, self.outbuf = b"", b""
+        self.flags: Dict[int, bool] = {}
+        self.me: Dict[str, Any] = {}
+        self.wake = -1
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        self.flags[signum] = True
+
+    def detach(self) -> None:
+        """Own session, stdio on /dev/null, no fds but its two pipes: the helper's pipes are
+        the SSH channel, and holding them would keep the session open after the helper exits."""
+        signal.set_wakeup_fd(-1)
+        for num in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(num, self.on_signal)
+        for num in (signal.SIGCHLD, signal.SIGHUP, signal.SIGINT):
+            signal.signal(num, _noop)  # handlers, not SIG_IGN: exec gives the task defaults
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
+            if fd > 2 and fd not in (self.cmd, self.note):
                 with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(run_dir, "exit.reserve"))
-                err = "supervisor failed on %s: %s: %s" % (host, type(exc).__name__, exc)
-                write_file(os.path.join(run_dir, "exit.json"),
-                           {"exit_code": 127, "signal": None, "timed_out": False,
-                            "cancelled": False, "started_at": None,
-                            "finished_at": utc_now(), "error": err})  # fmt: skip
+                    os.close(fd)
+        os.set_blocking(self.note, False)
+        self.wake = _wakeup_pipe()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGUSR1})
+        st = proc_stat(os.getpid())
+        self.me = {"supervisor_pid": os.getpid(), "proc_start": st[2] if st else None}
+
+    def serve(self) -> None:
+        self.detach()
+        while self.cmd >= 0 or self.runs:
+            wait = self.service()
+            rd = [self.wake] + ([self.cmd] if self.cmd >= 0 else [])
+            wr = [self.note] if self.outbuf and self.note >= 0 else []
+            with contextlib.suppress(InterruptedError):
+                ready = select.select(rd, wr, [], wait)
+                if self.cmd in ready[0]:
+                    self.on_cmd()
+                if ready[1]:
+                    self.flush()
+            _drain(self.wake)
+        self.flush()
+
+    def on_cmd(self) -> None:
+        data = b""
+        with contextlib.suppress(OSError):
+            data = os.read(self.cmd, 65536)
+        if not data:  # the helper is gone: finish what runs, then leave
+            os.close(self.cmd)
+            self.cmd = -1
+        lines = (self.inbuf + data).split(b"\n")
+        self.inbuf = lines.pop()
+        for line in lines:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                req = json.loads(line.decode("utf-8"))
+                self.start(os.path.join(self.runs_dir, req["run_id"]), req["spec"])
+
+    def service(self) -> Optional[float]:
+        """Reap ended tasks, apply signals, step every run; the seconds until the next step."""
+        while self.runs:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid in self.runs:
+                self.runs[pid].status = status
+        if self.flags.pop(signal.SIGUSR1, False):
+            for run in self.runs.values():
+                if os.path.exists(run.path("cancel.json")):
+                    run.cancel_requested = True
+        if self.flags.pop(signal.SIGTERM, False):
+            for run in self.runs.values():
+                run.cancel_requested = True
+        now, wait = time.monotonic(), math.inf
+        for pid, run in list(self.runs.items()):
+            left = run.step(now)
+            if left is None:
+                del self.runs[pid]
+                if run.proc is not None:
+                    run.proc.returncode = decode_status(run.status or 0)[0]  # reaped by us
+                self.finish(run, *decode_status(run.status or 0))
+            else:
+                wait = min(wait, left)
+        return None if wait == math.inf else wait
+
+    def start(self, run_dir: str, spec: Dict[str, Any]) -> None:
+        run = KeptRun(run_dir, spec)
+        with contextlib.suppress(OSError):  # no room even for this: finish() says the disk is full
+            write_file(run.path("exit.reserve"), bytes(RESERVE_BYTES))
+        workdir = expand_dir(spec["workdir"])
+        try:
+            os.makedirs(workdir, 0o700, exist_ok=True)
+        except OSError as exc:
+            return self.fail(run, "cannot create workdir %s on %s: %s" % (workdir, self.host, exc))
+        if os.path.exists(run.path("cancel.json")):  # cancelled before it could start
+            run.cancelled = True
+            return self.finish(run, -signal.SIGTERM, "SIGTERM")
+        env = dict(os.environ, **spec["env"])
+        env.update(LABTASKER_RESULT=run.path("result.json"), LABTASKER_RUN_DIR=run_dir,
+                   LABTASKER_RUN_ID=os.path.basename(run_dir),
+                   LABTASKER_TASK_ID=str(spec["task_id"]))  # fmt: skip
+        shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+        script = build_script(spec["command"], spec["setup"]).encode("utf-8", "surrogateescape")
+        argv: List[Any] = [shell, "-c", script, "labtasker"]
+        try:
+            if len(script) > SCRIPT_ARG_LIMIT:  # over what one exec argument may hold
+                write_file(run.path("cmd.sh"), script)
+                argv = [shell, run.path("cmd.sh")]
+            log = os.open(run.path("output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            old = os.umask(self.umask)  # the task creates files as from the user's own shell
+            try:
+                run.proc = subprocess.Popen(argv, cwd=workdir,
+                                            env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            close_fds=True)  # fmt: skip
+            finally:
+                os.umask(old)
+                os.close(log)
+        except (OSError, ValueError) as exc:
+            why = "cannot start the task in %s on %s: %s" % (workdir, self.host, exc)
+            return self.fail(run, why)
+        pid = run.proc.pid
+        task = proc_stat(pid)
+        started = dict(self.me, pid=pid, pgid=pid, started_at=run.started_at, keeper=True,
+                       boot_id=self.boot_id, hostname=self.host,
+                       task_start=task[2] if task else None)  # fmt: skip
+        try:
+            write_file(run.path("started.json"), started)
+        except OSError as exc:  # e.g. disk full: the task still runs; exit.json will say so
+            run.notes.append("could not write started.json: %s" % exc)
+        self.runs[pid] = run
+
+    def fail(self, run: KeptRun, error: str) -> None:
+        append_log(run.path("output.log"), "labtasker: %s\n" % error)
+        run.notes.insert(0, error)
+        self.finish(run, 127, None)
+
+    def finish(self, run: KeptRun, code: int, sig: Optional[str]) -> None:
+        full = disk_full(run.run_dir, self.host) if code != 0 and not run.cancelled else None
+        if full:
+            run.notes.append("%s (the task ended with %s)" % (full, sig or "exit %d" % code))
+        info = {"exit_code": code, "signal": sig, "timed_out": run.timed_out,
+                "cancelled": run.cancelled, "started_at": run.started_at,
+                "finished_at": utc_now(), "error": "; ".join(run.notes) or None}  # fmt: skip
+        data = json.dumps(info, sort_keys=True).encode()
+        try:  # into the reserve's blocks, then renamed: there is room even on a full disk
+            fd = os.open(run.path("exit.reserve"), os.O_WRONLY)
+            try:
+                write_all(fd, data)
+                os.ftruncate(fd, len(data))
+                os.fsync(fd)  # the outcome must survive a crash right after the task
+            finally:
+                os.close(fd)
+            os.replace(run.path("exit.reserve"), run.path("exit.json"))
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(run.path("exit.reserve"))
+            with contextlib.suppress(OSError):
+                write_file(run.path("exit.json"), info, sync=True)
+        if self.note >= 0:
+            self.outbuf += os.path.basename(run.run_dir).encode() + b"\n"
+            self.flush()
+
+    def flush(self) -> None:
+        """Send queued run ids to the helper without blocking; drop them once it is gone."""
+        try:
+            while self.outbuf:
+                self.outbuf = self.outbuf[os.write(self.note, self.outbuf) :]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.outbuf = b""
+            os.close(self.note)
+            self.note = -1
+
+
+def keep(helper: "Helper", cmd_fd: int, note_fd: int) -> None:
+    """Body of the forked keeper: serves until done and always ends the process."""
+    try:
+        Keeper(helper, cmd_fd, note_fd).serve()
     finally:
         os._exit(0)
 
@@ -510,7 +605,12 @@ class Helper:
         self.state_dir = os.path.abspath(os.path.expanduser(state_dir))
         self.runs = os.path.join(self.state_dir, "runs")
         self.boot_id, self.host = read_boot_id(), socket.gethostname()
-        self.children: Dict[int, str] = {}  # supervisor pid -> run_id: reaped on SIGCHLD
+        self.keeper = 0  # pid of the keeper this helper forked (0: none yet, or it ended)
+        self.keeper_start: Optional[int] = None
+        self.keeper_cmd = self.keeper_note = -1  # the pipes to and from it
+        self.kept: Dict[str, None] = {}  # run ids given to the keeper, not yet reported ended
+        self.notebuf = b""
+        self.zombies: List[int] = []  # keepers replaced before they were reaped
         self.adopted: Dict[str, None] = {}  # other live runs: polled every ADOPTED_POLL_S
         self.next_poll = 0.0
         self.queries: List[GpuQuery] = []
@@ -533,7 +633,7 @@ class Helper:
             why = "its supervisor (pid %s) on %s ended without recording an exit" % (pid, self.host)
             full = disk_full(self.run_dir(run_id), self.host)
             return "lost", "%s; %s" % (why, full) if full else why
-        if any(r == run_id and process_matches(p, None) for p, r in self.children.items()):
+        if run_id in self.kept and process_matches(self.keeper, self.keeper_start):
             return "starting", None
         with contextlib.suppress(OSError):
             if time.time() - os.stat(self.run_dir(run_id)).st_mtime < LOST_AFTER_S:
@@ -619,31 +719,83 @@ class Helper:
             os.mkdir(d, 0o700)  # atomic: the one launch that creates it starts the run
         except FileExistsError:
             return {"status": "exists", "run": self.report(run_id, [REPLY_INLINE_BUDGET])}
-        try:
-            write_file(os.path.join(d, "spec.json"), spec)
-            script = build_script(spec["command"], spec["setup"])
-            write_file(os.path.join(d, "cmd.sh"), script.encode("utf-8", "surrogateescape"))
-            # Blocked until the child has its handler, so an early kill is never lost.
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        line = (json.dumps({"run_id": run_id, "spec": spec}) + "\n").encode()
+        for _ in range(2):  # a keeper that died is replaced once
             try:
-                pid = os.fork()
-                if pid == 0:
-                    supervise(d, spec, self.boot_id, self.host, self.umask)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        except OSError as exc:
+                self.start_keeper()
+                write_all(self.keeper_cmd, line)
+                break
+            except OSError as exc:
+                self.keeper_gone()
+                error = exc
+        else:
             shutil.rmtree(d, ignore_errors=True)  # nothing started: a retry may reuse the id
-            msg = "cannot launch run %s in %s on %s: %s" % (run_id, d, self.host, exc)
+            msg = "cannot launch run %s in %s on %s: %s" % (run_id, d, self.host, error)
             raise BadRequest(msg) from None
-        self.children[pid] = run_id
+        self.kept[run_id] = None
         self.adopted.pop(run_id, None)
-        return {"status": "started", "pid": pid}
+        return {"status": "started", "pid": self.keeper}
+
+    def start_keeper(self) -> None:
+        """Fork the keeper (see Keeper) unless this helper's one still runs."""
+        if self.keeper_cmd >= 0:
+            return
+        cmd_r, cmd_w = os.pipe()
+        note_r, note_w = os.pipe()
+        # Blocked until the keeper has its handlers, so an early cancel is never lost.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGUSR1})
+        try:
+            pid = os.fork()
+            if pid == 0:
+                keep(self, cmd_r, note_w)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            os.close(cmd_r)
+            os.close(note_w)
+        st = proc_stat(pid)
+        if self.keeper:
+            self.zombies.append(self.keeper)
+        self.keeper, self.keeper_start = pid, st[2] if st else None
+        self.keeper_cmd, self.keeper_note, self.notebuf = cmd_w, note_r, b""
+        self.sel.register(note_r, selectors.EVENT_READ, "keeper")
+
+    def on_note(self) -> None:
+        """Run ids the keeper finished: send their exit events. EOF: the keeper is gone."""
+        try:
+            data = os.read(self.keeper_note, 65536)
+        except OSError:
+            data = b""
+        lines = (self.notebuf + data).split(b"\n")
+        self.notebuf = lines.pop()
+        for line in lines:
+            run_id = line.decode("ascii", "replace")
+            if run_id in self.kept:
+                del self.kept[run_id]
+                self.send({"event": "exit", "run": self.report(run_id, [REPLY_INLINE_BUDGET])})
+        if not data:
+            self.keeper_gone()
+
+    def keeper_gone(self) -> None:
+        """Stop talking to the keeper; its runs still live are watched like adopted ones."""
+        if self.keeper_note >= 0:
+            self.sel.unregister(self.keeper_note)
+            os.close(self.keeper_note)
+        if self.keeper_cmd >= 0:
+            os.close(self.keeper_cmd)
+        self.keeper_cmd = self.keeper_note = -1
+        for run_id in list(self.kept):
+            rep = self.report(run_id, [REPLY_INLINE_BUDGET])
+            if rep["state"] in _LIVE:
+                self.adopted[run_id] = None
+            else:
+                self.send({"event": "exit", "run": rep})
+        self.kept.clear()
 
     def op_probe(self, req: Dict[str, Any]) -> Dict[str, Any]:
         budget, reports = [REPLY_INLINE_BUDGET], {}
         for run_id in _run_ids(req.get("runs")):
             reports[run_id] = rep = self.report(run_id, budget)
-            if rep["state"] in _LIVE and run_id not in self.children.values():
+            if rep["state"] in _LIVE and run_id not in self.kept:
                 self.adopted[run_id] = None
         return {"runs": reports}
 
@@ -658,11 +810,16 @@ class Helper:
             write_file(os.path.join(d, "cancel.json"), {"grace": grace})
         started = read_json(os.path.join(d, "started.json"))[0]
         info = started or read_json(os.path.join(d, "supervisor.json"))[0] or {}
-        sups: List[Tuple[Any, Any]] = [(p, None) for p, r in self.children.items() if r == run_id]
-        sups.append((info.get("supervisor_pid", info.get("pid")), info.get("proc_start")))
-        for pid, proc_start in sups:
+        sups: List[Tuple[Any, Any, Any]] = []
+        if started is None and run_id in self.kept:
+            sups.append((self.keeper, self.keeper_start, signal.SIGUSR1))
+        # A keeper looks for cancel.json on SIGUSR1; a run of an older helper has a supervisor
+        # of its own, which cancels on SIGTERM.
+        sig = signal.SIGUSR1 if info.get("keeper") else signal.SIGTERM
+        sups.append((info.get("supervisor_pid", info.get("pid")), info.get("proc_start"), sig))
+        for pid, proc_start, sig in sups:
             if process_matches(pid, proc_start):
-                os.kill(pid, signal.SIGTERM)  # the supervisor does TERM, grace, KILL, records
+                os.kill(pid, sig)  # the keeper does TERM, grace, KILL, and records the exit
                 return {"status": "signalled"}
         pgid = self.orphan_group(run_id)
         if pgid is not None:
@@ -786,14 +943,18 @@ class Helper:
 
     def service(self) -> None:
         """Everything that is not a readable fd: ended supervisors, adopted runs, gpu queries."""
-        for pid in list(self.children):
+        if self.keeper:
             try:
-                done = os.waitpid(pid, os.WNOHANG)[0] == pid
+                done = os.waitpid(self.keeper, os.WNOHANG)[0] == self.keeper
             except ChildProcessError:
                 done = True
-            if done:
-                rep = self.report(self.children.pop(pid), [REPLY_INLINE_BUDGET])
-                self.send({"event": "exit", "run": rep})
+            if done:  # reaped; its note pipe's EOF (on_note) reports what it left
+                self.keeper = 0
+        for pid in list(self.zombies):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            self.zombies.remove(pid)
         now = time.monotonic()
         if self.adopted and now >= self.next_poll:
             self.next_poll = now + ADOPTED_POLL_S
@@ -844,6 +1005,8 @@ class Helper:
                     self.on_stdin()
                 elif key.data == "wake":
                     _drain(wake)
+                elif key.data == "keeper":
+                    self.on_note()
                 elif not key.data.feed(key.fd):  # a gpu query's pipe reached EOF
                     self.sel.unregister(key.fd)
                     del key.data.open[key.fd]

@@ -74,8 +74,13 @@ async def test_nonzero_exit_is_data_and_a_non_object_result_is_reported(
 
 async def test_death_by_signal_gives_negative_code_and_its_name(helper: LocalHelper) -> None:
     await helper.launch("sig", "kill -KILL $$")
-    await helper.launch("shell-style", "sh -c 'kill -KILL $$'")
+    # bash runs the script's last command in its own place: its signal is the task's.
+    await helper.launch("last", "true; sh -c 'kill -KILL $$'")
+    # A shell that outlives its child turns the signal into an exit code, 128 + N.
+    await helper.launch("shell-style", "sh -c 'kill -KILL $$'; exit $?")
     rep = await helper.wait_exit("sig")
+    assert (rep["exit_code"], rep["signal"]) == (-9, "SIGKILL")
+    rep = await helper.wait_exit("last")
     assert (rep["exit_code"], rep["signal"]) == (-9, "SIGKILL")
     rep = await helper.wait_exit("shell-style")
     assert (rep["exit_code"], rep["signal"]) == (128 + 9, None)
@@ -105,10 +110,14 @@ async def test_kill_cancels_the_whole_process_group(helper: LocalHelper, tmp_pat
     await wait_ready(helper, "victim")
     started = helper.started("victim")
     assert started["pgid"] == started["pid"] and len(live_group_members(started["pgid"])) == 2
-    # The supervisor holds none of the helper's pipes: stdio on /dev/null, one wakeup pipe.
+    # The keeper holds none of the helper's stdio (the SSH channel): its own are /dev/null,
+    # the rest are its wakeup pipe and its two pipes to the helper.
+    assert helper.client is not None
+    helper_fds = {os.readlink(f"/proc/{helper.client.hello['pid']}/fd/{n}") for n in (0, 1, 2)}
     fds = Path(f"/proc/{started['supervisor_pid']}/fd")
-    links = sorted(os.readlink(fd) for fd in fds.iterdir())
-    assert links[:3] == ["/dev/null"] * 3 and len(links) == 5, links
+    links = [os.readlink(fds / str(n)) for n in sorted(int(f.name) for f in fds.iterdir())]
+    assert links[:3] == ["/dev/null"] * 3 and len(links) == 7, links
+    assert not helper_fds & set(links), (helper_fds, links)
     assert (await helper.call("kill", run_id="victim", grace=5))["status"] == "signalled"
     rep = await helper.wait_exit("victim")
     assert rep["cancelled"] and not rep["timed_out"]
@@ -134,21 +143,24 @@ async def test_probe_reports_absent_starting_running_exited_and_lost(
 ) -> None:
     assert (await helper.probe("nothing"))["state"] == "absent"
     gate = tmp_path / "gate"
-    await helper.launch("live", gate_command(gate))
     await helper.launch("done", "true")
     await helper.launch("crash", gate_command(gate))
-    running = await helper.wait_state("live", "running")
-    assert running["pid"] == helper.started("live")["pid"] and running["log"] is None
     assert (await helper.wait_exit("done"))["state"] == "exited"
     assert (await helper.probe("done"))["exit_code"] == 0
 
-    # A crash: the supervisor and its task die without a word.
+    # A crash: the keeper (every run's supervisor) and its task die without a word.
     crashed = (await helper.wait_state("crash", "running")) and helper.started("crash")
     os.kill(crashed["supervisor_pid"], signal.SIGKILL)
     os.killpg(crashed["pgid"], signal.SIGKILL)
     lost = await helper.wait_state("crash", "lost")
     assert "supervisor" in lost["error"] and lost["exit_code"] is None
     assert (await helper.wait_exit("crash"))["state"] == "lost"
+
+    # The next launch gets a new keeper.
+    await helper.launch("live", gate_command(gate))
+    running = await helper.wait_state("live", "running")
+    assert running["pid"] == helper.started("live")["pid"] and running["log"] is None
+    assert helper.started("live")["supervisor_pid"] != crashed["supervisor_pid"]
 
     # A run dir with no supervisor yet is starting, and lost once it is a minute old.
     orphan = helper.state_dir / "runs" / "orphan"
@@ -338,7 +350,7 @@ async def test_state_files_are_private(helper: LocalHelper) -> None:
         for name in files:
             assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600, name
             seen += 1
-    assert seen >= 6  # helper copy, spec, cmd.sh, supervisor, started, exit, output
+    assert seen >= 4  # helper copy, started.json, exit.json, output.log
 
 
 async def test_big_logs_are_not_inline_but_readable_in_chunks(helper: LocalHelper) -> None:
