@@ -48,11 +48,27 @@ class LogCollector:
             log_path(self.logs_dir, run_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
         )
 
-    async def fetch(self, session: _Caller, report: dict[str, Any]) -> Path:
-        """Copy the run's log; inline data when the report has it, else chunked reads."""
+    def write_inline(self, report: dict[str, Any]) -> Path | None:
+        """Save a log that came inline in ``report``; None (no file) when it is empty."""
+        inline = report.get("log")
+        if not isinstance(inline, str) or not inline:
+            return None
+        run_id = str(report["run_id"])
+        fd = self._open(run_id)
+        try:
+            os.write(fd, base64.b64decode(inline))
+        finally:
+            os.close(fd)
+        return log_path(self.logs_dir, run_id)
+
+    async def fetch(self, session: _Caller, report: dict[str, Any]) -> Path | None:
+        """Copy the run's log; inline data when the report has it, else chunked reads. A run
+        that printed nothing gets no file (None): most short tasks, and a file each costs."""
         run_id = str(report["run_id"])
         inline = report.get("log")
         size = int(report.get("log_size") or 0)
+        if not size and not inline:
+            return None
         fd = self._open(run_id)
         try:
             if isinstance(inline, str):

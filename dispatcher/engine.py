@@ -37,8 +37,13 @@ BUSY_REPORTS = 8
 #: Seconds between rewrites of pending reasons that are already set (see ``_place``).
 REASON_REFRESH = 1.0
 #: While busy, keep the queue file attached across ticks for at most this long (``Txn.keep``):
-#: it saves ATTACH, schema check and DETACH, and other processes wait at most about this long.
-KEEP_ATTACHED = 0.25
+#: it saves ATTACH, schema check and DETACH (a checkpoint). A process that wants the file says so
+#: (``Store.wanted``) and gets it within a poll interval; others wait at most about this long.
+KEEP_ATTACHED = 2.0
+#: Release a kept queue file after this long without a tick.
+RELEASE_IDLE = 0.3
+#: After letting a waiting process in, leave the file to it for at most this long.
+YIELD_MAX = 0.5
 
 
 @dataclass
@@ -107,6 +112,7 @@ class Dispatcher(HostJobs):
         self._wake = asyncio.Event()
         self._jobs: set[asyncio.Task[Any]] = set()
         self._kills_sent: set[str] = set()
+        self._cleanups: dict[str, list[str]] = {}
         self._token: tuple[int, ...] | None = None
         self._attachment = (0, 0)  # ``Txn.attachment`` of the last tick
         self._last_tick = 0.0
@@ -178,19 +184,33 @@ class Dispatcher(HostJobs):
     async def _wait_for_work(self) -> None:
         """Return when woken, when another process wrote the queue (``queue add``, cancel: they
         cannot wake us, so poll the file's change token, a stat), or after ``idle_tick``."""
-        deadline = time.monotonic() + self.options.idle_tick
+        start = time.monotonic()
+        deadline = start + self.options.idle_tick
         if not self._kept:
             self.store.release()
+        elif self.store.wanted():
+            await self._let_in()
         while not self._wake.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(left, self.options.queue_poll))
-            # Nothing came for a poll interval: no busy tick follows, so let other processes in.
-            self.store.release()
+            if self._kept and self.store.wanted():
+                await self._let_in()
+            elif time.monotonic() - start >= RELEASE_IDLE:
+                self._kept = False  # quiet now: let other processes in
+                self.store.release()
             if self.store.change_token() != self._token:
                 return
+
+    async def _let_in(self) -> None:
+        """Release the kept queue file to a process waiting for it, and give it a moment."""
+        self._kept = False
+        self.store.release()
+        until = time.monotonic() + YIELD_MAX
+        while self.store.wanted() and time.monotonic() < until:
+            await asyncio.sleep(0.01)
 
     def _done(self) -> bool:
         if self.options.forever or self._jobs or self.active or self._reports:
@@ -236,8 +256,12 @@ class Dispatcher(HostJobs):
                 self._apply_report(tx, host, report)
             self._expire_unreachable(tx, now)
             # Resumes made from another terminal show up within a second; a suspended host is
-            # looked at every tick. Skipping it saves a statement on most busy ticks.
-            if now - self._synced_at >= 1.0 or any(h.suspended for h in self.hosts.values()):
+            # looked at every tick. Skipping it saves a statement on most busy ticks. While the
+            # attachment is continuous nobody else wrote: only our own suspensions are news.
+            if self.suspensions.unwritten(self.hosts) or (
+                not continuous
+                and (now - self._synced_at >= 1.0 or any(h.suspended for h in self.hosts.values()))
+            ):
                 self._synced_at = now
                 self.suspensions.sync(tx, self.hosts, self.reporter)
             tally = tx.tally()
@@ -252,8 +276,12 @@ class Dispatcher(HostJobs):
         self._token = self.store.change_token()
         if launches:
             crash_point("placed")  # test hook: die between `launching` and the launch
+        by_host: dict[str, list[Task]] = {}
         for task in launches:
-            self._spawn(self._launch(task))
+            by_host.setdefault(task.host or "", []).append(task)
+        for host, tasks in by_host.items():
+            self._spawn(self._launch(host, tasks))
+        self._send_cleanups()
         self._send_cancels()
         self._refresh_gpus(now)
         self.reporter.update(self.snapshot())

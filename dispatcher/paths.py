@@ -57,6 +57,12 @@ def logs_dir(db_path: Path) -> Path:
     return db_path.with_name(db_path.stem + ".logs")
 
 
+def wanted_path(db_path: Path) -> Path:
+    """Present while some process waits for the queue file that a busy dispatcher keeps
+    attached: the dispatcher lets go when it sees it (see ``Store.wanted``)."""
+    return db_path.with_name(db_path.name + ".wanted")
+
+
 def lock_path(db_path: Path) -> Path:
     """The dispatcher's lock file for the queue at ``db_path``."""
     return db_path.with_name(db_path.name + ".dispatch.lock")

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from dispatcher.hosts import HostsConfig
 
 S = TaskState
+#: A launch reply wakes a round after this long, so that under load it joins the next exit's.
+RUNNING_WAKE = 0.1
 
 
 @dataclass
@@ -68,6 +70,7 @@ class HostJobs:
     _wake: asyncio.Event
     _jobs: set[asyncio.Task[Any]]
     _kills_sent: set[str]
+    _cleanups: dict[str, list[str]]  # host -> run ids to clean up after this round
     _last_tails: float
     _last_tick: float
 
@@ -78,7 +81,18 @@ class HostJobs:
 
     def _on_report(self, host: str, report: dict[str, Any]) -> None:
         if report.get("state") == "exited":
-            self._spawn(self._collect(host, report))
+            if self._needs_copy(host, report):
+                self._spawn(self._collect(host, report))
+                return
+            try:  # the log came inline (or there is none) and no output files: no job needed
+                self.collector.write_inline(report)
+            except OSError as err:
+                self.reporter.log(
+                    f"{host}: could not save the log of run {report.get('run_id')}: {err}",
+                    style="yellow",
+                )
+            self._reports.append((host, report))
+            self._wake.set()
         else:
             self._reports.append((host, report))
             self._wake.set()
@@ -96,6 +110,14 @@ class HostJobs:
             return  # connection lost: the probe after reconnecting reports this exit again
         self._reports.append((host, report))
         self._wake.set()
+
+    def _needs_copy(self, host: str, report: dict[str, Any]) -> bool:
+        """True unless the log is in the report (or empty) and there are no outputs to copy."""
+        if report.get("log_size") and not isinstance(report.get("log"), str):
+            return True
+        run_id = report.get("run_id")
+        task = next((t for t in self.active.values() if t.run_id == run_id), None)
+        return bool(self.hosts[host].session.spec.outputs or getattr(task, "outputs", ()))
 
     async def _copy_outputs(self, host: str, report: dict[str, Any]) -> bool:
         """Copy the task's output files (hosts.toml ``outputs`` and its own); False if the host
@@ -129,7 +151,7 @@ class HostJobs:
             if state in ("running", "starting"):
                 self._spawn(self._kill(host, run_id))
             elif state == "exited":
-                self._spawn(self._cleanup(host, [run_id]))
+                self._cleanups.setdefault(host, []).append(run_id)
             hs.orphans.discard(run_id)
             return
         if state in ("running", "starting"):
@@ -140,14 +162,14 @@ class HostJobs:
                     self.active[task.id] = moved
         elif state == "exited":
             self._finish(tx, task, outcome_of(report, task))
-            self._spawn(self._cleanup(host, [run_id]))
+            self._cleanups.setdefault(host, []).append(run_id)
         elif state == "lost":
             self._finish(
                 tx, task, lost_outcome(task, "its process vanished without an exit record")
             )
         elif state == "absent":
             if task.state is S.LAUNCHING:
-                self._spawn(self._launch(task))  # never created: send the same run id again
+                self._spawn(self._launch(host, [task]))  # never created: send the same id again
             else:
                 self._finish(tx, task, lost_outcome(task, "its run directory vanished"))
         elif state == "launch_error":
@@ -188,6 +210,7 @@ class HostJobs:
             self.runtimes.append((moved.finished_at - moved.started_at).total_seconds())
         if self.config.on_finish and final in HOOK_STATES:
             log = log_path(self.collector.logs_dir, task.run_id) if task.run_id else None
+            log = log if log is not None and log.exists() else None  # none: it printed nothing
             warn = functools.partial(self.reporter.log, style="yellow")
             self._spawn(on_finish(self.config.on_finish, moved, final, log, warn))
         word = {S.SUCCEEDED: "green", S.CANCELLED: "yellow"}.get(outcome.state, "red")
@@ -239,9 +262,8 @@ class HostJobs:
 
         job.add_done_callback(done)
 
-    async def _launch(self, task: Task) -> None:
-        hs = self.hosts[task.host or ""]
-        spec = hs.session.spec
+    def _launch_spec(self, task: Task) -> dict[str, Any]:
+        spec = self.hosts[task.host or ""].session.spec
         env = dict(spec.env)
         env.update(
             {
@@ -253,7 +275,7 @@ class HostJobs:
                 "LABTASKER_ARGS": json.dumps(task.args, ensure_ascii=False),
             }
         )
-        launch = {
+        return {
             "command": task.command,
             "setup": spec.setup,
             "workdir": spec.workdir,
@@ -262,20 +284,35 @@ class HostJobs:
             "kill_grace": spec.kill_grace,
             "task_id": task.id,
         }
+
+    async def _launch(self, host: str, tasks: list[Task]) -> None:
+        """Launch ``tasks`` (all placed on ``host``) in one request."""
+        hs = self.hosts[host]
+        runs = [{"run_id": t.run_id, "spec": self._launch_spec(t)} for t in tasks]
         try:
-            reply = await hs.session.call("launch", run_id=task.run_id, spec=launch)
+            reply = await hs.session.call("launches", runs=runs)
         except (ConnectionLostError, TransportError):
-            return  # outcome unknown: stays launching; the probe after reconnecting decides
+            return  # outcome unknown: they stay launching; the probe after reconnecting decides
         except RemoteError as err:
-            self._on_report(
-                task.host or "", {"run_id": task.run_id, "state": "launch_error", "error": str(err)}
-            )
+            for t in tasks:
+                report = {"run_id": t.run_id, "state": "launch_error", "error": str(err)}
+                self._on_report(host, report)
             return
-        crash_point("sent")  # test hook: die with the run started, its start unrecorded
-        if reply.get("status") == "exists" and isinstance(reply.get("run"), dict):
-            self._on_report(task.host or "", reply["run"])
-        else:
-            self._on_report(task.host or "", {"run_id": task.run_id, "state": "running"})
+        crash_point("sent")  # test hook: die with the runs started, their start unrecorded
+        results = reply.get("runs") or {}
+        for t in tasks:
+            got = results.get(t.run_id)
+            got = got if isinstance(got, dict) else {"status": "error", "error": "no reply"}
+            if got.get("status") == "exists" and isinstance(got.get("run"), dict):
+                report = got["run"]
+            elif got.get("status") == "started":
+                report = {"run_id": t.run_id, "state": "running"}
+            else:
+                error = f"{host}: {got.get('error')}"
+                report = {"run_id": t.run_id, "state": "launch_error", "error": error}
+            self._reports.append((host, report))
+        # Recording "running" can wait for the next round (an exit's, most often) when busy.
+        asyncio.get_running_loop().call_later(RUNNING_WAKE, self._wake.set)
 
     async def _kill(self, host: str, run_id: str) -> None:
         hs = self.hosts[host]
@@ -285,6 +322,12 @@ class HostJobs:
     async def _cleanup(self, host: str, run_ids: list[str]) -> None:
         with contextlib.suppress(DispatcherError):
             await self.hosts[host].session.call("cleanup", runs=run_ids)
+
+    def _send_cleanups(self) -> None:
+        """One ``cleanup`` request per host for the runs whose exits this round recorded."""
+        cleanups, self._cleanups = self._cleanups, {}
+        for host, run_ids in cleanups.items():
+            self._spawn(self._cleanup(host, run_ids))
 
     def _send_cancels(self) -> None:
         for task in self.active.values():

@@ -43,6 +43,12 @@ class SuspensionSync:
         self._started = False
         self._written: set[str] = set()
 
+    def unwritten(self, hosts: Mapping[str, HostState]) -> bool:
+        """True before the first sync, or while a suspension is not yet in the queue file."""
+        return not self._started or any(
+            hs.suspended and name not in self._written for name, hs in hosts.items()
+        )
+
     def sync(self, tx: Txn, hosts: Mapping[str, HostState], reporter: _Log) -> None:
         """Write new suspensions; apply resumes made elsewhere (``labtasker hosts resume``).
 

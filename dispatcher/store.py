@@ -4,10 +4,12 @@ Several processes share one DuckDB file, and DuckDB lets only one process have i
 process keeps it open for long: each operation is one short transaction. A process holds one
 in-memory DuckDB instance; a transaction ATTACHes the file (which takes DuckDB's file lock), runs
 BEGIN ... COMMIT (ROLLBACK on error), then DETACHes it (checkpoint, lock released). A busy
-dispatcher may leave it attached between back-to-back transactions (``Txn.keep``), for at most a
-few hundred milliseconds in all, and ``release`` ends that at once. An ATTACH refused because
-another process holds the file is retried with exponential backoff and jitter until the lock
-timeout (120 s; env LABTASKER_LOCK_TIMEOUT), then StoreLockedError. Guarantees: every committed
+dispatcher may leave it attached between back-to-back transactions (``Txn.keep``), for a few
+seconds at most, and ``release`` ends that at once. An ATTACH refused because another process
+holds the file creates ``<queue>.wanted`` (removed once that process is done with the file): a
+dispatcher keeping the file releases it when it sees that (``wanted``). The refused ATTACH is
+retried with exponential backoff and jitter until the lock timeout (120 s; env
+LABTASKER_LOCK_TIMEOUT), then StoreLockedError. Guarantees: every committed
 write is durable and none is lost to a concurrent writer; a failed operation changes nothing.
 ``change_token`` lets a polling reader skip the file while nobody has written it. The SQL lives
 in ``store_txn`` (reads, user operations), ``store_move`` (``Txn.move``, the one function that
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from dispatcher import store_schema as schema
 from dispatcher.errors import StoreError, StoreLockedError, StoreVersionError, UsageError
 from dispatcher.models import NewTask, Task, TaskState
-from dispatcher.paths import ensure_private_dir, resolve_db_path
+from dispatcher.paths import ensure_private_dir, resolve_db_path, wanted_path
 from dispatcher.store_schema import duckdb
 from dispatcher.store_txn import Attempt, CancelResult, MoveRequest, Tally, Txn
 
@@ -52,6 +54,8 @@ __all__ = [
 LOCK_TIMEOUT_ENV = "LABTASKER_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 120.0
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.002, 0.1
+#: A waiting process touches ``wanted_path`` at every try (at least every _BACKOFF_MAX).
+_WISH_FRESH = 1.0
 # File times tick with the kernel's coarse clock; a token this fresh could miss a second write.
 _RACY_NS = 100_000_000
 _aliases = itertools.count()
@@ -72,6 +76,7 @@ class _Kept:
     serial: int  # which attachment: a new one may follow writes by other processes
     since: float  # monotonic time of the ATTACH
     uses: int = 0  # transactions run on it so far
+    wished: bool = False  # it waited for the file, so removes ``wanted_path`` when done
 
 
 _kept: dict[Path, _Kept] = {}
@@ -185,23 +190,17 @@ class Store:
         con = _connection()
         serial = next(_aliases)
         alias = f"labtasker_q{serial}"
+        kept = _Kept(os.getpid(), con, alias, serial, time.monotonic())
         try:
-            self._attach(con, alias)
-            try:
-                con.execute(f"USE {alias}")
-                schema.migrate(con, alias, self.path)
-            except BaseException:
-                with contextlib.suppress(duckdb.Error):
-                    con.execute("USE memory")
-                    con.execute(f"DETACH {alias}")
-                raise
+            kept.wished = self._attach(con, alias)
+            con.execute(f"USE {alias}")
+            schema.migrate(con, alias, self.path)
         except BaseException:
-            con.close()
+            self._close(kept, failing=True)
             raise
-        return _Kept(os.getpid(), con, alias, serial, time.monotonic())
+        return kept
 
-    @staticmethod
-    def _close(kept: _Kept, *, failing: bool) -> None:
+    def _close(self, kept: _Kept, *, failing: bool) -> None:
         """DETACH (checkpoint, lock released); errors are raised unless already failing."""
         con = kept.con
         try:
@@ -212,20 +211,40 @@ class Store:
                 raise
         finally:
             con.close()
+            if kept.wished:
+                with contextlib.suppress(OSError):
+                    wanted_path(self.path).unlink()
 
-    def _attach(self, con: duckdb.DuckDBPyConnection, alias: str) -> None:
+    def wanted(self) -> bool:
+        """True while another process waits for the file (see the module docstring): its
+        request was touched within the last second (one left by a killed process goes stale)."""
+        try:
+            return time.time() - os.stat(wanted_path(self.path)).st_mtime < _WISH_FRESH
+        except OSError:
+            return False
+
+    def _attach(self, con: duckdb.DuckDBPyConnection, alias: str) -> bool:
+        """ATTACH, waiting while another process holds the file; True if it had to wait."""
         deadline = time.monotonic() + self.lock_timeout
         delay = _BACKOFF_FIRST
+        wished = False
         while True:
             try:
                 con.execute(f"ATTACH ? AS {alias}", [str(self.path)])
-                return
+                return wished
             except duckdb.Error as err:
                 if not _is_lock_conflict(err):
                     raise
                 holder = str(err)
+            with contextlib.suppress(OSError):  # touched at every try: a stale one is ignored
+                os.close(os.open(wanted_path(self.path), os.O_WRONLY | os.O_CREAT, 0o600))
+                os.utime(wanted_path(self.path))
+                wished = True
             left = deadline - time.monotonic()
             if left <= 0:
+                if wished:
+                    with contextlib.suppress(OSError):
+                        wanted_path(self.path).unlink()
                 raise self._locked_error(_holder(holder))
             time.sleep(min(left, random.uniform(delay / 2, delay)))
             delay = min(delay * 2, _BACKOFF_MAX)

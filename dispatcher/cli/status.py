@@ -145,8 +145,9 @@ def logs(
         task = tx.get(task_id)
     if task.run_id:
         local = log_path(logs_dir(store.path), task.run_id)
-        if local.exists() and task.state not in ACTIVE_STATES:
-            sys.stdout.buffer.write(local.read_bytes())
+        if task.state not in ACTIVE_STATES:
+            # No copy: the run printed nothing (no file is kept for an empty log).
+            sys.stdout.buffer.write(local.read_bytes() if local.exists() else b"")
             return
     if task.state not in ACTIVE_STATES or not task.run_id or not task.host:
         raise UsageError(f"task {task_id} has no output yet (state {task.state})")

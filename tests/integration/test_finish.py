@@ -26,7 +26,8 @@ with open(sys.argv[1], "a") as f:
 """
 #: Writes out/r<i>.json, a file outside the workdir and a link to it, and fails for i == 2.
 TASK = (
-    "mkdir -p out && echo '{\"i\": %{i}}' > out/r%{i}.json && echo big > out/skip.txt"
+    "echo task %{i} && mkdir -p out && echo '{\"i\": %{i}}' > out/r%{i}.json"
+    " && echo big > out/skip.txt"
     " && echo secret > ../outside-%{i}.txt && ln -sf ../../outside-%{i}.txt out/link%{i}.json"
     " && test %{i} -ne 2"
 )
@@ -61,8 +62,9 @@ def check_finish(lab: Lab, workdir: Path, host: str, hosts: Path, hook_log: Path
     assert ok["LABTASKER_HOST"] == host and ok["LABTASKER_NAME"] == "fin"
     assert json.loads(ok["LABTASKER_ARGS"]) == {"i": 1}
     assert float(ok["LABTASKER_RUNTIME"]) >= 0 and ok["LABTASKER_GPUS"] == ""
-    assert ok["LABTASKER_COMMAND"].startswith("mkdir -p out")
-    assert Path(ok["LABTASKER_LOG"]).is_file()  # the log was copied before the task was final
+    assert ok["LABTASKER_COMMAND"].startswith("echo task 1 && mkdir -p out")
+    # The log was copied before the task was final.
+    assert Path(ok["LABTASKER_LOG"]).read_text() == "task 1\n"
     for task_id, i in zip(ids, (1, 2), strict=True):
         dest = lab.root / "queue.outputs" / str(task_id)
         names = {p.name for p in (dest / "out").iterdir()}  # the workdir is shared: r1 stays

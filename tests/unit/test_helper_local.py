@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher.errors import RemoteError
 from tests.helper_harness import (
     LocalHelper,
     eventually,
@@ -379,3 +380,47 @@ async def test_probe_of_many_runs_stays_within_the_inline_budget(helper: LocalHe
     omitted = [r for r in reports.values() if r["inline_omitted"]]
     assert 0 < len(inline) < len(ids) and len(inline) + len(omitted) == len(ids)
     assert json.dumps(reports).__len__() < 2 * 1024 * 1024
+
+
+async def test_a_plain_command_is_executed_without_a_shell(
+    helper: LocalHelper, tmp_path: Path
+) -> None:
+    script = tmp_path / "argv.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "json.dump({'argv': sys.argv[1:], 'pwd': os.environ.get('PWD'), 'cwd': os.getcwd()},"
+        " open(os.environ['LABTASKER_RESULT'], 'w'))\n"
+    )
+    work = tmp_path / "work"
+    await helper.launch("plain", f"{sys.executable} {script} --lr=0.1 a\tb%", workdir=str(work))
+    rep = await helper.wait_exit("plain")
+    # Words split as bash splits them; PWD set as bash would have set it.
+    assert rep["result"] == {"argv": ["--lr=0.1", "a", "b%"], "pwd": str(work), "cwd": str(work)}
+    await helper.launch("missing", "no-such-program-x --flag")
+    rep = await helper.wait_exit("missing")
+    assert rep["exit_code"] == 127 and "no-such-program-x: command not found" in log_text(rep)
+    assert "command not found" in rep["error"]
+    (tmp_path / "noexec").write_text("#!/bin/sh\n")
+    await helper.launch("denied", str(tmp_path / "noexec"))
+    rep = await helper.wait_exit("denied")
+    assert rep["exit_code"] == 126 and "permission denied" in log_text(rep)
+    # Anything with shell syntax still goes through bash.
+    await helper.launch("shell", f"{sys.executable} {script} $LABTASKER_RUN_ID 'x y'")
+    assert (await helper.wait_exit("shell"))["result"]["argv"] == ["shell", "x y"]
+
+
+async def test_launches_starts_many_runs_in_one_request(helper: LocalHelper) -> None:
+    runs = [
+        {"run_id": "b1", "spec": {"command": "exit 3"}},
+        {"run_id": "b2", "spec": {"command": "  "}},
+        {"run_id": "b3", "spec": {"command": "echo three"}},
+    ]
+    got = (await helper.call("launches", runs=runs))["runs"]
+    assert got["b1"]["status"] == got["b3"]["status"] == "started"
+    assert got["b2"]["status"] == "error" and "spec.command" in got["b2"]["error"]
+    assert (await helper.wait_exit("b1"))["exit_code"] == 3
+    assert log_text(await helper.wait_exit("b3")) == "three\n"
+    again = (await helper.call("launches", runs=runs[:1]))["runs"]["b1"]
+    assert again["status"] == "exists" and again["run"]["exit_code"] == 3
+    with pytest.raises(RemoteError, match="bad run_id"):
+        await helper.call("launches", runs=[{"run_id": "../x", "spec": {"command": "true"}}])

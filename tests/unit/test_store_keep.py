@@ -6,12 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dispatcher.models import NewTask, TaskState
+from dispatcher.paths import wanted_path
 from dispatcher.store import MoveRequest, Store
 
 S = TaskState
@@ -137,3 +139,27 @@ def test_several_moves_of_one_task_are_one_write_with_every_attempt(store: Store
     assert [(x.run_id, x.outcome, x.exit_code, x.host) for x in attempts] == [
         ("a1", S.FAILED, 3, "h")
     ]
+
+
+def test_a_process_waiting_for_a_kept_file_asks_for_it(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    store = Store(db, lock_timeout=30)
+    with store.transaction() as tx:
+        tx.keep = 60.0  # a busy dispatcher's attachment, kept after the commit
+    assert not store.wanted()
+    code = (
+        f"from dispatcher.store import Store; print(Store({str(db)!r}, lock_timeout=30).counts())"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not store.wanted():
+            assert child.poll() is None and time.monotonic() < deadline, "no wish seen"
+            time.sleep(0.01)
+        assert wanted_path(db).exists()
+        store.release()
+        out, _ = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == 0 and "PENDING" in out, out
+    assert not store.wanted()  # removed by the process that waited, once done
