@@ -40,6 +40,8 @@ REASON_REFRESH = 1.0
 #: it saves ATTACH, schema check and DETACH (a checkpoint). A process that wants the file says so
 #: (``Store.wanted``) and gets it within a poll interval; others wait at most about this long.
 KEEP_ATTACHED = 2.0
+#: Plain pending candidates are read this many at a time and kept across continuous rounds.
+CANDIDATE_READ = 256
 #: Release a kept queue file after this long without a tick.
 RELEASE_IDLE = 0.3
 #: After letting a waiting process in, leave the file to it for at most this long.
@@ -77,6 +79,13 @@ class Reporter(Protocol):
     def log(self, message: str, *, style: str = "") -> None: ...
 
     def update(self, snapshot: Snapshot) -> None: ...
+
+
+def _plus(
+    base: dict[TaskState, int], delta: dict[TaskState, int], seen: dict[TaskState, int]
+) -> dict[TaskState, int]:
+    """``base`` counts plus the moves in ``delta`` not already in them (``seen``)."""
+    return {s: base.get(s, 0) + delta.get(s, 0) - seen.get(s, 0) for s in TaskState}
 
 
 def new_run_id(task: Task) -> str:
@@ -124,6 +133,10 @@ class Dispatcher(HostJobs):
         self._reasons_at = 0.0
         self._synced_at = -1e9
         self.suspensions = SuspensionSync()
+        self._tally: Tally | None = None  # the last one read
+        self._end_counts: dict[TaskState, int] = dict(self.counts)  # after the last round
+        self._pending: list[Task] | None = None  # the pending rows read last (``_candidates``)
+        self._pending_all = False  # ... and they were all of them
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -264,14 +277,21 @@ class Dispatcher(HostJobs):
             ):
                 self._synced_at = now
                 self.suspensions.sync(tx, self.hosts, self.reporter)
-            tally = tx.tally()
-            self.counts = tally.counts
-            if not continuous:
-                self._merge_active(tx, tally)
-            launches = self._place(tx, plain=not (tally.pending_after or tally.pending_throttled))
-            if launches:
-                self.counts[S.PENDING] -= len(launches)
-                self.counts[S.LAUNCHING] += len(launches)
+            # Nobody else wrote since our last round and none of our moves re-entered pending:
+            # the counts follow from our own moves, and the pending rows read then still hold.
+            tx.flush()
+            reuse = continuous and self._tally is not None and not tx.to_pending
+            if reuse and self._tally is not None:
+                tally, base, seen = self._tally, self._end_counts, {}
+            else:
+                tally = self._tally = tx.tally()
+                base, seen = tally.counts, dict(tx.delta)
+                if not continuous:
+                    self._merge_active(tx, tally)
+            self.counts = _plus(base, tx.delta, seen)
+            plain = not (tally.pending_after or tally.pending_throttled)
+            launches = self._place(tx, plain=plain, reuse=reuse)
+        self._end_counts = self.counts = _plus(base, tx.delta, seen)
         self._attachment = tx.attachment
         self._token = self.store.change_token()
         if launches:
@@ -338,7 +358,19 @@ class Dispatcher(HostJobs):
             recently_released=released,
         )
 
-    def _place(self, tx: Txn, *, plain: bool = False) -> list[Task]:
+    def _candidates(self, tx: Txn, need: int, *, plain: bool, reuse: bool) -> list[Task]:
+        """The first ``need`` pending candidates. Plain ones (no dependencies or throttles) are
+        read CANDIDATE_READ at a time and kept while ``reuse`` says nobody else changed them."""
+        rows = self._pending
+        if plain and reuse and rows is not None and (len(rows) >= need or self._pending_all):
+            return rows[:need]
+        want = max(need, CANDIDATE_READ) if plain else need
+        rows = tx.pending_candidates(limit=want, plain=plain)
+        self._pending = rows if plain else None
+        self._pending_all = len(rows) < want
+        return rows[:need]
+
+    def _place(self, tx: Txn, *, plain: bool = False, reuse: bool = False) -> list[Task]:
         self._placed_last = False
         if self._stop or not self.counts[S.PENDING]:
             self.unplaceable = {}
@@ -356,7 +388,7 @@ class Dispatcher(HostJobs):
             # ends, and its exit wakes a tick. Skip the candidate query, which scans the
             # pending rows (about 0.3 s every idle tick with a million pending).
             return []
-        candidates = tx.pending_candidates(limit=free * 2 + 64, plain=plain)
+        candidates = self._candidates(tx, free * 2 + 64, plain=plain, reuse=reuse)
         running: dict[str, int] = {}  # active tasks per sweep, for max_running
         for t in self.active.values():
             running[t.sweep] = running.get(t.sweep, 0) + 1
@@ -372,6 +404,8 @@ class Dispatcher(HostJobs):
         launches = [t for t in tx.move_many(requests, known=by_id) if t is not None]
         for moved in launches:
             self.active[moved.id] = moved
+        if launches and self._pending is not None:
+            self._pending = [t for t in self._pending if t.id not in self.active]
         # Write only the reasons that differ from the rows just read, and while busy refresh
         # the ones already shown (their "N tasks ahead" changes every tick) once a second:
         # reasons are for display, and a write per tick would cost more than the rest of it.
@@ -385,6 +419,10 @@ class Dispatcher(HostJobs):
         }
         if reasons:
             tx.set_reasons(reasons)
+            if self._pending is not None:
+                self._pending = [
+                    t.replace(reason=reasons[t.id]) if t.id in reasons else t for t in self._pending
+                ]
             self._reasons_at = now if refresh else self._reasons_at
         self.unplaceable = dict(result.impossible)
         if not candidates and self.counts[S.PENDING]:

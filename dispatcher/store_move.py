@@ -142,6 +142,10 @@ class Mover:
         #: (which attachment of the file, which transaction on it): the same attachment with
         #: the next number means that no other transaction ran in between, here or elsewhere.
         self.attachment = (0, 0)
+        #: Tasks per state gained (lost, if negative) by the moves written so far, and whether
+        #: any of them entered pending: a caller that knows the counts before can skip a read.
+        self.delta: dict[TaskState, int] = {}
+        self.to_pending = False
 
     @property
     def con(self) -> Any:
@@ -335,6 +339,10 @@ class Mover:
                 f"{self.path}: {len(planned) - changed} of {len(planned)} tasks were not in the"
                 " state this process expected; the transaction was rolled back, retry"
             )
+        for p in planned:
+            self.delta[p.old.state] = self.delta.get(p.old.state, 0) - 1
+            self.delta[p.task.state] = self.delta.get(p.task.state, 0) + 1
+            self.to_pending = self.to_pending or p.task.state is TaskState.PENDING
         attempts = [row for p in planned for row in p.attempt_rows]
         if attempts:
             self._con.execute(
