@@ -279,7 +279,8 @@ class Dispatcher(HostJobs):
                 self.suspensions.sync(tx, self.hosts, self.reporter)
             # Nobody else wrote since our last round and none of our moves re-entered pending:
             # the counts follow from our own moves, and the pending rows read then still hold.
-            tx.flush()
+            # Then nothing is read before the placements, and the round's moves (exits and
+            # placements) go out together at commit.
             reuse = continuous and self._tally is not None and not tx.to_pending
             if reuse and self._tally is not None:
                 tally, base, seen = self._tally, self._end_counts, {}
@@ -401,13 +402,19 @@ class Dispatcher(HostJobs):
             fields: dict[str, Any] = {"host": placement.host, "gpu_ids": list(placement.gpu_ids)}
             fields.update(attempt=task.attempt + 1, reason=None, exit_code=None, result=None)
             requests.append(MoveRequest(task.id, S.LAUNCHING, new_run_id(task), fields))
-        launches = [t for t in tx.move_many(requests, known=by_id) if t is not None]
+        tx.hold(by_id)  # written with the round's other moves
+        launches = [
+            m
+            for r in requests
+            if (m := tx.move(r.task_id, r.new, run_id=r.run_id, **r.fields)) is not None
+        ]
         for moved in launches:
             self.active[moved.id] = moved
         if launches and self._pending is not None:
             self._pending = [t for t in self._pending if t.id not in self.active]
-        # Write only the reasons that differ from the rows just read, and while busy refresh
-        # the ones already shown (their "N tasks ahead" changes every tick) once a second:
+        # Write only the reasons that differ from the rows just read, and while busy only once
+        # a second (their "N tasks ahead" changes every tick, and the next tasks in line are
+        # placed within a round or two) but at once for tasks that can never be placed:
         # reasons are for display, and a write per tick would cost more than the rest of it.
         now = time.monotonic()
         # Idle ticks write every change: the last plan before dispatch ends must be on record.
@@ -415,7 +422,7 @@ class Dispatcher(HostJobs):
         reasons = {
             i: r
             for i, r in {**result.waiting, **result.impossible}.items()
-            if i in by_id and by_id[i].reason != r and (refresh or by_id[i].reason is None)
+            if i in by_id and by_id[i].reason != r and (refresh or i in result.impossible)
         }
         if reasons:
             tx.set_reasons(reasons)

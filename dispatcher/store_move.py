@@ -210,6 +210,7 @@ class Mover:
                     return None
                 self._deferred.append(req)
                 self._held[task_id] = planned.task
+                self.to_pending = self.to_pending or planned.task.state is TaskState.PENDING
                 return planned.task
         if task is not None and task.id == task_id:
             planned = plan_move(task, req, self._now)
@@ -276,6 +277,15 @@ class Mover:
         self._deferred = []
         self._held = dict(held)
         self._held_start = dict(held)
+
+    def hold(self, tasks: Mapping[int, Task]) -> None:
+        """Add rows read in this transaction to those ``defer_moves`` holds, so that their moves
+        are deferred too (and written in the same statements)."""
+        if self._deferred is None:
+            raise RuntimeError("hold() needs defer_moves() first")
+        for task_id, task in tasks.items():
+            self._held.setdefault(task_id, task)
+            self._held_start.setdefault(task_id, task)
 
     def flush(self) -> None:
         """Write the moves ``defer_moves`` has gathered (no-op when none)."""
