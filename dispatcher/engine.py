@@ -36,6 +36,8 @@ BUSY_REPORTS = 8
 #: it saves ATTACH, schema check and DETACH (a checkpoint). A process that wants the file says so
 #: (``Store.wanted``) and gets it within a poll interval; others wait at most about this long.
 KEEP_ATTACHED = 2.0
+#: The progress display gets a new snapshot at most this often.
+SHOW_EVERY = 0.25
 #: Release a kept queue file after this long without a tick.
 RELEASE_IDLE = 0.3
 #: After letting a waiting process in, leave the file to it for at most this long.
@@ -122,6 +124,7 @@ class Dispatcher(Placer, HostJobs):
         self._reasons_at = 0.0
         self._synced_at = -1e9
         self.suspensions = SuspensionSync()
+        self._shown_at = -1e9
         self._tally: Tally | None = None  # the last one read
         self._end_counts: dict[TaskState, int] = dict(self.counts)  # after the last round
         self._pending: list[Task] | None = None  # the pending rows read last (``_candidates``)
@@ -151,6 +154,7 @@ class Dispatcher(Placer, HostJobs):
         runners = [asyncio.ensure_future(h.session.run()) for h in self.hosts.values()]
         try:
             await self._loop()
+            self.reporter.update(self.snapshot())  # the last state, whenever the last one was
         finally:
             self.store.release()
             for job in list(self._jobs):
@@ -294,7 +298,9 @@ class Dispatcher(Placer, HostJobs):
         self._send_cleanups()
         self._send_cancels()
         self._refresh_gpus(now)
-        self.reporter.update(self.snapshot())
+        if now - self._shown_at >= SHOW_EVERY:  # a live view redraws 4 times a second
+            self._shown_at = now
+            self.reporter.update(self.snapshot())
 
     def _merge_active(self, tx: Txn, tally: Tally) -> None:
         """Bring ``self.active`` up to date after other transactions may have run.

@@ -344,6 +344,21 @@ def plain_words(command: str, setup: Optional[str], env: Dict[str, str]) -> Opti
     return words
 
 
+_FOUND: Dict[Tuple[str, Optional[str]], str] = {}
+
+
+def _which(name: str, path: Optional[str]) -> Optional[str]:
+    """shutil.which, remembering what it found (a program removed since fails at exec with
+    the same "command not found"); a miss is looked up again next time."""
+    key = (name, path)
+    if key not in _FOUND:
+        found = shutil.which(name, path=path)
+        if found is None or not os.path.isabs(found):  # relative PATH entries: not cached
+            return found
+        _FOUND[key] = found
+    return _FOUND[key]
+
+
 def spawn(argv: List[Any], env: Dict[str, str], workdir: str, log: int, umask: int) -> Any:
     """Start argv in workdir, in a session of its own, stdin on /dev/null, stdout and stderr
     to ``log``; return its pid, or a Popen (keep it: its pid is reaped by the caller).
@@ -354,7 +369,7 @@ def spawn(argv: List[Any], env: Dict[str, str], workdir: str, log: int, umask: i
     old = os.umask(umask)  # the task creates files as from the user's own shell
     try:
         os.chdir(workdir)
-        exe = argv[0] if "/" in str(argv[0]) else shutil.which(argv[0], path=env.get("PATH"))
+        exe = argv[0] if "/" in str(argv[0]) else _which(argv[0], env.get("PATH"))
         if exe is None:
             raise FileNotFoundError(errno.ENOENT, "command not found", argv[0])
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
