@@ -67,3 +67,17 @@ def test_logs_follow_streams_from_the_host_until_the_task_ends(lab: Lab) -> None
     code, _, err = finish(proc)
     assert code == 0, err
     assert lab.ok("logs", str(task)) == out  # the collected copy says the same
+
+
+def test_a_task_that_printed_nothing_has_empty_logs_and_no_log_file(lab: Lab) -> None:
+    hosts = lab.hosts_toml("cpu")
+    out = lab.ok("queue", "add", "--json", "--args", "{}", "--cmd", "true")
+    ids = json.loads(out)
+    (task,) = ids["ids"] if isinstance(ids, dict) else ids
+    code, _, err = finish(lab.start("dispatch", "--hosts", str(hosts)))
+    assert code == 0, err
+    assert lab.task(task)["state"] == "succeeded"
+    done = lab.run("logs", str(task))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    logs = lab.root / "queue.logs"
+    assert not (logs.exists() and any(logs.iterdir()))  # no file kept for an empty log
