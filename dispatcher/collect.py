@@ -64,26 +64,22 @@ class LogCollector:
     async def fetch(self, session: _Caller, report: dict[str, Any]) -> Path | None:
         """Copy the run's log; inline data when the report has it, else chunked reads. A run
         that printed nothing gets no file (None): most short tasks, and a file each costs."""
-        run_id = str(report["run_id"])
-        inline = report.get("log")
         size = int(report.get("log_size") or 0)
-        if not size and not inline:
-            return None
+        if isinstance(report.get("log"), str) or not size:
+            return self.write_inline(report)
+        run_id = str(report["run_id"])
         fd = self._open(run_id)
         try:
-            if isinstance(inline, str):
-                os.write(fd, base64.b64decode(inline))
-            else:
-                offset = 0
-                while offset < size:
-                    reply = await session.call(
-                        "read", run_id=run_id, offset=offset, size=CHUNK, timeout=60.0
-                    )
-                    data = base64.b64decode(reply.get("data") or "")
-                    if not data:
-                        break
-                    os.write(fd, data)
-                    offset += len(data)
+            offset = 0
+            while offset < size:
+                reply = await session.call(
+                    "read", run_id=run_id, offset=offset, size=CHUNK, timeout=60.0
+                )
+                data = base64.b64decode(reply.get("data") or "")
+                if not data:
+                    break
+                os.write(fd, data)
+                offset += len(data)
         finally:
             os.close(fd)
         return log_path(self.logs_dir, run_id)

@@ -274,9 +274,10 @@ class Dispatcher(Placer, HostJobs):
             # the counts follow from our own moves, and the pending rows read then still hold.
             # Then nothing is read before the placements, and the round's moves (exits and
             # placements) go out together at commit.
-            reuse = continuous and self._tally is not None and not tx.to_pending
-            if reuse and self._tally is not None:
-                tally, base, seen = self._tally, self._end_counts, {}
+            last = self._tally if continuous and not tx.to_pending else None
+            reuse = last is not None
+            if last is not None:
+                tally, base, seen = last, self._end_counts, {}
             else:
                 tally = self._tally = tx.tally()
                 base, seen = tally.counts, dict(tx.delta)

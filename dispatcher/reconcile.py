@@ -81,7 +81,8 @@ class HostJobs:
 
     def _on_report(self, host: str, report: dict[str, Any]) -> None:
         if report.get("state") == "exited":
-            if self._needs_copy(host, report):
+            chunked = report.get("log_size") and not isinstance(report.get("log"), str)
+            if chunked or self._outputs_of(host, str(report.get("run_id")))[1]:
                 self._spawn(self._collect(host, report))
                 return
             try:  # the log came inline (or there is none) and no output files: no job needed
@@ -91,11 +92,8 @@ class HostJobs:
                     f"{host}: could not save the log of run {report.get('run_id')}: {err}",
                     style="yellow",
                 )
-            self._reports.append((host, report))
-            self._wake.set()
-        else:
-            self._reports.append((host, report))
-            self._wake.set()
+        self._reports.append((host, report))
+        self._wake.set()
 
     async def _collect(self, host: str, report: dict[str, Any]) -> None:
         """Copy the log first, so a task is never final without its output on the controller."""
@@ -111,21 +109,16 @@ class HostJobs:
         self._reports.append((host, report))
         self._wake.set()
 
-    def _needs_copy(self, host: str, report: dict[str, Any]) -> bool:
-        """True unless the log is in the report (or empty) and there are no outputs to copy."""
-        if report.get("log_size") and not isinstance(report.get("log"), str):
-            return True
-        run_id = report.get("run_id")
+    def _outputs_of(self, host: str, run_id: str) -> tuple[Task | None, list[str]]:
+        """The task of ``run_id`` (None if not ours) and the output globs to copy for it."""
         task = next((t for t in self.active.values() if t.run_id == run_id), None)
-        return bool(self.hosts[host].session.spec.outputs or getattr(task, "outputs", ()))
+        return task, [*self.hosts[host].session.spec.outputs, *getattr(task, "outputs", ())]
 
     async def _copy_outputs(self, host: str, report: dict[str, Any]) -> bool:
         """Copy the task's output files (hosts.toml ``outputs`` and its own); False if the host
         went down meanwhile, so the exit must wait to be recorded with its outputs."""
-        run_id = str(report.get("run_id"))
-        task = next((t for t in self.active.values() if t.run_id == run_id), None)
+        task, globs = self._outputs_of(host, str(report.get("run_id")))
         session = self.hosts[host].session
-        globs = [*session.spec.outputs, *getattr(task, "outputs", ())]
         if task is None or task.host != host or not globs or report.get("cancelled"):
             return True
         cap = session.spec.outputs_max_size

@@ -260,7 +260,7 @@ def remove_tree(path: str) -> None:
             os.unlink(os.path.join(path, name))
         os.rmdir(path)
     except OSError:  # a directory the task made in it, say
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path)
 
 
 def append_log(path: str, text: str) -> None:
