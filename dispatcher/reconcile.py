@@ -297,8 +297,9 @@ class HostJobs:
             got = results.get(t.run_id)
             got = got if isinstance(got, dict) else {"status": "error", "error": "no reply"}
             if got.get("status") == "exists" and isinstance(got.get("run"), dict):
-                report = got["run"]
-            elif got.get("status") == "started":
+                self._on_report(host, got["run"])  # an exit is collected (log, outputs) first
+                continue
+            if got.get("status") == "started":
                 report = {"run_id": t.run_id, "state": "running"}
             else:
                 error = f"{host}: {got.get('error')}"

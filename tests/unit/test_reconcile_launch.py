@@ -1,0 +1,64 @@
+"""How the dispatcher turns one ``launches`` reply into reports (a stub session stands in
+for the helper; the real helper's side is tested in test_helper_local.py and over sshd)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from dispatcher.collect import LogCollector, log_path
+from dispatcher.models import Task, TaskState
+from dispatcher.reconcile import HostJobs, HostState
+
+
+class StubSession:
+    def __init__(self, reply: dict[str, Any]) -> None:
+        self.name = "h1"
+        self.spec = SimpleNamespace(env={}, setup=None, workdir=None, kill_grace=5, outputs=())
+        self.reply = reply
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def call(self, op: str, **params: Any) -> dict[str, Any]:
+        self.calls.append((op, params))
+        return self.reply
+
+
+class Jobs(HostJobs):
+    def __init__(self, session: StubSession, logs: Path) -> None:
+        self.hosts = {"h1": HostState(session, 0)}  # type: ignore[arg-type]
+        self.collector = LogCollector(logs)
+        self.active, self._reports, self._jobs = {}, [], set()
+        self._wake = asyncio.Event()
+        self.reporter = SimpleNamespace(log=lambda *a, **k: None)
+
+
+def task(i: int) -> Task:
+    return Task(id=i, state=TaskState.LAUNCHING, args={}, template="t", command="true",
+                host="h1", run_id=f"t{i}-a1-x")  # fmt: skip
+
+
+async def test_one_request_for_the_round_and_a_report_per_run(tmp_path: Path) -> None:
+    done = {"run_id": "t3-a1-x", "state": "exited", "exit_code": 0,
+            "log": base64.b64encode(b"hi\n").decode(), "log_size": 3}  # fmt: skip
+    reply = {"runs": {"t1-a1-x": {"status": "started"},
+                      "t2-a1-x": {"status": "error", "error": "spec.command is empty"},
+                      "t3-a1-x": {"status": "exists", "run": done}}}  # fmt: skip
+    session = StubSession(reply)
+    jobs = Jobs(session, tmp_path / "logs")
+    await jobs._launch("h1", [task(1), task(2), task(3), task(4)])
+    assert [op for op, _ in session.calls] == ["launches"]
+    assert [r["run_id"] for r in session.calls[0][1]["runs"]] == [
+        f"t{i}-a1-x" for i in (1, 2, 3, 4)
+    ]
+    states = {r["run_id"]: (r["state"], r.get("error")) for _, r in jobs._reports}
+    assert states == {
+        "t1-a1-x": ("running", None),
+        "t2-a1-x": ("launch_error", "h1: spec.command is empty"),
+        "t3-a1-x": ("exited", None),
+        "t4-a1-x": ("launch_error", "h1: no reply"),
+    }
+    # A run that had already ended is collected like any exit: its log is on the controller.
+    assert log_path(tmp_path / "logs", "t3-a1-x").read_bytes() == b"hi\n"
