@@ -200,7 +200,7 @@ def main() -> None:
     )
     parser.add_argument("--profile", metavar="FILE", help="run dispatch under py-spy (raw output)")
     opts = parser.parse_args()
-    wrap = ("py-spy", "record", "-r", "200", "-f", "raw", "-o", opts.profile, "--")
+    wrap = ("py-spy", "record", "-r", "200", "--threads", "-f", "raw", "-o", opts.profile, "--")
     with bench_hosts(HOSTS, SLOTS, "throughput") as bh:
         if opts.slow_shell:
             bh.set_slow_shell(SLOW_SHELL)

@@ -2,8 +2,9 @@
 
 Stdlib only, Python 3.8+, Linux (/proc), one file. It owns STATE_DIR/runs/<run_id>/
 (started.json, exit.reserve, exit.json, output.log, result.json, cancel.json, and cmd.sh for a
-script too long for an argument; dirs 0700, files 0600) and answers one JSON request per stdin
-line with one JSON reply line on stdout.
+script too long for an argument; dirs 0700, files 0600) and STATE_DIR/spare/ (ended run dirs that
+new runs reuse, see Spares), and answers one JSON request per stdin line with one JSON reply line
+on stdout.
 Tasks run under the helper's *keeper*: one process forked at the first launch, in a session of its
 own, that starts every task, enforces timeouts and cancels and records exits (see Keeper). Tasks
 and keeper outlive the helper and its connection; a fork per task would cost more than the task.
@@ -15,7 +16,8 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
           Values nvidia-smi reports as [N/A] are null; "No devices were found" gives no GPUs.
   launch  {"run_id", "spec": {command, setup, workdir, env, timeout, kill_grace, task_id}}
           -> {"status": "started", "pid": keeper pid} | {"status": "exists", "run": REPORT}.
-          The run dir is made with os.mkdir, so one run_id never starts two processes.
+          The run dir is published with one rename (Spares), so one run_id never starts
+          two processes.
           The task sees LABTASKER_RESULT (write a JSON object there), LABTASKER_RUN_ID,
           LABTASKER_RUN_DIR and LABTASKER_TASK_ID, and the umask the helper was started with.
   launches {"runs": [{"run_id", "spec"}]} -> {"runs": {run_id: launch's reply |
@@ -80,6 +82,12 @@ RESERVE_BYTES = 16 * 1024
 SCRIPT_ARG_LIMIT = 64 * 1024
 #: Less free space than this after a failed run means the disk was (or is) full.
 NEARLY_FULL = 64 * 1024
+#: Ended run dirs kept in STATE_DIR/spare for new runs (see Spares). Making and removing four
+#: inodes per run costs more than a short task: ext4 without a journal scans every inode freed
+#: in the last 30 s for each one it makes.
+SPARE_MAX = 256
+#: How a spare's files are reset: renamed to what a run dir is published with.
+_SPARE_RESET = {"exit.json": "exit.reserve", "started.json": "started.json.tmp"}
 OPS = ("ping", "gpus", "launch", "launches", "probe", "kill", "read", "tail", "cleanup", "check")
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _QUERIES = (
@@ -215,11 +223,13 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def write_file(path: str, data: Any, sync: bool = False) -> None:
-    """Write bytes, or an object as JSON, atomically (temp file + rename) with mode 0600."""
+def write_file(path: str, data: Any, sync: bool = False, tmp: Optional[str] = None) -> None:
+    """Write bytes, or an object as JSON, atomically (temp file + rename) with mode 0600.
+    ``tmp``: the temp file's name, when only this process writes ``path`` (a recycled run
+    dir holds one already, so no inode is made)."""
     if not isinstance(data, bytes):
         data = json.dumps(data, sort_keys=True).encode()
-    tmp = "%s.tmp%d" % (path, os.getpid())
+    tmp = tmp or "%s.tmp%d" % (path, os.getpid())
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -236,9 +246,9 @@ def write_file(path: str, data: Any, sync: bool = False) -> None:
 
 
 def reserve(path: str) -> None:
-    """Create ``path`` holding RESERVE_BYTES of disk (allocated, or written where a file
-    system cannot allocate); removed again if there is no room."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """Make ``path`` (new, or the empty file a run dir is published with) hold RESERVE_BYTES of
+    disk (allocated, or written where a file system cannot allocate); removed if no room."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         try:
             os.posix_fallocate(fd, 0, RESERVE_BYTES)
@@ -621,7 +631,7 @@ class Keeper:
                        boot_id=self.boot_id, hostname=self.host,
                        task_start=task[2] if task else None)  # fmt: skip
         try:
-            write_file(run.path("started.json"), started)
+            write_file(run.path("started.json"), started, tmp=run.path("started.json.tmp"))
         except OSError as exc:  # e.g. disk full: the task still runs; exit.json will say so
             run.notes.append("could not write started.json: %s" % exc)
         self.runs[pid] = run
@@ -773,6 +783,100 @@ class GpuQuery:
         return reply
 
 
+def reset_run_dir(path: str) -> None:
+    """Turn an ended run's dir into one a new run can be published with (see Spares)."""
+    names = os.listdir(path)
+    for name in names:
+        file = os.path.join(path, name)
+        if name in _SPARE_RESET:
+            os.rename(file, os.path.join(path, _SPARE_RESET[name]))
+        elif name not in _SPARE_RESET.values():
+            # output.log too: a process the task left behind may still write to it.
+            os.unlink(file)  # a directory raises: that spare is not reused
+    if "exit.json" not in names and "exit.reserve" not in names:
+        with contextlib.suppress(OSError):  # no room: the keeper reports the disk full
+            os.close(os.open(os.path.join(path, "exit.reserve"), os.O_WRONLY | os.O_CREAT, 0o600))
+    os.utime(path)  # a run dir's age tells "starting" from "lost" until started.json exists
+
+
+class Spares:
+    """STATE_DIR/spare: ended run dirs that new runs reuse, so a run makes no new inodes.
+
+    A run dir is published whole by one rename() and always holds exit.reserve, so it is never
+    empty and a rename() onto it fails: claiming a run id stays atomic, as mkdir() was. A spare
+    is first renamed to a name of this helper's own (helpers may share a state dir), then reset.
+    """
+
+    def __init__(self, state_dir: str, host: str) -> None:
+        self.dir = os.path.join(state_dir, "spare")
+        self.names: Optional[List[str]] = None  # None: spare/ not listed yet
+        self.tag = "%s-%d-" % (re.sub(r"[^A-Za-z0-9._-]", "_", host), os.getpid())
+        self.made = 0
+
+    def _name(self) -> str:
+        self.made += 1
+        return os.path.join(self.dir, "%s%d" % (self.tag, self.made))
+
+    def _list(self) -> List[str]:
+        """Spares on disk, listed once; more than SPARE_MAX, and stale ".new" ones, removed."""
+        if self.names is None:
+            self.names = []
+            with contextlib.suppress(OSError):
+                os.makedirs(self.dir, 0o700, exist_ok=True)
+                now = time.time()
+                for name in os.listdir(self.dir):
+                    path = os.path.join(self.dir, name)
+                    with contextlib.suppress(OSError):
+                        if not name.endswith(".new") and len(self.names) < SPARE_MAX:
+                            self.names.append(name)
+                        elif not name.endswith(".new") or now - os.lstat(path).st_mtime > 60:
+                            remove_tree(path)  # one too many, or left mid-launch by a crash
+        return self.names
+
+    def keep(self, run_dir: str) -> bool:
+        """Move an ended run's dir here; False (left in place) when there are enough."""
+        names = self._list()
+        if len(names) >= SPARE_MAX:
+            return False
+        path = self._name()
+        try:
+            os.rename(run_dir, path)
+        except OSError:
+            return False
+        names.append(os.path.basename(path))
+        return True
+
+    def publish(self, run_dir: str) -> bool:
+        """Make ``run_dir`` from a spare (or a new dir) holding exit.reserve; False if it exists."""
+        if os.path.lexists(run_dir):
+            return False
+        names, stage = self._list(), self._name() + ".new"
+        while names:
+            try:
+                os.rename(os.path.join(self.dir, names.pop()), stage)  # now ours alone
+            except OSError:
+                continue  # taken by another helper
+            try:
+                reset_run_dir(stage)
+                break
+            except OSError:
+                shutil.rmtree(stage, ignore_errors=True)
+        else:
+            os.makedirs(self.dir, 0o700, exist_ok=True)
+            os.mkdir(stage, 0o700)
+            reset_run_dir(stage)
+        try:
+            os.rename(stage, run_dir)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            if not self.keep(stage):  # launched meanwhile by another helper
+                shutil.rmtree(stage, ignore_errors=True)
+            return False
+        return True
+
+
 class Helper:
     """The request loop: one thread, one selector over stdin, the wakeup pipe and query pipes."""
 
@@ -793,6 +897,7 @@ class Helper:
         self.out: List[bytes] = []  # lines for stdout, written by flush()
         self.umask = 0o022
         self.sel: selectors.BaseSelector = selectors.DefaultSelector()
+        self.spares = Spares(self.state_dir, self.host)
 
     def run_dir(self, run_id: str) -> str:
         return os.path.join(self.runs, run_id)
@@ -907,9 +1012,7 @@ class Helper:
         spec = _spec(raw_spec)
         d = self.run_dir(run_id)
         os.makedirs(self.runs, 0o700, exist_ok=True)
-        try:
-            os.mkdir(d, 0o700)  # atomic: the one launch that creates it starts the run
-        except FileExistsError:
+        if not self.spares.publish(d):  # atomic: the one launch that makes it starts the run
             return {"status": "exists", "run": self.report(run_id, [REPLY_INLINE_BUDGET])}
         line = (json.dumps({"run_id": run_id, "spec": spec}) + "\n").encode()
         for _ in range(2):  # a keeper that died is replaced once
@@ -1058,7 +1161,8 @@ class Helper:
             if state in _LIVE or (state == "lost" and self.orphan_group(run_id)):
                 refused.append(run_id)
             elif state != "absent":
-                remove_tree(d)
+                if not self.spares.keep(d):
+                    remove_tree(d)
                 self.adopted.pop(run_id, None)
                 removed += 1
         return {"removed": removed, "refused": refused}

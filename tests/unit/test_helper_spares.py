@@ -1,0 +1,115 @@
+"""Reused run dirs (the helper's Spares): an ended run's dir serves a later run, never its files."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from dispatcher.remote import helper as helper_module
+from tests.helper_harness import LocalHelper, gate_command
+
+
+@pytest.fixture
+async def helper(tmp_path: Path) -> AsyncIterator[LocalHelper]:
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    (tmp_path / "home").mkdir()
+    async with LocalHelper(tmp_path / "state", env=env) as h:
+        yield h
+
+
+def spares(state: Path) -> list[str]:
+    return sorted(os.listdir(state / "spare"))
+
+
+async def test_a_new_run_reuses_an_ended_runs_dir_but_none_of_its_files(
+    helper: LocalHelper, tmp_path: Path
+) -> None:
+    old = 'echo old; echo \'{"x": 1}\' > "$LABTASKER_RESULT"; touch "$LABTASKER_RUN_DIR/extra"'
+    await helper.launch("a", old)
+    await helper.wait_exit("a")
+    assert (await helper.call("cleanup", runs=["a"]))["removed"] == 1
+    state = helper.state_dir
+    assert not (state / "runs" / "a").exists() and len(spares(state)) == 1
+    inode = (state / "spare" / spares(state)[0]).stat().st_ino
+
+    await helper.launch("b", gate_command(tmp_path / "gate", "echo new"))
+    run = state / "runs" / "b"
+    assert run.stat().st_ino == inode and spares(state) == []
+    assert (await helper.probe("b"))["state"] in ("starting", "running")
+    assert not (run / "exit.json").exists() and not (run / "result.json").exists()
+    assert not (run / "extra").exists()
+    (tmp_path / "gate").touch()
+    rep = await helper.wait_exit("b")
+    assert rep["exit_code"] == 0 and rep["result"] is None and rep["result_error"] is None
+    assert base64.b64decode(rep["log"]) == b"ready\nnew\n"
+    assert rep["pid"] == (await helper.probe("b"))["pid"]  # started.json is b's own
+
+
+async def test_a_run_that_exists_is_not_launched_again_and_keeps_the_spares(
+    helper: LocalHelper,
+) -> None:
+    await helper.launch("a", "true")
+    await helper.launch("c", "echo c")
+    await helper.wait_exit("a")
+    await helper.wait_exit("c")
+    await helper.call("cleanup", runs=["a"])
+    again = await helper.launch("c", "echo twice")
+    assert again["status"] == "exists" and again["run"]["state"] == "exited"
+    assert base64.b64decode(again["run"]["log"]) == b"c\n"
+    assert len(spares(helper.state_dir)) == 1
+
+
+async def test_a_spare_holding_a_directory_is_removed_not_reused(helper: LocalHelper) -> None:
+    await helper.launch("a", 'mkdir "$LABTASKER_RUN_DIR/sub"; touch "$LABTASKER_RUN_DIR/sub/f"')
+    await helper.wait_exit("a")
+    await helper.call("cleanup", runs=["a"])
+    kept = helper.state_dir / "spare" / spares(helper.state_dir)[0]
+    await helper.launch("b", "echo b")
+    rep = await helper.wait_exit("b")
+    assert rep["exit_code"] == 0 and base64.b64decode(rep["log"]) == b"b\n"
+    assert not kept.exists() and spares(helper.state_dir) == []
+    assert sorted(os.listdir(helper.state_dir / "runs" / "b")) == [
+        "exit.json",
+        "output.log",
+        "started.json",
+    ]
+
+
+def test_spares_are_capped_and_leftovers_of_a_crashed_launch_are_removed(tmp_path: Path) -> None:
+    spare = tmp_path / "spare"
+    for n in range(helper_module.SPARE_MAX + 3):
+        (spare / f"old-{n}").mkdir(parents=True)
+    stale, fresh = spare / "h-1-1.new", spare / "h-1-2.new"
+    stale.mkdir()
+    fresh.mkdir()
+    os.utime(stale, (time.time() - 120, time.time() - 120))
+    spares_ = helper_module.Spares(str(tmp_path), "host")
+    run = tmp_path / "runs" / "r"
+    run.parent.mkdir()
+    assert spares_.publish(str(run))  # lists spare/ first
+    assert not stale.exists() and fresh.exists()
+    left = [n for n in os.listdir(spare) if not n.endswith(".new")]
+    assert len(left) == helper_module.SPARE_MAX - 1  # the cap, less the one published
+    assert os.listdir(run) == ["exit.reserve"]  # made where a spare lacked it
+    assert spares_.keep(str(run))
+    other = tmp_path / "runs" / "s"
+    other.mkdir()
+    assert not spares_.keep(str(other)) and other.is_dir()  # full: left for removal
+
+
+def test_publishing_onto_an_existing_run_fails_and_loses_no_spare(tmp_path: Path) -> None:
+    spares_ = helper_module.Spares(str(tmp_path), "host")
+    (tmp_path / "runs").mkdir()
+    first = tmp_path / "runs" / "a"
+    assert spares_.publish(str(first))
+    assert os.listdir(first) == ["exit.reserve"]  # never empty: rename() cannot replace it
+    assert not spares_.publish(str(first))
+    done = tmp_path / "runs" / "done"
+    assert spares_.publish(str(done)) and spares_.keep(str(done))
+    assert not spares_.publish(str(first))
+    assert len(os.listdir(tmp_path / "spare")) == 1
