@@ -133,9 +133,8 @@ class Mover:
         self._con = con
         self.path = path
         self._now = datetime.now(UTC).replace(tzinfo=None)
-        self._deferred: list[MoveRequest] | None = None
+        self._deferred: list[_Planned] | None = None
         self._held: dict[int, Task] = {}
-        self._held_start: dict[int, Task] = {}
         #: After a commit, leave the file attached for this process's next transaction while
         #: it has been attached for less than this many seconds (0: detach, the default).
         self.keep = 0.0
@@ -208,7 +207,7 @@ class Mover:
                 planned = plan_move(task, req, self._now)
                 if planned is None:
                     return None
-                self._deferred.append(req)
+                self._deferred.append(planned)
                 self._held[task_id] = planned.task
                 self.to_pending = self.to_pending or planned.task.state is TaskState.PENDING
                 return planned.task
@@ -276,7 +275,6 @@ class Mover:
         self.flush()
         self._deferred = []
         self._held = dict(held)
-        self._held_start = dict(held)
 
     def hold(self, tasks: Mapping[int, Task]) -> None:
         """Add rows read in this transaction to those ``defer_moves`` holds, so that their moves
@@ -285,25 +283,22 @@ class Mover:
             raise RuntimeError("hold() needs defer_moves() first")
         for task_id, task in tasks.items():
             self._held.setdefault(task_id, task)
-            self._held_start.setdefault(task_id, task)
 
     def flush(self) -> None:
-        """Write the moves ``defer_moves`` has gathered (no-op when none)."""
+        """Write the moves ``defer_moves`` has gathered (no-op when none): each was planned
+        when made, and the moves of one task merge into one row of the UPDATE."""
         pending, self._deferred = self._deferred, None
         if not pending:
             self._deferred = pending
             return
         try:
-            done = self.move_many(pending, known=self._held_start)
+            merged: dict[int, _Planned] = {}
+            for planned in pending:
+                before = merged.get(planned.task.id)
+                merged[planned.task.id] = planned if before is None else before.then(planned)
+            self._write(list(merged.values()), strict=True)
         finally:
             self._deferred = []
-            self._held_start = dict(self._held)
-        for req, task in zip(pending, done, strict=True):
-            if task is None:
-                raise StoreError(
-                    f"task {req.task_id} in {self.path} changed while the dispatcher held it"
-                    f" (a move to {req.new} was fenced off); stop other dispatchers and retry"
-                )
 
     def _not_found(self, task_id: int) -> TaskNotFoundError:
         return TaskNotFoundError(
