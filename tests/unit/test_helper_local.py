@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,6 @@ from tests.helper_harness import (
     live_group_members,
     pid_running,
 )
-
-
-@pytest.fixture
-async def helper(tmp_path: Path) -> AsyncIterator[LocalHelper]:
-    env = {**os.environ, "HOME": str(tmp_path / "home")}
-    (tmp_path / "home").mkdir()
-    async with LocalHelper(tmp_path / "state", env=env) as h:
-        yield h
 
 
 def log_text(report: dict[str, object]) -> str:

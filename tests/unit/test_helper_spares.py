@@ -5,21 +5,10 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from dispatcher.remote import helper as helper_module
 from tests.helper_harness import LocalHelper, gate_command
-
-
-@pytest.fixture
-async def helper(tmp_path: Path) -> AsyncIterator[LocalHelper]:
-    env = {**os.environ, "HOME": str(tmp_path / "home")}
-    (tmp_path / "home").mkdir()
-    async with LocalHelper(tmp_path / "state", env=env) as h:
-        yield h
 
 
 def spares(state: Path) -> list[str]:
