@@ -804,7 +804,8 @@ class Spares:
 
     A run dir is published whole by one rename() and always holds exit.reserve, so it is never
     empty and a rename() onto it fails: claiming a run id stays atomic, as mkdir() was. A spare
-    is first renamed to a name of this helper's own (helpers may share a state dir), then reset.
+    is reset when kept, then renamed to a name of this helper's own (helpers may share a state
+    dir) and checked again before it is published.
     """
 
     def __init__(self, state_dir: str, host: str) -> None:
@@ -834,7 +835,8 @@ class Spares:
         return self.names
 
     def keep(self, run_dir: str) -> bool:
-        """Move an ended run's dir here; False (left in place) when there are enough."""
+        """Move an ended run's dir here and reset it at once (its log and result are on the
+        controller by now: a spare holds no disk); False (left in place) when there are enough."""
         names = self._list()
         if len(names) >= SPARE_MAX:
             return False
@@ -843,6 +845,11 @@ class Spares:
             os.rename(run_dir, path)
         except OSError:
             return False
+        try:
+            reset_run_dir(path)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)  # a directory the task made in it, say
+            return True
         names.append(os.path.basename(path))
         return True
 

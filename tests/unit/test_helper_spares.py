@@ -24,7 +24,10 @@ async def test_a_new_run_reuses_an_ended_runs_dir_but_none_of_its_files(
     assert (await helper.call("cleanup", runs=["a"]))["removed"] == 1
     state = helper.state_dir
     assert not (state / "runs" / "a").exists() and len(spares(state)) == 1
-    inode = (state / "spare" / spares(state)[0]).stat().st_ino
+    kept = state / "spare" / spares(state)[0]
+    # Reset when kept: no log or result takes disk space in a spare.
+    assert sorted(os.listdir(kept)) == ["exit.reserve", "started.json.tmp"]
+    inode = kept.stat().st_ino
 
     await helper.launch("b", gate_command(tmp_path / "gate", "echo new"))
     run = state / "runs" / "b"
@@ -53,11 +56,17 @@ async def test_a_run_that_exists_is_not_launched_again_and_keeps_the_spares(
     assert len(spares(helper.state_dir)) == 1
 
 
-async def test_a_spare_holding_a_directory_is_removed_not_reused(helper: LocalHelper) -> None:
+async def test_a_run_dir_holding_a_directory_is_removed_not_kept(helper: LocalHelper) -> None:
     await helper.launch("a", 'mkdir "$LABTASKER_RUN_DIR/sub"; touch "$LABTASKER_RUN_DIR/sub/f"')
     await helper.wait_exit("a")
-    await helper.call("cleanup", runs=["a"])
+    assert (await helper.call("cleanup", runs=["a"]))["removed"] == 1
+    assert spares(helper.state_dir) == [] and not (helper.state_dir / "runs" / "a").exists()
+    # A spare that gained one after it was kept is not reused either.
+    await helper.launch("c", "true")
+    await helper.wait_exit("c")
+    await helper.call("cleanup", runs=["c"])
     kept = helper.state_dir / "spare" / spares(helper.state_dir)[0]
+    (kept / "sub").mkdir()
     await helper.launch("b", "echo b")
     rep = await helper.wait_exit("b")
     assert rep["exit_code"] == 0 and base64.b64decode(rep["log"]) == b"b\n"
