@@ -6,19 +6,30 @@ right now (free GPUs, a live connection) is the engine's business, not this modu
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import math
 import re
-import reprlib
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 from dispatcher.errors import ConfigError
+from dispatcher.host_values import (
+    ALIAS,
+    boolean,
+    duration,
+    env_names,
+    env_table,
+    globs,
+    gpu_list,
+    integer,
+    show,
+    size,
+    ssh_target,
+    string,
+)
 
 GIB = 1024**3
 
@@ -73,200 +84,28 @@ class HostsConfig:
     on_finish: str | None  # shell command run on the controller after each task ends
 
 
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist = 3, 40, 40, 6
-
-
-def _show(value: Any) -> str:
-    """A short repr: messages stay one line even for huge or deeply nested values."""
-    return _REPR.repr(value)
-
-
-def _fail(what: str, got: Any) -> NoReturn:
-    raise ConfigError(f"must be {what}, got {_show(got)}")
-
-
-def _int(lo: int) -> Callable[[Any], int]:
-    def check(v: Any) -> int:
-        # bool is an int subclass: `slots = true` must not mean 1.
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            _fail(f"an integer >= {lo}", v)
-        return v
-
-    return check
-
-
-def _text(empty_ok: bool = False) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        if not isinstance(v, str) or (not v.strip() and not empty_ok) or "\0" in v:
-            _fail("a string" if empty_ok else "a non-empty string", v)
-        return v
-
-    return check
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        _fail("true or false", v)
-    return v
-
-
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-_SIZE_UNITS |= {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
-def _size(v: Any) -> int:
-    what = 'a byte count or a size like "500MiB", "1GiB", "2GB"'
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v if v >= 0 else _fail(what, v)
-    m = _SIZE.fullmatch(v.strip()) if isinstance(v, str) else None
-    size = float(m[1]) * _SIZE_UNITS[(m[2] or "").lower()] if m else math.inf
-    if not math.isfinite(size):  # no match, or too many digits for a float
-        _fail(what, v)
-    return int(size)
-
-
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhd]?)+")
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(positive: bool) -> Callable[[Any], float]:
-    what = ("a duration > 0" if positive else "a duration >= 0") + ' like 30, "30s", "10m", "2h"'
-
-    def check(v: Any) -> float:
-        seconds = math.nan
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            seconds = float(v) if -1e300 < v < 1e300 else math.inf  # float(10**400) would raise
-        elif isinstance(v, str) and _DURATION.fullmatch(text := v.strip().lower().replace(" ", "")):
-            parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text)
-            seconds = sum(float(n) * _SECONDS[unit] for n, unit in parts)
-        if not (0 < seconds < math.inf or (seconds == 0 and not positive)):
-            _fail(what, v)
-        return seconds
-
-    return check
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes in ``text``: ``1024``, ``"500MiB"``, ``"1GiB"``, ``"2GB"`` (KB/MB/GB: 1000-based)."""
-    try:
-        return _size(text)
-    except ConfigError as err:
-        raise ConfigError(f"size {err}") from None
-
-
-def parse_duration(text: str | int | float) -> float:
-    """Seconds in ``text``: ``30``, ``"30s"``, ``"10m"``, ``"2h"``, ``"1d"``, ``"1h30m"``."""
-    try:
-        return _duration(positive=False)(text)
-    except ConfigError as err:
-        raise ConfigError(f"duration {err}") from None
-
-
-_ALIAS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,252}")
-_TARGET = re.compile(
-    r"(?:([^@\s:/-][^@\s:/]*)@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)(?::(\d{1,5}))?"
-)
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def split_ssh_target(text: str) -> tuple[str | None, str, int | None]:
-    """``"alice@gpu-b.lab.org:2200"`` -> ``("alice", "gpu-b.lab.org", 2200)``; IPv6 in brackets."""
-    m = _TARGET.fullmatch(text.strip())
-    if m is None or not 0 < int(m[3] or 22) < 65536:
-        raise ConfigError(
-            f"ssh target {_show(text)} is not [USER@]HOST[:PORT], e.g. alice@gpu-b:2200"
-        )
-    return m[1], m[2].strip("[]"), int(m[3]) if m[3] else None
-
-
-def _ssh(v: Any) -> str | bool:
-    if isinstance(v, bool):
-        return v
-    with contextlib.suppress(ConfigError):
-        if isinstance(v, str) and split_ssh_target(v):
-            return v.strip()
-    _fail('false (run locally) or "[USER@]HOST[:PORT]", e.g. "alice@gpu-b:2200"', v)
-
-
-def _gpus(v: Any) -> Literal["auto"] | tuple[int, ...]:
-    what = '"auto", 0 (CPU-only) or a list of distinct GPU indices >= 0 like [0, 2]'
-    if v == "auto" and isinstance(v, str):
-        return "auto"
-    if isinstance(v, int) and not isinstance(v, bool) and v == 0:
-        return ()
-    ints = isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
-    if not ints or any(i < 0 for i in v) or len(set(v)) != len(v):
-        _fail(what, v)
-    return tuple(sorted(v))
-
-
-def _kind(value: Any) -> str:
-    """What ``value`` is, never what it holds: env values may be secrets (``secret_env``)."""
-    if isinstance(value, str):
-        return "a string containing NUL"
-    names = {bool: "a boolean", int: "an integer", float: "a number", list: "a list"}
-    return names.get(type(value), "a table" if isinstance(value, Mapping) else "a date or time")
-
-
-def _env(v: Any) -> dict[str, str]:
-    if not isinstance(v, Mapping):
-        raise ConfigError(f'must be a table like {{ WANDB_MODE = "offline" }}, got {_kind(v)}')
-    for k, val in v.items():
-        if not isinstance(k, str) or not _ENV_NAME.fullmatch(k):
-            raise ConfigError(f"has {_show(k)}, which is not a variable name (letters, digits, _)")
-        if not isinstance(val, str) or "\0" in val:
-            # Silent str() would turn true into "True"; the user should say what the shell sees.
-            raise ConfigError(
-                f'value of {k} must be a string (quote it: {k} = "..."), got {_kind(val)}'
-            )
-    return dict(v)
-
-
-def _names(v: Any) -> frozenset[str]:
-    if not isinstance(v, list) or not all(isinstance(k, str) and _ENV_NAME.fullmatch(k) for k in v):
-        _fail('a list of variable names like ["WANDB_API_KEY"]', v)
-    return frozenset(v)
-
-
-def _globs(v: Any) -> tuple[str, ...]:
-    def ok(g: Any) -> bool:
-        return (
-            isinstance(g, str)
-            and bool(g.strip())
-            and "\0" not in g
-            and not g.startswith(("/", "~"))
-            and ".." not in g.replace("\\", "/").split("/")
-        )
-
-    if not isinstance(v, list) or not all(ok(g) for g in v):
-        _fail('a list of glob patterns inside workdir, like ["out/*.json"]', v)
-    return tuple(v)
-
-
 #: Every host key: its check, and the default used when neither the host nor [defaults] sets it.
 _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
-    "ssh": (_ssh, True),
-    "gpus": (_gpus, "auto"),
-    "slots": (_int(0), None),  # None: follows the GPUs (HostSpec.slots_for)
-    "max_gpu_memory_used": (_size, GIB),
-    "workdir": (_text(), None),
-    "setup": (_text(empty_ok=True), None),  # "" cancels a default: becomes None
-    "python": (_text(), "python3"),
-    "env": (_env, {}),
-    "secret_env": (_names, frozenset()),
-    "state_dir": (_text(), "~/.labtasker"),
-    "connect_timeout": (_duration(positive=True), 10.0),
-    "keepalive_interval": (_duration(positive=True), 2.0),
-    "keepalive_count_max": (_int(1), 3),
-    "lost_after": (_duration(positive=False), 600.0),
-    "kill_grace": (_duration(positive=False), 10.0),
-    "suspend_after_failures": (_int(0), 5),
-    "failure_window": (_duration(positive=True), 600.0),
-    "outputs": (_globs, ()),
-    "outputs_max_size": (_size, GIB),
-    "enabled": (_bool, True),
+    "ssh": (ssh_target, True),
+    "gpus": (gpu_list, "auto"),
+    "slots": (integer(0), None),  # None: follows the GPUs (HostSpec.slots_for)
+    "max_gpu_memory_used": (size, GIB),
+    "workdir": (string(), None),
+    "setup": (string(empty_ok=True), None),  # "" cancels a default: becomes None
+    "python": (string(), "python3"),
+    "env": (env_table, {}),
+    "secret_env": (env_names, frozenset()),
+    "state_dir": (string(), "~/.labtasker"),
+    "connect_timeout": (duration(positive=True), 10.0),
+    "keepalive_interval": (duration(positive=True), 2.0),
+    "keepalive_count_max": (integer(1), 3),
+    "lost_after": (duration(positive=False), 600.0),
+    "kill_grace": (duration(positive=False), 10.0),
+    "suspend_after_failures": (integer(0), 5),
+    "failure_window": (duration(positive=True), 600.0),
+    "outputs": (globs, ()),
+    "outputs_max_size": (size, GIB),
+    "enabled": (boolean, True),
 }
 HOST_KEYS: tuple[str, ...] = tuple(_KEYS)
 DEFAULTS_KEYS: tuple[str, ...] = tuple(k for k in _KEYS if k != "ssh")  # ssh is one host's address
@@ -304,7 +143,7 @@ class _Where:
     def error(self, table: tuple[str, ...], key: str | None, message: str) -> ConfigError:
         no = self.line(table, key)
         name = table[-1] if table else ""
-        name = name if _ALIAS.fullmatch(name) else _show(name)  # keep odd names on one line
+        name = name if ALIAS.fullmatch(name) else show(name)  # keep odd names on one line
         scope = f"host {name}: " if table[:1] == ("hosts",) and table[1:] else ""
         scope = scope or (f"[{table[0]}]: " if table else "")
         loc = f"{self.path}:{no}" if no else f"{self.path}"
@@ -316,12 +155,12 @@ def _check_keys(
 ) -> None:
     for key in table:
         if not isinstance(key, str):
-            raise where.error(at, None, f"key {_show(key)} is not a string")
+            raise where.error(at, None, f"key {show(key)} is not a string")
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
             hint = f"did you mean `{close[0]}`?" if close else f"valid keys: {', '.join(allowed)}"
             extra = " (`ssh` belongs in a [hosts.NAME] table)" if key == "ssh" else ""
-            shown = f"`{key}`" if key.isprintable() else _show(key)
+            shown = f"`{key}`" if key.isprintable() else show(key)
             raise where.error(at, key, f"unknown key {shown}{extra}; {hint}")
 
 
@@ -337,17 +176,17 @@ def _checked(table: Mapping[str, Any], where: _Where, at: tuple[str, ...]) -> di
 
 def _table(value: Any, where: _Where, at: tuple[str, ...]) -> Mapping[Any, Any]:
     if not isinstance(value, Mapping):
-        raise where.error(at, None, f"must be a table, got {_show(value)}")
+        raise where.error(at, None, f"must be a table, got {show(value)}")
     return value
 
 
 def _host(name: Any, raw: Any, defaults: Mapping[str, Any], where: _Where) -> HostSpec:
     at = ("hosts", str(name))
-    if not isinstance(name, str) or not _ALIAS.fullmatch(name):
+    if not isinstance(name, str) or not ALIAS.fullmatch(name):
         raise where.error(
             at,
             None,
-            f"name {_show(name)} is not a usable ssh alias: use letters, digits and . _ + -"
+            f"name {show(name)} is not a usable ssh alias: use letters, digits and . _ + -"
             ' (not first), no spaces; to reach user@host:port set `ssh = "user@host:port"`',
         )
     table = _table(raw, where, at)
@@ -382,7 +221,7 @@ def hosts_from_mapping(data: Mapping[Any, Any], path: Path, text: str | None = N
     """Check an already-parsed hosts file (``text`` only improves messages with line numbers)."""
     where = _Where(path, text)
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: must be a TOML table of tables, got {_show(data)}")
+        raise ConfigError(f"{path}: must be a TOML table of tables, got {show(data)}")
     _check_keys(data, _TOP_KEYS, where, ())
     defaults_raw = _table(data.get("defaults", {}), where, ("defaults",))
     _check_keys(defaults_raw, DEFAULTS_KEYS, where, ("defaults",))
@@ -392,7 +231,7 @@ def hosts_from_mapping(data: Mapping[Any, Any], path: Path, text: str | None = N
     on_finish = controller.get("on_finish")
     if on_finish is not None:
         try:
-            on_finish = _text()(on_finish)
+            on_finish = string()(on_finish)
         except ConfigError as err:
             raise where.error(("controller",), "on_finish", f"`on_finish` {err}") from None
     hosts_raw = _table(data.get("hosts", {}), where, ("hosts",))

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher.errors import ConfigError
+from dispatcher.host_values import parse_duration, parse_size, split_ssh_target
 from dispatcher.hosts import (
     CONTROLLER_KEYS,
     DEFAULTS_KEYS,
@@ -22,10 +23,7 @@ from dispatcher.hosts import (
     hosts_from_mapping,
     load_hosts,
     make_host,
-    parse_duration,
     parse_hosts_text,
-    parse_size,
-    split_ssh_target,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
