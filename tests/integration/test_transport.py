@@ -172,6 +172,20 @@ async def test_ssh_target_overrides_the_alias(connect: Connect, sshd_hosts: Sshd
     assert "user 'nobody' was refused" in await expect(AuthError, stranger)
 
 
+async def test_aes_gcm_is_preferred_unless_the_ssh_config_names_ciphers(
+    connect: Connect, ssh_home: Path, sshd_hosts: SshdHosts
+) -> None:
+    gpu1 = await connect("gpu1")
+    assert gpu1._conn is not None
+    assert gpu1._conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
+    config = ssh_home / ".ssh" / "config"
+    client_config(config, "gpu1-chacha", sshd_hosts.gpu1, Ciphers="chacha20-poly1305@openssh.com")
+    own = await connect("gpu1-chacha", config_path=config)
+    assert own._conn is not None
+    assert own._conn.get_extra_info("send_cipher") == "chacha20-poly1305@openssh.com"
+    assert await run(own, ["echo", "ok"]) == (0, "ok\n")
+
+
 # -- the hosts' GPU stubs ------------------------------------------------------------------------
 
 
