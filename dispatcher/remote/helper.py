@@ -225,15 +225,17 @@ def write_all(fd: int, data: bytes) -> None:
 
 def write_file(path: str, data: Any, sync: bool = False, tmp: Optional[str] = None) -> None:
     """Write bytes, or an object as JSON, atomically (temp file + rename) with mode 0600.
-    ``tmp``: the temp file's name, when only this process writes ``path`` (a recycled run
-    dir holds one already, so no inode is made)."""
+    ``tmp``: the temp file's name, when only this process writes ``path``: a run dir holds
+    one already (exit.reserve, started.json.tmp), so no inode is made and the reserve's
+    blocks take the data. The temp file is removed if anything fails."""
     if not isinstance(data, bytes):
         data = json.dumps(data, sort_keys=True).encode()
     tmp = tmp or "%s.tmp%d" % (path, os.getpid())
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             write_all(fd, data)
+            os.ftruncate(fd, len(data))
             if sync:
                 os.fsync(fd)  # the outcome must survive a crash right after the task
         finally:
@@ -246,8 +248,9 @@ def write_file(path: str, data: Any, sync: bool = False, tmp: Optional[str] = No
 
 
 def reserve(path: str) -> None:
-    """Make ``path`` (new, or the empty file a run dir is published with) hold RESERVE_BYTES of
-    disk (allocated, or written where a file system cannot allocate); removed if no room."""
+    """Make ``path`` (the file a run dir is published with) hold RESERVE_BYTES of disk
+    (allocated, or written where a file system cannot allocate); emptied if there is no room,
+    but kept: a run dir is never empty (see Spares)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         try:
@@ -257,10 +260,10 @@ def reserve(path: str) -> None:
                 raise
             write_all(fd, bytes(RESERVE_BYTES))
     except OSError:
-        os.close(fd)
-        os.unlink(path)
+        os.ftruncate(fd, 0)
         raise
-    os.close(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_tree(path: str) -> None:
@@ -338,6 +341,13 @@ def build_script(command: str, setup: Optional[str]) -> str:
                   "  printf 'labtasker: setup failed (exit %%s): %%s\\n' \"$__labtasker_rc\" %s"
                   % shlex.quote(setup), "  exit 126", "fi"]  # fmt: skip
     return "\n".join([*lines, command]) + "\n"
+
+
+def shell_argv(spec: Dict[str, Any]) -> List[Any]:
+    """bash (sh where there is none) -c the script of setup line and command."""
+    shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+    script = build_script(spec["command"], spec["setup"]).encode("utf-8", "surrogateescape")
+    return [shell, "-c", script, "labtasker"]
 
 
 def plain_words(command: str, setup: Optional[str], env: Dict[str, str]) -> Optional[List[str]]:
@@ -545,9 +555,17 @@ class Keeper:
         lines = (self.inbuf + data).split(b"\n")
         self.inbuf = lines.pop()
         for line in lines:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
+            try:
                 req = json.loads(line.decode("utf-8"))
-                self.start(os.path.join(self.runs_dir, req["run_id"]), req["spec"])
+                run_dir, spec = os.path.join(self.runs_dir, req["run_id"]), req["spec"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            try:
+                self.start(run_dir, spec)
+            except Exception as exc:  # never a run left "starting" without an exit record
+                with contextlib.suppress(Exception):
+                    self.fail(KeptRun(run_dir, spec), "cannot start the task on %s: %s: %s" % (
+                        self.host, type(exc).__name__, exc))  # fmt: skip
 
     def service(self) -> Optional[float]:
         """Reap ended tasks, apply signals, step every run; the seconds until the next step."""
@@ -572,9 +590,10 @@ class Keeper:
             left = run.step(now)
             if left is None:
                 del self.runs[pid]
+                code, sig = decode_status(run.status or 0)
                 if run.proc is not None:
-                    run.proc.returncode = decode_status(run.status or 0)[0]  # reaped by us
-                self.finish(run, *decode_status(run.status or 0))
+                    run.proc.returncode = code  # reaped by us
+                self.finish(run, code, sig)
             else:
                 wait = min(wait, left)
         return None if wait == math.inf else wait
@@ -595,17 +614,16 @@ class Keeper:
         env.update(LABTASKER_RESULT=run.path("result.json"), LABTASKER_RUN_DIR=run_dir,
                    LABTASKER_RUN_ID=os.path.basename(run_dir),
                    LABTASKER_TASK_ID=str(spec["task_id"]))  # fmt: skip
-        shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-        script = build_script(spec["command"], spec["setup"]).encode("utf-8", "surrogateescape")
-        argv: List[Any] = [shell, "-c", script, "labtasker"]
         words = plain_words(spec["command"], spec["setup"], env)
         if words:
-            argv = words
+            argv: List[Any] = words
             env["PWD"] = workdir  # what the shell would have set
         try:
-            if len(script) > SCRIPT_ARG_LIMIT and not words:  # over one exec argument's limit
-                write_file(run.path("cmd.sh"), script)
-                argv = [shell, run.path("cmd.sh")]
+            if not words:
+                argv = shell_argv(spec)
+                if len(argv[2]) > SCRIPT_ARG_LIMIT:  # over one exec argument's limit
+                    write_file(run.path("cmd.sh"), argv[2])
+                    argv = [argv[0], run.path("cmd.sh")]
             log = os.open(run.path("output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 try:
@@ -613,7 +631,7 @@ class Keeper:
                 except OSError as exc:  # a script without #!: bash runs those itself
                     if not (words and exc.errno == errno.ENOEXEC):
                         raise
-                    words, argv = None, [shell, "-c", script, "labtasker"]
+                    words, argv = None, shell_argv(spec)
                     got = spawn(argv, env, workdir, log, self.umask)
             finally:
                 os.close(log)
@@ -648,19 +666,9 @@ class Keeper:
         info = {"exit_code": code, "signal": sig, "timed_out": run.timed_out,
                 "cancelled": run.cancelled, "started_at": run.started_at,
                 "finished_at": utc_now(), "error": "; ".join(run.notes) or None}  # fmt: skip
-        data = json.dumps(info, sort_keys=True).encode()
         try:  # into the reserve's blocks, then renamed: there is room even on a full disk
-            fd = os.open(run.path("exit.reserve"), os.O_WRONLY)
-            try:
-                write_all(fd, data)
-                os.ftruncate(fd, len(data))
-                os.fsync(fd)  # the outcome must survive a crash right after the task
-            finally:
-                os.close(fd)
-            os.replace(run.path("exit.reserve"), run.path("exit.json"))
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(run.path("exit.reserve"))
+            write_file(run.path("exit.json"), info, sync=True, tmp=run.path("exit.reserve"))
+        except OSError:  # the reserve is gone now: its room may be enough for a new file
             with contextlib.suppress(OSError):
                 write_file(run.path("exit.json"), info, sync=True)
         if self.note >= 0:
@@ -793,9 +801,8 @@ def reset_run_dir(path: str) -> None:
         elif name not in _SPARE_RESET.values():
             # output.log too: a process the task left behind may still write to it.
             os.unlink(file)  # a directory raises: that spare is not reused
-    if "exit.json" not in names and "exit.reserve" not in names:
-        with contextlib.suppress(OSError):  # no room: the keeper reports the disk full
-            os.close(os.open(os.path.join(path, "exit.reserve"), os.O_WRONLY | os.O_CREAT, 0o600))
+    if "exit.json" not in names and "exit.reserve" not in names:  # a new dir, most often
+        os.close(os.open(os.path.join(path, "exit.reserve"), os.O_WRONLY | os.O_CREAT, 0o600))
     os.utime(path)  # a run dir's age tells "starting" from "lost" until started.json exists
 
 
@@ -819,7 +826,9 @@ class Spares:
         return os.path.join(self.dir, "%s%d" % (self.tag, self.made))
 
     def _list(self) -> List[str]:
-        """Spares on disk, listed once; more than SPARE_MAX, and stale ".new" ones, removed."""
+        """Spares on disk, listed once; more than SPARE_MAX, and ".new" ones claimed over 60 s
+        ago (by a helper that died publishing them), removed. The cap holds for each helper's
+        own list: helpers sharing the state dir may keep more, until the next one lists it."""
         if self.names is None:
             self.names = []
             with contextlib.suppress(OSError):
@@ -827,10 +836,11 @@ class Spares:
                 now = time.time()
                 for name in os.listdir(self.dir):
                     path = os.path.join(self.dir, name)
+                    staged = re.search(r"\.(\d+)\.new$", name)  # claimed at that time
                     with contextlib.suppress(OSError):
-                        if not name.endswith(".new") and len(self.names) < SPARE_MAX:
+                        if not staged and len(self.names) < SPARE_MAX:
                             self.names.append(name)
-                        elif not name.endswith(".new") or now - os.lstat(path).st_mtime > 60:
+                        elif not staged or now - int(staged.group(1)) > 60:
                             remove_tree(path)  # one too many, or left mid-launch by a crash
         return self.names
 
@@ -857,7 +867,7 @@ class Spares:
         """Make ``run_dir`` from a spare (or a new dir) holding exit.reserve; False if it exists."""
         if os.path.lexists(run_dir):
             return False
-        names, stage = self._list(), self._name() + ".new"
+        names, stage = self._list(), "%s.%d.new" % (self._name(), time.time())
         while names:
             try:
                 os.rename(os.path.join(self.dir, names.pop()), stage)  # now ours alone
@@ -871,7 +881,11 @@ class Spares:
         else:
             os.makedirs(self.dir, 0o700, exist_ok=True)
             os.mkdir(stage, 0o700)
-            reset_run_dir(stage)
+            try:
+                reset_run_dir(stage)
+            except OSError:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
         try:
             os.rename(stage, run_dir)
         except OSError as exc:
@@ -1011,15 +1025,21 @@ class Helper:
         for n, run_id in enumerate(ids):
             try:
                 out[run_id] = self.launch(run_id, items[n].get("spec"))
-            except BadRequest as exc:
-                out[run_id] = {"status": "error", "error": str(exc)}
+            except Exception as exc:  # this run only: the ones before it have started
+                why = str(exc) if isinstance(exc, BadRequest) else "%s: %s" % (
+                    type(exc).__name__, exc)  # fmt: skip
+                out[run_id] = {"status": "error", "error": why}
         return {"runs": out}
 
     def launch(self, run_id: str, raw_spec: Any) -> Dict[str, Any]:
         spec = _spec(raw_spec)
         d = self.run_dir(run_id)
         os.makedirs(self.runs, 0o700, exist_ok=True)
-        if not self.spares.publish(d):  # atomic: the one launch that makes it starts the run
+        try:
+            made = self.spares.publish(d)  # atomic: the one launch that makes it starts the run
+        except OSError as exc:
+            raise BadRequest("cannot make run dir %s on %s: %s" % (d, self.host, exc)) from None
+        if not made:
             return {"status": "exists", "run": self.report(run_id, [REPLY_INLINE_BUDGET])}
         line = (json.dumps({"run_id": run_id, "spec": spec}) + "\n").encode()
         for _ in range(2):  # a keeper that died is replaced once
@@ -1360,6 +1380,9 @@ def _spec(spec: Any) -> Dict[str, Any]:
     for key in ("setup", "workdir"):
         if not isinstance(spec.get(key), (str, type(None))):
             raise BadRequest("spec.%s must be a string or null" % key)
+    for key in ("command", "setup", "workdir"):
+        if "\0" in (spec.get(key) or ""):
+            raise BadRequest("spec.%s must not contain NUL" % key)
     env = spec.get("env") or {}
     if not isinstance(env, dict) or not all(
         isinstance(v, str) and k and "=" not in k and "\0" not in k + v for k, v in env.items()

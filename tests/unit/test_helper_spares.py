@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from dispatcher.remote import helper as helper_module
 from tests.helper_harness import LocalHelper, gate_command
 
@@ -20,7 +22,7 @@ async def test_a_new_run_reuses_an_ended_runs_dir_but_none_of_its_files(
 ) -> None:
     old = 'echo old; echo \'{"x": 1}\' > "$LABTASKER_RESULT"; touch "$LABTASKER_RUN_DIR/extra"'
     await helper.launch("a", old)
-    await helper.wait_exit("a")
+    old_pid = (await helper.wait_exit("a"))["pid"]
     assert (await helper.call("cleanup", runs=["a"]))["removed"] == 1
     state = helper.state_dir
     assert not (state / "runs" / "a").exists() and len(spares(state)) == 1
@@ -39,7 +41,7 @@ async def test_a_new_run_reuses_an_ended_runs_dir_but_none_of_its_files(
     rep = await helper.wait_exit("b")
     assert rep["exit_code"] == 0 and rep["result"] is None and rep["result_error"] is None
     assert base64.b64decode(rep["log"]) == b"ready\nnew\n"
-    assert rep["pid"] == (await helper.probe("b"))["pid"]  # started.json is b's own
+    assert rep["pid"] != old_pid  # started.json is b's own
 
 
 async def test_a_run_that_exists_is_not_launched_again_and_keeps_the_spares(
@@ -82,10 +84,11 @@ def test_spares_are_capped_and_leftovers_of_a_crashed_launch_are_removed(tmp_pat
     spare = tmp_path / "spare"
     for n in range(helper_module.SPARE_MAX + 3):
         (spare / f"old-{n}").mkdir(parents=True)
-    stale, fresh = spare / "h-1-1.new", spare / "h-1-2.new"
+    # Claimed (renamed to NAME.TIME.new) by helpers that died publishing, or are at it now.
+    now = int(time.time())
+    stale, fresh = spare / f"h-1-1.{now - 120}.new", spare / f"h-1-2.{now}.new"
     stale.mkdir()
     fresh.mkdir()
-    os.utime(stale, (time.time() - 120, time.time() - 120))
     spares_ = helper_module.Spares(str(tmp_path), "host")
     run = tmp_path / "runs" / "r"
     run.parent.mkdir()
@@ -100,7 +103,9 @@ def test_spares_are_capped_and_leftovers_of_a_crashed_launch_are_removed(tmp_pat
     assert not spares_.keep(str(other)) and other.is_dir()  # full: left for removal
 
 
-def test_publishing_onto_an_existing_run_fails_and_loses_no_spare(tmp_path: Path) -> None:
+def test_publishing_onto_an_existing_run_fails_and_loses_no_spare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spares_ = helper_module.Spares(str(tmp_path), "host")
     (tmp_path / "runs").mkdir()
     first = tmp_path / "runs" / "a"
@@ -109,5 +114,37 @@ def test_publishing_onto_an_existing_run_fails_and_loses_no_spare(tmp_path: Path
     assert not spares_.publish(str(first))
     done = tmp_path / "runs" / "done"
     assert spares_.publish(str(done)) and spares_.keep(str(done))
+    # Another helper made it between the look and the rename: rename() itself refuses.
+    monkeypatch.setattr(helper_module.os.path, "lexists", lambda path: False)
     assert not spares_.publish(str(first))
-    assert len(os.listdir(tmp_path / "spare")) == 1
+    assert os.listdir(first) == ["exit.reserve"]
+    assert len(os.listdir(tmp_path / "spare")) == 1  # the claimed spare went back
+    assert spares_.publish(str(tmp_path / "runs" / "b"))  # ... and serves the next run
+    assert os.listdir(tmp_path / "spare") == []
+
+
+def test_one_failing_run_of_a_launches_batch_fails_alone(tmp_path: Path) -> None:
+    h = helper_module.Helper(str(tmp_path))
+
+    def launch(run_id: str, spec: object) -> dict[str, object]:
+        if run_id == "b":
+            raise OSError(28, "No space left on device")
+        return {"status": "started", "pid": 1}
+
+    h.launch = launch  # type: ignore[method-assign]
+    runs = [{"run_id": r, "spec": {}} for r in ("a", "b", "c")]
+    got = h.op_launches({"runs": runs})["runs"]
+    assert got["a"] == got["c"] == {"status": "started", "pid": 1}
+    assert got["b"] == {"status": "error", "error": "OSError: [Errno 28] No space left on device"}
+
+
+async def test_a_spec_with_nul_is_refused_before_anything_starts(helper: LocalHelper) -> None:
+    runs = [
+        {"run_id": "ok", "spec": {"command": "true"}},
+        {"run_id": "bad", "spec": {"command": "true", "workdir": "a\0b"}},
+    ]
+    got = (await helper.call("launches", runs=runs))["runs"]
+    assert got["ok"]["status"] == "started"
+    assert got["bad"] == {"status": "error", "error": "spec.workdir must not contain NUL"}
+    assert not (helper.state_dir / "runs" / "bad").exists()
+    assert (await helper.wait_exit("ok"))["exit_code"] == 0
