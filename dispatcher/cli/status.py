@@ -145,10 +145,11 @@ def logs(
         task = tx.get(task_id)
     if task.run_id:
         local = log_path(logs_dir(store.path), task.run_id)
-        if task.state not in ACTIVE_STATES:
-            # No copy: the run printed nothing (no file is kept for an empty log).
-            sys.stdout.buffer.write(local.read_bytes() if local.exists() else b"")
+        if local.exists() and task.state not in ACTIVE_STATES:
+            sys.stdout.buffer.write(local.read_bytes())
             return
+        if task.state not in ACTIVE_STATES and task.exit_code is not None:
+            return  # its exit was recorded and no copy kept: the run printed nothing
     if task.state not in ACTIVE_STATES or not task.run_id or not task.host:
         raise UsageError(f"task {task_id} has no output yet (state {task.state})")
     import asyncio
@@ -169,9 +170,12 @@ def logs(
         local = log_path(logs_dir(store.path), task.run_id)
         with store.transaction() as tx:
             now = tx.get(task_id)
-        if now.state in ACTIVE_STATES or now.run_id != task.run_id or not local.exists():
+        if now.state in ACTIVE_STATES or now.run_id != task.run_id:
             raise
-        sys.stdout.buffer.write(local.read_bytes()[out.written :])
+        if local.exists():
+            sys.stdout.buffer.write(local.read_bytes()[out.written :])
+        elif now.exit_code is None:  # lost, say: nothing was copied
+            raise
 
 
 class _Counting:

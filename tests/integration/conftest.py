@@ -126,8 +126,11 @@ class Lab:
             f"python3 {self.shared / EXAMPLE.name} --param1 %{{p1}} --param2 %{{p2}} "
             f"--param3 %{{p3}} --sleep {sleep} --record {self.records_path} {extra}"
         ).strip()
-        out = self.ok("queue", "add", "--json", "--cmd", cmd, *args)
-        ids = json.loads(out)
+        return self.add_cmd(cmd, *args)
+
+    def add_cmd(self, cmd: str, *args: str) -> list[int]:
+        """``queue add --cmd CMD ARGS``; the new ids."""
+        ids = json.loads(self.ok("queue", "add", "--json", "--cmd", cmd, *args))
         return list(ids["ids"] if isinstance(ids, dict) else ids)
 
     def tasks(self) -> list[dict[str, Any]]:

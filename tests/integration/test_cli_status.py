@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+from dispatcher.models import TaskState
+from dispatcher.store import Store
 from tests.integration.conftest import Lab, finish, wait
 
 
@@ -71,9 +73,7 @@ def test_logs_follow_streams_from_the_host_until_the_task_ends(lab: Lab) -> None
 
 def test_a_task_that_printed_nothing_has_empty_logs_and_no_log_file(lab: Lab) -> None:
     hosts = lab.hosts_toml("cpu")
-    out = lab.ok("queue", "add", "--json", "--args", "{}", "--cmd", "true")
-    ids = json.loads(out)
-    (task,) = ids["ids"] if isinstance(ids, dict) else ids
+    (task,) = lab.add_cmd("true", "--args", "{}")
     code, _, err = finish(lab.start("dispatch", "--hosts", str(hosts)))
     assert code == 0, err
     assert lab.task(task)["state"] == "succeeded"
@@ -81,3 +81,12 @@ def test_a_task_that_printed_nothing_has_empty_logs_and_no_log_file(lab: Lab) ->
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     logs = lab.root / "queue.logs"
     assert not (logs.exists() and any(logs.iterdir()))  # no file kept for an empty log
+
+
+def test_a_lost_task_without_a_copy_of_its_log_says_so(lab: Lab) -> None:
+    (task,) = lab.add_cmd("true", "--args", "{}")
+    with Store(lab.db).transaction() as tx:
+        tx.move(task, TaskState.LAUNCHING, run_id=f"t{task}-a1-x", host="cpu")
+        tx.move(task, TaskState.LOST, run_id=f"t{task}-a1-x", reason="lost on cpu")
+    done = lab.run("logs", str(task))
+    assert done.returncode != 0 and "has no output yet (state lost)" in done.stderr, done
