@@ -113,7 +113,8 @@ class Dispatcher(Placer, HostJobs):
         self._kills_sent: set[str] = set()
         self._cleanups: dict[str, list[str]] = {}
         self._token: tuple[int, ...] | None = None
-        self._attachment = (0, 0)  # ``Txn.attachment`` of the last tick
+        # ``Txn.attachment`` of the last tick; none yet, and no attachment is numbered -1.
+        self._attachment = (-1, 0)
         self._last_tick = 0.0
         self._stop = False
         self._placed_last = False
