@@ -32,7 +32,8 @@ from dispatcher.store import Store, Tally, Txn
 S = TaskState
 #: A tick that applied at least this many reports counts as busy (pending reasons wait).
 BUSY_REPORTS = 8
-#: While busy, keep the queue file attached across ticks for at most this long (``Txn.keep``):
+#: After a round with reports, keep the queue file attached for the next one, for at most this
+#: long at a stretch (``Txn.keep``):
 #: it saves ATTACH, schema check and DETACH (a checkpoint). A process that wants the file says so
 #: (``Store.wanted``) and gets it within a poll interval; others wait at most about this long.
 KEEP_ATTACHED = 2.0
@@ -126,7 +127,6 @@ class Dispatcher(Placer, HostJobs):
         self.suspensions = SuspensionSync()
         self._shown_at = -1e9
         self._tally: Tally | None = None  # the last one read
-        self._end_counts: dict[TaskState, int] = dict(self.counts)  # after the last round
         self._pending: list[Task] | None = None  # the pending rows read last (``_candidates``)
         self._pending_all = False  # ... and they were all of them
 
@@ -255,8 +255,8 @@ class Dispatcher(Placer, HostJobs):
             # launches it sends reply at once): keep the file for it. Idle polls release it.
             tx.keep = KEEP_ATTACHED if reports else 0.0
             self._kept = bool(reports)
-            # Our own rows: their moves are checked now and written in a few set-based
-            # statements before the reads below.
+            # Our own rows: their moves are checked now and written together, in one UPDATE
+            # and one INSERT, before the next read of this round or at commit.
             tx.defer_moves(self.active)
             for host, report in reports:
                 self._apply_report(tx, host, report)
@@ -272,12 +272,12 @@ class Dispatcher(Placer, HostJobs):
                 self.suspensions.sync(tx, self.hosts, self.reporter)
             # Nobody else wrote since our last round and none of our moves re-entered pending:
             # the counts follow from our own moves, and the pending rows read then still hold.
-            # Then nothing is read before the placements, and the round's moves (exits and
-            # placements) go out together at commit.
+            # Then placement reads only when its cached pending rows run short, and the round's
+            # moves (exits and placements) go out together at commit.
             last = self._tally if continuous and not tx.to_pending else None
             reuse = last is not None
             if last is not None:
-                tally, base, seen = last, self._end_counts, {}
+                tally, base, seen = last, self.counts, {}  # as the last round left them
             else:
                 tally = self._tally = tx.tally()
                 base, seen = tally.counts, dict(tx.delta)
@@ -286,7 +286,7 @@ class Dispatcher(Placer, HostJobs):
             self.counts = _plus(base, tx.delta, seen)
             plain = not (tally.pending_after or tally.pending_throttled)
             launches = self._place(tx, plain=plain, reuse=reuse)
-        self._end_counts = self.counts = _plus(base, tx.delta, seen)
+        self.counts = _plus(base, tx.delta, seen)
         self._attachment = tx.attachment
         self._token = self.store.change_token()
         if launches:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dispatcher.capacity import host_capacity
 from dispatcher.models import Task, TaskState
 from dispatcher.scheduler import Candidate, HostCapacity, plan
-from dispatcher.store import MoveRequest, Txn
+from dispatcher.store import Txn
 
 if TYPE_CHECKING:
     from dispatcher.reconcile import HostState
@@ -110,18 +110,15 @@ class Placer:
         wanted = [Candidate(t.id, t.priority, t.gpus, t.sweep, t.max_running) for t in candidates]
         result = plan(wanted, caps, running)
         by_id = {t.id: t for t in candidates}
-        requests = []
+        tx.hold(by_id)  # written with the round's other moves
+        launches = []
         for placement in result.placements:
             task = by_id[placement.task_id]
-            fields: dict[str, Any] = {"host": placement.host, "gpu_ids": list(placement.gpu_ids)}
-            fields.update(attempt=task.attempt + 1, reason=None, exit_code=None, result=None)
-            requests.append(MoveRequest(task.id, S.LAUNCHING, new_run_id(task), fields))
-        tx.hold(by_id)  # written with the round's other moves
-        launches = [
-            m
-            for r in requests
-            if (m := tx.move(r.task_id, r.new, run_id=r.run_id, **r.fields)) is not None
-        ]
+            moved = tx.move(task.id, S.LAUNCHING, run_id=new_run_id(task), host=placement.host,
+                            gpu_ids=list(placement.gpu_ids), attempt=task.attempt + 1,
+                            reason=None, exit_code=None, result=None)  # fmt: skip
+            if moved is not None:
+                launches.append(moved)
         for moved in launches:
             self.active[moved.id] = moved
         if launches and self._pending is not None:

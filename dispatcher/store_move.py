@@ -51,6 +51,16 @@ class _Planned:
         return _Planned(self.old, later.task, sets, self.attempt_rows + later.attempt_rows)
 
 
+def _merged(plans: Sequence[_Planned]) -> list[_Planned]:
+    """One write per task, in the order of each task's first move: its moves of the round
+    applied in turn (``_Planned.then``)."""
+    merged: dict[int, _Planned] = {}
+    for planned in plans:
+        before = merged.get(planned.task.id)
+        merged[planned.task.id] = planned if before is None else before.then(planned)
+    return list(merged.values())
+
+
 _COL_TYPES = {
     "state": "VARCHAR",
     "host": "VARCHAR",
@@ -245,7 +255,7 @@ class Mover:
                 [ids],
             ).fetchall()
             current.update((t.id, t) for t in map(task_from_row, rows))
-        merged: dict[int, _Planned] = {}  # insertion order: first move of each task
+        plans: list[_Planned] = []
         out: list[Task | None] = []
         for req in requests:
             task = current.get(req.task_id)
@@ -255,12 +265,11 @@ class Mover:
             if planned is None:
                 out.append(None)
                 continue
-            before = merged.get(req.task_id)
-            merged[req.task_id] = planned if before is None else before.then(planned)
+            plans.append(planned)
             current[req.task_id] = planned.task
             out.append(planned.task)
-        if merged:
-            self._write(list(merged.values()), strict=True)
+        if plans:
+            self._write(_merged(plans), strict=True)
         return out
 
     def defer_moves(self, held: Mapping[int, Task]) -> None:
@@ -292,11 +301,7 @@ class Mover:
             self._deferred = pending
             return
         try:
-            merged: dict[int, _Planned] = {}
-            for planned in pending:
-                before = merged.get(planned.task.id)
-                merged[planned.task.id] = planned if before is None else before.then(planned)
-            self._write(list(merged.values()), strict=True)
+            self._write(_merged(pending), strict=True)
         finally:
             self._deferred = []
 

@@ -162,4 +162,4 @@ def test_a_process_waiting_for_a_kept_file_asks_for_it(tmp_path: Path) -> None:
     finally:
         child.kill()
     assert child.returncode == 0 and "PENDING" in out, out
-    assert not store.wanted()  # removed by the process that waited, once done
+    assert not wanted_path(db).exists()  # removed by the process that waited, once done
