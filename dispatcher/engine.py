@@ -113,6 +113,7 @@ class Dispatcher(Placer, HostJobs):
         self._jobs: set[asyncio.Task[Any]] = set()
         self._kills_sent: set[str] = set()
         self._cleanups: dict[str, list[str]] = {}
+        self._resend: list[Task] = []
         self._token: tuple[int, ...] | None = None
         # ``Txn.attachment`` of the last tick; none yet, and no attachment is numbered -1.
         self._attachment = (-1, 0)
@@ -291,11 +292,7 @@ class Dispatcher(Placer, HostJobs):
         self._token = self.store.change_token()
         if launches:
             crash_point("placed")  # test hook: die between `launching` and the launch
-        by_host: dict[str, list[Task]] = {}
-        for task in launches:
-            by_host.setdefault(task.host or "", []).append(task)
-        for host, tasks in by_host.items():
-            self._spawn(self._launch(host, tasks))
+        self._send_launches(launches)
         self._send_cleanups()
         self._send_cancels()
         self._refresh_gpus(now)

@@ -71,6 +71,7 @@ class HostJobs:
     _jobs: set[asyncio.Task[Any]]
     _kills_sent: set[str]
     _cleanups: dict[str, list[str]]  # host -> run ids to clean up after this round
+    _resend: list[Task]  # launching tasks whose run was never created: launched again
     _last_tails: float
     _last_tick: float
 
@@ -162,7 +163,7 @@ class HostJobs:
             )
         elif state == "absent":
             if task.state is S.LAUNCHING:
-                self._spawn(self._launch(host, [task]))  # never created: send the same id again
+                self._resend.append(task)  # never created: send the same id again
             else:
                 self._finish(tx, task, lost_outcome(task, "its run directory vanished"))
         elif state == "launch_error":
@@ -316,6 +317,15 @@ class HostJobs:
     async def _cleanup(self, host: str, run_ids: list[str]) -> None:
         with contextlib.suppress(DispatcherError):
             await self.hosts[host].session.call("cleanup", runs=run_ids)
+
+    def _send_launches(self, placed: list[Task]) -> None:
+        """One ``launches`` request per host for the round's placements and re-sent launches."""
+        tasks, self._resend = [*placed, *self._resend], []
+        by_host: dict[str, list[Task]] = {}
+        for task in tasks:
+            by_host.setdefault(task.host or "", []).append(task)
+        for host, group in by_host.items():
+            self._spawn(self._launch(host, group))
 
     def _send_cleanups(self) -> None:
         """One ``cleanup`` request per host for the runs whose exits this round recorded."""
