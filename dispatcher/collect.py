@@ -61,12 +61,17 @@ class LogCollector:
             os.close(fd)
         return log_path(self.logs_dir, run_id)
 
+    @staticmethod
+    def inline(report: dict[str, Any]) -> bool:
+        """Whether an exit report carries its whole log (or the run printed nothing)."""
+        return isinstance(report.get("log"), str) or not report.get("log_size")
+
     async def fetch(self, session: _Caller, report: dict[str, Any]) -> Path | None:
         """Copy the run's log; inline data when the report has it, else chunked reads. A run
         that printed nothing gets no file (None): most short tasks, and a file each costs."""
-        size = int(report.get("log_size") or 0)
-        if isinstance(report.get("log"), str) or not size:
+        if self.inline(report):
             return self.write_inline(report)
+        size = int(report["log_size"])
         run_id = str(report["run_id"])
         fd = self._open(run_id)
         try:

@@ -82,8 +82,8 @@ class HostJobs:
 
     def _on_report(self, host: str, report: dict[str, Any]) -> None:
         if report.get("state") == "exited":
-            chunked = report.get("log_size") and not isinstance(report.get("log"), str)
-            if chunked or self._outputs_of(host, str(report.get("run_id")))[1]:
+            globs = self._outputs_of(host, str(report.get("run_id")))[1]
+            if globs or not self.collector.inline(report):
                 self._spawn(self._collect(host, report))
                 return
             try:  # the log came inline (or there is none) and no output files: no job needed
@@ -110,9 +110,13 @@ class HostJobs:
         self._reports.append((host, report))
         self._wake.set()
 
+    def _task_of(self, run_id: str) -> Task | None:
+        """The active task whose current run is ``run_id`` (None: not ours, or an old one)."""
+        return next((t for t in self.active.values() if t.run_id == run_id), None)
+
     def _outputs_of(self, host: str, run_id: str) -> tuple[Task | None, list[str]]:
         """The task of ``run_id`` (None if not ours) and the output globs to copy for it."""
-        task = next((t for t in self.active.values() if t.run_id == run_id), None)
+        task = self._task_of(run_id)
         return task, [*self.hosts[host].session.spec.outputs, *getattr(task, "outputs", ())]
 
     async def _copy_outputs(self, host: str, report: dict[str, Any]) -> bool:
@@ -137,7 +141,7 @@ class HostJobs:
 
     def _apply_report(self, tx: Txn, host: str, report: dict[str, Any]) -> None:
         run_id = str(report.get("run_id"))
-        task = next((t for t in self.active.values() if t.run_id == run_id), None)
+        task = self._task_of(run_id)
         state = report.get("state")
         hs = self.hosts[host]
         if task is None or task.host != host:

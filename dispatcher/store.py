@@ -227,7 +227,7 @@ class Store:
         """ATTACH, waiting while another process holds the file; True if it had to wait."""
         deadline = time.monotonic() + self.lock_timeout
         delay = _BACKOFF_FIRST
-        wished = False
+        wished, wish = False, wanted_path(self.path)
         while True:
             try:
                 con.execute(f"ATTACH ? AS {alias}", [str(self.path)])
@@ -237,14 +237,13 @@ class Store:
                     raise
                 holder = str(err)
             with contextlib.suppress(OSError):  # touched at every try: a stale one is ignored
-                os.close(os.open(wanted_path(self.path), os.O_WRONLY | os.O_CREAT, 0o600))
-                os.utime(wanted_path(self.path))
+                wish.touch(0o600)
                 wished = True
             left = deadline - time.monotonic()
             if left <= 0:
                 if wished:
                     with contextlib.suppress(OSError):
-                        wanted_path(self.path).unlink()
+                        wish.unlink()
                 raise self._locked_error(_holder(holder))
             time.sleep(min(left, random.uniform(delay / 2, delay)))
             delay = min(delay * 2, _BACKOFF_MAX)
