@@ -230,15 +230,12 @@ class Mover:
                 return planned.task
         return self.move_many([req])[0]
 
-    def move_many(
-        self, requests: Sequence[MoveRequest], *, known: Mapping[int, Task] | None = None
-    ) -> list[Task | None]:
+    def move_many(self, requests: Sequence[MoveRequest]) -> list[Task | None]:
         """Apply many moves with a fixed handful of statements; the result is aligned with
         ``requests``: the task after its move, or None where ``run_id`` fenced it off.
 
-        Each move is checked as ``move`` checks it against the row's current state: the row in
-        ``known`` (read earlier in this transaction, or held by the one dispatcher), else the
-        row read from the file. An illegal move raises IllegalTransitionError and nothing is
+        Each move is checked as ``move`` checks it against the row's current state, read from
+        the file in one SELECT. An illegal move raises IllegalTransitionError and nothing is
         written. A task may appear more than once (its moves apply in order, and are written
         as one). All of it is one UPDATE, guarded by every row's expected state and run_id (a
         row found otherwise raises StoreError: the transaction rolls back), and one attempts
@@ -247,14 +244,11 @@ class Mover:
         if not requests:
             return []
         self.flush()
-        current = {i: t for i, t in (known or {}).items()}
-        ids = sorted({r.task_id for r in requests} - set(current))
-        if ids:
-            rows = self._con.execute(
-                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT unnest(?::BIGINT[]))",
-                [ids],
-            ).fetchall()
-            current.update((t.id, t) for t in map(task_from_row, rows))
+        rows = self._con.execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT unnest(?::BIGINT[]))",
+            [sorted({r.task_id for r in requests})],
+        ).fetchall()
+        current = {t.id: t for t in map(task_from_row, rows)}
         plans: list[_Planned] = []
         out: list[Task | None] = []
         for req in requests:

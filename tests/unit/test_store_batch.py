@@ -106,14 +106,16 @@ def test_a_task_may_move_twice_in_one_batch(store: Store) -> None:
     assert (t.state, t.reason, t.exit_code, t.run_id) == (S.PENDING, "retrying", 3, None)
 
 
-def test_known_rows_that_no_longer_hold_roll_the_batch_back(store: Store) -> None:
+def test_held_rows_that_no_longer_hold_roll_the_round_back(store: Store) -> None:
     a, b = add(store, 2)
     with store.transaction() as tx:
-        known = {t.id: t for t in tx.tasks()}
+        held = {t.id: t for t in tx.tasks()}
     store.cancel([b])  # another process, between our read and our write
     stale = "1 of 2 tasks were not in the state"
     with pytest.raises(StoreError, match=stale), store.transaction() as tx:
-        tx.move_many([launch_req(a), launch_req(b)], known=known)
+        tx.defer_moves(held)
+        for task_id in (a, b):
+            assert tx.move(task_id, S.LAUNCHING, run_id=f"r{task_id}", host="h") is not None
     assert [t.state for t in store.tasks()] == [S.PENDING, S.CANCELLED]
 
 

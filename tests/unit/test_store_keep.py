@@ -118,7 +118,6 @@ def test_plain_candidates_match_the_full_query_without_dependencies(store: Store
 def test_several_moves_of_one_task_are_one_write_with_every_attempt(store: Store) -> None:
     ids = add(store, 2, max_attempts=3)
     with store.transaction() as tx:
-        known = {t.id: t for t in tx.tasks(ids=ids)}
         reqs = [
             MoveRequest(ids[0], S.LAUNCHING, "a1", {"host": "h", "gpu_ids": [0]}),
             MoveRequest(ids[1], S.LAUNCHING, "b1", {"host": "g", "gpu_ids": []}),
@@ -128,7 +127,7 @@ def test_several_moves_of_one_task_are_one_write_with_every_attempt(store: Store
             MoveRequest(ids[0], S.LAUNCHING, "a2", {"host": "g", "gpu_ids": [1]}),
             MoveRequest(ids[0], S.RUNNING, "stale"),  # fenced: an old attempt's report
         ]
-        out = tx.move_many(reqs, known=known)
+        out = tx.move_many(reqs)
     assert out[-1] is None
     a, b = store.get(ids[0]), store.get(ids[1])
     assert (a.state, a.run_id, a.host, a.gpu_ids, a.attempt) == (S.LAUNCHING, "a2", "g", [1], 2)
