@@ -162,3 +162,27 @@ def test_a_process_waiting_for_a_kept_file_asks_for_it(tmp_path: Path) -> None:
         child.kill()
     assert child.returncode == 0 and "PENDING" in out, out
     assert not wanted_path(db).exists()  # removed by the process that waited, once done
+
+
+def test_a_rounds_delta_matches_the_counts_read_after_its_moves(store: Store) -> None:
+    # The dispatcher skips the tally when nobody else wrote: its counts are the last ones
+    # plus Mover.delta, so delta must equal what a fresh read finds, requeues included.
+    ids = add(store, 5, max_attempts=2)
+    with store.transaction() as tx:
+        tx.move(ids[0], S.LAUNCHING, run_id="a", host="h")
+        tx.move(ids[1], S.LAUNCHING, run_id="b", host="h")
+        tx.move(ids[1], S.RUNNING, run_id="b")
+    with store.transaction() as tx:
+        before = tx.tally().counts
+        tx.defer_moves({t.id: t for t in tx.tasks(ids=ids[:2])})
+        tx.move(ids[0], S.RUNNING, run_id="a")
+        tx.move(ids[0], S.SUCCEEDED, run_id="a", exit_code=0)
+        tx.move(ids[1], S.FAILED, run_id="b", exit_code=1)
+        assert not tx.to_pending
+        tx.move(ids[1], S.PENDING, reason="retry")  # a requeue: the pending rows changed
+        tx.hold({t.id: t for t in tx.tasks(ids=ids[2:3])})
+        tx.move(ids[2], S.LAUNCHING, run_id="c", host="h")
+        assert tx.to_pending
+        after = tx.tally().counts  # a read: the deferred moves are written first
+        assert {s: before[s] + tx.delta.get(s, 0) for s in S} == after
+    assert after[S.SUCCEEDED] == 1 and after[S.PENDING] == 3 and after[S.LAUNCHING] == 1
