@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from dispatcher.collect import LogCollector
 from dispatcher.hosts import HostsConfig
-from dispatcher.hostsession import HostSession, ssh_options
+from dispatcher.hostsession import HostSession, fence_key, ssh_options
 from dispatcher.models import ACTIVE_STATES, Task, TaskState
 from dispatcher.paths import dispatch_lock
 from dispatcher.placing import Placer
@@ -146,11 +146,13 @@ class Dispatcher(Placer, HostJobs):
     # -- main loop -------------------------------------------------------------------------------
 
     async def _run_locked(self) -> int:
+        queue_id = self.store.queue_id()
         for order, spec in enumerate(self.config.hosts):
             if not spec.enabled:
                 continue
             opts = ssh_options(spec, accept_new_host_keys=self.options.accept_new_host_keys)
-            session = HostSession(spec, opts, self._on_exit_event, self._on_host_change)
+            fence = fence_key(queue_id, spec.name)
+            session = HostSession(spec, opts, self._on_exit_event, self._on_host_change, fence)
             self.hosts[spec.name] = HostState(session, order)
         runners = [asyncio.ensure_future(h.session.run()) for h in self.hosts.values()]
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,16 +53,21 @@ class GpuInventory:
 
 
 async def start_helper(
-    spec: HostSpec, options: SSHOptions
+    spec: HostSpec, options: SSHOptions, fence: str | None = None
 ) -> tuple[HostTransport, HelperClient, dict[str, Any]]:
-    """Connect to a host and start labtasker's helper there; returns (transport, client, hello)."""
+    """Connect to a host and start labtasker's helper there; returns (transport, client, hello).
+
+    ``fence``: dispatch's key for this queue and host (``fence_key``); the helper started with
+    it fences off every older one with the same key, so a late launch from a stalled session of
+    theirs starts nothing.
+    """
     transport = make_transport(spec.name, ssh_target=spec.ssh, local=spec.local, options=options)
     try:
         await transport.connect()
         python = spec.python
         if spec.local and python == "python3":
             python = sys.executable  # the controller's own interpreter is known to work
-        proc = await transport.start(protocol.bootstrap_argv(python, spec.state_dir))
+        proc = await transport.start(protocol.bootstrap_argv(python, spec.state_dir, fence))
         client = HelperClient(spec.name, proc.stdout, proc.stdin)
         hello = await client.start(timeout=spec.connect_timeout + 20, stderr_text=proc.stderr_text)
     except BaseException:
@@ -69,6 +75,11 @@ async def start_helper(
             await asyncio.wait_for(transport.close(), 5)
         raise
     return transport, client, hello
+
+
+def fence_key(queue_id: int, host: str) -> str:
+    """The helper fence key of one queue on one host (hosts sharing a home share a state dir)."""
+    return f"q{queue_id:x}-" + re.sub(r"[^A-Za-z0-9._-]", "_", host)[:100]
 
 
 def ssh_options(spec: HostSpec, *, accept_new_host_keys: bool = False) -> SSHOptions:
@@ -90,8 +101,10 @@ class HostSession:
         options: SSHOptions,
         on_exit: Callable[[HostSession, dict[str, Any]], None],
         on_change: Callable[[HostSession], None],
+        fence: str | None = None,
     ) -> None:
         self.spec = spec
+        self.fence = fence
         self.name = spec.name
         self.options = options
         self._on_exit = on_exit
@@ -149,7 +162,9 @@ class HostSession:
         self.status = "connecting"
         self._on_change(self)
         await self._close()
-        self._transport, self._client, self.hello = await start_helper(self.spec, self.options)
+        self._transport, self._client, self.hello = await start_helper(
+            self.spec, self.options, self.fence
+        )
         self.status = "up"
         self.error = None
         self.permanent_error = False

@@ -348,6 +348,12 @@ class Store:
         with self.transaction() as txn:
             return txn.get(task_id)
 
+    def queue_id(self) -> int:
+        """The queue's random id (made with the file): it tells this queue's helpers apart."""
+        with self.transaction() as txn:
+            row = txn.con.execute("SELECT value FROM meta WHERE key = 'queue_id'").fetchone()
+        return int(row[0])
+
     def counts(self) -> dict[TaskState, int]:
         """How many tasks are in each state (every state present)."""
         with self.transaction() as txn:

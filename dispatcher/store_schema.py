@@ -98,6 +98,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN outputs VARCHAR[] NOT NULL DEFAULT []",
         "UPDATE tasks SET batch = id",
     ),
+    # 2 -> 3: the queue's random id, which names it to the hosts' helpers (their launch fence).
+    ("INSERT INTO meta SELECT 'queue_id', CAST(floor(random() * 4503599627370496) AS BIGINT) + 1",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -53,9 +53,10 @@ class LocalHelper:
         python: str = sys.executable,
         env: dict[str, str] | None = None,
         argv: list[str] | None = None,
+        fence: str | None = None,
     ) -> None:
         self.state_dir = state_dir
-        self.argv = argv or protocol.bootstrap_argv(python, str(state_dir))
+        self.argv = argv or protocol.bootstrap_argv(python, str(state_dir), fence)
         self.env = env
         self.stderr_path = state_dir.parent / f"helper-stderr-{id(self)}.txt"
         self.proc: asyncio.subprocess.Process | None = None

@@ -1,9 +1,10 @@
 """labtasker's helper: runs on a lab server, shipped and started by ``protocol.BOOTSTRAP``.
 
 Stdlib only, Python 3.8+, Linux (/proc), one file. It owns STATE_DIR/runs/<run_id>/
-(started.json, exit.reserve, exit.json, output.log, result.json, cancel.json, and cmd.sh for a
-script too long for an argument; dirs 0700, files 0600) and STATE_DIR/spare/ (ended run dirs that
-new runs reuse, see Spares), and answers one JSON request per stdin line with one JSON reply line
+(supervisor.json, started.json, exit.reserve, exit.json, output.log, result.json, cancel.json, and
+cmd.sh for a script too long for an argument; dirs 0700, files 0600), STATE_DIR/spare/ (ended run
+dirs that new runs reuse, see Spares) and STATE_DIR/fence/ (one generation per queue and host, see
+Fence), and answers one JSON request per stdin line with one JSON reply line
 on stdout.
 Tasks run under the helper's *keeper*: one process forked at the first launch, in a session of its
 own, that starts every task, enforces timeouts and cancels and records exits (see Keeper). Tasks
@@ -17,7 +18,8 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
   launch  {"run_id", "spec": {command, setup, workdir, env, timeout, kill_grace, task_id}}
           -> {"status": "started", "pid": keeper pid} | {"status": "exists", "run": REPORT}.
           The run dir is published with one rename (Spares), so one run_id never starts
-          two processes.
+          two processes; a helper superseded by a newer one of its queue (Fence) refuses
+          every launch and then exits.
           The task sees LABTASKER_RESULT (write a JSON object there), LABTASKER_RUN_ID,
           LABTASKER_RUN_DIR and LABTASKER_TASK_ID, and the umask the helper was started with.
   launches {"runs": [{"run_id", "spec"}]} -> {"runs": {run_id: launch's reply |
@@ -35,9 +37,10 @@ REPORT: {run_id, state: absent|starting|running|exited|lost, pid, started_at, fi
 exit_code (-N for signal N), signal, timed_out, cancelled, error, result, result_error, log_size,
 log (base64, only when exited and log_size <= 64 KiB), boot_id, inline_omitted}. inline_omitted is
 true when log/result were left out to keep the reply under 1 MiB: probe that run alone or read it.
-"starting": no started.json yet and the keeper lives (or the run dir is under 60 s old); "lost":
-no exit.json and the run's supervisor (the keeper named in started.json) is gone, its pid reused,
-or the host rebooted. Event {"event": "exit", "run": REPORT}: a watched run ended.
+"starting": no started.json yet and the keeper named in supervisor.json (written at publish) lives
+(a run dir without one, from an older helper: while under 60 s old); "lost": no exit.json and the
+run's supervisor (the keeper named in started.json or supervisor.json) is gone, its pid reused, or
+the host rebooted. Event {"event": "exit", "run": REPORT}: a watched run ended.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import fcntl
 import json
 import math
 import os
@@ -64,7 +68,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 #: Must equal dispatcher.remote.protocol.PROTOCOL_VERSION (a unit test checks).
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 INLINE_LOG_LIMIT = 64 * 1024
 #: Bounds one reply's inline logs and results, so a probe of many runs stays a sane line.
 REPLY_INLINE_BUDGET = 1024 * 1024
@@ -88,8 +92,11 @@ NEARLY_FULL = 64 * 1024
 SPARE_MAX = 256
 #: How a spare's files are reset: renamed to what a run dir is published with.
 _SPARE_RESET = {"exit.json": "exit.reserve", "started.json": "started.json.tmp"}
+#: Names the keeper of a run before its start is recorded; rewritten by every publish.
+SUPERVISOR = "supervisor.json"
 OPS = ("ping", "gpus", "launch", "launches", "probe", "kill", "read", "tail", "cleanup", "check")
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_FENCE_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 _QUERIES = (
     "--query-gpu=index,uuid,name,memory.used,memory.total,utilization.gpu",
     "--query-compute-apps=gpu_uuid,pid,used_memory,process_name",
@@ -532,8 +539,10 @@ class Keeper:
 
     def serve(self) -> None:
         self.detach()
-        while self.cmd >= 0 or self.runs:
+        while True:
             wait = self.service()
+            if self.cmd < 0 and not self.runs:
+                break  # the helper is gone and the last run is recorded: nothing is left to do
             rd = [self.wake] + ([self.cmd] if self.cmd >= 0 else [])
             wr = [self.note] if self.outbuf and self.note >= 0 else []
             with contextlib.suppress(InterruptedError):
@@ -798,7 +807,7 @@ def reset_run_dir(path: str) -> None:
         file = os.path.join(path, name)
         if name in _SPARE_RESET:
             os.rename(file, os.path.join(path, _SPARE_RESET[name]))
-        elif name not in _SPARE_RESET.values():
+        elif name not in _SPARE_RESET.values() and name != SUPERVISOR:
             # output.log too: a process the task left behind may still write to it.
             os.unlink(file)  # a directory raises: that spare is not reused
     if "exit.json" not in names and "exit.reserve" not in names:  # a new dir, most often
@@ -863,8 +872,9 @@ class Spares:
         names.append(os.path.basename(path))
         return True
 
-    def publish(self, run_dir: str) -> bool:
-        """Make ``run_dir`` from a spare (or a new dir) holding exit.reserve; False if it exists."""
+    def publish(self, run_dir: str, supervisor: bytes) -> bool:
+        """Make ``run_dir`` from a spare (or a new dir) holding exit.reserve and ``supervisor``
+        (SUPERVISOR: who will start the run); False if it exists."""
         if os.path.lexists(run_dir):
             return False
         names, stage = self._list(), "%s.%d.new" % (self._name(), time.time())
@@ -887,6 +897,13 @@ class Spares:
                 shutil.rmtree(stage, ignore_errors=True)
                 raise
         try:
+            # Written in place: the stage is ours alone until the rename publishes it whole.
+            fd = os.open(os.path.join(stage, SUPERVISOR), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                         0o600)  # fmt: skip
+            try:
+                write_all(fd, supervisor)
+            finally:
+                os.close(fd)
             os.rename(stage, run_dir)
         except OSError as exc:
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
@@ -898,11 +915,64 @@ class Spares:
         return True
 
 
+class Superseded(BadRequest):
+    """A newer helper of the same queue and host started: this one starts nothing any more."""
+
+
+class Fence:
+    """STATE_DIR/fence/<key>: the generation of the newest helper of one queue on one host.
+
+    A helper started with a fence key (dispatch passes one: its queue and this host's name) takes
+    the next generation under an exclusive lock. Every launch checks, under a shared lock held
+    until its run dir is published, that the generation is still its own. So once a newer helper
+    of that queue has started, an older one (a stalled session whose bytes arrive late, after a
+    new controller probed and relaunched its runs) starts nothing, however late its request
+    comes; and a run published by the old one before that is there for the new one to see.
+    """
+
+    def __init__(self, state_dir: str, key: str) -> None:
+        folder = os.path.join(state_dir, "fence")
+        os.makedirs(folder, 0o700, exist_ok=True)
+        self.fd = os.open(os.path.join(folder, key), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            self.generation = self.current() + 1
+            data = b"%d\n" % self.generation
+            os.pwrite(self.fd, data, 0)
+            os.ftruncate(self.fd, len(data))
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def current(self) -> int:
+        try:
+            return int(os.pread(self.fd, 64, 0).split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    @contextlib.contextmanager
+    def held(self, host: str) -> Any:
+        """The shared lock, while this helper is still the newest; else Superseded."""
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+        try:
+            now = self.current()
+            if now != self.generation:
+                raise Superseded(
+                    "superseded on %s: a newer helper (generation %d) serves this queue; this one "
+                    "(generation %d) starts nothing" % (host, now, self.generation))  # fmt: skip
+            yield
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
 class Helper:
     """The request loop: one thread, one selector over stdin, the wakeup pipe and query pipes."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, fence_key: Optional[str] = None) -> None:
         self.state_dir = os.path.abspath(os.path.expanduser(state_dir))
+        if fence_key is not None and not _FENCE_KEY.fullmatch(fence_key):
+            raise SystemExit("labtasker: bad fence key %r" % fence_key)
+        self.fence_key = fence_key
+        self.fence: Optional[Fence] = None  # taken in serve(), before the hello
         self.runs = os.path.join(self.state_dir, "runs")
         self.boot_id, self.host = read_boot_id(), socket.gethostname()
         self.keeper = 0  # pid of the keeper this helper forked (0: none yet, or it ended)
@@ -1031,12 +1101,25 @@ class Helper:
                 out[run_id] = {"status": "error", "error": why}
         return {"runs": out}
 
+    def supervisor(self) -> bytes:
+        """SUPERVISOR's content: the keeper that will start a run, so that a run cut short
+        before its start was recorded is known lost as soon as that keeper is gone."""
+        return json.dumps({"supervisor_pid": self.keeper, "proc_start": self.keeper_start,
+                           "boot_id": self.boot_id, "keeper": True}).encode()  # fmt: skip
+
     def launch(self, run_id: str, raw_spec: Any) -> Dict[str, Any]:
         spec = _spec(raw_spec)
         d = self.run_dir(run_id)
         os.makedirs(self.runs, 0o700, exist_ok=True)
+        error: Optional[OSError] = None
         try:
-            made = self.spares.publish(d)  # atomic: the one launch that makes it starts the run
+            self.start_keeper()
+            keeper = self.keeper
+            with self.fence.held(self.host) if self.fence else contextlib.nullcontext():
+                made = self.spares.publish(d, self.supervisor())  # atomic: one launch makes it
+        except Superseded:
+            self.running = False  # its controller has moved on: serve nobody any more
+            raise
         except OSError as exc:
             raise BadRequest("cannot make run dir %s on %s: %s" % (d, self.host, exc)) from None
         if not made:
@@ -1045,6 +1128,9 @@ class Helper:
         for _ in range(2):  # a keeper that died is replaced once
             try:
                 self.start_keeper()
+                if self.keeper != keeper:  # replaced: name the one that will start the run
+                    keeper = self.keeper
+                    write_file(os.path.join(d, SUPERVISOR), self.supervisor())
                 write_all(self.keeper_cmd, line)
                 break
             except OSError as exc:
@@ -1321,6 +1407,8 @@ class Helper:
         """Print hello, then serve requests until stdin ends; started tasks keep running."""
         self.umask = os.umask(0o077)
         os.makedirs(self.runs, 0o700, exist_ok=True)
+        if self.fence_key:
+            self.fence = Fence(self.state_dir, self.fence_key)
         wake = _wakeup_pipe()
         signal.signal(signal.SIGCHLD, _noop)
         try:
@@ -1332,7 +1420,8 @@ class Helper:
         self.send({"event": "hello", "version": PROTOCOL_VERSION,
                    "python": platform.python_version(), "hostname": self.host,
                    "boot_id": self.boot_id, "pid": os.getpid(),
-                   "user": user_name(os.geteuid()), "state_dir": self.state_dir})  # fmt: skip
+                   "user": user_name(os.geteuid()), "state_dir": self.state_dir,
+                   "generation": self.fence.generation if self.fence else None})  # fmt: skip
         self.flush()
         while self.running:
             for key, _ in self.sel.select(self.timeout()):
@@ -1398,10 +1487,10 @@ def _spec(spec: Any) -> Dict[str, Any]:
             "kill_grace": grace}  # fmt: skip
 
 
-def main(state_dir: str) -> None:
-    """Entry point used by the bootstrap (and by ``python3 helper.py STATE_DIR``)."""
-    Helper(state_dir).serve()
+def main(state_dir: str, fence_key: Optional[str] = None) -> None:
+    """Entry point used by the bootstrap (and by ``python3 helper.py STATE_DIR [FENCE_KEY]``)."""
+    Helper(state_dir, fence_key or None).serve()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "~/.labtasker")
+    main(sys.argv[1] if len(sys.argv) > 1 else "~/.labtasker", *sys.argv[2:3])

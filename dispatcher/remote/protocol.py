@@ -2,7 +2,8 @@
 
 Wire format: one JSON object per line (UTF-8) in each direction over the helper's stdin/stdout.
 
-Start-up (see ``BOOTSTRAP``): the controller runs ``python3 -c BOOTSTRAP STATE_DIR SHA256 SIZE``.
+Start-up (see ``BOOTSTRAP``): the controller runs
+``python3 -c BOOTSTRAP STATE_DIR SHA256 SIZE [FENCE_KEY]``.
 The bootstrap checks the interpreter (>= 3.8), creates STATE_DIR (0700), and looks for
 ``STATE_DIR/helper-<sha16>.py``. If that file's SHA-256 equals SHA256 it prints ``have``; otherwise
 it prints ``need``, reads exactly SIZE bytes of helper source from stdin, checks their hash,
@@ -23,7 +24,7 @@ from functools import cache
 from importlib import resources
 
 #: Bumped whenever a message changes shape; the controller refuses a helper with another version.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Reports of runs whose log is at most this size carry the log inline.
 INLINE_LOG_LIMIT = 64 * 1024
@@ -56,7 +57,7 @@ else:
     os.write(fd,s);os.close(fd);os.replace(t,p)
 g={"__name__":"labtasker_helper","__file__":p}
 exec(compile(s,p,"exec"),g)
-g["main"](d)
+g["main"](d,*sys.argv[4:5])
 """.strip()
 
 
@@ -72,6 +73,12 @@ def helper_sha256() -> str:
     return hashlib.sha256(helper_source()).hexdigest()
 
 
-def bootstrap_argv(python: str, state_dir: str) -> list[str]:
-    """The argv that starts the helper on a host (quote with ``shlex.join`` for a remote shell)."""
-    return [python, "-c", BOOTSTRAP, state_dir, helper_sha256(), str(len(helper_source()))]
+def bootstrap_argv(python: str, state_dir: str, fence: str | None = None) -> list[str]:
+    """The argv that starts the helper on a host (quote with ``shlex.join`` for a remote shell).
+
+    ``fence``: the key of the queue and host this helper launches for (see the helper's
+    ``Fence``): starting it fences off every older helper with that key. Only dispatch passes
+    one; a helper without a key (``hosts check``, ``logs --follow``) fences nobody.
+    """
+    argv = [python, "-c", BOOTSTRAP, state_dir, helper_sha256(), str(len(helper_source()))]
+    return [*argv, fence] if fence else argv

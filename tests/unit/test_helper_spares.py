@@ -28,7 +28,7 @@ async def test_a_new_run_reuses_an_ended_runs_dir_but_none_of_its_files(
     assert not (state / "runs" / "a").exists() and len(spares(state)) == 1
     kept = state / "spare" / spares(state)[0]
     # Reset when kept: no log or result takes disk space in a spare.
-    assert sorted(os.listdir(kept)) == ["exit.reserve", "started.json.tmp"]
+    assert sorted(os.listdir(kept)) == ["exit.reserve", "started.json.tmp", "supervisor.json"]
     inode = kept.stat().st_ino
 
     await helper.launch("b", gate_command(tmp_path / "gate", "echo new"))
@@ -77,6 +77,7 @@ async def test_a_run_dir_holding_a_directory_is_removed_not_kept(helper: LocalHe
         "exit.json",
         "output.log",
         "started.json",
+        "supervisor.json",
     ]
 
 
@@ -92,11 +93,11 @@ def test_spares_are_capped_and_leftovers_of_a_crashed_launch_are_removed(tmp_pat
     spares_ = helper_module.Spares(str(tmp_path), "host")
     run = tmp_path / "runs" / "r"
     run.parent.mkdir()
-    assert spares_.publish(str(run))  # lists spare/ first
+    assert spares_.publish(str(run), b"{}")  # lists spare/ first
     assert not stale.exists() and fresh.exists()
     left = [n for n in os.listdir(spare) if not n.endswith(".new")]
     assert len(left) == helper_module.SPARE_MAX - 1  # the cap, less the one published
-    assert os.listdir(run) == ["exit.reserve"]  # made where a spare lacked it
+    assert sorted(os.listdir(run)) == ["exit.reserve", "supervisor.json"]  # made where lacking
     assert spares_.keep(str(run))
     other = tmp_path / "runs" / "s"
     other.mkdir()
@@ -109,17 +110,20 @@ def test_publishing_onto_an_existing_run_fails_and_loses_no_spare(
     spares_ = helper_module.Spares(str(tmp_path), "host")
     (tmp_path / "runs").mkdir()
     first = tmp_path / "runs" / "a"
-    assert spares_.publish(str(first))
-    assert os.listdir(first) == ["exit.reserve"]  # never empty: rename() cannot replace it
-    assert not spares_.publish(str(first))
+    assert spares_.publish(str(first), b"{}")
+    assert sorted(os.listdir(first)) == [
+        "exit.reserve",
+        "supervisor.json",
+    ]  # never empty: rename() cannot replace it
+    assert not spares_.publish(str(first), b"{}")
     done = tmp_path / "runs" / "done"
-    assert spares_.publish(str(done)) and spares_.keep(str(done))
+    assert spares_.publish(str(done), b"{}") and spares_.keep(str(done))
     # Another helper made it between the look and the rename: rename() itself refuses.
     monkeypatch.setattr(helper_module.os.path, "lexists", lambda path: False)
-    assert not spares_.publish(str(first))
-    assert os.listdir(first) == ["exit.reserve"]
+    assert not spares_.publish(str(first), b"{}")
+    assert sorted(os.listdir(first)) == ["exit.reserve", "supervisor.json"]
     assert len(os.listdir(tmp_path / "spare")) == 1  # the claimed spare went back
-    assert spares_.publish(str(tmp_path / "runs" / "b"))  # ... and serves the next run
+    assert spares_.publish(str(tmp_path / "runs" / "b"), b"{}")  # ... and serves the next run
     assert os.listdir(tmp_path / "spare") == []
 
 

@@ -74,10 +74,11 @@ def test_new_file_is_private_and_versioned(tmp_path: Path) -> None:
     store = Store.open_default(tmp_path / "sub" / "q.duckdb")
     assert store.counts() == dict.fromkeys(TaskState, 0)
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
-    assert sql(store, "SELECT key, value FROM meta ORDER BY key") == [
-        ("next_id", 1),
-        ("schema_version", SCHEMA_VERSION),
-    ]
+    meta = sql(store, "SELECT key, value FROM meta ORDER BY key")
+    assert meta[0] == ("next_id", 1) and meta[2] == ("schema_version", SCHEMA_VERSION)
+    assert meta[1][0] == "queue_id" and meta[1][1] == store.queue_id() > 0
+    other = Store.open_default(tmp_path / "other.duckdb")
+    assert other.queue_id() != store.queue_id()  # random: 52 bits
     assert sorted(os.listdir(tmp_path / "sub")) == ["q.duckdb"]  # no temp leftovers
 
 

@@ -72,6 +72,7 @@ def test_a_version_1_queue_is_migrated_and_keeps_its_tasks(tmp_path: Path) -> No
     )
     (new,) = store.add_batch(TaskBatch("y", max_running=1)).ids
     assert new == 5 and store.get(new).max_running == 1
+    assert store.queue_id() > 0  # given by the migration, as a new file gets one
     con = duckdb.connect(str(path))
     version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     con.close()
