@@ -124,7 +124,8 @@ async def test_another_protocol_version_is_refused(tmp_path: Path) -> None:
     body = "print('have'); print(json.dumps({'event': 'hello', 'version': 999}), flush=True)\n"
     body += "sys.stdin.read()\n"
     h = LocalHelper(tmp_path / "state", argv=fake_helper(tmp_path, body))
-    with pytest.raises(ProtocolError, match=f"protocol 999 but this labtasker speaks {protocol.PROTOCOL_VERSION}"):
+    speaks = f"protocol 999 but this labtasker speaks {protocol.PROTOCOL_VERSION}"
+    with pytest.raises(ProtocolError, match=speaks):
         await h.start()
     await h.stop()
 

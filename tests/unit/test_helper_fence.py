@@ -55,12 +55,15 @@ async def _done(h: LocalHelper) -> bool:
 
 async def test_fences_are_per_key_and_an_unfenced_helper_fences_nobody(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    async with LocalHelper(state, fence="q1-a") as a, LocalHelper(state, fence="q1-b") as b:
-        async with LocalHelper(state) as check:  # `hosts check`, `logs --follow`: no key
-            assert check.client is not None and check.client.hello["generation"] is None
-            for h, run in ((a, "ra"), (b, "rb")):
-                await h.launch(run, "true")
-                assert (await h.wait_exit(run))["exit_code"] == 0
+    async with (
+        LocalHelper(state, fence="q1-a") as a,
+        LocalHelper(state, fence="q1-b") as b,
+        LocalHelper(state) as check,  # `hosts check`, `logs --follow`: no key
+    ):
+        assert check.client is not None and check.client.hello["generation"] is None
+        for h, run in ((a, "ra"), (b, "rb")):
+            await h.launch(run, "true")
+            assert (await h.wait_exit(run))["exit_code"] == 0
 
 
 async def test_a_keeper_exits_once_its_helper_is_gone_and_its_last_run_is_recorded(
