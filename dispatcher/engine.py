@@ -111,7 +111,7 @@ class Dispatcher(Placer, HostJobs):
         self._reports: list[tuple[str, dict[str, Any]]] = []
         self._wake = asyncio.Event()
         self._jobs: set[asyncio.Task[Any]] = set()
-        self._kills_sent: set[str] = set()
+        self._kills_sent: dict[str, float] = {}
         self._cleanups: dict[str, list[str]] = {}
         self._resend: list[Task] = []
         self._token: tuple[int, ...] | None = None
@@ -179,16 +179,36 @@ class Dispatcher(Placer, HostJobs):
             self._wake.clear()
             if self._stop:
                 return
-            self._tick()
+            await self._round()
             self._poll_tails(time.monotonic())
+            self._send_cancels()
             if self._done():
                 # One last plan on the hosts' final state (a host may have come up unusable or
                 # gone down since the last one, without a report to wake a tick): its reasons
                 # are what `queue ls` shows after dispatch ends.
                 self._last_tick = 0.0
-                self._tick()
+                await self._round()
                 if self._done():
                     return
+
+    async def _round(self) -> None:
+        """A tick, if one is due, once the queue file is ours (``_attach_queue``)."""
+        if self._tick_due():
+            await self._attach_queue()
+            self._tick()
+
+    async def _attach_queue(self) -> None:
+        """Wait for the queue file without blocking the event loop: while another process holds
+        it, keepalives, host reports and the status file go on. StoreLockedError after the
+        store's lock timeout, as any command gets."""
+        deadline = time.monotonic() + self.store.lock_timeout
+        delay = 0.002
+        while not self.store.try_attach():
+            if time.monotonic() >= deadline:
+                raise self.store.locked_error()
+            self._poll_tails(time.monotonic())  # `status` must still see us alive
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     async def _wait_for_work(self) -> None:
         """Return when woken, when another process wrote the queue (``queue add``, cancel: they
@@ -234,18 +254,25 @@ class Dispatcher(Placer, HostJobs):
 
     # -- the tick: one transaction ----------------------------------------------------------------
 
-    def _tick(self) -> None:
+    def _tick_due(self) -> bool:
+        """Whether a tick has work: reports, a queue written by others, pending tasks that fit.
+
+        Besides events, a tick is due when forced (``_last_tick`` reset) or, every idle_tick,
+        while time alone can change things: a host down (lost_after) or suspended. A quiet
+        queue with every host up costs no transaction (idle CPU with 64 tasks running).
+        """
         now = time.monotonic()
-        token = self.store.change_token()
-        # Besides events, a tick is due when forced (``_last_tick`` reset) or, every idle_tick,
-        # while time alone can change things: a host down (lost_after) or suspended. A quiet
-        # queue with every host up costs no transaction (idle CPU with 64 tasks running).
         due = self._last_tick == 0.0 or (
             now - self._last_tick >= self.options.idle_tick
             and any(not h.session.up or h.suspended for h in self.hosts.values())
         )
-        if not (self._reports or token != self._token or due or self._needs_plan()):
-            return
+        token = self.store.change_token()
+        return bool(self._reports or token != self._token or due or self._needs_plan())
+
+    def _tick(self) -> None:
+        """One round in one transaction (``_round`` decides it is due and attaches first)."""
+        now = time.monotonic()
+        token = self.store.change_token()
         self._last_tick = now
         self._queue_changed = token != self._token
         launches: list[Task] = []
@@ -296,7 +323,6 @@ class Dispatcher(Placer, HostJobs):
             crash_point("placed")  # test hook: die between `launching` and the launch
         self._send_launches(launches)
         self._send_cleanups()
-        self._send_cancels()
         self._refresh_gpus(now)
         if now - self._shown_at >= SHOW_EVERY:  # a live view redraws 4 times a second
             self._shown_at = now

@@ -14,7 +14,7 @@ import functools
 import json
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 S = TaskState
 #: A launch reply wakes a round after this long, so that under load it joins the next exit's.
 RUNNING_WAKE = 0.1
+#: A cancel's kill is sent again if no exit report came this long after its grace period.
+KILL_AGAIN = 10.0
 
 
 @dataclass
@@ -69,7 +71,8 @@ class HostJobs:
     _reports: list[tuple[str, dict[str, Any]]]
     _wake: asyncio.Event
     _jobs: set[asyncio.Task[Any]]
-    _kills_sent: set[str]
+    _kills_sent: dict[str, float]  # run id -> when its cancel's kill was last sent (monotonic)
+    _attach_queue: Callable[[], Awaitable[None]]
     _cleanups: dict[str, list[str]]  # host -> run ids to clean up after this round
     _resend: list[Task]  # launching tasks whose run was never created: launched again
     _last_tails: float
@@ -186,6 +189,7 @@ class HostJobs:
         if moved is None:
             return
         self.active.pop(task.id, None)
+        self._kills_sent.pop(task.run_id or "", None)
         self.last_lines.pop(task.id, None)
         hs = self.hosts.get(task.host or "")
         now = time.monotonic()
@@ -315,8 +319,11 @@ class HostJobs:
 
     async def _kill(self, host: str, run_id: str) -> None:
         hs = self.hosts[host]
-        with contextlib.suppress(ConnectionLostError, TransportError):
+        try:
             await hs.session.call("kill", run_id=run_id, grace=hs.session.spec.kill_grace)
+        except (ConnectionLostError, TransportError):
+            # Not delivered, or not confirmed: a cancel is sent again once the host is back.
+            self._kills_sent.pop(run_id, None)
 
     async def _cleanup(self, host: str, run_ids: list[str]) -> None:
         with contextlib.suppress(DispatcherError):
@@ -338,14 +345,22 @@ class HostJobs:
             self._spawn(self._cleanup(host, run_ids))
 
     def _send_cancels(self) -> None:
+        """Send the kill of each cancelled running task; again after a failed or unconfirmed
+        one (the connection dropped), after a reconnect, and every ``kill_grace`` +
+        ``KILL_AGAIN`` s until its exit report (the host's confirmation) ends the task."""
+        now = time.monotonic()
         for task in self.active.values():
-            if not task.cancel_requested or not task.run_id or task.run_id in self._kills_sent:
+            if not task.cancel_requested or not task.run_id:
                 continue
             hs = self.hosts.get(task.host or "")
             if hs is None or not hs.session.up or task.state is not S.RUNNING:
                 continue
-            self._kills_sent.add(task.run_id)
-            self.reporter.log(f"task {task.id}: cancelling on {task.host}", style="yellow")
+            sent = self._kills_sent.get(task.run_id)
+            if sent is not None and now - sent < hs.session.spec.kill_grace + KILL_AGAIN:
+                continue
+            self._kills_sent[task.run_id] = now
+            again = " again" if sent is not None else ""
+            self.reporter.log(f"task {task.id}: cancelling{again} on {task.host}", style="yellow")
             self._spawn(self._kill(task.host or "", task.run_id))
 
     def _refresh_gpus(self, now: float) -> None:
@@ -417,6 +432,9 @@ class HostJobs:
         if session.status == "up":
             self.reporter.log(f"{session.name}: connected", style="green")
             hs.reconciled = False
+            for task in self.active.values():  # kills sent before may never have arrived
+                if task.host == session.name and task.run_id:
+                    self._kills_sent.pop(task.run_id, None)
             self._spawn(self._reconcile(hs))
         elif session.status == "down":
             hs.reconciled = False
@@ -429,6 +447,7 @@ class HostJobs:
     async def _reconcile(self, hs: HostState) -> None:
         """Ask the host about every run we think is there, then take its GPU inventory."""
         name = hs.session.name
+        await self._attach_queue()
         with self.store.transaction() as tx:
             mine = tx.tasks(states=ACTIVE_STATES, host=name)
         runs = [t.run_id for t in mine if t.run_id] + sorted(hs.orphans)

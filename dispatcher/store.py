@@ -113,6 +113,8 @@ class Store:
     def __init__(self, path: Path, *, lock_timeout: float | None = None) -> None:
         self.path = Path(os.path.abspath(path))
         self.lock_timeout = lock_timeout_from_env() if lock_timeout is None else lock_timeout
+        self._wishing = False  # a try_attach touched ``wanted_path`` and has not attached yet
+        self.holder = "another process"  # who held the file at the last refused try_attach
 
     @classmethod
     def open_default(cls, db: Path | None) -> Store:
@@ -185,6 +187,13 @@ class Store:
         kept = _kept.pop(self.path, None)
         if kept is not None and kept.pid == os.getpid():
             return kept
+        kept = self._attach_new(wait=True)
+        assert kept is not None
+        return kept
+
+    def _attach_new(self, *, wait: bool) -> _Kept | None:
+        """A new attachment (schema checked); None at once, unless ``wait``, while another
+        process holds the file."""
         if not os.path.exists(self.path):
             self._create()
         con = _connection()
@@ -192,13 +201,41 @@ class Store:
         alias = f"labtasker_q{serial}"
         kept = _Kept(os.getpid(), con, alias, serial, time.monotonic())
         try:
-            kept.wished = self._attach(con, alias)
+            wished = self._attach(con, alias, wait=wait)
+            if wished is None:
+                con.close()
+                return None
+            kept.wished = wished
             con.execute(f"USE {alias}")
             schema.migrate(con, alias, self.path)
         except BaseException:
             self._close(kept, failing=True)
             raise
         return kept
+
+    def try_attach(self) -> bool:
+        """Attach the file now, if no other process holds it, and keep it for the next
+        transaction of this thread; False at once otherwise (another thread of this process
+        counts as holding it). For the event loop of ``dispatch``, which must never sleep
+        inside a transaction's lock wait: it retries with ``await asyncio.sleep`` instead, and
+        gives up after ``lock_timeout`` with ``locked_error``."""
+        with _instance_lock:
+            guard = _path_locks.setdefault(self.path, threading.Lock())
+        if not guard.acquire(blocking=False):
+            return False
+        try:
+            if self.path in _kept:
+                return True
+            try:
+                kept = self._attach_new(wait=False)
+            except duckdb.Error as err:
+                raise _store_error(self.path, err) from None
+            if kept is None:
+                return False
+            _kept[self.path] = kept
+            return True
+        finally:
+            guard.release()
 
     def _close(self, kept: _Kept, *, failing: bool) -> None:
         """DETACH (checkpoint, lock released); errors are raised unless already failing."""
@@ -223,14 +260,17 @@ class Store:
         except OSError:
             return False
 
-    def _attach(self, con: duckdb.DuckDBPyConnection, alias: str) -> bool:
-        """ATTACH, waiting while another process holds the file; True if it had to wait."""
+    def _attach(self, con: duckdb.DuckDBPyConnection, alias: str, *, wait: bool) -> bool | None:
+        """ATTACH, waiting while another process holds the file; True if it had to wait (or
+        waited in earlier ``try_attach`` calls), None if it would have to and ``wait`` is
+        False."""
         deadline = time.monotonic() + self.lock_timeout
         delay = _BACKOFF_FIRST
-        wished, wish = False, wanted_path(self.path)
+        wished, wish = self._wishing, wanted_path(self.path)
         while True:
             try:
                 con.execute(f"ATTACH ? AS {alias}", [str(self.path)])
+                self._wishing = False
                 return wished
             except duckdb.Error as err:
                 if not _is_lock_conflict(err):
@@ -239,6 +279,9 @@ class Store:
             with contextlib.suppress(OSError):  # touched at every try: a stale one is ignored
                 wish.touch(0o600)
                 wished = True
+            if not wait:
+                self._wishing, self.holder = wished, _holder(holder)
+                return None
             left = deadline - time.monotonic()
             if left <= 0:
                 if wished:
@@ -247,6 +290,14 @@ class Store:
                 raise self._locked_error(_holder(holder))
             time.sleep(min(left, random.uniform(delay / 2, delay)))
             delay = min(delay * 2, _BACKOFF_MAX)
+
+    def locked_error(self) -> StoreLockedError:
+        """The error for a wait on the file past ``lock_timeout`` (see ``try_attach``)."""
+        if self._wishing:
+            with contextlib.suppress(OSError):
+                wanted_path(self.path).unlink()
+            self._wishing = False
+        return self._locked_error(self.holder)
 
     def _locked_error(self, holder: str) -> StoreLockedError:
         return StoreLockedError(
