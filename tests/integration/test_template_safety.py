@@ -50,7 +50,7 @@ def test_the_two_reported_injections_run_nothing_and_print_the_value(lab: Lab) -
 def test_name_in_single_quotes_gets_exactly_the_value(lab: Lab) -> None:
     script = lab.root / "argv.py"
     script.write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
-    name = "it's \"me\" $(id) `id` \\ ; #"
+    name = 'it\'s "me" $(id) `id` \\ ; #'
     lab.add_cmd(f"{sys.executable} {script} --name '%{{n}}' \"run-%{{n}}\" out_%{{i}}.json",
                 "--args", json.dumps({"n": name, "i": 3}))  # fmt: skip
     done = lab.run("dispatch", "--hosts", str(local_hosts(lab)))
@@ -118,8 +118,9 @@ def test_a_stored_template_now_refused_fails_at_dispatch_and_never_runs(lab: Lab
     (bad,) = lab.add_cmd("echo %{x}", "--args", json.dumps({"x": str(canary)}))
     (good,) = lab.add_cmd("echo fine")
     _store_raw(lab, bad, "touch $(echo %{x})", f"touch $(echo {canary})")
-    done = lab.run("dispatch", "--hosts", str(local_hosts(lab)))
-    assert done.returncode != 0, (done.stdout, done.stderr)
+    hosts = local_hosts(lab)
+    done = lab.run("dispatch", "--hosts", str(hosts))
+    assert done.returncode == 1, (done.stdout, done.stderr)
     assert "Traceback" not in done.stdout + done.stderr
     assert f"task {bad} failed (unsafe template: %{{x}}" in done.stdout + done.stderr
     row = lab.task(bad)
@@ -128,6 +129,12 @@ def test_a_stored_template_now_refused_fails_at_dispatch_and_never_runs(lab: Lab
     assert "inside $(...)" in row["reason"] and ADVICE in row["reason"]
     assert not canary.exists()
     assert lab.task(good)["state"] == "succeeded"
+    # The fix docs/errors.md gives: retry, write the command as advised, dispatch again.
+    lab.ok("queue", "retry", str(bad))
+    lab.ok("queue", "update", str(bad), "--cmd", 'X=%{x}; touch "$(echo "$X")"')
+    done = lab.run("dispatch", "--hosts", str(hosts))
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert lab.task(bad)["state"] == "succeeded" and canary.exists()
 
 
 def test_a_command_rendered_by_older_quoting_is_rendered_again_before_it_runs(lab: Lab) -> None:
