@@ -4,6 +4,7 @@
     ├── UsageError                  bad input from the user (exit 2)
     │   ├── ConfigError             hosts.toml missing, not TOML, unknown key, wrong type
     │   ├── TemplateError           a command template that cannot be rendered
+    │   │   └── UnsafeTemplateError a placeholder where the shell would read its value as code
     │   ├── SweepError              bad --args / --grid / --file input
     │   └── TaskNotFoundError       an id that is not in the queue
     ├── StoreError                  the queue file cannot be used (exit 2)
@@ -44,6 +45,10 @@ class ConfigError(UsageError):
 
 class TemplateError(UsageError):
     """Raised when a command template has a placeholder the task's args lack, or bad syntax."""
+
+
+class UnsafeTemplateError(TemplateError):
+    """Raised when a placeholder sits where no quoting keeps its value from being run as code."""
 
 
 class SweepError(UsageError):

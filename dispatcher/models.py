@@ -33,7 +33,8 @@ S = TaskState
 #: Allowed moves. ``lost`` is not terminal: the dispatcher requeues lost tasks (or fails them after
 #: too many losses); ``failed``/``cancelled`` go back to pending only through retry.
 TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
-    S.PENDING: frozenset({S.LAUNCHING, S.CANCELLED}),
+    # A pending task whose template is refused at dispatch fails without being launched.
+    S.PENDING: frozenset({S.LAUNCHING, S.CANCELLED, S.FAILED}),
     # A launch that provably never created its run goes back to pending; a run the host reports
     # ended before we saw it start goes straight to its outcome.
     S.LAUNCHING: frozenset({S.RUNNING, S.PENDING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}),

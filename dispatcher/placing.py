@@ -3,7 +3,8 @@
 ``Placer`` is mixed into ``engine.Dispatcher``: it describes each host's capacity for the pure
 scheduler (``scheduler.plan``), reads the pending candidates (kept across rounds while no other
 process writes the queue), records the placements as ``launching`` moves and writes the reasons
-of the tasks that wait.
+of the tasks that wait. A placed task's command is rendered again from its template first: one
+whose template is now refused fails ("unsafe template: ...") and is never launched.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import uuid
 from typing import TYPE_CHECKING
 
 from dispatcher.capacity import host_capacity
+from dispatcher.errors import TemplateError
 from dispatcher.models import Task, TaskState
 from dispatcher.scheduler import Candidate, HostCapacity, plan
 from dispatcher.store import Txn
 
 if TYPE_CHECKING:
+    from dispatcher.engine import Reporter
     from dispatcher.reconcile import HostState
 
 S = TaskState
@@ -25,6 +28,18 @@ S = TaskState
 REASON_REFRESH = 1.0
 #: Plain pending candidates are read this many at a time and kept across continuous rounds.
 CANDIDATE_READ = 256
+
+
+def launch_command(task: Task) -> str:
+    """The command to launch for ``task``: its template rendered again with its args.
+
+    The queue file may hold commands rendered by an older labtasker, whose quoting a value
+    inside quotes could escape: what runs is always what today's rules render. TemplateError
+    when the template is now refused (or cannot be rendered).
+    """
+    from dispatcher.template import compile_template
+
+    return compile_template(task.template).render(task.args)
 
 
 def new_run_id(task: Task) -> str:
@@ -38,6 +53,8 @@ class Placer:
     hosts: dict[str, HostState]
     active: dict[int, Task]
     counts: dict[TaskState, int]
+    final: dict[int, TaskState]
+    reporter: Reporter
     unplaceable: dict[int, str]
     _stop: bool
     _busy: bool
@@ -111,18 +128,31 @@ class Placer:
         result = plan(wanted, caps, running)
         by_id = {t.id: t for t in candidates}
         tx.hold(by_id)  # written with the round's other moves
-        launches = []
+        launches, refused, commands = [], set(), {}
         for placement in result.placements:
             task = by_id[placement.task_id]
+            try:
+                command = launch_command(task)
+            except TemplateError as err:
+                refused.add(task.id)
+                self._refuse(tx, task, str(err))
+                continue
             moved = tx.move(task.id, S.LAUNCHING, run_id=new_run_id(task), host=placement.host,
                             gpu_ids=list(placement.gpu_ids), attempt=task.attempt + 1,
                             reason=None, exit_code=None, result=None)  # fmt: skip
             if moved is not None:
+                if command != moved.command:
+                    commands[moved.id] = command
+                    moved = moved.replace(command=command)
                 launches.append(moved)
+        if commands:
+            tx.set_commands(commands)
         for moved in launches:
             self.active[moved.id] = moved
-        if launches and self._pending is not None:
-            self._pending = [t for t in self._pending if t.id not in self.active]
+        if (launches or refused) and self._pending is not None:
+            self._pending = [
+                t for t in self._pending if t.id not in self.active and t.id not in refused
+            ]
         # Write only the reasons that differ from the rows just read, and while busy only once
         # a second (their "N tasks ahead" changes every tick, and the next tasks in line are
         # placed within a round or two) but at once for tasks that can never be placed:
@@ -149,3 +179,10 @@ class Placer:
             self.unplaceable = {**result.waiting, **result.impossible}
         self._placed_last = bool(result.placements)
         return launches
+
+    def _refuse(self, tx: Txn, task: Task, why: str) -> None:
+        """Fail a pending task whose command cannot be rendered safely; it is never launched."""
+        reason = why if why.startswith("unsafe template") else f"template: {why}"
+        if tx.move(task.id, S.FAILED, reason=reason) is not None:
+            self.final[task.id] = S.FAILED
+            self.reporter.log(f"task {task.id} failed ({reason})", style="red")

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from tempfile import TemporaryDirectory
 
 from dispatcher.batch import ArgGroup, TaskBatch, check_settings, render
-from dispatcher.errors import TaskNotFoundError, TemplateError, UsageError
+from dispatcher.errors import TaskNotFoundError, UsageError
 from dispatcher.models import DUPLICATE_STATES, NewTask
 from dispatcher.sweep import Grid
-from dispatcher.template import MISSING, Template, lookup, quote_value
+from dispatcher.template import MISSING, Template, lookup
 
 __all__ = [
     "AddResult",
@@ -214,7 +214,8 @@ def _grid_plan(
 
     Flat: every axis key is a distinct top-level name absent from the fixed args, and every
     placeholder names an axis key or is found in the fixed args. Each axis becomes a temporary
-    table (c0: position, c1: its JSON members, c2...: its quoted words), crossed in axis order.
+    table (c0: position, c1: its JSON members, c2...: its values quoted for each placeholder),
+    crossed in axis order.
     """
     names = [p[0] for paths, _ in grid.axes for p in paths]
     if not grid.axes or len(grid) == 0:
@@ -224,18 +225,18 @@ def _grid_plan(
     if len(set(names)) != len(names) or any(n in grid.fixed for n in names):
         return None
     axis_of = {p[0]: a for a, (paths, _) in enumerate(grid.axes) for p in paths}
-    axis_words: list[list[str]] = [[] for _ in grid.axes]
+    axis_words: list[list[int]] = [[] for _ in grid.axes]  # placeholder numbers per axis
     words: list[str | tuple[int, int]] = []  # a constant word, or (axis, word column)
-    for key in tpl.keys:
+    for k, key in enumerate(tpl.keys):
         if key in axis_of:
             a = axis_of[key]
             words.append((a, len(axis_words[a])))
-            axis_words[a].append(key)
+            axis_words[a].append(k)
             continue
         value = lookup(grid.fixed, key, tuple(key.split(".")))
         if value is MISSING:
             return None  # Python rendering reports the missing key with the task's number
-        words.append(_text(_quote(key, value), offset))
+        words.append(_text(tpl.quote(k, value), offset))
     tables: list[tuple[str, list[list[Any]]]] = []
     for a, (paths, rows) in enumerate(grid.axes):
         keys = [p[0] for p in paths]
@@ -243,8 +244,8 @@ def _grid_plan(
         for row in rows:
             point = dict(zip(keys, row, strict=True))
             cols[1].append(_text(_encode_args(point, offset)[1:-1], offset))
-            for c, key in enumerate(axis_words[a]):
-                cols[2 + c].append(_text(_quote(key, point[key]), offset))
+            for c, k in enumerate(axis_words[a]):
+                cols[2 + c].append(_text(tpl.quote(k, point[tpl.keys[k]]), offset))
         tables.append((f"labtasker_axis_{next(_TABLE_IDS)}", cols))
     strides = [math.prod(len(r) for _, r in grid.axes[a + 1 :]) for a in range(len(grid.axes))]
     idx_sql = " + ".join(f"ax{a}.c0 * {s}" for a, s in enumerate(strides))
@@ -269,13 +270,6 @@ def _grid_plan(
         " FROM " + ", ".join(f"temp.{name} ax{a}" for a, (name, _) in enumerate(tables))
     )
     return tables, (sql, params)
-
-
-def _quote(key: str, value: Any) -> str:
-    try:
-        return quote_value(value)
-    except TemplateError as err:
-        raise TemplateError(f"placeholder %{{{key}}}: {err}") from None
 
 
 def insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> AddResult:

@@ -112,6 +112,8 @@ def _rerender(con: Any, args: Mapping[str, Any] | None, template: str | None) ->
     from dispatcher.sweep import merge
     from dispatcher.template import compile_template
 
+    if template is not None:
+        compile_template(template)  # a refused template is refused once, not per task
     columns: list[list[Any]] = [[], [], [], []]
     for task_id, old_args, old_template in con.execute(
         f"SELECT id, args, template FROM tasks WHERE {SELECTED} ORDER BY id"

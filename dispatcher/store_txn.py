@@ -293,6 +293,15 @@ class Txn(Mover):
             [list(reasons), list(reasons.values())],
         )
 
+    def set_commands(self, commands: Mapping[int, str]) -> None:
+        """Store the commands the dispatcher rendered again at launch (see ``placing``)."""
+        if commands:
+            self.con.execute(
+                "UPDATE tasks SET command = v.command FROM (SELECT unnest(?::BIGINT[]) AS id,"
+                " unnest(?::VARCHAR[]) AS command) v WHERE tasks.id = v.id",
+                [list(commands), list(commands.values())],
+            )
+
     # User operations on many tasks; ids and states select them (ids all must exist).
 
     def update(

@@ -1,8 +1,10 @@
-"""Command templates: ``%{key}`` placeholders rendered as single, POSIX-quoted shell words. No I/O.
+"""Command templates: ``%{key}`` placeholders whose values the shell reads back literally. No I/O.
 
 Syntax: ``%{key}`` is replaced by the task's ``args[key]``; a dotted key (``%{model.depth}``)
 reaches into nested objects; ``%%`` is a literal ``%``. A ``%`` followed by anything else is kept
-as it is (``date +%Y`` needs no escaping), so only ``%{`` and ``%%`` are special.
+as it is (``date +%Y`` needs no escaping), so only ``%{`` and ``%%`` are special. Each value is
+quoted for where its placeholder sits (a bare word, inside '...' or "...", see
+``template_shell``); a placeholder where no quoting is safe is refused when the template is parsed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from functools import lru_cache
 from typing import Any, Final
 
 from dispatcher.errors import TemplateError
+from dispatcher.template_shell import BARE, contexts, quote_for
 
 # A valid key: dot-separated names, each made of anything but braces, dots, '%' and whitespace.
 _KEY = re.compile(r"[^{}.%\s]+(?:\.[^{}.%\s]+)*")
@@ -67,9 +70,9 @@ def render_value(value: Any) -> str:
     )
 
 
-def quote_value(value: Any) -> str:
-    """``render_value`` quoted as exactly one POSIX shell word (``shlex.quote`` semantics)."""
-    return shlex.quote(render_value(value))
+def quote_value(value: Any, context: str = BARE) -> str:
+    """``render_value`` written for a placeholder in ``context`` (by default a bare word)."""
+    return quote_for(context, render_value(value))
 
 
 class Template:
@@ -78,47 +81,15 @@ class Template:
     ``parts`` always has one more literal than ``keys``: ``lit0 key0 lit1 key1 ... litN``.
     """
 
-    __slots__ = ("_paths", "keys", "literals", "text")
+    __slots__ = ("_paths", "contexts", "keys", "literals", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
-        literals: list[str] = []
-        keys: list[str] = []
-        buf: list[str] = []
-        i, n = 0, len(text)
-        while i < n:
-            j = text.find("%", i)
-            if j < 0 or j == n - 1:
-                buf.append(text[i:])
-                break
-            buf.append(text[i:j])
-            nxt = text[j + 1]
-            if nxt == "%":
-                buf.append("%")
-                i = j + 2
-            elif nxt == "{":
-                end = text.find("}", j + 2)
-                if end < 0:
-                    raise TemplateError(
-                        f"template {text!r}: '%{{' at column {j + 1} has no closing '}}'"
-                        " (write %% for a literal %)"
-                    )
-                key = text[j + 2 : end]
-                if not _KEY.fullmatch(key):
-                    raise TemplateError(
-                        f"template {text!r}: bad placeholder '%{{{key}}}' at column {j + 1};"
-                        " a key is a name or dotted names like %{model.depth}"
-                    )
-                literals.append("".join(buf))
-                buf = []
-                keys.append(key)
-                i = end + 1
-            else:
-                buf.append("%")
-                i = j + 1
-        literals.append("".join(buf))
-        self.literals: tuple[str, ...] = tuple(literals)
-        self.keys: tuple[str, ...] = tuple(keys)
+        literals, keys = split(text)
+        self.literals: tuple[str, ...] = literals
+        self.keys: tuple[str, ...] = keys
+        #: Where each placeholder sits for the shell (template_shell.BARE, SINGLE or DOUBLE).
+        self.contexts: tuple[str, ...] = contexts(literals, keys, text)
         self._paths: tuple[tuple[str, ...], ...] = tuple(tuple(k.split(".")) for k in keys)
 
     def placeholders(self) -> list[str]:
@@ -137,11 +108,58 @@ class Template:
                     f"{_short_json(args)}; add it with --args/--grid or remove it from the command"
                 )
             try:
-                out.append(quote_value(value))
+                out.append(quote_value(value, self.contexts[k]))
             except TemplateError as err:
                 raise TemplateError(f"placeholder %{{{key}}}: {err}") from None
             out.append(lits[k + 1])
         return "".join(out)
+
+    def quote(self, k: int, value: Any) -> str:
+        """``value`` written for the ``k``-th placeholder; TemplateError names its key."""
+        try:
+            return quote_value(value, self.contexts[k])
+        except TemplateError as err:
+            raise TemplateError(f"placeholder %{{{self.keys[k]}}}: {err}") from None
+
+
+def split(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``text`` as (literals, keys): ``lit0 key0 lit1 ... litN``; TemplateError when malformed."""
+    literals: list[str] = []
+    keys: list[str] = []
+    buf: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        j = text.find("%", i)
+        if j < 0 or j == n - 1:
+            buf.append(text[i:])
+            break
+        buf.append(text[i:j])
+        nxt = text[j + 1]
+        if nxt == "%":
+            buf.append("%")
+            i = j + 2
+        elif nxt == "{":
+            end = text.find("}", j + 2)
+            if end < 0:
+                raise TemplateError(
+                    f"template {text!r}: '%{{' at column {j + 1} has no closing '}}'"
+                    " (write %% for a literal %)"
+                )
+            key = text[j + 2 : end]
+            if not _KEY.fullmatch(key):
+                raise TemplateError(
+                    f"template {text!r}: bad placeholder '%{{{key}}}' at column {j + 1};"
+                    " a key is a name or dotted names like %{model.depth}"
+                )
+            literals.append("".join(buf))
+            buf = []
+            keys.append(key)
+            i = end + 1
+        else:
+            buf.append("%")
+            i = j + 1
+    literals.append("".join(buf))
+    return tuple(literals), tuple(keys)
 
 
 def lookup(args: Mapping[str, Any], key: str, path: tuple[str, ...]) -> Any:
@@ -167,7 +185,7 @@ def compile_template(text: str) -> Template:
 
 
 def render(template: str, args: Mapping[str, Any]) -> str:
-    """Render ``template`` with ``args``; every value becomes exactly one shell word."""
+    """Render ``template`` with ``args``; the shell reads each value back exactly."""
     return compile_template(template).render(args)
 
 
@@ -190,16 +208,16 @@ def join_words(words: Iterable[str]) -> str:
     """
     out: list[str] = []
     for word in words:
-        tpl = Template(word)
-        if not tpl.keys:
-            out.append(escape_literal(shlex.quote(tpl.literals[0])))
+        literals, keys = split(word)
+        if not keys:
+            out.append(escape_literal(shlex.quote(literals[0])))
             continue
         pieces: list[str] = []
-        for k, lit in enumerate(tpl.literals):
+        for k, lit in enumerate(literals):
             if lit:
                 pieces.append(escape_literal(shlex.quote(lit)))
-            if k < len(tpl.keys):
-                pieces.append("%{" + tpl.keys[k] + "}")
+            if k < len(keys):
+                pieces.append("%{" + keys[k] + "}")
         out.append("".join(pieces))
     return " ".join(out)
 

@@ -5,6 +5,12 @@ directory as JSON to its result, and the test compares them with what was asked 
 examples drive labtasker's helper directly over one reused connection (command rendered by the
 real template code, the launch spec the dispatcher sends); one example goes through ``queue add``
 and ``dispatch``. A NUL in an argument is refused at ``queue add`` time.
+
+Generated templates (``tests/template_cases.py``) put placeholders in every context the shell
+allows (bare, '...', "...", inside longer words) with arbitrary values; on ``local`` and over
+sshd each runs through the helper (``bash -c``, or exec without a shell for plain words) and
+through ``bash -c`` and ``dash -c`` started on that host; the program gets exactly the values and
+a canary file that any value turned into code would create never appears.
 """
 
 from __future__ import annotations
@@ -20,16 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.remote import protocol
 from dispatcher.remote.client import HelperClient
-from dispatcher.template import render
-from dispatcher.transport import SSHOptions, SSHTransport
+from dispatcher.remote.helper import plain_words
+from dispatcher.template import escape_literal, render
+from dispatcher.transport import LocalTransport, SSHOptions, SSHTransport
 from tests.integration.conftest import Lab
 from tests.integration.test_cli_errors_config import one_error
 from tests.sshd import SshdHosts
+from tests.template_cases import Case, cases
 
 pytestmark = pytest.mark.sshd
 
@@ -63,10 +71,10 @@ def command_for(script: Path, words: list[str]) -> tuple[str, dict[str, Any]]:
 
 @dataclass
 class Remote:
-    """One connection to gpu2 and one helper on it, driven from a private event loop."""
+    """One connection to a host and one helper on it, driven from a private event loop."""
 
     runner: asyncio.Runner
-    transport: SSHTransport
+    transport: SSHTransport | LocalTransport
     client: HelperClient
     script: Path
     home: Path
@@ -87,17 +95,44 @@ class Remote:
 
         return self.runner.run(go())
 
+    def shell(self, shell: str, command: str) -> tuple[int | None, bytes, str]:
+        """``shell -c command`` started on the host: (exit status, stdout, stderr)."""
+
+        async def go() -> tuple[int | None, bytes, str]:
+            proc = await self.transport.start([shell, "-c", command])
+            proc.stdin.write_eof()
+            out = b""
+            while chunk := await asyncio.wait_for(proc.stdout.read(65536), 30):
+                out += chunk
+            return await asyncio.wait_for(proc.wait(), 30), out, await proc.stderr_text()
+
+        return self.runner.run(go())
+
 
 @pytest.fixture
 def remote(ssh_home: Path, sshd_hosts: SshdHosts) -> Iterator[Remote]:
+    yield from _remote("gpu2", ssh_home, sshd_hosts)
+
+
+@pytest.fixture(params=["local", "gpu2"])
+def host(request: pytest.FixtureRequest, ssh_home: Path, sshd_hosts: SshdHosts) -> Iterator[Remote]:
+    """A helper on ``local`` (this machine, no ssh) or on gpu2 over real sshd."""
+    yield from _remote(request.param, ssh_home, sshd_hosts)
+
+
+def _remote(name: str, ssh_home: Path, sshd_hosts: SshdHosts) -> Iterator[Remote]:
     shared = Path(tempfile.mkdtemp(prefix="argv-", dir=sshd_hosts.base))
-    shared.chmod(0o755)
+    shared.chmod(0o777)  # the canary must be creatable by the host's user, were a value run
     script = shared / "dump.py"
     script.write_text(DUMP)
     script.chmod(0o644)
     state = f"~/.labtasker-prop-{uuid.uuid4().hex[:8]}"
     runner = asyncio.Runner()
-    transport = SSHTransport("gpu2", options=SSHOptions())
+    transport: SSHTransport | LocalTransport
+    if name == "local":
+        transport, home = LocalTransport(), ssh_home
+    else:
+        transport, home = SSHTransport(name, options=SSHOptions()), sshd_hosts.gpu2.home
 
     async def start() -> HelperClient:
         await asyncio.wait_for(transport.connect(), 20)
@@ -108,7 +143,7 @@ def remote(ssh_home: Path, sshd_hosts: SshdHosts) -> Iterator[Remote]:
 
     try:
         client = runner.run(start())
-        yield Remote(runner, transport, client, script, sshd_hosts.gpu2.home)
+        yield Remote(runner, transport, client, script, home)
         runner.run(client.close())
     finally:
         runner.run(transport.close())
@@ -135,6 +170,47 @@ def test_words_env_and_workdir_arrive_exactly(
     assert result["env"] == env
     assert result["cwd"] == str(remote.home / workdir)
     shutil.rmtree(remote.home / workdir.split("/")[0], ignore_errors=True)
+
+
+PRINTF = "printf 'W%%s\\0'"  # the shells' own printf: one NUL-ended word per argument
+
+
+def check_case(host: Remote, case: Case) -> None:
+    """``case`` through the helper, ``bash -c`` and ``dash -c`` on ``host``: exact argv, and
+    no canary file."""
+    canary = host.script.parent / f"canary-{uuid.uuid4().hex[:8]}"
+    case = case.with_canary(str(canary))
+    program = escape_literal(f"python3 {host.script}")
+    run = host.launch(render(f"{program} {case.words}", case.args), {}, str(host.script.parent))
+    assert run["exit_code"] == 0 and run["error"] is None, (case, run)
+    assert run["result"]["argv"] == case.expected, case
+    command = render(f"{PRINTF} {case.words}", case.args)
+    for shell in ("bash", "dash"):
+        code, out, err = host.shell(shell, command)
+        assert code == 0 and err == "", (shell, command, err)
+        words = out.decode("utf-8").split("\0")
+        assert words[-1] == "" and [w[1:] for w in words[:-1]] == case.expected, (shell, command)
+    assert not canary.exists()
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=cases())
+@example(case=Case("'%{x}'", {"x": "a; echo INJECTED > @CANARY@"}, ["a; echo INJECTED > @CANARY@"]))
+@example(case=Case('"%{x}"', {"x": "$(touch @CANARY@)"}, ["$(touch @CANARY@)"]))
+def test_templates_in_every_context_pass_exact_values(host: Remote, case: Case) -> None:
+    check_case(host, case)
+
+
+def test_plain_words_run_without_a_shell_and_arrive_the_same(host: Remote) -> None:
+    case = Case("%{a} --lr=%{b} out_%{c}.json -%{d}", {"a": "x", "b": 0.01, "c": 3, "d": "-v"},
+                ["x", "--lr=0.01", "out_3.json", "--v"])  # fmt: skip
+    command = render(f"python3 {host.script} {case.words}", case.args)
+    assert plain_words(command, None, {}) is not None  # the helper's direct-exec path
+    check_case(host, case)
 
 
 def toml_string(text: str) -> str:

@@ -19,7 +19,7 @@ FORBIDDEN = frozenset({"duckdb", "asyncssh", "subprocess", "socket"})
 EXTRA = {"scheduler": frozenset({"time", "datetime", "random", "os"})}
 #: Modules that must exist; the others are checked once they are written.
 REQUIRED = ("models", "scheduler")
-OPTIONAL = ("template", "sweep")
+OPTIONAL = ("template", "template_shell", "sweep")
 
 
 def imports_of(source: str, module: str) -> set[str]:
