@@ -183,7 +183,9 @@ class HelperClient:
         text = err or "\n".join(noise).strip()
         refused = text.splitlines()[-1] if text else ""
         if refused.startswith(STATE_DIR_REFUSED):  # the bootstrap's own one-line refusal
-            return RemoteError(f"{self.host}: {refused.removeprefix('labtasker: ')}", host=self.host)
+            return RemoteError(
+                f"{self.host}: {refused.removeprefix('labtasker: ')}", host=self.host
+            )
         too_old = "Python >= 3.8 needed" in text
         if too_old or ("Traceback" not in text and _NOT_FOUND.search(text)):
             return PythonMissingError(

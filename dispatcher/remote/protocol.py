@@ -40,8 +40,12 @@ if sys.version_info<(3,8):
 d,h,n=os.path.expanduser(sys.argv[1]),sys.argv[2],int(sys.argv[3])
 os.makedirs(d,0o700,exist_ok=True);r=os.path.realpath(d);l=os.lstat(d);s=os.stat(r);u=os.geteuid()
 m=os.path.realpath(os.path.expanduser("~"))
-for b,w in ((os.path.islink(d) and l.st_uid!=u,"is a symbolic link owned by uid %d"%l.st_uid),(m==r or m.startswith(r.rstrip("/")+"/"),"is your home directory or holds it"),(s.st_uid!=u,"belongs to uid %d, not to you (uid %d)"%(s.st_uid,u)),(s.st_mode&0o022,"is writable by other users")):
-    if b:sys.stderr.write("labtasker: state_dir %s (%s) %s; set state_dir in hosts.toml to a directory of its own, like ~/.labtasker\n"%(sys.argv[1],r,w));sys.exit(5)
+for b,w in ((os.path.islink(d) and l.st_uid!=u,"is a symbolic link owned by uid %d"%l.st_uid),
+            (m==r or m.startswith(r.rstrip("/")+"/"),"is your home directory or holds it"),
+            (s.st_uid!=u,"belongs to uid %d, not to you (uid %d)"%(s.st_uid,u)),
+            (s.st_mode&0o022,"is writable by other users")):
+    if b:sys.stderr.write("labtasker: state_dir %s (%s) %s; set state_dir in hosts.toml to a "
+                          "directory of its own, like ~/.labtasker\n"%(sys.argv[1],r,w));sys.exit(5)
 os.chmod(r,0o700)
 p=os.path.join(d,"helper-%s.py"%h[:16])
 try:
