@@ -1,8 +1,9 @@
 """The ``on_finish`` hook: a shell command run on the controller after a task reaches a final state.
 
 The task's fields reach the command only through its environment (``LABTASKER_*``), never pasted
-into the shell text, so arguments cannot inject commands. The hook runs asynchronously with a time
-limit; a failure is reported as one line and never stops the dispatcher.
+into the shell text, so arguments cannot inject commands. ``secret_env`` variables are taken out of
+the environment it inherits: a secret reaches tasks and nothing else. The hook runs asynchronously
+with a time limit; a failure is reported as one line and never stops the dispatcher.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from dispatcher.models import Task, TaskState
@@ -51,8 +52,11 @@ async def run_hook(
     *,
     timeout: float = HOOK_TIMEOUT,
     cwd: Path | None = None,
+    hide: Collection[str] = (),
 ) -> str | None:
     """Run ``command`` with ``/bin/sh -c``; None when it exited 0, else what went wrong.
+
+    It inherits this process's environment without the variables named in ``hide``, plus ``env``.
 
     Its output is discarded except the last lines of stderr, quoted in the problem text.
     """
@@ -60,7 +64,7 @@ async def run_hook(
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, **env}, cwd=cwd,
+            stderr=asyncio.subprocess.PIPE, env=_inherited(hide) | env, cwd=cwd,
             start_new_session=True,  # its own process group: a timeout kills what it started
         )  # fmt: skip
     except OSError as err:
@@ -82,6 +86,10 @@ async def run_hook(
     return f"exit {proc.returncode}" + (f": {tail}" if tail else "")
 
 
+def _inherited(hide: Collection[str]) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in hide}
+
+
 def _kill_group(pid: int) -> None:
     if pid > 1:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -96,9 +104,14 @@ async def on_finish(
     warn: Callable[[str], None],
     *,
     timeout: float = HOOK_TIMEOUT,
+    hide: Collection[str] = (),
 ) -> None:
-    """Run the ``[controller] on_finish`` hook for ``task``; a failure becomes one ``warn`` line."""
-    problem = await run_hook(command, hook_env(task, state, log), timeout=timeout)
+    """Run the ``[controller] on_finish`` hook for ``task``; a failure becomes one ``warn`` line.
+
+    ``hide``: the ``secret_env`` names, left out of the environment the hook inherits.
+    """
+    env = hook_env(task, state, log)
+    problem = await run_hook(command, env, timeout=timeout, hide=hide)
     if problem:
         warn(
             f"on_finish hook for task {task.id} ({state}) failed: {problem}; "

@@ -7,6 +7,7 @@ right now (free GPUs, a live connection) is the engine's business, not this modu
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -47,7 +48,7 @@ class HostSpec:
     workdir: str | None  # None = the remote home
     setup: str | None
     python: str
-    env: Mapping[str, str]
+    env: Mapping[str, str]  # with the values of ``secret_env`` names (see _secrets)
     secret_env: frozenset[str]
     state_dir: str
     connect_timeout: float
@@ -82,6 +83,11 @@ class HostsConfig:
     path: Path
     hosts: tuple[HostSpec, ...]
     on_finish: str | None  # shell command run on the controller after each task ends
+
+    @property
+    def secret_names(self) -> frozenset[str]:
+        """Every host's ``secret_env`` names: kept out of what the controller starts itself."""
+        return frozenset().union(*(h.secret_env for h in self.hosts))
 
 
 #: Every host key: its check, and the default used when neither the host nor [defaults] sets it.
@@ -180,7 +186,39 @@ def _table(value: Any, where: _Where, at: tuple[str, ...]) -> Mapping[Any, Any]:
     return value
 
 
-def _host(name: Any, raw: Any, defaults: Mapping[str, Any], where: _Where) -> HostSpec:
+def _secrets(
+    names: frozenset[str],
+    env: Mapping[str, str],
+    environ: Mapping[str, str],
+    where: _Where,
+    at: tuple[str, ...],
+) -> dict[str, str]:
+    """The values of ``secret_env`` names that ``env`` does not set, from ``environ`` (the
+    controller's own environment), so a secret need not be written in hosts.toml.
+
+    A name set in neither is an error here, before any task runs without it; the message names
+    the variable, never a value.
+    """
+    found = {k: environ[k] for k in sorted(names - env.keys()) if environ.get(k)}
+    missing = sorted(names - env.keys() - found.keys())
+    if missing:
+        raise where.error(
+            at,
+            "secret_env",
+            f"`secret_env` names {missing[0]}, which is set neither in `env` nor in the "
+            f"environment labtasker runs in; export {missing[0]} before running labtasker, "
+            "or remove it from `secret_env`",
+        )
+    return found
+
+
+def _host(
+    name: Any,
+    raw: Any,
+    defaults: Mapping[str, Any],
+    where: _Where,
+    environ: Mapping[str, str],
+) -> HostSpec:
     at = ("hosts", str(name))
     if not isinstance(name, str) or not ALIAS.fullmatch(name):
         raise where.error(
@@ -198,6 +236,9 @@ def _host(name: Any, raw: Any, defaults: Mapping[str, Any], where: _Where) -> Ho
     merged["secret_env"] = defaults.get("secret_env", frozenset()) | own.get(
         "secret_env", frozenset()
     )
+    named_at = at if "secret_env" in own or "secret_env" not in defaults else ("defaults",)
+    found = _secrets(merged["secret_env"], merged["env"], environ, where, named_at)
+    merged["env"] = MappingProxyType({**merged["env"], **found})
     ssh = merged.pop("ssh")
     if name == "local" and isinstance(ssh, str):
         raise where.error(
@@ -217,8 +258,18 @@ def _host(name: Any, raw: Any, defaults: Mapping[str, Any], where: _Where) -> Ho
     )
 
 
-def hosts_from_mapping(data: Mapping[Any, Any], path: Path, text: str | None = None) -> HostsConfig:
-    """Check an already-parsed hosts file (``text`` only improves messages with line numbers)."""
+def hosts_from_mapping(
+    data: Mapping[Any, Any],
+    path: Path,
+    text: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> HostsConfig:
+    """Check an already-parsed hosts file (``text`` only improves messages with line numbers).
+
+    ``environ`` (default: this process's environment) gives the ``secret_env`` values that no
+    ``env`` table sets.
+    """
+    environ = os.environ if environ is None else environ
     where = _Where(path, text)
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: must be a TOML table of tables, got {show(data)}")
@@ -239,7 +290,7 @@ def hosts_from_mapping(data: Mapping[Any, Any], path: Path, text: str | None = N
         raise ConfigError(
             f"{path}: no hosts defined; add a [hosts.NAME] table per machine (see docs/hosts.md)"
         )
-    hosts = tuple(_host(n, raw, defaults, where) for n, raw in hosts_raw.items())
+    hosts = tuple(_host(n, raw, defaults, where, environ) for n, raw in hosts_raw.items())
     return HostsConfig(path=path, hosts=hosts, on_finish=on_finish)
 
 

@@ -214,7 +214,8 @@ class HostJobs:
             log = log_path(self.collector.logs_dir, task.run_id) if task.run_id else None
             log = log if log is not None and log.exists() else None  # none: it printed nothing
             warn = functools.partial(self.reporter.log, style="yellow")
-            self._spawn(on_finish(self.config.on_finish, moved, final, log, warn))
+            hide = self.config.secret_names
+            self._spawn(on_finish(self.config.on_finish, moved, final, log, warn, hide=hide))
         word = {S.SUCCEEDED: "green", S.CANCELLED: "yellow"}.get(outcome.state, "red")
         note = f" ({outcome.fields.get('reason')})" if outcome.fields.get("reason") else ""
         self.reporter.log(f"task {task.id} {outcome.state} on {task.host}{note}", style=word)

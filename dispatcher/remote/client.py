@@ -29,6 +29,8 @@ from dispatcher.remote import protocol
 MAX_LINE = 32 * 1024 * 1024
 #: Lines a login shell may print before the bootstrap speaks (banners, rc-file noise).
 MAX_NOISE_LINES = 200
+#: How the bootstrap starts the line that refuses a state_dir (protocol.BOOTSTRAP).
+STATE_DIR_REFUSED = "labtasker: state_dir "
 #: What shells say when the interpreter is missing (a Python traceback may say it too: not that).
 _NOT_FOUND = re.compile(r"not found|No such file or directory", re.IGNORECASE)
 
@@ -179,6 +181,11 @@ class HelperClient:
             with contextlib.suppress(Exception):
                 err = (await asyncio.wait_for(stderr_text(), 5.0)).strip()
         text = err or "\n".join(noise).strip()
+        refused = text.splitlines()[-1] if text else ""
+        if refused.startswith(STATE_DIR_REFUSED):  # the bootstrap's own one-line refusal
+            return RemoteError(
+                f"{self.host}: {refused.removeprefix('labtasker: ')}", host=self.host
+            )
         too_old = "Python >= 3.8 needed" in text
         if too_old or ("Traceback" not in text and _NOT_FOUND.search(text)):
             return PythonMissingError(

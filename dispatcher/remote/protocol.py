@@ -4,11 +4,14 @@ Wire format: one JSON object per line (UTF-8) in each direction over the helper'
 
 Start-up (see ``BOOTSTRAP``): the controller runs
 ``python3 -c BOOTSTRAP STATE_DIR SHA256 SIZE [FENCE_KEY]``.
-The bootstrap checks the interpreter (>= 3.8), creates STATE_DIR (0700), and looks for
-``STATE_DIR/helper-<sha16>.py``. If that file's SHA-256 equals SHA256 it prints ``have``; otherwise
-it prints ``need``, reads exactly SIZE bytes of helper source from stdin, checks their hash,
-writes them atomically (0600) and runs them. A file changed by anyone else fails the hash and is
-replaced, never trusted. The helper then prints its hello event and serves requests.
+The bootstrap checks the interpreter (>= 3.8) and creates STATE_DIR (0700). It refuses (exit 5,
+one ``labtasker: state_dir ...`` line on stderr) a STATE_DIR that is the home directory or holds
+it, belongs to another user (or is a symlink another user owns), or is writable by others: it
+would otherwise make someone's directory private, or trust files others can place. It then looks
+for ``STATE_DIR/helper-<sha16>.py``. If that file's SHA-256 equals SHA256 it prints ``have``;
+otherwise it prints ``need``, reads exactly SIZE bytes of helper source from stdin, checks their
+hash, writes them atomically (0600) and runs them. A file changed by anyone else fails the hash
+and is replaced, never trusted. The helper then prints its hello event and serves requests.
 
 Requests:  {"id": N, "op": NAME, ...params}
 Replies:   {"id": N, "ok": true, ...result}  |  {"id": N, "ok": false, "error": TEXT}
@@ -36,7 +39,15 @@ if sys.version_info<(3,8):
     sys.stderr.write("labtasker: Python >= 3.8 needed on this host, found %s\n"
                      %sys.version.split()[0]);sys.exit(3)
 d,h,n=os.path.expanduser(sys.argv[1]),sys.argv[2],int(sys.argv[3])
-os.makedirs(d,0o700,exist_ok=True);os.chmod(d,0o700)
+os.makedirs(d,0o700,exist_ok=True);r=os.path.realpath(d);l=os.lstat(d);s=os.stat(r);u=os.geteuid()
+m=os.path.realpath(os.path.expanduser("~"))
+for b,w in ((os.path.islink(d) and l.st_uid!=u,"is a symbolic link owned by uid %d"%l.st_uid),
+            (m==r or m.startswith(r.rstrip("/")+"/"),"is your home directory or holds it"),
+            (s.st_uid!=u,"belongs to uid %d, not to you (uid %d)"%(s.st_uid,u)),
+            (s.st_mode&0o022,"is writable by other users")):
+    if b:sys.stderr.write("labtasker: state_dir %s (%s) %s; set state_dir in hosts.toml to a "
+                          "directory of its own, like ~/.labtasker\n"%(sys.argv[1],r,w));sys.exit(5)
+os.chmod(r,0o700)
 p=os.path.join(d,"helper-%s.py"%h[:16])
 try:
     f=open(p,"rb");s=f.read();f.close()

@@ -1,8 +1,10 @@
-"""A ``secret_env`` value reaches the task and is never shown or stored on the controller.
+"""A ``secret_env`` value reaches the task and is never shown or stored, on the controller or host.
 
 The task proves the value arrived by writing its sha256 to its result; the value itself must not
 appear in the queue file, the collected logs, or anything ``status``, ``queue ls``, ``results``,
-``logs``, ``hosts check`` or ``dispatch`` print, including their error messages.
+``logs``, ``hosts check`` or ``dispatch`` print, including their error messages; nor in any file
+under the host's state dir or workdir, any process's command line, or the ``on_finish`` hook's
+environment. A ``secret_env`` name no ``env`` table sets comes from labtasker's own environment.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import hashlib
 import json
 import secrets
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Lab
+from tests.integration.conftest import Lab, finish, wait
 from tests.integration.test_cli_errors_config import one_error
 
 # Proves the value arrived without printing it: its hash goes to the result, a marker to the log.
@@ -126,3 +129,117 @@ def test_an_env_that_is_not_a_table_is_not_echoed(lab: Lab, token: str) -> None:
     hosts = lab.write_hosts(f'[hosts.cpu]\nenv = "API_TOKEN={token}"\n')
     line = one_error(lab.run("hosts", "check", "--hosts", str(hosts)), f"{hosts}:2:", code=2)
     assert "`env` must be a table" in line and token not in line, line
+
+
+# Holds its run open until the test has searched the host: ready-<task id> says it has the token.
+GATED = """import hashlib, json, os, sys, time
+value = os.environ["API_TOKEN"]
+with open(os.environ["LABTASKER_RESULT"], "w") as f:
+    json.dump({"sha256": hashlib.sha256(value.encode()).hexdigest()}, f)
+open("%s-%s" % (sys.argv[1], os.environ["LABTASKER_TASK_ID"]), "w").close()
+deadline = time.monotonic() + 60
+while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def files_holding(token: str, *roots: Path) -> list[Path]:
+    """Every file under ``roots`` (symlinks not followed) whose bytes hold ``token``."""
+    found = []
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:  # removed while we looked (a run dir being reset)
+                    continue
+                if token.encode() in data:
+                    found.append(path)
+    return found
+
+
+def command_lines_holding(token: str) -> list[str]:
+    """Command lines of live processes (anyone on a host can read them) holding ``token``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if token.encode() in argv:
+                found.append(argv.replace(b"\0", b" ").decode(errors="replace")[:200])
+    return found
+
+
+def cli(lab: Lab, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A labtasker command run with API_TOKEN exported, as from the user's shell."""
+    env = lab.env() | {"API_TOKEN": token}
+    argv = lab.argv(*args)
+    return subprocess.run(argv, cwd=lab.root, env=env, capture_output=True, text=True, check=False)
+
+
+def no_token_in(token: str, shown: Iterable[subprocess.CompletedProcess[str]]) -> None:
+    for done in shown:
+        assert done.returncode == 0, (done.args, done.stdout, done.stderr)
+        assert token not in done.stdout + done.stderr, (done.args, done.stdout, done.stderr)
+
+
+def test_a_secret_from_the_environment_touches_no_disk_and_reaches_only_the_task(
+    lab: Lab, token: str
+) -> None:
+    hooks = lab.root / "hooks"
+    hooks.mkdir()
+    hosts = lab.hosts_toml("cpu")
+    hosts.write_text(
+        hosts.read_text().replace("[defaults]\n", '[defaults]\nsecret_env = ["API_TOKEN"]\n', 1)
+        + f'[controller]\non_finish = "env > {hooks}/$LABTASKER_TASK_ID.env"\n'
+    )
+    script = lab.shared / "gated.py"
+    script.write_text(GATED)
+    ready, go = lab.shared / "ready", lab.shared / "go"
+    cmd = f"python3 {script} {ready} {go}"
+    # The second task's script is too long for one argument: the helper writes it to cmd.sh.
+    long_cmd = f": {'x' * 70_000}; {cmd}"
+    tasks = [lab.add_cmd(cmd)[0], lab.add_cmd(long_cmd)[0]]
+    env = lab.env() | {"API_TOKEN": token}
+    proc = subprocess.Popen(
+        lab.argv("dispatch", "--hosts", str(hosts)),
+        cwd=lab.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lab.started.append(proc)
+    marks = [Path(f"{ready}-{t}") for t in tasks]
+    wait(lambda: proc.poll() is not None or all(m.exists() for m in marks), "tasks have the token")
+    assert all(m.exists() for m in marks), [lab.task(t) for t in tasks]
+    # Both tasks run and have the value now: search while their run records are live.
+    state = lab.hosts.cpu.home / ".labtasker"
+    assert list(state.rglob("cmd.sh")), "the long script should be in a cmd.sh"
+    assert files_holding(token, state, lab.shared, lab.root) == []
+    assert command_lines_holding(token) == []
+    go.touch()
+    code, out, err = finish(proc)
+    assert code == 0 and token not in out + err, (out, err)
+    want = hashlib.sha256(token.encode()).hexdigest()
+    assert [lab.task(t)["result"] for t in tasks] == [{"sha256": want}] * 2
+    shown = [cli(lab, token, *a.split()) for a in ("status", "queue ls", "queue ls --json")]
+    shown += [cli(lab, token, "logs", str(t)) for t in tasks]
+    shown += [cli(lab, token, "results", "--format", "json")]
+    shown += [cli(lab, token, "hosts", "check", "--hosts", str(hosts))]
+    no_token_in(token, shown)
+    hook_envs = [hooks / f"{t}.env" for t in tasks]
+    wait(lambda: all(p.exists() and p.stat().st_size for p in hook_envs), "the hooks ran")
+    assert all("LABTASKER_STATE=succeeded" in p.read_text() for p in hook_envs)
+    assert files_holding(token, state, lab.shared, lab.root) == []
+
+
+def test_a_secret_set_nowhere_is_one_error_naming_it(lab: Lab) -> None:
+    hosts = lab.hosts_toml("cpu", cpu={"secret_env": ["API_TOKEN"]})
+    for command in (["hosts", "check"], ["dispatch"]):
+        done = lab.run(*command, "--hosts", str(hosts))
+        one_error(
+            done,
+            f"{hosts}:",
+            "host cpu: `secret_env` names API_TOKEN, which is set neither in `env` nor in the "
+            "environment labtasker runs in; export API_TOKEN before running labtasker",
+            code=2,
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -537,3 +538,34 @@ def test_valid_values_come_back_unchanged(
     )
     (h,) = parse_hosts_text(text, Path("hosts.toml")).hosts
     assert (h.slots, h.gpus, h.lost_after, dict(h.env)) == (slots, tuple(sorted(gpus)), lost, env)
+
+
+def test_a_secret_env_name_not_in_env_takes_its_value_from_the_environment() -> None:
+    data = {
+        "defaults": {"env": {"A": "from-file"}, "secret_env": ["A", "B"]},
+        "hosts": {"x": {"secret_env": ["C"]}, "y": {}},
+    }
+    environ = {"A": "from-shell", "B": "b-value", "C": "c-value", "D": "not asked for"}
+    x, y = hosts_from_mapping(data, Path("hosts.toml"), environ=environ).hosts
+    # `env` wins over the environment; names nobody lists are not taken.
+    assert dict(x.env) == {"A": "from-file", "B": "b-value", "C": "c-value"}
+    assert dict(y.env) == {"A": "from-file", "B": "b-value"}
+    config = hosts_from_mapping(data, Path("hosts.toml"), environ=environ)
+    assert config.secret_names == {"A", "B", "C"}
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[defaults]\nsecret_env = ["TOKEN"]\n[hosts.x]\n', "hosts.toml:2: [defaults]: "),
+        ('[hosts.x]\nenv = { A = "1" }\nsecret_env = ["TOKEN"]\n', "hosts.toml:3: host x: "),
+    ],
+)
+def test_a_secret_env_name_set_nowhere_is_an_error_naming_it(text: str, where: str) -> None:
+    data = tomllib.loads(text)
+    with pytest.raises(ConfigError) as err:
+        hosts_from_mapping(data, Path("hosts.toml"), text, environ={"TOKEN": ""})
+    assert str(err.value) == (
+        f"{where}`secret_env` names TOKEN, which is set neither in `env` nor in the environment "
+        "labtasker runs in; export TOKEN before running labtasker, or remove it from `secret_env`"
+    )
