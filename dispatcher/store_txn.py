@@ -1,7 +1,7 @@
-"""``Txn``: reads and user operations inside one store transaction. State changes go through
-``store_move`` (``Txn`` is a ``Mover``: ``move``, the only code that changes a task's state, and
-``move_many``); bulk operations (cancel, retry) use ``_apply``, the set-based form of the same
-entry rules, after ``check_transition``; edits that change no state live in ``store_edit``.
+"""``Txn``: reads and user operations inside one store transaction. Every state change, the
+bulk ones of cancel and retry included, goes through ``store_move`` (``Txn`` is a ``Mover``:
+``move`` and its set-based form ``move_many``, both planned by ``plan_move``, the one definition
+of the entry rules); edits that change no state live in ``store_edit``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from dispatcher import store_edit
-from dispatcher.models import ACTIVE_STATES, NewTask, TaskState, check_transition
+from dispatcher.models import ACTIVE_STATES, NewTask, TaskState
 from dispatcher.store_edit import SELECTED, filters, sql_in
-from dispatcher.store_move import FINISHED, Mover, MoveRequest, plan_move, to_db
+from dispatcher.store_move import Mover, MoveRequest, plan_move
 from dispatcher.store_schema import TASK_COLUMNS, from_db_time, task_from_row
 
 if TYPE_CHECKING:
@@ -210,78 +210,6 @@ class Txn(Mover):
             for r in rows
         ]
 
-    # The state machine.
-
-    def _apply(
-        self,
-        where: str,
-        params: list[Any],
-        new: TaskState,
-        fields: Mapping[str, Any],
-        *,
-        known: Mapping[TaskState, int] | None = None,
-    ) -> None:
-        """Set-based core of ``move``: apply ``new`` and its entry rules to the rows ``where``."""
-        if known is None:
-            rows = self.con.execute(
-                f"SELECT state, min(id) FROM tasks WHERE {where} GROUP BY state", params
-            ).fetchall()
-            known = {TaskState(s): i for s, i in rows}
-        for old, example in known.items():
-            check_transition(example, old, new)
-        now = self.now()
-        values = {k: to_db(k, v) for k, v in fields.items()}
-        sets: dict[str, tuple[str, list[Any]]] = {"state": ("?", [new.value])}
-        if new is S.PENDING:
-            for col in ("host", "gpu_ids", "run_id", "started_at", "finished_at"):
-                sets[col] = ("NULL", [])
-            sets["cancel_requested"] = ("false", [])
-        elif new is S.LAUNCHING:
-            for col in ("exit_code", "result", "started_at", "finished_at", "reason"):
-                sets[col] = ("NULL", [])
-            sets["attempt"] = ("attempt + 1", [])
-        for col, value in values.items():
-            sets[col] = ("?", [value])
-        # Entry times: the one given, or now (a None from a report that lacked it counts as none).
-        if new is S.RUNNING:
-            sets["started_at"] = ("?", [values.get("started_at") or now])
-        if new in FINISHED:
-            sets["finished_at"] = ("?", [values.get("finished_at") or now])
-        if any(old in ACTIVE_STATES for old in known) and new not in ACTIVE_STATES:
-            self._record_attempts(where, params, new, values, now)
-        assign = ", ".join(f"{col} = {expr}" for col, (expr, _) in sets.items())
-        args = [p for _, ps in sets.values() for p in ps]
-        # No RETURNING here or anywhere in the store: duckdb 2.0.1 can return an updated row
-        # twice when the update runs on several threads.
-        self.con.execute(f"UPDATE tasks SET {assign} WHERE {where}", args + params)
-
-    def _record_attempts(
-        self, where: str, params: list[Any], new: TaskState, values: Mapping[str, Any], now: Any
-    ) -> None:
-        cols = (
-            "attempt",
-            "run_id",
-            "host",
-            "gpu_ids",
-            "exit_code",
-            "result",
-            "started_at",
-            "reason",
-        )
-        exprs, args = [], []
-        for col in cols:
-            if col in values:
-                exprs.append("?")
-                args.append(values[col])
-            else:
-                exprs.append(col)
-        self.con.execute(
-            "INSERT INTO attempts (task_id, attempt, run_id, host, gpu_ids, exit_code, result,"
-            f" started_at, reason, outcome, finished_at) SELECT id, {', '.join(exprs)}, ?, ?"
-            f" FROM tasks WHERE ({where}) AND state IN ({sql_in(ACTIVE_STATES)})",
-            [*args, new.value, values.get("finished_at") or now, *params],
-        )
-
     def set_reasons(self, reasons: Mapping[int, str | None]) -> None:
         """Set the pending reason of pending tasks; others and unchanged ones are left alone."""
         if not reasons:
@@ -339,8 +267,9 @@ class Txn(Mover):
             f"UPDATE tasks SET cancel_requested = true WHERE {SELECTED}"
             f" AND state IN ({sql_in(ACTIVE_STATES)})"
         )
-        self._apply(
-            f"{SELECTED} AND state = 'pending'", [], S.CANCELLED, {"reason": "cancelled by user"}
+        why = {"reason": "cancelled by user"}
+        self.move_many(
+            [MoveRequest(i, S.CANCELLED, None, why) for i in by_state.get(S.PENDING, [])]
         )
         requested = sorted(i for s in ACTIVE_STATES for i in by_state.get(s, []))
         skipped: list[tuple[int, TaskState]] = sorted(
@@ -358,9 +287,10 @@ class Txn(Mover):
             self.con, _RETRYABLE, "only failed, cancelled or lost tasks can be retried"
         )
         fields = {"exit_code": None, "result": None, "reason": None, "losses": 0}
-        moved = self.con.execute(f"SELECT id FROM tasks WHERE {SELECTED} ORDER BY id").fetchall()
-        self._apply(SELECTED, [], S.PENDING, fields)
-        return [r[0] for r in moved]
+        found = self.con.execute(f"SELECT id FROM tasks WHERE {SELECTED} ORDER BY id").fetchall()
+        moved = [r[0] for r in found]
+        self.move_many([MoveRequest(i, S.PENDING, None, fields) for i in moved])
+        return moved
 
     def add(self, tasks: Sequence[NewTask], *, skip_existing: bool = False) -> AddResult:
         """Add fully formed tasks as pending. Ids are new (never reused) and contiguous;
