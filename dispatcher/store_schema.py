@@ -98,8 +98,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN outputs VARCHAR[] NOT NULL DEFAULT []",
         "UPDATE tasks SET batch = id",
     ),
-    # 2 -> 3: the queue's random id, which names it to the hosts' helpers (their launch fence).
-    ("INSERT INTO meta SELECT 'queue_id', CAST(floor(random() * 4503599627370496) AS BIGINT) + 1",),
+    # 2 -> 3: the queue's random id, which names it to the hosts' helpers (their launch fence);
+    # host suspensions (version 2 made the table on its first suspension, if ever).
+    (
+        "INSERT INTO meta SELECT 'queue_id',"
+        " CAST(floor(random() * 4503599627370496) AS BIGINT) + 1",
+        "CREATE TABLE IF NOT EXISTS host_status (host VARCHAR PRIMARY KEY,"
+        " suspended_at TIMESTAMP NOT NULL, reason VARCHAR NOT NULL)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -11,6 +11,7 @@ import pytest
 from dispatcher.batch import TaskBatch
 from dispatcher.models import NewTask, TaskState
 from dispatcher.store import Store
+from dispatcher.store_recovery import suspend_host, suspended_hosts
 from dispatcher.store_schema import MIGRATIONS, SCHEMA_VERSION
 from dispatcher.sweep import grid_from_items
 
@@ -105,3 +106,31 @@ def test_a_throttled_sweep_moves_past_tasks_whose_dependencies_failed(store: Sto
     (free,) = store.add([NewTask({}, "b", "b", name="s", max_running=1)]).ids
     with store.transaction() as tx:
         assert [t.id for t in tx.pending_candidates(limit=10)] == [free]
+
+
+@pytest.mark.parametrize("suspended_before", [False, True])
+def test_a_version_2_queue_migrates_with_or_without_its_host_status_table(
+    tmp_path: Path, suspended_before: bool
+) -> None:
+    """Version 2 made ``host_status`` on its first suspension only; both kinds of file open."""
+    path = tmp_path / "v2.duckdb"
+    con = duckdb.connect(str(path))
+    for step in MIGRATIONS[:2]:
+        for statement in step:
+            con.execute(statement)
+    con.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+    if suspended_before:
+        con.execute(
+            "CREATE TABLE host_status (host VARCHAR PRIMARY KEY,"
+            " suspended_at TIMESTAMP NOT NULL, reason VARCHAR NOT NULL)"
+        )
+        con.execute("INSERT INTO host_status VALUES ('gpu-a', now()::TIMESTAMP, 'broken')")
+    con.close()
+    store = Store(path, lock_timeout=10)
+    with store.transaction() as tx:
+        hosts = suspended_hosts(tx)
+        assert list(hosts) == (["gpu-a"] if suspended_before else [])
+        suspend_host(tx, "gpu-b", "failures")
+    with store.transaction() as tx:
+        assert "gpu-b" in suspended_hosts(tx)
+    assert store.queue_id() > 0
