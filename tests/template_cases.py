@@ -21,7 +21,7 @@ from dispatcher.template import render_value
 #: Replaced by a real path by each test: a file that must never appear.
 CANARY = "@CANARY@"
 #: Any text a command-line word can hold: everything but NUL and lone surrogates.
-CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\0")
+CHARS = st.characters(blacklist_categories=["Cs"], blacklist_characters="\0")
 TRICKY = [
     "'", '"', "\\", "\n", " ", "", "-n", "--help", "%", "%{v0}", "%%", "*", "~", "$HOME", "!",
     "a=b", "{a,b}", "if", "#x", "ünï €ø 😀", "a\\", "\\'",
@@ -40,12 +40,12 @@ _BARE = st.one_of(
     st.sampled_from(";'\"$ \\()|&<>*?[#`~{},").map(lambda c: ("\\" + c, c)),
     st.just(("%%", "%")),
 )
-_SINGLE = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0'")).map(
+_SINGLE = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0'")).map(
     lambda t: (t.replace("%", "%%"), t)
 )
 _DOUBLE = st.one_of(
     st.text(
-        st.characters(blacklist_categories=("Cs",), blacklist_characters='\0$`"\\%'), min_size=1
+        st.characters(blacklist_categories=["Cs"], blacklist_characters='\0$`"\\%'), min_size=1
     ).map(lambda t: (t, t)),
     st.sampled_from('$`"\\').map(lambda c: ("\\" + c, c)),
     st.sampled_from("an'").map(lambda c: ("\\" + c, "\\" + c)),  # kept as two characters

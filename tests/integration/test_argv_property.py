@@ -49,7 +49,7 @@ with open(os.environ["LABTASKER_RESULT"], "w") as f:
 
 #: Any character a command-line word or environment value can hold: everything but NUL (and
 #: lone surrogates, which are not text).
-CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\0")
+CHARS = st.characters(blacklist_categories=["Cs"], blacklist_characters="\0")
 TRICKY = ["'", '"', "$(id)", "`id`", "\n", " ", "%", "%{x}", "%%", "\\", "*", "~", "$HOME", ";"]
 WORDS = st.lists(
     st.one_of(st.text(CHARS, max_size=12), st.sampled_from(TRICKY)).map(str), max_size=6
@@ -58,7 +58,7 @@ WORDS = st.lists(
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True).map(lambda n: f"LT_{n}")
 ENVS = st.dictionaries(NAMES, st.one_of(st.text(CHARS, max_size=16), st.sampled_from(TRICKY)))
 DIR_NAMES = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\0/"), min_size=1, max_size=12
+    st.characters(blacklist_categories=["Cs"], blacklist_characters="\0/"), min_size=1, max_size=12
 )
 
 

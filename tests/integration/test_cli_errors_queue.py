@@ -48,8 +48,9 @@ def test_a_file_locked_by_another_process(db: Path) -> None:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        assert holder.stdout is not None
-        poll(lambda: holder.stdout.readline().strip() == "held", "the holder opened the file")
+        out = holder.stdout
+        assert out is not None
+        poll(lambda: out.readline().strip() == "held", "the holder opened the file")
         before = db.read_bytes()
         done = labtasker(db, "queue", "add", "--cmd", "echo 3", LABTASKER_LOCK_TIMEOUT="0.5")
         one_error(done, str(db), "stayed locked by process", str(holder.pid), code=2)

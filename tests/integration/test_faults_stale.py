@@ -126,7 +126,8 @@ def test_dispatch_stays_alive_while_another_process_holds_the_queue(faults: Faul
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         # Held for 30 s, while the tasks end and report: the status file keeps being written.
-        times, gaps = [], []
+        times: list[float] = []
+        gaps: list[float] = []
         while holder.poll() is None:
             written = json.loads(status.read_text())["written_at"]
             if not times or written != times[-1]:

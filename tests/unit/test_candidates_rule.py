@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,14 +54,15 @@ def expected(tasks: list[Task], limit: int) -> list[int]:
 @settings(max_examples=40, deadline=None)
 @given(queues, st.integers(1, 20))
 def test_sql_candidates_follow_the_python_rule(
-    adds: list[list[dict[str, object]]], limit: int
+    adds: list[list[dict[str, Any]]], limit: int
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "q.duckdb", lock_timeout=10)
         states: dict[int, str] = {}
         next_id = 1
         for add in adds:
-            news, first = [], next_id
+            news: list[NewTask] = []
+            first = next_id
             for spec in add:
                 deps = tuple(d for d in spec["deps"] if isinstance(d, int) and 0 < d < first)
                 news.append(
@@ -68,9 +70,9 @@ def test_sql_candidates_follow_the_python_rule(
                         args={"i": next_id},
                         template="run %{i}",
                         command=f"run {next_id}",
-                        name=spec["name"],  # type: ignore[arg-type]
-                        priority=spec["priority"],  # type: ignore[arg-type]
-                        max_running=spec["max_running"],  # type: ignore[arg-type]
+                        name=spec["name"],
+                        priority=spec["priority"],
+                        max_running=spec["max_running"],
                         after=deps,
                     )
                 )

@@ -34,7 +34,7 @@ def log_text(report: dict[str, object]) -> str:
 async def wait_ready(h: LocalHelper, run_id: str) -> None:
     async def ready() -> bool:
         lines = (await h.call("tail", runs=[run_id]))["lines"]
-        return lines[run_id] == "ready"
+        return bool(lines[run_id] == "ready")
 
     await eventually(ready, what=f"{run_id} printing ready")
 

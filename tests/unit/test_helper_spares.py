@@ -6,6 +6,7 @@ import base64
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,7 +120,7 @@ def test_publishing_onto_an_existing_run_fails_and_loses_no_spare(
     done = tmp_path / "runs" / "done"
     assert spares_.publish(str(done), b"{}") and spares_.keep(str(done))
     # Another helper made it between the look and the rename: rename() itself refuses.
-    monkeypatch.setattr(helper_module.os.path, "lexists", lambda path: False)
+    monkeypatch.setattr(os.path, "lexists", lambda path: False)
     assert not spares_.publish(str(first), b"{}")
     assert sorted(os.listdir(first)) == ["exit.reserve", "supervisor.json"]
     assert len(os.listdir(tmp_path / "spare")) == 1  # the claimed spare went back
@@ -130,13 +131,13 @@ def test_publishing_onto_an_existing_run_fails_and_loses_no_spare(
 def test_one_failing_run_of_a_launches_batch_fails_alone(tmp_path: Path) -> None:
     h = helper_module.Helper(str(tmp_path))
 
-    def launch(run_id: str, spec: object) -> dict[str, object]:
+    def launch(run_id: str, spec: Any) -> dict[str, Any]:
         if run_id == "b":
             raise OSError(28, "No space left on device")
         return {"status": "started", "pid": 1}
 
-    h.launch = launch  # type: ignore[method-assign]
-    runs = [{"run_id": r, "spec": {}} for r in ("a", "b", "c")]
+    h.launch = launch  # type: ignore[method-assign,assignment]
+    runs: list[dict[str, Any]] = [{"run_id": r, "spec": {}} for r in ("a", "b", "c")]
     got = h.op_launches({"runs": runs})["runs"]
     assert got["a"] == got["c"] == {"status": "started", "pid": 1}
     assert got["b"] == {"status": "error", "error": "OSError: [Errno 28] No space left on device"}

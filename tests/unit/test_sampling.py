@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_purity import violations
 
 from dispatcher import sampling
 from dispatcher.batch import assemble
 from dispatcher.errors import SweepError, UsageError
 from dispatcher.sweep import Grid, grid_from_items, parse_sweep_toml
+from tests.unit.test_purity import violations
 
 SPECS = """
 lr = { loguniform = [1e-5, 1e-1] }

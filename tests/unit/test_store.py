@@ -314,7 +314,7 @@ def test_a_large_grid_is_rendered_in_sql(store: Store) -> None:
     assert store.counts()[S.PENDING] == 10_000
 
 
-text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=8)
+text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=["Cs"]), max_size=8)
 scalar = st.one_of(
     text,
     st.integers(-(2**70), 2**70),

@@ -21,7 +21,7 @@ from dispatcher.template import (
 )
 
 # Text a shell word can hold: anything but NUL (surrogates are not text a terminal can send).
-word_text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)))
+word_text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=["Cs"]))
 nasty = st.sampled_from(
     ["", " ", "'", '"', "$(rm -rf ~)", "`id`", "; rm -rf /", "a\nb", "\\", "%{x}", "%%", "-n", "*"]
 )
