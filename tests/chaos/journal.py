@@ -169,12 +169,14 @@ def read(directory: Path) -> Journals:
 
 
 class Progress:
-    """Counts tasks with a DONE line, reading only what the journals gained since last time."""
+    """Counts tasks with a DONE line, and runs started but not done per host, reading only what
+    the journals gained since last time."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.offsets: dict[Path, int] = {}
         self.done: set[int] = set()
+        self.running: dict[str, set[str]] = defaultdict(set)
 
     def count(self) -> int:
         for path in self.directory.glob("*.journal"):
@@ -185,8 +187,13 @@ class Progress:
             self.offsets[path] = self.offsets.get(path, 0) + len(complete)
             for raw in complete.decode().splitlines():
                 line = parse_line(raw)
-                if line is not None and line.kind == "DONE":
+                if line is None:
+                    continue
+                if line.kind == "START":
+                    self.running[line.host].add(line.run_id)
+                else:
                     self.done.add(line.task)
+                    self.running[line.host].discard(line.run_id)
         return len(self.done)
 
 

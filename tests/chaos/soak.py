@@ -125,7 +125,7 @@ class Verdict:
             f"faults: {kinds}",
             f"stalled sessions with a launch in flight: {s['stalled_with_launch']}"
             f" of {s['faults'].get('stalled_session', 0)}",
-            f"runs: {s['runs']}, declared lost: {s['lost']}, cut short: {s['cut_short']}",
+            f"runs: {s['runs']}, declared lost: {s['lost']}, without DONE: {s['cut_short']}",
             f"duplicates: {s['duplicates']}, leftovers: {len(s['leftovers'])}",
             "lost after the host answered again: "
             + (
@@ -138,9 +138,8 @@ class Verdict:
             f"violations: {len(self.violations)}",
         ]
         lines += [f"  - {v}" for v in self.violations]
-        if self.violations:  # the faults, to set beside the journal lines' times
-            lines += ["faults (epoch seconds, as in the journals):"]
-            lines += [f"  {x}" for x in s["timeline"]]
+        lines += ["faults (epoch seconds, as in the journals):"]
+        lines += [f"  {x}" for x in s["timeline"]]
         return "\n".join(lines)
 
 
@@ -242,14 +241,14 @@ class Soak:
         got = json.loads(out)
         self.ids += list(got["ids"] if isinstance(got, dict) else got)
 
-    def advance(self, done: int, *, feeding: bool = True) -> None:
-        """Feed the queue until ``done`` tasks have a DONE line (or fail on a stall)."""
+    def advance(self, done: int, busy: str | None = None) -> None:
+        """Feed the queue until ``done`` tasks have a DONE line and host ``busy`` (if named)
+        runs a task, or every task is done; fail when no task finishes for ``STALL`` s."""
         last = [self.progress.count(), time.monotonic()]
 
         def reached() -> bool:
             self.watch_controller()
-            if feeding:
-                self.feed()
+            self.feed()
             now = self.progress.count()
             if now > last[0]:
                 last[:] = [now, time.monotonic()]
@@ -258,7 +257,9 @@ class Soak:
                     f"no task finished for {STALL:g} s ({now} done, {len(self.ids)} added, want"
                     f" {done}); the dispatch log ends: {self.log_tail()!r}"
                 )
-            return now >= done
+            if now == len(self.plan.sleeps):
+                return True
+            return now >= done and (busy is None or bool(self.progress.running[busy]))
 
         poll(reached, f"soak seed {self.plan.seed}: {done} tasks done", timeout=1e9)
 
@@ -318,6 +319,7 @@ class Soak:
             at = time.time()
             pids = crash(host)
             killed = time.time()
+            self.progress.running[fault.host].clear()  # their DONE lines will never come
             time.sleep(fault.hold)
             host.start_listener()
             self.crashes.append(journal.Crash(fault.host, at, killed, time.time()))
@@ -374,12 +376,21 @@ class Soak:
     # -- the whole soak ------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Feed, strike every fault in turn, then one last fault-free dispatch to completion."""
+        """Feed, strike every fault in turn, then one last fault-free dispatch to completion.
+        An error on the way names the seed and the faults struck so far."""
+        try:
+            self.drive()
+        except Exception as e:
+            so_far = "".join(f"\n  {x}" for x in self.timeline)
+            raise self.fail(f"{type(e).__name__}: {e}\nfaults so far:{so_far}") from e
+
+    def drive(self) -> None:
         self.began = time.monotonic()
         self.feed(force=True)
         self.start_controller()
         for fault in self.plan.faults:
-            self.advance(fault.at_done)
+            on_host = not fault.kind.startswith("controller") and fault.kind != "stalled_session"
+            self.advance(fault.at_done, busy=fault.host if on_host else None)
             self.strike(fault)
         self.feed(everything=True)
         assert self.controller is not None
@@ -457,7 +468,7 @@ class Soak:
         ]
         delays = journal.lost_delays(attempts, self.crashes)
         lost = [a for a in attempts if a.outcome == "lost"]
-        cut = [r for r in journals.runs.values() if journal.cut_short(r, self.crashes, None)]
+        cut = [r for r in journals.runs.values() if r.done is None]
         summary: dict[str, Any] = {
             "seed": self.plan.seed,
             "tasks": len(self.ids),
