@@ -10,6 +10,7 @@ the violations and a summary. Fault hold times are part of the seeded schedule, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,9 +243,9 @@ class Soak:
         got = json.loads(out)
         self.ids += list(got["ids"] if isinstance(got, dict) else got)
 
-    def advance(self, done: int, busy: str | None = None) -> None:
-        """Feed the queue until ``done`` tasks have a DONE line and host ``busy`` (if named)
-        runs a task, or every task is done; fail when no task finishes for ``STALL`` s."""
+    def advance(self, done: int, ready: Callable[[], bool] = lambda: True) -> None:
+        """Feed the queue until ``done`` tasks have a DONE line and ``ready()`` is true, or
+        every task is done; fail when no task finishes for ``STALL`` s."""
         last = [self.progress.count(), time.monotonic()]
 
         def reached() -> bool:
@@ -259,9 +261,21 @@ class Soak:
                 )
             if now == len(self.plan.sleeps):
                 return True
-            return now >= done and (busy is None or bool(self.progress.running[busy]))
+            return now >= done and ready()
 
         poll(reached, f"soak seed {self.plan.seed}: {done} tasks done", timeout=1e9)
+
+    def target_ready(self, fault: Fault) -> bool:
+        """Whether the fault has something to hit: a host fault waits until the host runs a
+        task, and until the session or helper it strikes is there."""
+        if fault.kind.startswith("controller") or fault.kind == "stalled_session":
+            return True  # the stalled session waits on its own terms (``stall``)
+        host = self.host(fault.host)
+        if not self.progress.running[fault.host]:
+            return False
+        if fault.kind == "helper_stop":
+            return bool(self.helpers(host))
+        return fault.kind == "host_crash" or bool(host.connection_pids())
 
     def helpers(self, host: SshdHost) -> list[int]:
         """The host's helper processes: ``python3`` of its user started by an sshd session
@@ -389,8 +403,7 @@ class Soak:
         self.feed(force=True)
         self.start_controller()
         for fault in self.plan.faults:
-            on_host = not fault.kind.startswith("controller") and fault.kind != "stalled_session"
-            self.advance(fault.at_done, busy=fault.host if on_host else None)
+            self.advance(fault.at_done, functools.partial(self.target_ready, fault))
             self.strike(fault)
         self.feed(everything=True)
         assert self.controller is not None
