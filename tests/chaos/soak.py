@@ -13,7 +13,6 @@ import contextlib
 import functools
 import json
 import os
-import random
 import signal
 import statistics
 import subprocess
@@ -26,19 +25,12 @@ from typing import Any
 
 from dispatcher.store import Store
 from tests.chaos import journal
+from tests.chaos.plan import KINDS, Fault, Plan
+from tests.chaos.report import Verdict
 from tests.integration.conftest import finish
 from tests.integration.faults_lab import FaultLab, connected, kill9
 from tests.sshd import SshdHost, poll, proc_table
 
-KINDS = (
-    "controller_kill",  # kill -9 the dispatcher, start a new one
-    "controller_stop",  # SIGSTOP the dispatcher, SIGCONT it later (a laptop asleep)
-    "drop_connections",  # kill the host's sshd session processes
-    "sshd_outage",  # listener down and sessions dropped for a while
-    "stalled_session",  # freeze the session, kill -9 and restart the dispatcher, thaw later
-    "host_crash",  # every process of the host's user killed, files kept, back after a while
-    "helper_stop",  # SIGSTOP the helper, SIGCONT it later
-)
 #: Seconds without one more task done before the soak gives up (a hung dispatcher).
 STALL = 120.0
 #: Processes of labtasker or of a task still alive this long after the last dispatch are leftovers.
@@ -57,92 +49,6 @@ def crash(host: SshdHost) -> list[int]:
 
     poll(gone, f"{host.alias}: every process of its user killed")
     return pids
-
-
-@dataclass(frozen=True)
-class Size:
-    """How big a soak is."""
-
-    tasks: int
-    faults: int
-
-
-SHORT = Size(tasks=300, faults=16)
-FULL = Size(tasks=2000, faults=100)
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One fault: strikes ``host`` once ``at_done`` tasks are done, holds ``hold`` seconds."""
-
-    kind: str
-    at_done: int
-    host: str
-    hold: float
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything random in a soak, drawn from its seed."""
-
-    seed: int
-    slots: dict[str, int]
-    sleeps: tuple[float, ...]
-    faults: tuple[Fault, ...]
-
-    @classmethod
-    def make(cls, seed: int, size: Size, slots: dict[str, int]) -> Plan:
-        """Every fault kind at least twice; faults between 4% and 85% of the tasks done."""
-        rng = random.Random(seed)
-        sleeps = tuple(round(rng.uniform(0.05, 0.6), 2) for _ in range(size.tasks))
-        kinds = [k for k in KINDS for _ in range(2)]
-        kinds += [rng.choice(KINDS) for _ in range(size.faults - len(kinds))]
-        rng.shuffle(kinds)
-        low, high = size.tasks * 4 // 100, size.tasks * 85 // 100
-        marks = sorted(rng.randint(low, high) for _ in kinds)
-        hosts = sorted(slots)
-        faults = tuple(
-            Fault(kind, mark, rng.choice(hosts), round(rng.uniform(1.0, 4.0), 2))
-            for kind, mark in zip(kinds, marks, strict=True)
-        )
-        return cls(seed, slots, sleeps, faults)
-
-
-@dataclass
-class Verdict:
-    """What the soak found: violations (empty when all is well) and the figures."""
-
-    violations: list[str]
-    summary: dict[str, Any]
-
-    def text(self) -> str:
-        """The summary for a person."""
-        s = self.summary
-        kinds = ", ".join(f"{k} {n}" for k, n in s["faults"].items())
-        delays = s["lost_delay_s"]
-        lines = [
-            f"soak seed {s['seed']}: {s['tasks']} tasks on "
-            + ", ".join(f"{h} ({k} slots)" for h, k in s["slots"].items())
-            + f", {s['seconds']:.0f} s, {s['controllers']} dispatch processes",
-            f"faults: {kinds}",
-            f"stalled sessions with a launch in flight: {s['stalled_with_launch']}"
-            f" of {s['faults'].get('stalled_session', 0)}",
-            f"runs: {s['runs']}, declared lost: {s['lost']}, without DONE: {s['cut_short']}",
-            f"duplicates: {s['duplicates']}, leftovers: {len(s['leftovers'])}",
-            "lost after the host answered again: "
-            + (
-                f"median {delays['median']:.2f} s, max {delays['max']:.2f} s"
-                f" ({delays['count']} runs)"
-                if delays["count"]
-                else "no run was lost"
-            ),
-            f"last dispatch exit code: {s['last_exit']}",
-            f"violations: {len(self.violations)}",
-        ]
-        lines += [f"  - {v}" for v in self.violations]
-        lines += ["faults (epoch seconds, as in the journals):"]
-        lines += [f"  {x}" for x in s["timeline"]]
-        return "\n".join(lines)
 
 
 @dataclass

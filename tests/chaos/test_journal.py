@@ -1,13 +1,15 @@
 """The soak's checker on hand-made journals: it must catch what it is there to catch (a checker
-that cannot fail is a defect) and pass a clean history, crashes included."""
+that cannot fail is a defect) and pass a clean history, crashes included; and the seeded plan."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from tests.chaos import journal
 from tests.chaos.journal import Crash, QueueAttempt, QueueTask
+from tests.chaos.plan import KINDS, SHORT, Plan
 
 SLOTS = {"a": 2, "b": 1}
 
@@ -145,3 +147,14 @@ def test_broken_lines_are_reported_and_progress_counts_finished_tasks(tmp_path: 
     with (tmp_path / "b.journal").open("a") as f:
         f.write(" 3 103 b\n")
     assert progress.count() == 2 and progress.done == {1, 3}
+
+
+def test_a_plan_is_its_seed_and_strikes_every_fault_kind_twice() -> None:
+    slots = {"a": 2, "b": 1}
+    plan = Plan.make(5, SHORT, slots)
+    assert plan == Plan.make(5, SHORT, slots) != Plan.make(6, SHORT, slots)
+    kinds = Counter(f.kind for f in plan.faults)
+    assert set(kinds) == set(KINDS) and min(kinds.values()) >= 2
+    assert len(plan.faults) == SHORT.faults and len(plan.sleeps) == SHORT.tasks
+    marks = [f.at_done for f in plan.faults]
+    assert marks == sorted(marks) and marks[-1] < SHORT.tasks  # the last stretch is fault-free

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.soak import FULL, SHORT, Plan, Soak
+from tests.chaos.plan import FULL, SHORT, Plan
+from tests.chaos.soak import Soak
 from tests.integration.faults_lab import FaultLab
 
 # Read at import: the suite's autouse fixture removes LABTASKER_* variables before each test.
