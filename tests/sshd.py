@@ -472,12 +472,16 @@ class SshdHost:
         self.frozen = False
 
     def kill_user_processes(self) -> list[int]:
-        """Kill every process of this host's user on this host (a crash, as sessions see it)."""
+        """Kill every process of this host's user on this host (a crash, as sessions see it),
+        pass after pass until a pass finds none: a process forked while one pass reads the
+        process table escapes that pass."""
         spare = {self.listener_pid}
-        pids = [p.pid for p in self.processes() if p.uid == self.uid and p.pid not in spare]
-        self._signal(pids, signal.SIGKILL)
-        poll(lambda: not any(map(_alive, pids)), f"{self.alias}: user processes gone")
-        return pids
+        killed: list[int] = []
+        while pids := [p.pid for p in self.processes() if p.uid == self.uid and p.pid not in spare]:
+            self._signal(pids, signal.SIGKILL)
+            poll(lambda: not any(map(_alive, pids)), f"{self.alias}: user processes gone")
+            killed += pids
+        return killed
 
     # -- the GPU stub --------------------------------------------------------------------------
 

@@ -38,17 +38,8 @@ LEFTOVER_GRACE = 15.0
 
 
 def crash(host: SshdHost) -> list[int]:
-    """Kill every process of the host's user, pass after pass until a pass finds none: a
-    process forked while a pass reads the process table escapes that pass."""
-    pids: list[int] = []
-
-    def gone() -> bool:
-        killed = host.kill_user_processes()
-        pids.extend(killed)
-        return not killed
-
-    poll(gone, f"{host.alias}: every process of its user killed")
-    return pids
+    """Kill every process of the host's user (see ``SshdHost.kill_user_processes``)."""
+    return host.kill_user_processes()
 
 
 @dataclass
