@@ -18,8 +18,14 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.collect import LogCollector, gpu_views, log_path, write_last_lines
-from dispatcher.errors import ConnectionLostError, DispatcherError, RemoteError, TransportError
+from dispatcher.collect import LogCollector, SavedLog, gpu_views, log_path, write_last_lines
+from dispatcher.errors import (
+    ConnectionLostError,
+    DispatcherError,
+    ProtocolViolationError,
+    RemoteError,
+    TransportError,
+)
 from dispatcher.hooks import HOOK_STATES, on_finish
 from dispatcher.hostsession import HostSession
 from dispatcher.models import ACTIVE_STATES, Task, TaskState
@@ -81,14 +87,18 @@ class HostJobs:
         self._on_report(session.name, report)
 
     def _on_report(self, host: str, report: dict[str, Any]) -> None:
+        # The report passed the session's checks (remote/wire.py): its run id is a safe name,
+        # and one this dispatcher launched or probed on that host.
         if report.get("state") == "exited":
-            globs = self._outputs_of(host, str(report.get("run_id")))[1]
+            task, globs = self._outputs_of(host, str(report.get("run_id")))
             if globs or not self.collector.inline(report):
                 self._spawn(self._collect(host, report))
                 return
             try:  # the log came inline (or there is none) and no output files: no job needed
-                self.collector.write_inline(report)
-            except OSError as err:
+                self._log_saved(
+                    host, self.collector.write_inline(report, self._max_log(host)), task
+                )
+            except (OSError, DispatcherError) as err:
                 self.reporter.log(
                     f"{host}: could not save the log of run {report.get('run_id')}: {err}",
                     style="yellow",
@@ -100,7 +110,10 @@ class HostJobs:
         """Copy the log first, so a task is never final without its output on the controller."""
         run_id = str(report.get("run_id"))
         try:
-            await self.collector.fetch(self.hosts[host].session, report)
+            saved = await self.collector.fetch(
+                self.hosts[host].session, report, self._max_log(host)
+            )
+            self._log_saved(host, saved, self._task_of(run_id))
         except DispatcherError as err:
             self.reporter.log(
                 f"{host}: could not copy the log of run {run_id}: {err}", style="yellow"
@@ -109,6 +122,21 @@ class HostJobs:
             return  # connection lost: the probe after reconnecting reports this exit again
         self._reports.append((host, report))
         self._wake.set()
+
+    def _max_log(self, host: str) -> int:
+        return self.hosts[host].session.spec.max_log_size
+
+    def _log_saved(self, host: str, saved: SavedLog | None, task: Task | None) -> None:
+        """Say once per task that its log was cut to the host's ``max_log_size``."""
+        if saved is None or not saved.first_cut:
+            return
+        who = f"task {task.id}" if task is not None else "a task"
+        self.reporter.log(
+            f"{who} on {host}: its log is {saved.size} bytes, over max_log_size "
+            f"({self._max_log(host)} bytes); kept its head and tail in {saved.path} "
+            f"({saved.cut} bytes cut)",
+            style="yellow",
+        )
 
     def _task_of(self, run_id: str) -> Task | None:
         """The active task whose current run is ``run_id`` (None: not ours, or an old one)."""
@@ -289,7 +317,7 @@ class HostJobs:
         runs = [{"run_id": t.run_id, "spec": self._launch_spec(t)} for t in tasks]
         try:
             reply = await hs.session.call("launches", runs=runs)
-        except (ConnectionLostError, TransportError):
+        except (ConnectionLostError, TransportError, ProtocolViolationError):
             return  # outcome unknown: they stay launching; the probe after reconnecting decides
         except RemoteError as err:
             for t in tasks:
