@@ -114,6 +114,8 @@ class HostJobs:
                 self.hosts[host].session, report, self._max_log(host)
             )
             self._log_saved(host, saved, self._task_of(run_id))
+        except ProtocolViolationError:
+            return  # the host is dropped (the session says why); its probe reports this again
         except DispatcherError as err:
             self.reporter.log(
                 f"{host}: could not copy the log of run {run_id}: {err}", style="yellow"
@@ -283,7 +285,8 @@ class HostJobs:
             if exc is not None:
                 if not isinstance(exc, DispatcherError):
                     raise exc  # a bug: let asyncio report it loudly
-                self.reporter.log(str(exc), style="yellow")
+                if not isinstance(exc, ProtocolViolationError):  # the session says it, once
+                    self.reporter.log(str(exc), style="yellow")
             self._wake.set()
 
         job.add_done_callback(done)
@@ -417,7 +420,7 @@ class HostJobs:
     async def _tail_one(self, hs: HostState, runs: dict[str, int]) -> None:
         try:
             reply = await hs.session.call("tail", runs=sorted(runs), bytes=4096, timeout=10.0)
-        except (ConnectionLostError, TransportError):
+        except (ConnectionLostError, TransportError, ProtocolViolationError):
             return
         finally:
             hs.tailing = False
@@ -468,7 +471,7 @@ class HostJobs:
                         self._on_report(name, report)
             if hs.session.spec.gpus != ():
                 await hs.session.refresh_gpus()
-        except (ConnectionLostError, TransportError):
+        except (ConnectionLostError, TransportError, ProtocolViolationError):
             return  # the session reconnects and we come back here
         hs.reconciled = True
         self._wake.set()
