@@ -52,6 +52,12 @@ class SavedLog:
     cut: int = 0
     first_cut: bool = False  # the first copy of this run that was cut: say so (once)
 
+    def note(self, limit: int) -> str:
+        return (
+            f"its log is {self.size} bytes, over max_log_size ({limit} bytes); kept its head "
+            f"and tail in {self.path} ({self.cut} bytes cut)"
+        )
+
 
 def cut_marker(cut: int, after: bytes) -> bytes:
     """The line standing for ``cut`` bytes left out, on a line of its own after ``after``."""

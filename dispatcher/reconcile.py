@@ -130,15 +130,9 @@ class HostJobs:
 
     def _log_saved(self, host: str, saved: SavedLog | None, task: Task | None) -> None:
         """Say once per task that its log was cut to the host's ``max_log_size``."""
-        if saved is None or not saved.first_cut:
-            return
-        who = f"task {task.id}" if task is not None else "a task"
-        self.reporter.log(
-            f"{who} on {host}: its log is {saved.size} bytes, over max_log_size "
-            f"({self._max_log(host)} bytes); kept its head and tail in {saved.path} "
-            f"({saved.cut} bytes cut)",
-            style="yellow",
-        )
+        if saved is not None and saved.first_cut:
+            who = f"task {task.id}" if task is not None else "a task"
+            self.reporter.log(f"{who} on {host}: {saved.note(self._max_log(host))}", style="yellow")
 
     def _task_of(self, run_id: str) -> Task | None:
         """The active task whose current run is ``run_id`` (None: not ours, or an old one)."""
