@@ -2,9 +2,11 @@
 
 Logs are stored as ``<logs_dir>/<run_id>.log`` (0600, directory 0700), so a finished task's
 output stays readable with no host reachable. Small logs arrive inline in the exit report; big ones
-are read in chunks over the helper's channel. The running tasks' last output lines and each
-host's GPU use, for ``labtasker status``, are kept in ``<queue>.status.json`` next to the queue
-file, stamped with the time written so a reader can tell a stopped dispatcher's stale view.
+are read in chunks over the helper's channel. A log over its host's ``max_log_size`` keeps its
+head and its tail around one ``[labtasker: N bytes cut]`` line; the rest is never read.
+The running tasks' last output lines and each host's GPU use, for ``labtasker status``, are
+kept in ``<queue>.status.json`` next to the queue file, stamped with the time written so a
+reader can tell a stopped dispatcher's stale view.
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dispatcher.errors import RemoteError
+from dispatcher.remote.wire import RUN_ID
+
 if TYPE_CHECKING:
     from dispatcher.hostsession import HostSession
     from dispatcher.models import Task
 
 CHUNK = 1024 * 1024
+#: ``max_log_size`` when hosts.toml sets none.
+DEFAULT_MAX_LOG = 64 * 1024 * 1024
 
 
 class _Caller(Protocol):
@@ -36,58 +43,116 @@ def log_path(logs_dir: Path, run_id: str) -> Path:
     return logs_dir / f"{run_id}.log"
 
 
+@dataclass
+class SavedLog:
+    """One run's log as copied: where, how many bytes the run printed, how many were cut."""
+
+    path: Path
+    size: int
+    cut: int = 0
+    first_cut: bool = False  # the first copy of this run that was cut: say so (once)
+
+    def note(self, limit: int) -> str:
+        return (
+            f"its log is {self.size} bytes, over max_log_size ({limit} bytes); kept its head "
+            f"and tail in {self.path} ({self.cut} bytes cut)"
+        )
+
+
+def cut_marker(cut: int, after: bytes) -> bytes:
+    """The line standing for ``cut`` bytes left out, on a line of its own after ``after``."""
+    start = b"" if not after or after.endswith(b"\n") else b"\n"
+    return start + f"[labtasker: {cut} bytes cut]\n".encode()
+
+
+def _split(size: int, limit: int) -> tuple[int, int]:
+    """Bytes kept from the head and from the tail of a log of ``size`` bytes."""
+    if size <= limit:
+        return size, 0
+    return limit // 2, limit - limit // 2
+
+
 class LogCollector:
     """Writes run logs under one directory; see the module docstring."""
 
     def __init__(self, logs_dir: Path) -> None:
         self.logs_dir = logs_dir
+        self._cut: set[str] = set()  # runs whose cut log was reported
 
     def _open(self, run_id: str) -> int:
+        # The report was checked at the boundary (``wire``); this guards the file system itself.
+        if not RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
+            raise RemoteError(f"refusing to save a log for {run_id[:100]!r}: not a run id")
         self.logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return os.open(
             log_path(self.logs_dir, run_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
         )
 
-    def write_inline(self, report: dict[str, Any]) -> Path | None:
+    def _saved(self, run_id: str, size: int, cut: int) -> SavedLog:
+        first = cut > 0 and run_id not in self._cut
+        if first:
+            self._cut.add(run_id)
+        return SavedLog(log_path(self.logs_dir, run_id), size, cut, first)
+
+    def write_inline(self, report: dict[str, Any], limit: int = DEFAULT_MAX_LOG) -> SavedLog | None:
         """Save a log that came inline in ``report``; None (no file) when it is empty."""
         inline = report.get("log")
         if not isinstance(inline, str) or not inline:
             return None
         run_id = str(report["run_id"])
+        data = base64.b64decode(inline)
+        head, tail = _split(len(data), limit)
+        cut = len(data) - head - tail
+        if cut:
+            data = data[:head] + cut_marker(cut, data[:head]) + data[len(data) - tail :]
         fd = self._open(run_id)
         try:
-            os.write(fd, base64.b64decode(inline))
+            os.write(fd, data)
         finally:
             os.close(fd)
-        return log_path(self.logs_dir, run_id)
+        return self._saved(run_id, head + tail + cut, cut)
 
     @staticmethod
     def inline(report: dict[str, Any]) -> bool:
         """Whether an exit report carries its whole log (or the run printed nothing)."""
         return isinstance(report.get("log"), str) or not report.get("log_size")
 
-    async def fetch(self, session: _Caller, report: dict[str, Any]) -> Path | None:
-        """Copy the run's log; inline data when the report has it, else chunked reads. A run
-        that printed nothing gets no file (None): most short tasks, and a file each costs."""
+    async def fetch(
+        self, session: _Caller, report: dict[str, Any], limit: int = DEFAULT_MAX_LOG
+    ) -> SavedLog | None:
+        """Copy the run's log; inline data when the report has it, else chunked reads of at
+        most ``limit`` bytes (head and tail). A run that printed nothing gets no file (None):
+        most short tasks, and a file each costs."""
         if self.inline(report):
-            return self.write_inline(report)
+            return self.write_inline(report, limit)
         size = int(report["log_size"])
         run_id = str(report["run_id"])
+        head, tail = _split(size, limit)
         fd = self._open(run_id)
         try:
-            offset = 0
-            while offset < size:
-                reply = await session.call(
-                    "read", run_id=run_id, offset=offset, size=CHUNK, timeout=60.0
-                )
-                data = base64.b64decode(reply.get("data") or "")
-                if not data:
-                    break
-                os.write(fd, data)
-                offset += len(data)
+            last = await self._copy(session, run_id, fd, 0, head)
+            if tail:
+                os.write(fd, cut_marker(size - head - tail, last))
+                await self._copy(session, run_id, fd, size - tail, size)
         finally:
             os.close(fd)
-        return log_path(self.logs_dir, run_id)
+        return self._saved(run_id, size, size - head - tail)
+
+    @staticmethod
+    async def _copy(session: _Caller, run_id: str, fd: int, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` of the run's log into ``fd``; the last chunk written."""
+        offset, data = start, b""
+        while offset < end:
+            size = min(CHUNK, end - offset)
+            reply = await session.call(
+                "read", run_id=run_id, offset=offset, size=size, timeout=60.0
+            )
+            chunk = base64.b64decode(reply.get("data") or "")[:size]
+            if not chunk:
+                break
+            os.write(fd, chunk)
+            data, offset = chunk, offset + len(chunk)
+        return data
 
 
 def last_lines_path(db_path: Path) -> Path:

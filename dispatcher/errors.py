@@ -20,6 +20,7 @@
     └── RemoteError                 the host answered, but not as expected (exit 1)
         ├── PythonMissingError      no usable Python (>= 3.8) on the host
         └── ProtocolError           the helper said something we cannot parse
+            └── ProtocolViolationError  a host's message broke the protocol's shape or limits
 
 A task's non-zero exit is data (``Task.exit_code``), never an exception.
 """
@@ -119,3 +120,7 @@ class PythonMissingError(RemoteError):
 
 class ProtocolError(RemoteError):
     """Raised when a helper message cannot be parsed or has the wrong version."""
+
+
+class ProtocolViolationError(ProtocolError):
+    """Raised when a host's message breaks the protocol's shape or the controller's limits."""

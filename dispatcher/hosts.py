@@ -65,6 +65,7 @@ class HostSpec:
     # CPU-only host; a written one is an error to report (the user expects GPUs there).
     gpus_given: bool = True
     outputs_max_size: int = GIB  # bytes of outputs copied back per task, at most
+    max_log_size: int = 64 * 1024**2  # bytes of a task's log kept on the controller (head + tail)
 
     def slots_for(self, gpu_count: int) -> int:
         """Slots offered once the host's GPU count is known: an unset ``slots`` is 1 without GPUs.
@@ -111,6 +112,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "failure_window": (duration(positive=True), 600.0),
     "outputs": (globs, ()),
     "outputs_max_size": (size, GIB),
+    "max_log_size": (size, 64 * 1024**2),
     "enabled": (boolean, True),
 }
 HOST_KEYS: tuple[str, ...] = tuple(_KEYS)

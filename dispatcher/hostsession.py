@@ -23,6 +23,7 @@ from dispatcher.errors import (
     ConnectionLostError,
     DispatcherError,
     HostKeyError,
+    ProtocolViolationError,
     PythonMissingError,
     RemoteError,
     TransportError,
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
 
 HostStatus = Literal["connecting", "up", "down"]
 
-#: Errors that another try will not fix by itself: retry slowly, and say so.
-_PERMANENT = (AuthError, HostKeyError, PythonMissingError)
+#: Errors that another try will not fix by itself: retry slowly, and say so. A host that broke
+#: the protocol is not trusted again soon either.
+_PERMANENT = (AuthError, HostKeyError, PythonMissingError, ProtocolViolationError)
 
 
 @dataclass
@@ -137,10 +139,15 @@ class HostSession:
             else:
                 delay = 1.0
                 assert self._client is not None
-                await self._pump(self._client)
+                client = self._client
+                await self._pump(client)
                 if self._stopping:
                     break
-                self._set_down(f"{self.name}: connection lost; reconnecting", permanent=False)
+                if isinstance(client.failure, ProtocolViolationError):
+                    await self._close()  # drop it now: it may still be sending
+                    self._set_down(str(client.failure), permanent=True)
+                else:
+                    self._set_down(f"{self.name}: connection lost; reconnecting", permanent=False)
             self.first_attempt.set()
             wait = 60.0 if self.permanent_error else delay
             delay = min(delay * 2, 30.0)

@@ -87,6 +87,7 @@ def outcome_of(report: dict[str, Any], task: Task) -> Outcome:
         notes.append(f"result not recorded: {report['result_error']}")
     if report.get("cancelled"):
         return Outcome(TaskState.CANCELLED, {**base, "reason": "cancelled by user"})
+    refused = report.get("result_refused")  # over a limit (wire.py): the task fails
     if report.get("error") and report.get("pid") is None:
         reason = f"could not start: {report['error']}"
     elif report.get("error"):  # it ran; the helper adds why it ended (e.g. the disk is full)
@@ -94,8 +95,11 @@ def outcome_of(report: dict[str, Any], task: Task) -> Outcome:
     elif report.get("timed_out"):
         limit = f" after {task.timeout:g}s" if task.timeout else ""
         reason = f"timed out{limit} ({describe_exit(code, report.get('signal'))})"
-    elif code == 0:
+    elif code == 0 and not refused:
         return Outcome(TaskState.SUCCEEDED, {**base, "reason": "; ".join(notes) or None})
+    elif code == 0:
+        reason = "exit 0 but its result was refused"
+        notes = [f"{refused}: write a smaller result to LABTASKER_RESULT"]
     else:
         reason = describe_exit(code, report.get("signal"))
     reason = "; ".join([reason, *notes])

@@ -18,8 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.collect import LogCollector, gpu_views, log_path, write_last_lines
-from dispatcher.errors import ConnectionLostError, DispatcherError, RemoteError, TransportError
+from dispatcher.collect import LogCollector, SavedLog, gpu_views, log_path, write_last_lines
+from dispatcher.errors import (
+    ConnectionLostError,
+    DispatcherError,
+    ProtocolViolationError,
+    RemoteError,
+    TransportError,
+)
 from dispatcher.hooks import HOOK_STATES, on_finish
 from dispatcher.hostsession import HostSession
 from dispatcher.models import ACTIVE_STATES, Task, TaskState
@@ -84,14 +90,18 @@ class HostJobs:
         self._on_report(session.name, report)
 
     def _on_report(self, host: str, report: dict[str, Any]) -> None:
+        # The report passed the session's checks (remote/wire.py): its run id is a safe name,
+        # and one this dispatcher launched or probed on that host.
         if report.get("state") == "exited":
-            globs = self._outputs_of(host, str(report.get("run_id")))[1]
+            task, globs = self._outputs_of(host, str(report.get("run_id")))
             if globs or not self.collector.inline(report):
                 self._spawn(self._collect(host, report))
                 return
             try:  # the log came inline (or there is none) and no output files: no job needed
-                self.collector.write_inline(report)
-            except OSError as err:
+                self._log_saved(
+                    host, self.collector.write_inline(report, self._max_log(host)), task
+                )
+            except (OSError, DispatcherError) as err:
                 self.reporter.log(
                     f"{host}: could not save the log of run {report.get('run_id')}: {err}",
                     style="yellow",
@@ -103,7 +113,12 @@ class HostJobs:
         """Copy the log first, so a task is never final without its output on the controller."""
         run_id = str(report.get("run_id"))
         try:
-            await self.collector.fetch(self.hosts[host].session, report)
+            saved = await self.collector.fetch(
+                self.hosts[host].session, report, self._max_log(host)
+            )
+            self._log_saved(host, saved, self._task_of(run_id))
+        except ProtocolViolationError:
+            return  # the host is dropped (the session says why); its probe reports this again
         except DispatcherError as err:
             self.reporter.log(
                 f"{host}: could not copy the log of run {run_id}: {err}", style="yellow"
@@ -112,6 +127,15 @@ class HostJobs:
             return  # connection lost: the probe after reconnecting reports this exit again
         self._reports.append((host, report))
         self._wake.set()
+
+    def _max_log(self, host: str) -> int:
+        return self.hosts[host].session.spec.max_log_size
+
+    def _log_saved(self, host: str, saved: SavedLog | None, task: Task | None) -> None:
+        """Say once per task that its log was cut to the host's ``max_log_size``."""
+        if saved is not None and saved.first_cut:
+            who = f"task {task.id}" if task is not None else "a task"
+            self.reporter.log(f"{who} on {host}: {saved.note(self._max_log(host))}", style="yellow")
 
     def _task_of(self, run_id: str) -> Task | None:
         """The active task whose current run is ``run_id`` (None: not ours, or an old one)."""
@@ -260,7 +284,8 @@ class HostJobs:
             if exc is not None:
                 if not isinstance(exc, DispatcherError):
                     raise exc  # a bug: let asyncio report it loudly
-                self.reporter.log(str(exc), style="yellow")
+                if not isinstance(exc, ProtocolViolationError):  # the session says it, once
+                    self.reporter.log(str(exc), style="yellow")
             self._wake.set()
 
         job.add_done_callback(done)
@@ -294,7 +319,7 @@ class HostJobs:
         runs = [{"run_id": t.run_id, "spec": self._launch_spec(t)} for t in tasks]
         try:
             reply = await hs.session.call("launches", runs=runs)
-        except (ConnectionLostError, TransportError):
+        except (ConnectionLostError, TransportError, ProtocolViolationError):
             return  # outcome unknown: they stay launching; the probe after reconnecting decides
         except RemoteError as err:
             for t in tasks:
@@ -405,7 +430,7 @@ class HostJobs:
     async def _tail_one(self, hs: HostState, runs: dict[str, int]) -> None:
         try:
             reply = await hs.session.call("tail", runs=sorted(runs), bytes=4096, timeout=10.0)
-        except (ConnectionLostError, TransportError):
+        except (ConnectionLostError, TransportError, ProtocolViolationError):
             return
         finally:
             hs.tailing = False
@@ -460,7 +485,7 @@ class HostJobs:
                         self._on_report(name, report)
             if hs.session.spec.gpus != ():
                 await hs.session.refresh_gpus()
-        except (ConnectionLostError, TransportError):
+        except (ConnectionLostError, TransportError, ProtocolViolationError):
             return  # the session reconnects and we come back here
         hs.reconciled = True
         self._wake.set()

@@ -3,7 +3,8 @@
 ``HelperClient`` runs the bootstrap handshake (uploading the helper when the host lacks it), then
 multiplexes many requests over the one stream: one reader task routes replies by id to waiting
 calls and pushes events to a queue. It maps stream failures to labtasker's errors and does no I/O
-of its own beyond the streams it is given.
+of its own beyond the streams it is given. Every line, event and reply passes ``wire``'s checks
+first: a host that breaks them ends the session with ``ProtocolViolationError``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ from dispatcher.errors import (
     ConnectionLostError,
     DispatcherError,
     ProtocolError,
+    ProtocolViolationError,
     PythonMissingError,
     RemoteError,
 )
-from dispatcher.remote import protocol
+from dispatcher.remote import protocol, wire
 
 #: A reply line may carry 1 MiB of base64 log plus framing; anything far larger is a broken peer.
+#: The controller holds at most this much of one line, however long the line the host sends.
 MAX_LINE = 32 * 1024 * 1024
+#: Ops whose request names runs that the helper then watches (and sends exit events about).
+_WATCHING = ("launch", "launches", "probe")
 #: Lines a login shell may print before the bootstrap speaks (banners, rc-file noise).
 MAX_NOISE_LINES = 200
 #: How the bootstrap starts the line that refuses a state_dir (protocol.BOOTSTRAP).
@@ -38,7 +43,8 @@ _NOT_FOUND = re.compile(r"not found|No such file or directory", re.IGNORECASE)
 class _Lines:
     """Line framing over a reader; uses ``read(n)`` when it has one, so no line limit applies."""
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, host: str, reader: Any) -> None:
+        self._host = host
         self._reader = reader
         self._buf = bytearray()
         self._eof = False
@@ -47,7 +53,10 @@ class _Lines:
     async def readline(self) -> bytes:
         """One line with its newline; a last line without one; b"" at the end."""
         if not self._chunked:
-            return bytes(await self._reader.readline())
+            try:
+                return bytes(await self._reader.readline())
+            except ValueError:  # asyncio's StreamReader: a line over its limit
+                raise self._too_long() from None
         while True:
             i = self._buf.find(b"\n")
             if i >= 0:
@@ -59,12 +68,15 @@ class _Lines:
                 self._buf.clear()
                 return line
             if len(self._buf) > MAX_LINE:
-                raise ValueError(f"a line longer than {MAX_LINE} bytes")
+                raise self._too_long()
             chunk = await self._reader.read(65536)
             if chunk:
                 self._buf += chunk
             else:
                 self._eof = True
+
+    def _too_long(self) -> ProtocolViolationError:
+        return wire.violation(self._host, f"a line longer than {MAX_LINE} bytes")
 
 
 class HelperClient:
@@ -77,10 +89,13 @@ class HelperClient:
 
     def __init__(self, host: str, reader: Any, writer: Any) -> None:
         self.host = host
-        self._lines = _Lines(reader)
+        self._lines = _Lines(host, reader)
         self._writer = writer
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        #: Runs this session launched or probed and not yet heard of as ended: the only runs
+        #: an exit event may name.
+        self._watched: set[str] = set()
         self._reader_task: asyncio.Task[None] | None = None
         self._failure: Exception | None = None
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -143,12 +158,12 @@ class HelperClient:
             line = await self._lines.readline()
             if not line.endswith(b"\n"):
                 if line:
-                    noise.append(line.decode("utf-8", "replace"))
+                    noise.append(line[:1000].decode("utf-8", "replace"))
                 return None
             text = line.strip()
             if text in wanted:
                 return text
-            noise.append(line.decode("utf-8", "replace").rstrip())
+            noise.append(line[:1000].decode("utf-8", "replace").rstrip())  # kept: bounded
         raise ProtocolError(
             f"{self.host}: the remote shell printed {MAX_NOISE_LINES} lines before the helper "
             f"started; the first: {noise[0][:200]!r}. Make the shell's start-up files quiet for "
@@ -170,7 +185,7 @@ class HelperClient:
             raise ProtocolError(
                 f"{self.host}: expected the helper's hello, got {line[:200]!r}", host=self.host
             )
-        return hello
+        return wire.check_hello(self.host, hello)
 
     async def _start_failure(
         self, noise: list[str], stderr_text: Callable[[], Awaitable[str]] | None
@@ -206,18 +221,11 @@ class HelperClient:
                     raise ConnectionLostError(
                         f"{self.host}: the helper's connection closed", host=self.host
                     )
-                try:
-                    msg = json.loads(line)
-                except (ValueError, RecursionError):  # RecursionError: nested too deeply
-                    msg = None
-                if not isinstance(msg, dict):
-                    raise ProtocolError(
-                        f"{self.host}: the helper sent a line that is not a JSON object: "
-                        f"{line[:200]!r}",
-                        host=self.host,
-                    )
+                msg = wire.parse_line(self.host, line)
                 if "event" in msg:
-                    self.events.put_nowait(msg)
+                    event = wire.check_event(self.host, msg, self._watched)
+                    self._watched.discard(event["run"]["run_id"])
+                    self.events.put_nowait(event)
                     continue
                 req_id = msg.get("id")
                 # Replies to calls that timed out, or to nothing we sent, are dropped.
@@ -237,8 +245,14 @@ class HelperClient:
                 )
             )
 
+    @property
+    def failure(self) -> Exception | None:
+        """Why the session ended (None while it lives); the first cause, not later fallout."""
+        return self._failure
+
     def _fail(self, exc: Exception) -> None:
-        self._failure = exc
+        if self._failure is None:
+            self._failure = exc
         self.closed.set()
         pending, self._pending = self._pending, {}
         for fut in pending.values():
@@ -249,13 +263,15 @@ class HelperClient:
         """Send one request and return its reply; many calls may be in flight at once.
 
         Raises RemoteError when the helper answers ok=false, ConnectionLostError when the stream
-        closes or no reply comes within ``timeout`` seconds.
+        closes or no reply comes within ``timeout`` seconds, ProtocolViolationError (and ends the
+        session) when the reply breaks ``wire``'s checks.
         """
         if self._failure is not None or self._reader_task is None:
             raise self._failure or ConnectionLostError(
                 f"{self.host}: the helper is not started; call start() first", host=self.host
             )
         req_id = next(self._ids)
+        self._track(op, params)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
         try:
@@ -275,9 +291,33 @@ class HelperClient:
             ) from exc
         finally:
             self._pending.pop(req_id, None)
+        try:
+            reply = wire.check_reply(self.host, op, params, reply)
+        except ProtocolViolationError as exc:
+            self._violated(exc)
+            raise
         if not reply.get("ok"):
             raise RemoteError(f"{self.host}: {reply.get('error')}", host=self.host)
+        if op == "cleanup":  # removed runs are done; refused ones still run and will end
+            self._watched.difference_update(set(params.get("runs") or ()) - set(reply["refused"]))
         return reply
+
+    def _track(self, op: str, params: dict[str, Any]) -> None:
+        """Note the runs a request names that the helper will watch (before it can answer)."""
+        if op in _WATCHING:
+            runs = params.get("runs") if op != "launch" else [params]
+            self._watched.update(
+                str(r.get("run_id") if isinstance(r, dict) else r) for r in runs or ()
+            )
+
+    def _violated(self, exc: ProtocolViolationError) -> None:
+        """End the session after a bad reply: the helper sees EOF, the reader stops."""
+        self._fail(exc)
+        for end in ("write_eof", "close"):
+            with contextlib.suppress(Exception):
+                getattr(self._writer, end)()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
 
     async def close(self) -> None:
         """End the session: the helper sees EOF and exits; its tasks keep running."""

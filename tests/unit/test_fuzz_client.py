@@ -170,7 +170,7 @@ def test_a_deeply_nested_reply_is_a_protocol_error() -> None:
         call = asyncio.ensure_future(client.call("ping", timeout=LIMIT))
         await asyncio.sleep(0)
         reader.feed_data(DEEP)
-        with pytest.raises(ProtocolError, match="fuzzhost: the helper sent a line that is not"):
+        with pytest.raises(ProtocolError, match="fuzzhost: protocol violation: a line that is not"):
             await call
         await client.close()
 

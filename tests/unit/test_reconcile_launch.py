@@ -17,7 +17,9 @@ from dispatcher.reconcile import HostJobs, HostState
 class StubSession:
     def __init__(self, reply: dict[str, Any]) -> None:
         self.name = "h1"
-        self.spec = SimpleNamespace(env={}, setup=None, workdir=None, kill_grace=5, outputs=())
+        self.spec = SimpleNamespace(
+            env={}, setup=None, workdir=None, kill_grace=5, outputs=(), max_log_size=1 << 20
+        )
         self.reply = reply
         self.calls: list[tuple[str, dict[str, Any]]] = []
 

@@ -1,0 +1,140 @@
+"""The controller's checks on what a host sends (remote/wire.py), message by message."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher.collect import LogCollector
+from dispatcher.errors import ProtocolViolationError
+from dispatcher.models import Task, TaskState
+from dispatcher.outcome import outcome_of
+from dispatcher.remote import wire
+
+RUN = "t1-a1-abc"
+
+
+def report(**extra: Any) -> dict[str, Any]:
+    rep: dict[str, Any] = {"run_id": RUN, "state": "exited", "exit_code": 0, "log_size": 0}
+    rep.update(extra)
+    return rep
+
+
+def violates(match: str, rep: Any, asked: tuple[str, ...] = (RUN,)) -> None:
+    with pytest.raises(ProtocolViolationError, match=f"^h: protocol violation: .*{match}"):
+        wire.check_report("h", rep, asked, "an exit event")
+
+
+@pytest.mark.parametrize("bad", ["../../x", "..", ".", "a/b", "", "x" * 129, 7, None])
+def test_a_malformed_run_id_is_a_violation(bad: Any) -> None:
+    violates("malformed run id", report(run_id=bad), asked=(RUN, str(bad)))
+
+
+def test_a_run_not_asked_about_is_a_violation() -> None:
+    violates("not asked about", report(run_id="t2-a1-abc"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("error", "a\0b", "NUL"),
+        ("error", "x" * (wire.MAX_TEXT + 1), "characters long"),
+        ("error", 5, "not a text"),
+        ("exit_code", "0", "not a number"),
+        ("exit_code", True, "not a number"),
+        ("log_size", -1, "not a number"),
+        ("state", "exploded", "state"),
+        ("cancelled", "yes", "true/false"),
+        ("result", [1, 2], "not an object"),
+        ("log", "not base64!", "base64"),
+    ],
+)
+def test_wrong_types_and_unbounded_texts_are_violations(field: str, value: Any, match: str) -> None:
+    violates(match, report(**{field: value}))
+
+
+def test_control_characters_in_texts_become_spaces() -> None:
+    got = wire.check_report("h", report(error="a\x1b[2Jb\nc"), (RUN,), "x")
+    assert got["error"] == "a [2Jb c"
+
+
+def test_unknown_fields_are_kept_only_as_bounded_scalars() -> None:
+    got = wire.check_report(
+        "h", report(extra=1, nested={"a": [1]}, result_refused="forged"), (RUN,), "x"
+    )
+    assert got["extra"] == 1 and "nested" not in got and "result_refused" not in got
+
+
+def task() -> Task:
+    return Task(id=1, state=TaskState.RUNNING, args={}, template="t", command="t", run_id=RUN)
+
+
+def test_a_result_over_the_controllers_limit_fails_the_task() -> None:
+    big = {"x": "a" * wire.MAX_RESULT_BYTES}
+    got = wire.check_report("h", report(result=big), (RUN,), "x")
+    assert got["result"] is None and "the limit is" in got["result_refused"]
+    out = outcome_of(got, task())
+    assert out.state is TaskState.FAILED and "write a smaller result" in out.fields["reason"]
+
+
+def test_a_result_nested_too_deeply_fails_the_task() -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(wire.MAX_RESULT_DEPTH + 1):
+        deep = {"a": deep}
+    got = wire.check_report("h", report(result=deep), (RUN,), "x")
+    assert got["result"] is None and "nested more than" in got["result_refused"]
+    assert outcome_of(got, task()).state is TaskState.FAILED
+
+
+def test_the_helpers_own_result_limit_fails_the_task() -> None:
+    said = "result.json is 300000 bytes; the limit is 262144"
+    got = wire.check_report("h", report(result_error=said), (RUN,), "x")
+    out = outcome_of(got, task())
+    assert out.state is TaskState.FAILED and said in out.fields["reason"]
+
+
+def test_a_small_result_and_a_bad_one_succeed_as_before() -> None:
+    got = wire.check_report("h", report(result={"loss": 0.5}), (RUN,), "x")
+    assert outcome_of(got, task()).state is TaskState.SUCCEEDED
+    got = wire.check_report("h", report(result_error="not a JSON object"), (RUN,), "x")
+    assert outcome_of(got, task()).state is TaskState.SUCCEEDED
+
+
+def test_replies_name_only_the_runs_asked_about() -> None:
+    with pytest.raises(ProtocolViolationError, match="not asked about"):
+        wire.check_reply("h", "probe", {"runs": [RUN]}, {"ok": True, "runs": {"t9-a1-z": {}}})
+    with pytest.raises(ProtocolViolationError, match="not asked about"):
+        run = {"status": "exists", "run": report(run_id="t9-a1-z")}
+        wire.check_reply(
+            "h", "launches", {"runs": [{"run_id": RUN}]}, {"ok": True, "runs": {RUN: run}}
+        )
+    with pytest.raises(ProtocolViolationError, match="within the size asked"):
+        data = base64.b64encode(b"x" * 10).decode()
+        wire.check_reply(
+            "h", "read", {"run_id": RUN, "size": 3}, {"ok": True, "data": data, "size": 10}
+        )
+
+
+def test_task_output_in_a_tail_is_cleaned_not_refused() -> None:
+    reply = {"ok": True, "lines": {RUN: "50%\0\x1b[K"}}
+    got = wire.check_reply("h", "tail", {"runs": [RUN], "bytes": 4096}, reply)
+    assert got["lines"] == {RUN: "50%  [K"}
+
+
+def test_a_line_with_too_many_elements_is_refused_before_parsing() -> None:
+    line = json.dumps({"a": [0] * (wire.MAX_ITEMS + 1)}).encode()
+    with pytest.raises(ProtocolViolationError, match="JSON elements"):
+        wire.parse_line("h", line)
+
+
+def test_an_inline_log_over_max_log_size_keeps_head_and_tail(tmp_path: Path) -> None:
+    printed = b"".join(b"line %d\n" % i for i in range(1000))
+    rep = report(log=base64.b64encode(printed).decode(), log_size=len(printed))
+    saved = LogCollector(tmp_path).write_inline(rep, limit=100)
+    assert saved is not None and saved.first_cut and saved.cut == len(printed) - 100
+    marker = f"[labtasker: {len(printed) - 100} bytes cut]\n".encode()
+    assert saved.path.read_bytes() == printed[:50] + b"\n" + marker + printed[-50:]
