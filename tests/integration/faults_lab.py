@@ -110,7 +110,7 @@ class FaultLab:
         """
         cmd = (
             f"python3 {self.script} {self.starts_path} {sleep} {exit_code} {succeed_from} "
-            f"{mode} # %{{i}}"
+            f"{mode} %{{i}}"  # the point (ignored by the script) makes each command unique
         )
         grid = ",".join(str(i) for i in range(count))
         out = self.lab.ok("queue", "add", "--json", "--cmd", cmd, "--grid", f"i={grid}", *options)
