@@ -28,8 +28,8 @@ from common import (
 )
 from queue_scale import grid_args
 
-from dispatcher.models import TaskState
-from dispatcher.store import Store
+from dispatcher.core.models import TaskState
+from dispatcher.store.queue import Store
 
 HOSTS, SLOTS = 4, 16
 RUNNING = HOSTS * SLOTS

@@ -24,8 +24,8 @@ from common import (
 )
 
 from dispatcher.api import Queue
-from dispatcher.models import TaskState
-from dispatcher.store import Store
+from dispatcher.core.models import TaskState
+from dispatcher.store.queue import Store
 
 HOSTS, SLOTS = 4, 8
 POLL = 0.002

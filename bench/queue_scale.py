@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dispatcher.models import TaskState  # noqa: E402
-from dispatcher.store import Store  # noqa: E402
+from dispatcher.core.models import TaskState  # noqa: E402
+from dispatcher.store.queue import Store  # noqa: E402
 
 
 def values(n: int) -> str:

@@ -13,8 +13,8 @@ from pathlib import Path
 from common import Config, Row, Section, Stats, fmt_seconds
 from queue_scale import cli, fresh_add, million_queue
 
-from dispatcher.models import TaskState
-from dispatcher.store import Store
+from dispatcher.core.models import TaskState
+from dispatcher.store.queue import Store
 
 FAILED = 100
 

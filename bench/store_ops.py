@@ -13,9 +13,9 @@ from pathlib import Path
 
 from common import Config, Row, Section, Stats
 
-from dispatcher.models import TaskState
-from dispatcher.store import Store
-from dispatcher.store_add import TaskBatch
+from dispatcher.core.models import TaskState
+from dispatcher.store.add import TaskBatch
+from dispatcher.store.queue import Store
 
 S = TaskState
 

@@ -1,7 +1,7 @@
 """The Python API: ``Queue``, the same queue the ``labtasker`` CLI uses, from a script or notebook.
 
 A thin layer over the store (each call is one short transaction, so a running dispatcher and the
-CLI can use the queue at the same time) and over ``dispatcher.results``. Dispatching stays with
+CLI can use the queue at the same time) and over ``store.results``. Dispatching stays with
 ``labtasker dispatch``.
 """
 
@@ -13,11 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dispatcher.core.models import TaskState, parse_state
 from dispatcher.errors import UsageError
-from dispatcher.models import TaskState, parse_state
 
 if TYPE_CHECKING:
-    from dispatcher.store import Store
+    from dispatcher.store.queue import Store
 
 __all__ = ["Queue"]
 
@@ -45,7 +45,7 @@ class Queue:
     """
 
     def __init__(self, db: str | os.PathLike[str] | None = None) -> None:
-        from dispatcher.store import Store
+        from dispatcher.store.queue import Store
 
         self._store: Store = Store.open_default(None if db is None else Path(db))
 
@@ -92,9 +92,9 @@ class Queue:
         whose command is already pending, running or succeeded. Errors (bad template, missing
         key) raise before anything is added.
         """
-        from dispatcher import sampling
-        from dispatcher.batch import assemble
-        from dispatcher.sweep import grid_from_mapping
+        from dispatcher.core import sampling
+        from dispatcher.core.batch import assemble
+        from dispatcher.core.sweep import grid_from_mapping
 
         if not isinstance(cmd, str) or not cmd.strip():
             raise UsageError(f"cmd must be a non-empty command template, got {cmd!r}")
@@ -146,7 +146,7 @@ class Queue:
     def results(self, state: States = None) -> list[dict[str, Any]]:
         """One dict per task, as ``labtasker results`` prints: id, name, state, host, gpus,
         runtime, exit_code, then ``args.KEY`` and ``result.KEY`` (nested keys joined by dots)."""
-        from dispatcher import results
+        from dispatcher.store import results
 
         names, rows, _ = results.read(self._store, _states(state))
         return [dict(zip(names, row, strict=True)) for row in rows]
@@ -159,7 +159,7 @@ class Queue:
                 "Queue.results_df() needs pandas, which is not installed: `pip install pandas`,"
                 " or use Queue.results() for a list of dicts"
             )
-        from dispatcher import results
+        from dispatcher.store import results
 
         states = _states(state)
         with self._store.transaction() as txn:
@@ -168,7 +168,7 @@ class Queue:
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         """Rows of one read-only SELECT over the ``tasks`` and ``attempts`` views, as dicts."""
-        from dispatcher import results
+        from dispatcher.store import results
 
         names, rows = results.query(self._store, query)
         return [dict(zip(names, row, strict=True)) for row in rows]

@@ -16,7 +16,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from dispatcher.template import render_value
+from dispatcher.core.template import render_value
 
 #: Replaced by a real path by each test: a file that must never appear.
 CANARY = "@CANARY@"

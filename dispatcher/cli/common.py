@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dispatcher.cli import db_option, fail
+from dispatcher.cli.app import db_option, fail
+from dispatcher.core.models import TaskState, parse_state
 from dispatcher.errors import DispatcherError
-from dispatcher.models import TaskState, parse_state
 
 if TYPE_CHECKING:
-    from dispatcher.store import Store
+    from dispatcher.store.queue import Store
 
 StateOption = Annotated[
     list[str] | None,
@@ -38,7 +38,7 @@ def reported() -> Iterator[None]:
 
 def open_store(ctx: typer.Context) -> Store:
     """The queue named by ``--db``, ``$LABTASKER_DB`` or the project default."""
-    from dispatcher.store import Store
+    from dispatcher.store.queue import Store
 
     return Store.open_default(db_option(ctx))
 

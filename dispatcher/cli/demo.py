@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from dispatcher.cli import app
+from dispatcher.cli.app import app
 
 
 @app.command()
@@ -26,14 +26,14 @@ def demo(
     from rich.table import Table
 
     from dispatcher.cli.dispatch import ConsoleReporter
+    from dispatcher.config.hosts import load_hosts
+    from dispatcher.config.paths import ensure_private_dir, logs_dir
+    from dispatcher.core.models import NewTask
+    from dispatcher.core.sweep import parse_grid
+    from dispatcher.core.template import render
     from dispatcher.demo.run import prepare
-    from dispatcher.engine import Dispatcher, DispatchOptions
-    from dispatcher.hosts import load_hosts
-    from dispatcher.models import NewTask
-    from dispatcher.paths import ensure_private_dir, logs_dir
-    from dispatcher.store import Store
-    from dispatcher.sweep import parse_grid
-    from dispatcher.template import render
+    from dispatcher.dispatch.loop import Dispatcher, DispatchOptions
+    from dispatcher.store.queue import Store
 
     console = Console(highlight=False, soft_wrap=True)
     db, hosts_file = prepare(folder, slots=slots)

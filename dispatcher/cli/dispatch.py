@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dispatcher.cli import app, db_option
-from dispatcher.models import TaskState
+from dispatcher.cli.app import app, db_option
+from dispatcher.core.models import TaskState
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from dispatcher.engine import Dispatcher, Snapshot
+    from dispatcher.dispatch.loop import Dispatcher, Snapshot
 
 HostsOption = Annotated[
     Path,
@@ -45,7 +45,7 @@ class ConsoleReporter:
     def update(self, snapshot: Snapshot) -> None:
         if self.live is None:
             return
-        from dispatcher.status import progress_panel
+        from dispatcher.ui.views import progress_panel
 
         self.live.update(progress_panel(snapshot))
 
@@ -80,10 +80,10 @@ def dispatch(
 
     from rich.console import Console
 
-    from dispatcher.engine import Dispatcher, DispatchOptions
-    from dispatcher.hosts import load_hosts
-    from dispatcher.paths import logs_dir
-    from dispatcher.store import Store
+    from dispatcher.config.hosts import load_hosts
+    from dispatcher.config.paths import logs_dir
+    from dispatcher.dispatch.loop import Dispatcher, DispatchOptions
+    from dispatcher.store.queue import Store
 
     config = load_hosts(hosts)
     store = Store.open_default(db_option(ctx))
@@ -148,7 +148,7 @@ def report_problems(engine: Dispatcher) -> None:
 
 def host_problems(engine: Dispatcher) -> list[str]:
     """One line per host that could take no task when dispatch ended, naming the host."""
-    from dispatcher.capacity import gpu_problem
+    from dispatcher.dispatch.capacity import gpu_problem
 
     lines = []
     for name, hs in engine.hosts.items():

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dispatcher.cli import app
+from dispatcher.cli.app import app
 from dispatcher.cli.dispatch import HostsOption
 
 if TYPE_CHECKING:
-    from dispatcher.hosts import HostSpec
-    from dispatcher.status import HostCheck
+    from dispatcher.config.hosts import HostSpec
+    from dispatcher.ui.views import HostCheck
 
 hosts_app = typer.Typer(help="Check and manage the hosts of hosts.toml.", no_args_is_help=True)
 app.add_typer(hosts_app, name="hosts")
@@ -20,7 +20,7 @@ app.add_typer(hosts_app, name="hosts")
 
 def describe_gpus(spec: HostSpec, inv: dict[str, Any]) -> tuple[bool, str]:
     """(usable, text): each GPU's memory use and whose processes are on it."""
-    from dispatcher.capacity import foreign_use, gpu_problem
+    from dispatcher.dispatch.capacity import foreign_use, gpu_problem
 
     problem = gpu_problem(spec, inv)
     gpus = inv.get("gpus") or []
@@ -49,8 +49,8 @@ def describe_gpus(spec: HostSpec, inv: dict[str, Any]) -> tuple[bool, str]:
 async def check_host(spec: HostSpec, accept_new: bool) -> HostCheck:
     """Connect, start the helper and ask it about Python, the workdir and the GPUs."""
     from dispatcher.errors import DispatcherError
-    from dispatcher.hostsession import ssh_options, start_helper
-    from dispatcher.status import HostCheck
+    from dispatcher.remote.session import ssh_options, start_helper
+    from dispatcher.ui.views import HostCheck
 
     row = HostCheck(name=spec.name, ok=False)
     try:
@@ -95,8 +95,8 @@ def check(
 
     from rich.console import Console
 
-    from dispatcher.hosts import load_hosts
-    from dispatcher.status import hosts_table
+    from dispatcher.config.hosts import load_hosts
+    from dispatcher.ui.views import hosts_table
 
     config = load_hosts(hosts)
     enabled = [h for h in config.hosts if h.enabled]
@@ -115,10 +115,10 @@ def resume(
     names: Annotated[list[str], typer.Argument(help="Suspended host names (as in hosts.toml).")],
 ) -> None:
     """Place tasks on suspended hosts again (a running dispatcher sees it within a tick)."""
-    from dispatcher.cli import db_option
+    from dispatcher.cli.app import db_option
     from dispatcher.errors import UsageError
-    from dispatcher.store import Store
-    from dispatcher.store_recovery import resume_hosts, suspended_hosts
+    from dispatcher.store.queue import Store
+    from dispatcher.store.suspensions import resume_hosts, suspended_hosts
 
     store = Store.open_default(db_option(ctx))
     with store.transaction() as tx:

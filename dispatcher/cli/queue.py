@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dispatcher.cli import app
+from dispatcher.cli.app import app
 from dispatcher.cli.common import StateOption, note, out, reported
 from dispatcher.cli.common import open_store as _store
 from dispatcher.cli.common import states as _states
+from dispatcher.core.models import TaskState
 from dispatcher.errors import SweepError, UsageError
-from dispatcher.models import TaskState
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from dispatcher.batch import TaskBatch
-    from dispatcher.models import Task
-    from dispatcher.store import Store
+    from dispatcher.core.batch import TaskBatch
+    from dispatcher.core.models import Task
+    from dispatcher.store.queue import Store
 
 queue_app = typer.Typer(
     name="queue",
@@ -83,11 +83,18 @@ def build_batch(
     max_running: int | None = None,
     outputs: Sequence[str] = (),
 ) -> TaskBatch:
-    """Parse ``queue add`` options and files; ``dispatcher.batch.assemble`` builds the batch."""
-    from dispatcher import sampling
-    from dispatcher.batch import assemble  # not dispatcher.store: --dry-run needs no duckdb
-    from dispatcher.sweep import grid_from_items, parse_args_json, parse_jsonl, parse_sweep_toml
-    from dispatcher.template import join_words
+    """Parse ``queue add`` options and files; ``core.batch.assemble`` builds the batch."""
+    from dispatcher.core import sampling
+    from dispatcher.core.batch import (
+        assemble,  # not dispatcher.store.queue: --dry-run needs no duckdb
+    )
+    from dispatcher.core.sweep import (
+        grid_from_items,
+        parse_args_json,
+        parse_jsonl,
+        parse_sweep_toml,
+    )
+    from dispatcher.core.template import join_words
 
     if cmd is not None and words:
         raise UsageError("give the command once: either --cmd TEXT or words after --")
@@ -274,7 +281,7 @@ def ls_table(tasks: Sequence[Task]) -> Table:
     from rich.table import Table
     from rich.text import Text
 
-    from dispatcher.status import STATE_STYLE, compact_args, format_duration, placement, since
+    from dispatcher.ui.views import STATE_STYLE, compact_args, format_duration, placement, since
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     columns: list[tuple[str, Any]] = [("id", lambda t: str(t.id))]
@@ -325,7 +332,7 @@ def cancel(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = Non
     with reported():
         if not ids and not state:
             raise UsageError("name the tasks to cancel: task ids, or --state pending")
-        from dispatcher.paths import dispatcher_running
+        from dispatcher.config.paths import dispatcher_running
 
         store = _store(ctx)
         result = store.cancel(ids or None, states=_states(state))
@@ -384,7 +391,7 @@ def update(
 ) -> None:
     """Edit pending tasks; the command is rendered again from the (new) template and args."""
     with reported():
-        from dispatcher.sweep import parse_args_json
+        from dispatcher.core.sweep import parse_args_json
 
         args = None if args_json is None else parse_args_json(args_json)
         if priority is None and args is None and cmd is None and name is None:

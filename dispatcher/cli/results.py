@@ -1,5 +1,5 @@
 """``labtasker results`` (one row per task, args and result flattened) and ``labtasker sql``
-(read-only SQL over the queue). Parse, call ``dispatcher.results``, print.
+(read-only SQL over the queue). Parse, call ``dispatcher.store.results``, print.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dispatcher.cli import app
+from dispatcher.cli.app import app
 from dispatcher.cli.common import StateOption, note, open_store, reported
 from dispatcher.cli.common import states as parse_states
 from dispatcher.errors import UsageError
@@ -123,7 +123,7 @@ def results(
     Nested keys are joined by dots (result.val.loss). The table shows the first 50 rows (--limit);
     csv, json and parquet hold every row. Example: labtasker results -s succeeded -o runs.parquet
     """
-    from dispatcher import results as res
+    from dispatcher.store import results as res
 
     with reported():
         states = parse_states(state)
@@ -183,7 +183,7 @@ def sql(
     Example: labtasker sql "SELECT args.lr, avg((result->>'acc')::DOUBLE) FROM tasks GROUP BY 1"
     Statements that write are refused; see docs/results.md for the columns and more examples.
     """
-    from dispatcher import results as res
+    from dispatcher.store import results as res
 
     with reported():
         store = open_store(ctx)

@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
-from dispatcher.cli import app, db_option
+from dispatcher.cli.app import app, db_option
 from dispatcher.cli.dispatch import HostsOption
+from dispatcher.core.models import ACTIVE_STATES, Task, TaskState
 from dispatcher.errors import DispatcherError, UsageError
-from dispatcher.models import ACTIVE_STATES, Task, TaskState
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from dispatcher.store import Store
-    from dispatcher.store_txn import Txn
+    from dispatcher.store.queue import Store
+    from dispatcher.store.txn import Txn
 
 
 def median_runtime(tx: Txn) -> float | None:
@@ -42,10 +42,10 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
     from rich.table import Table
     from rich.text import Text
 
-    from dispatcher.collect import read_status_file
-    from dispatcher.paths import dispatcher_running
-    from dispatcher.status import counts_line, eta_text, freshness, gpu_table, running_table
-    from dispatcher.store_recovery import suspended_hosts
+    from dispatcher.config.paths import dispatcher_running
+    from dispatcher.dispatch.logs import read_status_file
+    from dispatcher.store.suspensions import suspended_hosts
+    from dispatcher.ui.views import counts_line, eta_text, freshness, gpu_table, running_table
 
     with store.transaction() as tx:
         active = tx.tasks(states=ACTIVE_STATES)
@@ -83,7 +83,7 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
 
 def last_lines(store: Store, tasks: list[Task]) -> dict[int, str]:
     """The last output line of each active task as the running dispatcher last fetched it."""
-    from dispatcher.collect import read_last_lines
+    from dispatcher.dispatch.logs import read_last_lines
 
     lines = read_last_lines(store.path)
     return {t.id: lines[t.id] for t in tasks if t.id in lines}
@@ -101,7 +101,7 @@ def status(
     """Show running experiments (id, host, GPUs, elapsed, args, last output) and counts by state."""
     from rich.console import Console
 
-    from dispatcher.store import Store
+    from dispatcher.store.queue import Store
 
     store = Store.open_default(db_option(ctx))
     console = Console(highlight=False)
@@ -136,9 +136,9 @@ def logs(
     hosts: HostsOption = Path("hosts.toml"),
 ) -> None:
     """Print a task's output: live from its host while it runs, from the local copy once done."""
-    from dispatcher.collect import log_path
-    from dispatcher.paths import logs_dir
-    from dispatcher.store import Store
+    from dispatcher.config.paths import logs_dir
+    from dispatcher.dispatch.logs import log_path
+    from dispatcher.store.queue import Store
 
     store = Store.open_default(db_option(ctx))
     with store.transaction() as tx:
@@ -154,7 +154,7 @@ def logs(
         raise UsageError(f"task {task_id} has no output yet (state {task.state})")
     import asyncio
 
-    from dispatcher.hosts import load_hosts
+    from dispatcher.config.hosts import load_hosts
     from dispatcher.remote.follow import stream_log
 
     config = load_hosts(hosts)

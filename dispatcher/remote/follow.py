@@ -7,8 +7,8 @@ import base64
 import contextlib
 from typing import Protocol
 
-from dispatcher.hosts import HostSpec
-from dispatcher.hostsession import ssh_options, start_helper
+from dispatcher.config.hosts import HostSpec
+from dispatcher.remote.session import ssh_options, start_helper
 
 CHUNK = 1024 * 1024
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dispatcher.store import Store
+from dispatcher.store.queue import Store
 from tests.chaos import journal
 from tests.chaos.plan import KINDS, Fault, Plan
 from tests.chaos.report import Verdict

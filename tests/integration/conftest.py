@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from dispatcher.store import Store
+from dispatcher.store.queue import Store
 from tests.sshd import SshdHosts, poll
 
 if TYPE_CHECKING:

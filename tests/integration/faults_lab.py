@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from dispatcher.store import Store
-from dispatcher.store_txn import Attempt
+from dispatcher.store.queue import Store
+from dispatcher.store.txn import Attempt
 from tests.integration.conftest import DEADLINE, Lab, finish, wait
 from tests.sshd import SshdHost
 

@@ -29,11 +29,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from dispatcher.core.template import escape_literal, render
 from dispatcher.remote import protocol
 from dispatcher.remote.client import HelperClient
 from dispatcher.remote.helper import plain_words
-from dispatcher.template import escape_literal, render
-from dispatcher.transport import LocalTransport, SSHOptions, SSHTransport
+from dispatcher.transport.transports import LocalTransport, SSHOptions, SSHTransport
 from tests.integration.conftest import Lab
 from tests.integration.test_cli_errors_config import one_error
 from tests.sshd import SshdHosts

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.store import Store
-from dispatcher.store_schema import SCHEMA_VERSION, duckdb
+from dispatcher.store.queue import Store
+from dispatcher.store.schema import SCHEMA_VERSION, duckdb
 from tests.integration.test_cli_errors_config import one_error
 from tests.sshd import poll
 

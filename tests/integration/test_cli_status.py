@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from dispatcher.models import TaskState
-from dispatcher.store import Store
+from dispatcher.core.models import TaskState
+from dispatcher.store.queue import Store
 from tests.integration.conftest import Lab, finish, wait
 
 

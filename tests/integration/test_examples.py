@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.hosts import load_hosts
+from dispatcher.config.hosts import load_hosts
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

@@ -3,7 +3,7 @@ dispatch reconciles: running tasks are adopted, ended ones collected, nothing st
 
 from __future__ import annotations
 
-from dispatcher.recovery import CRASH_ENV
+from dispatcher.dispatch.recovery import CRASH_ENV
 from tests.integration.faults_lab import FaultLab, kill9
 
 HOSTS = ("gpu2", "gpu1", "cpu")  # 2 + 1 GPUs and 2 CPU slots: 5 tasks at once

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import signal
 
-from dispatcher.store import Store
-from dispatcher.store_recovery import suspend_host
+from dispatcher.store.queue import Store
+from dispatcher.store.suspensions import suspend_host
 from tests.integration.conftest import finish
 from tests.integration.faults_lab import FaultLab, connected
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from dispatcher.collect import last_lines_path
+from dispatcher.dispatch.logs import last_lines_path
 from tests.integration.conftest import finish
 from tests.integration.faults_lab import FaultLab, alive, connected, kill9
 from tests.sshd import SshdHost, poll

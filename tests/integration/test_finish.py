@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console, RenderableType
 
 from dispatcher.cli.status import status_view
-from dispatcher.store import Store
+from dispatcher.store.queue import Store
 from tests.integration.conftest import Lab, finish, wait
 
 HOOK = """import json, os, sys

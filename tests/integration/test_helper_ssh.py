@@ -12,7 +12,7 @@ import pytest
 from dispatcher.errors import ConnectionLostError
 from dispatcher.remote import protocol
 from dispatcher.remote.client import HelperClient
-from dispatcher.transport import SSHOptions, SSHTransport
+from dispatcher.transport.transports import SSHOptions, SSHTransport
 from tests.helper_harness import gate_command
 from tests.sshd import SshdHosts
 

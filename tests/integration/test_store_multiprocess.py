@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.models import TaskState
-from dispatcher.store import Store, TaskBatch
+from dispatcher.core.models import TaskState
+from dispatcher.store.queue import Store, TaskBatch
 
 S = TaskState
 ADDERS, ADDS = 4, 250

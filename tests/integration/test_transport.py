@@ -22,7 +22,13 @@ from dispatcher.errors import (
     HostKeyError,
     TransportError,
 )
-from dispatcher.transport import STDERR_LIMIT, LocalTransport, Process, SSHOptions, SSHTransport
+from dispatcher.transport.transports import (
+    STDERR_LIMIT,
+    LocalTransport,
+    Process,
+    SSHOptions,
+    SSHTransport,
+)
 from tests.sshd import BEHIND_NAME, FakeApp, FakeGpu, SshdHost, SshdHosts, poll
 
 pytestmark = pytest.mark.sshd

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from dispatcher import Queue
 from dispatcher.cli import _register, app
+from dispatcher.core.models import TaskState
 from dispatcher.errors import IllegalTransitionError, SweepError, TemplateError, UsageError
-from dispatcher.models import TaskState
 
 S = TaskState
 _register()

@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.models import NewTask, Task, TaskState, sweep_key
-from dispatcher.store import Store
+from dispatcher.core.models import NewTask, Task, TaskState, sweep_key
+from dispatcher.store.queue import Store
 
 STATES = [s.value for s in TaskState]
 

@@ -8,10 +8,10 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.capacity import foreign_use, gpu_problem, host_capacity
-from dispatcher.hosts import make_host
-from dispatcher.models import Task, TaskState
-from dispatcher.scheduler import HostCapacity
+from dispatcher.config.hosts import make_host
+from dispatcher.core.models import Task, TaskState
+from dispatcher.core.scheduler import HostCapacity
+from dispatcher.dispatch.capacity import foreign_use, gpu_problem, host_capacity
 
 
 def gpu(index: int, used: int = 0) -> dict[str, Any]:

@@ -19,9 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dispatcher.cli import _register, app
-from dispatcher.models import TaskState
-from dispatcher.paths import dispatch_lock
-from dispatcher.store import Store
+from dispatcher.config.paths import dispatch_lock
+from dispatcher.core.models import TaskState
+from dispatcher.store.queue import Store
 
 S = TaskState
 REPO = Path(__file__).resolve().parents[2]

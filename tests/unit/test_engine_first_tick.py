@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher import store as store_module
-from dispatcher.engine import Dispatcher, Snapshot
-from dispatcher.hosts import HostsConfig
-from dispatcher.models import NewTask, TaskState
-from dispatcher.store import Store
+from dispatcher.config.hosts import HostsConfig
+from dispatcher.core.models import NewTask, TaskState
+from dispatcher.dispatch.loop import Dispatcher, Snapshot
+from dispatcher.store import queue as store_module
+from dispatcher.store.queue import Store
 
 
 class Quiet:

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.collect import last_lines_path, read_last_lines, write_last_lines
+from dispatcher.dispatch.logs import last_lines_path, read_last_lines, write_last_lines
 
 
 def test_lines_round_trip_privately_and_atomically(tmp_path: Path) -> None:

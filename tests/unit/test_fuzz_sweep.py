@@ -17,9 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dispatcher.core.sampling import KINDS
+from dispatcher.core.sweep import (
+    SWEEP_KEYS,
+    SweepFile,
+    parse_args_json,
+    parse_jsonl,
+    parse_sweep_toml,
+)
 from dispatcher.errors import DispatcherError
-from dispatcher.sampling import KINDS
-from dispatcher.sweep import SWEEP_KEYS, SweepFile, parse_args_json, parse_jsonl, parse_sweep_toml
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,8 +8,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dispatcher.hooks import hook_env, on_finish, run_hook
-from dispatcher.models import Task, TaskState
+from dispatcher.core.models import Task, TaskState
+from dispatcher.dispatch.hooks import hook_env, on_finish, run_hook
 
 
 def a_task(**changes: object) -> Task:

@@ -13,9 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.errors import ConfigError
-from dispatcher.host_values import parse_duration, parse_size, split_ssh_target
-from dispatcher.hosts import (
+from dispatcher.config.hosts import (
     CONTROLLER_KEYS,
     DEFAULTS_KEYS,
     GIB,
@@ -26,6 +24,8 @@ from dispatcher.hosts import (
     make_host,
     parse_hosts_text,
 )
+from dispatcher.config.values import parse_duration, parse_size, split_ssh_target
+from dispatcher.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from dispatcher.errors import IllegalTransitionError, UsageError
-from dispatcher.models import (
+from dispatcher.core.models import (
     ACTIVE_STATES,
     DUPLICATE_STATES,
     TERMINAL_STATES,
@@ -19,6 +18,7 @@ from dispatcher.models import (
     check_transition,
     parse_state,
 )
+from dispatcher.errors import IllegalTransitionError, UsageError
 
 S = TaskState
 ALL_MOVES = [(a, b) for a in TaskState for b in TaskState]

@@ -9,8 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.models import MAX_LOSSES, TRANSITIONS, Task, TaskState
-from dispatcher.outcome import describe_exit, lost_outcome, outcome_of, parse_time, real_attempts
+from dispatcher.core.models import MAX_LOSSES, TRANSITIONS, Task, TaskState
+from dispatcher.core.outcome import (
+    describe_exit,
+    lost_outcome,
+    outcome_of,
+    parse_time,
+    real_attempts,
+)
 
 S = TaskState
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher.config.hosts import make_host
 from dispatcher.errors import ConfigError
-from dispatcher.hosts import make_host
-from dispatcher.outputs import (
+from dispatcher.transport.outputs import (
     describe,
     fetch_local,
     glob_problem,

@@ -9,9 +9,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from dispatcher.collect import LogCollector, log_path
-from dispatcher.models import Task, TaskState
-from dispatcher.reconcile import HostJobs, HostState
+from dispatcher.core.models import Task, TaskState
+from dispatcher.dispatch.logs import LogCollector, log_path
+from dispatcher.dispatch.reports import HostJobs, HostState
 
 
 class StubSession:

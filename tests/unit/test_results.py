@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from dispatcher import results
 from dispatcher.cli import _register, app
+from dispatcher.core.models import NewTask, TaskState
 from dispatcher.errors import UsageError
-from dispatcher.models import NewTask, TaskState
-from dispatcher.store import Store
-from dispatcher.store_schema import dump_json, migrate
+from dispatcher.store import results
+from dispatcher.store.queue import Store
+from dispatcher.store.schema import dump_json, migrate
 
 S = TaskState
 REPO = Path(__file__).resolve().parents[2]
@@ -201,8 +201,8 @@ def results_now() -> Any:
 @pytest.fixture
 def thousand(store: Store) -> Store:
     """1,000 finished tasks with args from a grid and nested, varying result keys."""
-    from dispatcher.store_add import TaskBatch
-    from dispatcher.sweep import grid_from_items
+    from dispatcher.core.sweep import grid_from_items
+    from dispatcher.store.add import TaskBatch
 
     grid = grid_from_items(["lr=" + ",".join(str(i / 100) for i in range(1, 41)), "seed=1,2,3,4,5"])
     grid5 = grid_from_items(["size=" + ",".join(["s", "m", "l", "xl", "xxl"])])

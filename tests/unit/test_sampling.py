@@ -1,4 +1,4 @@
-"""Random sweep points (dispatcher.sampling) and the one add path (dispatcher.batch.assemble)."""
+"""Random sweep points (core.sampling) and the one add path (core.batch.assemble)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher import sampling
-from dispatcher.batch import assemble
+from dispatcher.core import sampling
+from dispatcher.core.batch import assemble
+from dispatcher.core.sweep import Grid, grid_from_items, parse_sweep_toml
 from dispatcher.errors import SweepError, UsageError
-from dispatcher.sweep import Grid, grid_from_items, parse_sweep_toml
 from tests.unit.test_purity import violations
 
 SPECS = """
@@ -28,7 +28,7 @@ def points(text: str) -> list[dict[str, Any]]:
     return list(parse_sweep_toml('command = "x"\n' + text, source="s.toml").grid)
 
 
-@pytest.mark.parametrize("module", ["sampling", "batch"])
+@pytest.mark.parametrize("module", ["core.sampling", "core.batch"])
 def test_new_pure_modules_import_nothing_impure(module: str) -> None:
     assert violations(module) == []
 

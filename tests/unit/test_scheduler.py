@@ -1,4 +1,4 @@
-"""The placement rules of dispatcher.scheduler, one test per rule, plus hypothesis invariants."""
+"""The placement rules of core.scheduler, one test per rule, plus hypothesis invariants."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher import scheduler
-from dispatcher.scheduler import Candidate, GpuInfo, HostCapacity, Placement, Plan, plan
+from dispatcher.core import scheduler
+from dispatcher.core.scheduler import Candidate, GpuInfo, HostCapacity, Placement, Plan, plan
 
 BOB = "11.2 GiB used by bob (pid 77)"
 

@@ -11,14 +11,14 @@ from hypothesis import strategies as st
 from rich.console import Console, RenderableType
 
 from dispatcher.cli.status import median_runtime
-from dispatcher.collect import gpu_views, read_status_file, write_last_lines
-from dispatcher.engine import Snapshot
-from dispatcher.hosts import make_host
-from dispatcher.hostsession import GpuInventory, HostSession
-from dispatcher.models import NewTask, Task, TaskState
-from dispatcher.status import eta_seconds, eta_text, freshness, gpu_table, progress_panel
-from dispatcher.store import Store
-from dispatcher.transport import SSHOptions
+from dispatcher.config.hosts import make_host
+from dispatcher.core.models import NewTask, Task, TaskState
+from dispatcher.dispatch.logs import gpu_views, read_status_file, write_last_lines
+from dispatcher.dispatch.loop import Snapshot
+from dispatcher.remote.session import GpuInventory, HostSession
+from dispatcher.store.queue import Store
+from dispatcher.transport.transports import SSHOptions
+from dispatcher.ui.views import eta_seconds, eta_text, freshness, gpu_table, progress_panel
 
 S = TaskState
 

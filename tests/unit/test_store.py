@@ -21,8 +21,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dispatcher import store as store_module
-from dispatcher import store_add
+from dispatcher.config.paths import (
+    dispatch_lock,
+    dispatcher_running,
+    lock_path,
+    logs_dir,
+    resolve_db_path,
+)
+from dispatcher.core.models import NewTask, TaskState
+from dispatcher.core.sweep import Grid, grid_from_items
 from dispatcher.errors import (
     DispatcherRunningError,
     IllegalTransitionError,
@@ -33,17 +40,10 @@ from dispatcher.errors import (
     TemplateError,
     UsageError,
 )
-from dispatcher.models import NewTask, TaskState
-from dispatcher.paths import (
-    dispatch_lock,
-    dispatcher_running,
-    lock_path,
-    logs_dir,
-    resolve_db_path,
-)
-from dispatcher.store import Store, TaskBatch
-from dispatcher.store_schema import SCHEMA_VERSION
-from dispatcher.sweep import Grid, grid_from_items
+from dispatcher.store import add as store_add
+from dispatcher.store import queue as store_module
+from dispatcher.store.queue import Store, TaskBatch
+from dispatcher.store.schema import SCHEMA_VERSION
 
 S = TaskState
 

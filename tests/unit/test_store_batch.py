@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dispatcher.core.models import TaskState
 from dispatcher.errors import IllegalTransitionError, StoreError
-from dispatcher.models import TaskState
-from dispatcher.store import MoveRequest, Store, TaskBatch
+from dispatcher.store.queue import MoveRequest, Store, TaskBatch
 
 S = TaskState
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.models import NewTask, TaskState
-from dispatcher.paths import wanted_path
-from dispatcher.store import MoveRequest, Store
+from dispatcher.config.paths import wanted_path
+from dispatcher.core.models import NewTask, TaskState
+from dispatcher.store.queue import MoveRequest, Store
 
 S = TaskState
 
@@ -35,7 +35,7 @@ def other_process_counts(path: Path) -> subprocess.CompletedProcess[str]:
     """Another process reads the queue, giving up at once if the file is locked."""
     code = textwrap.dedent(
         f"""
-        from dispatcher.store import Store
+        from dispatcher.store.queue import Store
         print(sum(Store({str(path)!r}, lock_timeout=0).counts().values()))
         """
     )
@@ -146,9 +146,8 @@ def test_a_process_waiting_for_a_kept_file_asks_for_it(tmp_path: Path) -> None:
     with store.transaction() as tx:
         tx.keep = 60.0  # a busy dispatcher's attachment, kept after the commit
     assert not store.wanted()
-    code = (
-        f"from dispatcher.store import Store; print(Store({str(db)!r}, lock_timeout=30).counts())"
-    )
+    code = "from dispatcher.store.queue import Store; "
+    code += f"print(Store({str(db)!r}, lock_timeout=30).counts())"
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20

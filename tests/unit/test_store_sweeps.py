@@ -8,12 +8,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from dispatcher.batch import TaskBatch
-from dispatcher.models import NewTask, TaskState
-from dispatcher.store import Store
-from dispatcher.store_recovery import suspend_host, suspended_hosts
-from dispatcher.store_schema import MIGRATIONS, SCHEMA_VERSION
-from dispatcher.sweep import grid_from_items
+from dispatcher.core.batch import TaskBatch
+from dispatcher.core.models import NewTask, TaskState
+from dispatcher.core.sweep import grid_from_items
+from dispatcher.store.queue import Store
+from dispatcher.store.schema import MIGRATIONS, SCHEMA_VERSION
+from dispatcher.store.suspensions import suspend_host, suspended_hosts
 
 S = TaskState
 

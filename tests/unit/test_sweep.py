@@ -9,17 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.errors import SweepError
-from dispatcher.sweep import (
+from dispatcher.core.sweep import (
     Grid,
     grid_from_items,
     merge,
     parse_args_json,
     parse_grid,
     parse_jsonl,
-    parse_scalar,
     parse_sweep_toml,
 )
+from dispatcher.core.values import parse_scalar
+from dispatcher.errors import SweepError
 
 EXAMPLE = """
 command = "python train.py --lr %{lr} --seed %{seed} --epochs %{epochs}"

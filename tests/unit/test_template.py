@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.errors import TemplateError
-from dispatcher.template import (
+from dispatcher.core.template import (
     Template,
     join_words,
     placeholders,
@@ -19,6 +18,7 @@ from dispatcher.template import (
     render,
     render_value,
 )
+from dispatcher.errors import TemplateError
 
 # Text a shell word can hold: anything but NUL (surrogates are not text a terminal can send).
 word_text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=["Cs"]))

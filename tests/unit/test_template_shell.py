@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 
+from dispatcher.core.template import Template, render
+from dispatcher.core.template_shell import BARE, DOUBLE, SINGLE
 from dispatcher.errors import TemplateError, UnsafeTemplateError
-from dispatcher.template import Template, render
-from dispatcher.template_shell import BARE, DOUBLE, SINGLE
 from tests.template_cases import Case, cases
 
 SHELLS = [s for s in ("bash", "dash") if shutil.which(s)]

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher import transport
 from dispatcher.errors import (
     AuthError,
     ConfigError,
@@ -27,7 +26,8 @@ from dispatcher.errors import (
     HostKeyError,
     TransportError,
 )
-from dispatcher.transport import (
+from dispatcher.transport import transports as transport
+from dispatcher.transport.transports import (
     Endpoint,
     LocalTransport,
     SSHOptions,
@@ -245,9 +245,7 @@ def test_make_transport_chooses_by_host() -> None:
     assert isinstance(make_transport("local", ssh_target="gpu-b"), SSHTransport)
 
 
-@pytest.mark.parametrize(
-    "module", ["transport", "process", "ssh_target", "ssh_errors", "ssh_trust"]
-)
+@pytest.mark.parametrize("module", ["transports", "process", "target", "errors", "trust"])
 def test_asyncssh_is_imported_lazily(module: str) -> None:
     # ~200 ms at import: `labtasker --help` and local-only runs must not pay it.
     tree = ast.parse((Path(transport.__file__).parent / f"{module}.py").read_text())

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from dispatcher.collect import LogCollector
+from dispatcher.core.models import Task, TaskState
+from dispatcher.core.outcome import outcome_of
+from dispatcher.dispatch.logs import LogCollector
 from dispatcher.errors import ProtocolViolationError
-from dispatcher.models import Task, TaskState
-from dispatcher.outcome import outcome_of
 from dispatcher.remote import wire
 
 RUN = "t1-a1-abc"

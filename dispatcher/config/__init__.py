@@ -1,0 +1,1 @@
+"""Configuration: hosts.toml and its value checkers, and where the queue and its files live."""

@@ -1,0 +1,177 @@
+"""One ``queue add`` as a ``TaskBatch``: a template, argument groups and the tasks' settings.
+
+``assemble`` is the one path from user input (CLI flags, a sweep file, ``Queue.add``) to a batch,
+and ``check_settings`` the one check of task settings. Pure: no database, no files; the store
+stages and inserts batches (``dispatcher/store/add.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatcher.core.sweep import Axis, Grid, SweepFile, with_axis
+from dispatcher.core.template import Template, compile_template
+from dispatcher.errors import SweepError, TemplateError, UsageError
+
+_INT64 = 2**63
+ArgGroup = Grid | Sequence[Mapping[str, Any]]
+
+
+def check_outputs(globs: Sequence[str]) -> tuple[str, ...]:
+    """Output globs as a tuple; UsageError for one that is empty, absolute or climbs out (..)."""
+    if isinstance(globs, str):
+        raise UsageError(f"outputs must be a list of globs like ['out/*.json'], got {globs!r}")
+    for g in globs:
+        parts = g.replace("\\", "/").split("/") if isinstance(g, str) else []
+        if (
+            not isinstance(g, str)
+            or not g.strip()
+            or "\0" in g
+            or g.startswith(("/", "~"))
+            or ".." in parts
+        ):
+            raise UsageError(
+                f"output glob {g!r}: give a pattern inside the task's working directory, like"
+                " out/*.json (not empty, not absolute, no '..')"
+            )
+    return tuple(globs)
+
+
+def check_settings(
+    *,
+    priority: int,
+    max_attempts: int,
+    timeout: float | None,
+    gpus: int | None,
+    name: str | None,
+    max_running: int | None = None,
+    outputs: Sequence[str] = (),
+) -> None:
+    """Raise UsageError for a task setting the queue cannot hold or the dispatcher cannot honour."""
+    if not -_INT64 <= priority < _INT64:
+        raise UsageError(f"priority {priority} is out of range (64-bit integer)")
+    if not 1 <= max_attempts < 2**31:
+        raise UsageError(f"max attempts must be at least 1, got {max_attempts}")
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise UsageError(f"timeout must be a positive number of seconds, got {timeout}")
+    if gpus is not None and not 0 <= gpus < 2**31:
+        raise UsageError(f"gpus must be 0 or more, got {gpus}")
+    if name is not None and "\0" in name:
+        raise UsageError(f"task name {name!r} contains a NUL character")
+    if max_running is not None and not 1 <= max_running < 2**31:
+        raise UsageError(
+            f"max running must be at least 1 (tasks of this sweep at once), got {max_running}"
+        )
+    check_outputs(outputs)
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """One ``queue add``: a template, argument groups (concatenated in order), shared settings."""
+
+    template: str
+    groups: Sequence[ArgGroup] = field(default_factory=lambda: [[{}]])
+    name: str | None = None
+    priority: int = 0
+    max_attempts: int = 1
+    timeout: float | None = None
+    gpus: int | None = None
+    after: tuple[int, ...] = ()
+    max_running: int | None = None
+    outputs: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+    def check(self) -> Template:
+        """Validate the shared settings and parse the template; UsageError/TemplateError if bad."""
+        check_settings(
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            timeout=self.timeout,
+            gpus=self.gpus,
+            name=self.name,
+            max_running=self.max_running,
+            outputs=self.outputs,
+        )
+        return compile_template(self.template)
+
+    def rendered(self) -> Iterator[tuple[Mapping[str, Any], str]]:
+        """Every task's (args, command) in order, rendered in Python; errors name the task."""
+        tpl, total, offset = self.check(), len(self), 0
+        for group in self.groups:
+            for _, args, command in render(tpl, group, offset, total):
+                yield args, command
+            offset += len(group)
+
+
+def render(
+    tpl: Template, group: ArgGroup, offset: int, total: int
+) -> Iterator[tuple[int, Mapping[str, Any], str]]:
+    """(index in the batch, args, command) for each task of ``group``."""
+    for k, args in enumerate(group, offset):
+        try:
+            yield k, args, tpl.render(args)
+        except TemplateError as err:
+            raise TemplateError(f"task {k + 1} of {total}: {err}") from None
+
+
+def assemble(
+    template: str | None,
+    *,
+    args: Sequence[Mapping[str, Any]] | None = None,
+    grid: Grid | None = None,
+    random: Axis | None = None,
+    sweep: SweepFile | None = None,
+    rows: Sequence[Mapping[str, Any]] | None = None,
+    name: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    gpus: int | None = None,
+    max_running: int | None = None,
+    outputs: Sequence[str] | None = None,
+    after: Sequence[int] = (),
+) -> TaskBatch:
+    """The batch of one add. Groups in order: ``args`` (one task each), ``grid`` crossed with
+    the ``random`` points, then the file: a sweep file's points or JSONL ``rows``. Settings given
+    here win over the sweep file's, which win over the defaults; the template likewise."""
+    if isinstance(args, Mapping):
+        raise SweepError("args must be a list of dicts, one per task: args=[{...}]")
+    groups: list[ArgGroup] = []
+    if args is not None:
+        groups.append([dict(a) for a in args])
+    if grid is not None or random is not None:
+        groups.append(with_axis(grid or Grid(), random))
+    if sweep is not None:
+        groups.append(sweep.grid)
+    if rows is not None:
+        groups.append(rows)
+    if not groups:
+        groups.append([{}])
+    file = sweep or SweepFile(grid=Grid())
+    if template is None:
+        template = file.command
+    if template is None:
+        raise UsageError("no command given: use --cmd TEXT, or put the command after --")
+    if not template.strip():
+        raise UsageError("the command is empty")
+
+    def pick(given: Any, from_file: Any, default: Any) -> Any:
+        return given if given is not None else (from_file if from_file is not None else default)
+
+    return TaskBatch(
+        template=template,
+        groups=groups,
+        name=pick(name, file.name, None),
+        priority=pick(priority, file.priority, 0),
+        max_attempts=pick(max_attempts, file.max_attempts, 1),
+        timeout=pick(timeout, file.timeout, None),
+        gpus=pick(gpus, file.gpus, None),
+        after=tuple(after),
+        max_running=pick(max_running, file.max_running, None),
+        outputs=check_outputs(pick(outputs, file.outputs, ())),
+    )

@@ -1,0 +1,329 @@
+"""Adding tasks in bulk: stage a batch, find duplicates in SQL, insert every row in one statement.
+
+Flat grids are rendered by DuckDB itself: Python quotes each axis value once, and a cross join of
+small per-axis tables concatenates each point's command and args JSON from those pieces, exactly
+as Python would render them. Other argument groups are rendered in Python and staged through a
+temporary CSV file. No row-by-row inserts. ``stage`` does no database access, so the store can
+render before it takes the queue file's lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tempfile import TemporaryDirectory
+
+from dispatcher.core.batch import ArgGroup, TaskBatch, check_settings, render
+from dispatcher.core.models import DUPLICATE_STATES, NewTask
+from dispatcher.core.sweep import Grid
+from dispatcher.core.template import MISSING, Template, lookup
+from dispatcher.errors import TaskNotFoundError, UsageError
+
+__all__ = [
+    "AddResult",
+    "Staged",
+    "TaskBatch",
+    "check_settings",
+    "insert",
+    "stage_batch",
+    "stage_tasks",
+]
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_DUP_IN = ", ".join(f"'{s.value}'" for s in sorted(DUPLICATE_STATES))
+_TABLE_IDS = itertools.count()
+#: Python-rendered batches larger than this go to DuckDB through a temporary CSV file.
+_CSV_ROWS = 2000
+#: The columns every staged source selects, in this order.
+STAGE_COLUMNS = (
+    "idx, args, command, template, name, priority, max_attempts, timeout, gpus, after,"
+    " max_running, outputs"
+)
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """What an add did: the new ids (contiguous), duplicate input indexes, how many were skipped."""
+
+    ids: list[int]
+    duplicates: list[int]
+    skipped: int
+
+
+@dataclass
+class Staged:
+    """Tasks ready for one INSERT: a SELECT of ``STAGE_COLUMNS`` and what it reads."""
+
+    count: int
+    sql: str
+    params: list[Any]
+    after: set[int]
+    axis_tables: list[tuple[str, list[list[Any]]]] = field(default_factory=list)
+    tmpdir: TemporaryDirectory[str] | None = None
+
+    def cleanup(self) -> None:
+        """Remove the temporary CSV, if any (idempotent)."""
+        if self.tmpdir is not None:
+            self.tmpdir.cleanup()
+            self.tmpdir = None
+
+
+def stage_batch(batch: TaskBatch) -> Staged:
+    """Render what Python must render (to a temporary CSV when many); no database access."""
+    tpl = batch.check()
+    total = len(batch)
+    staged = Staged(total, "", [], set(batch.after))
+    selects: list[tuple[str, list[Any]]] = []
+    python_groups: list[tuple[int, ArgGroup]] = []
+    offset = 0
+    for group in batch.groups:
+        plan = _grid_plan(tpl, group, offset) if isinstance(group, Grid) else None
+        if plan is not None:
+            staged.axis_tables.extend(plan[0])
+            selects.append(plan[1])
+        else:
+            python_groups.append((offset, group))
+        offset += len(group)
+    rows = (
+        (k, _text(_encode_args(args, k), k), _text(command, k))
+        for offset, group in python_groups
+        for k, args, command in render(tpl, group, offset, total)
+    )
+    if sum(len(g) for _, g in python_groups) > _CSV_ROWS:
+        selects.append(_csv_select(staged, rows))
+    elif python_groups:
+        # Few rows: list parameters beat a temporary file.
+        columns: list[list[Any]] = [[], [], []]
+        for row in rows:
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        selects.append(
+            (
+                "SELECT unnest(?::BIGINT[]) AS idx, unnest(?::VARCHAR[]) AS args,"
+                " unnest(?::VARCHAR[]) AS command",
+                columns,
+            )
+        )
+    if not selects:
+        selects.append(("SELECT 0::BIGINT AS idx, '' AS args, '' AS command WHERE false", []))
+    staged.sql = (
+        "SELECT idx, args, command, ?::VARCHAR AS template, ?::VARCHAR AS name,"
+        " ?::BIGINT AS priority, ?::INTEGER AS max_attempts, ?::DOUBLE AS timeout,"
+        " ?::INTEGER AS gpus, ?::BIGINT[] AS after, ?::INTEGER AS max_running,"
+        " ?::VARCHAR[] AS outputs FROM (" + " UNION ALL ".join(sql for sql, _ in selects) + ")"
+    )
+    staged.params = [
+        batch.template,
+        batch.name,
+        batch.priority,
+        batch.max_attempts,
+        batch.timeout,
+        batch.gpus,
+        list(batch.after),
+        batch.max_running,
+        list(batch.outputs),
+        *(p for _, ps in selects for p in ps),
+    ]
+    return staged
+
+
+def _csv_select(staged: Staged, rows: Iterable[tuple[int, str, str]]) -> tuple[str, list[Any]]:
+    import csv
+    import tempfile
+
+    staged.tmpdir = tempfile.TemporaryDirectory(prefix="labtasker-add-")
+    csv_path = Path(staged.tmpdir.name) / "tasks.csv"
+    try:
+        # Every field quoted, one newline convention: any text (CR, LF, "", commas) round-trips.
+        with open(csv_path, "w", encoding="utf-8", newline="") as f:
+            csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL).writerows(rows)
+    except BaseException:
+        staged.cleanup()  # a render error midway: leave no file behind
+        raise
+    return (
+        "SELECT idx, args, command FROM read_csv(?, header = false, auto_detect = false,"
+        " columns = {'idx': 'BIGINT', 'args': 'VARCHAR', 'command': 'VARCHAR'},"
+        " quote = '\"', escape = '\"', delim = ',', new_line = '\\n',"
+        " allow_quoted_nulls = false, strict_mode = true)",
+        [str(csv_path)],
+    )
+
+
+def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
+    """Stage fully formed tasks (each with its own settings) as one list-valued SELECT."""
+    cols: list[list[Any]] = [[] for _ in range(12)]
+    after: set[int] = set()
+    for k, t in enumerate(tasks):
+        check_settings(
+            priority=t.priority,
+            max_attempts=t.max_attempts,
+            timeout=t.timeout,
+            gpus=t.gpus,
+            name=t.name,
+            max_running=t.max_running,
+            outputs=t.outputs,
+        )
+        if "\0" in t.command or "\0" in t.template:
+            raise UsageError(f"task {k + 1}: its command contains a NUL character")
+        args, command, template = _encode_args(t.args, k), t.command, t.template
+        row = (k, _text(args, k), _text(command, k), _text(template, k), t.name, t.priority,
+               t.max_attempts, t.timeout, t.gpus, list(t.after), t.max_running,
+               list(t.outputs))  # fmt: skip
+        for c, value in enumerate(row):
+            cols[c].append(value)
+        after.update(t.after)
+    types = ("BIGINT", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "INTEGER", "DOUBLE",
+             "INTEGER", "BIGINT[]", "INTEGER", "VARCHAR[]")  # fmt: skip
+    names = STAGE_COLUMNS.split(", ")
+    sql = "SELECT " + ", ".join(
+        f"unnest(?::{t}[]) AS {n}" for t, n in zip(types, names, strict=True)
+    )
+    return Staged(len(tasks), sql, cols, after)
+
+
+def _text(text: str, index: int) -> str:
+    """``text`` if it can be stored (UTF-8); command lines can carry undecodable bytes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"task {index + 1}: its args or command hold bytes that are not valid UTF-8 text"
+        ) from None
+    return text
+
+
+def _encode_args(args: Mapping[str, Any], index: int) -> str:
+    try:
+        return _ENCODE(args)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"task {index + 1}: args cannot be stored as JSON ({err})") from None
+
+
+def _grid_plan(
+    tpl: Template, grid: Grid, offset: int
+) -> tuple[list[tuple[str, list[list[Any]]]], tuple[str, list[Any]]] | None:
+    """SQL that renders a flat grid inside DuckDB, or None when Python must render it.
+
+    Flat: every axis key is a distinct top-level name absent from the fixed args, and every
+    placeholder names an axis key or is found in the fixed args. Each axis becomes a temporary
+    table (c0: position, c1: its JSON members, c2...: its values quoted for each placeholder),
+    crossed in axis order.
+    """
+    names = [p[0] for paths, _ in grid.axes for p in paths]
+    if not grid.axes or len(grid) == 0:
+        return None
+    if any(len(p) != 1 for paths, _ in grid.axes for p in paths):
+        return None
+    if len(set(names)) != len(names) or any(n in grid.fixed for n in names):
+        return None
+    axis_of = {p[0]: a for a, (paths, _) in enumerate(grid.axes) for p in paths}
+    axis_words: list[list[int]] = [[] for _ in grid.axes]  # placeholder numbers per axis
+    words: list[str | tuple[int, int]] = []  # a constant word, or (axis, word column)
+    for k, key in enumerate(tpl.keys):
+        if key in axis_of:
+            a = axis_of[key]
+            words.append((a, len(axis_words[a])))
+            axis_words[a].append(k)
+            continue
+        value = lookup(grid.fixed, key, tuple(key.split(".")))
+        if value is MISSING:
+            return None  # Python rendering reports the missing key with the task's number
+        words.append(_text(tpl.quote(k, value), offset))
+    tables: list[tuple[str, list[list[Any]]]] = []
+    for a, (paths, rows) in enumerate(grid.axes):
+        keys = [p[0] for p in paths]
+        cols: list[list[Any]] = [list(range(len(rows))), []] + [[] for _ in axis_words[a]]
+        for row in rows:
+            point = dict(zip(keys, row, strict=True))
+            cols[1].append(_text(_encode_args(point, offset)[1:-1], offset))
+            for c, k in enumerate(axis_words[a]):
+                cols[2 + c].append(_text(tpl.quote(k, point[tpl.keys[k]]), offset))
+        tables.append((f"labtasker_axis_{next(_TABLE_IDS)}", cols))
+    strides = [math.prod(len(r) for _, r in grid.axes[a + 1 :]) for a in range(len(grid.axes))]
+    idx_sql = " + ".join(f"ax{a}.c0 * {s}" for a, s in enumerate(strides))
+    fixed = _text(_encode_args(grid.fixed, offset)[1:-1], offset)
+    members = (["?"] if fixed else []) + [f"ax{a}.c1" for a in range(len(tables))]
+    params: list[Any] = [offset] + ([fixed] if fixed else [])
+    pieces: list[str] = []
+    for k, lit in enumerate(tpl.literals):
+        _text(lit, offset)
+        pieces.append("?")
+        params.append(lit)
+        if k < len(words):
+            word = words[k]
+            if isinstance(word, str):
+                pieces.append("?")
+                params.append(word)
+            else:
+                pieces.append(f"ax{word[0]}.c{2 + word[1]}")
+    json_sql = f"'{{' || concat_ws(',', {', '.join(members)}) || '}}'"
+    sql = (
+        f"SELECT ? + {idx_sql} AS idx, {json_sql} AS args, concat({', '.join(pieces)}) AS command"
+        " FROM " + ", ".join(f"temp.{name} ax{a}" for a, (name, _) in enumerate(tables))
+    )
+    return tables, (sql, params)
+
+
+def insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> AddResult:
+    """Insert staged tasks as pending, in the caller's transaction."""
+    if staged.after:
+        missing = con.execute(
+            "SELECT unnest(?::BIGINT[]) AS id EXCEPT SELECT id FROM tasks ORDER BY id",
+            [sorted(staged.after)],
+        ).fetchall()
+        if missing:
+            ids = ", ".join(str(r[0]) for r in missing)
+            raise TaskNotFoundError(
+                f"--after names task(s) {ids}, not in the queue; see `labtasker queue ls`"
+            )
+    if staged.count == 0:
+        return AddResult([], [], 0)
+    for name, cols in staged.axis_tables:
+        defs = ", ".join(
+            f"unnest(?::{'BIGINT' if c == 0 else 'VARCHAR'}[]) AS c{c}" for c in range(len(cols))
+        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {defs}", cols)
+    try:
+        return _insert(con, staged, now=now, skip_existing=skip_existing)
+    finally:
+        for name, _ in staged.axis_tables:
+            con.execute(f"DROP TABLE IF EXISTS temp.{name}")
+
+
+def _insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> AddResult:
+    existing = f"SELECT command FROM tasks WHERE state IN ({_DUP_IN})"
+    dups = [
+        r[0]
+        for r in con.execute(
+            f"SELECT s.idx FROM ({staged.sql}) s WHERE s.command IN ({existing}) ORDER BY s.idx",
+            staged.params,
+        ).fetchall()
+    ]
+    skip = skip_existing and bool(dups)
+    added = staged.count - (len(dups) if skip else 0)
+    next_id = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()[0]
+    con.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", [next_id + added])
+    if skip:
+        # The anti-join reads the table as it was before this statement's own rows went in, so
+        # repeats inside one batch are all added, as without --skip-existing.
+        id_sql = "? + row_number() OVER (ORDER BY s.idx) - 1"
+        where = f" WHERE s.command NOT IN ({existing})"
+    else:
+        id_sql, where = "? + s.idx", ""
+    con.execute(
+        "INSERT INTO tasks (id, state, created_at, args, command, template, name, priority,"
+        " max_attempts, timeout, gpus, after, max_running, outputs, batch)"
+        f" SELECT {id_sql}, 'pending', ?::TIMESTAMP, s.args, s.command, s.template, s.name,"
+        " s.priority, s.max_attempts, s.timeout, s.gpus, s.after, s.max_running, s.outputs,"
+        f" ?::BIGINT FROM ({staged.sql}) s{where}",
+        [next_id, now, next_id, *staged.params],
+    )
+    return AddResult(list(range(next_id, next_id + added)), dups, len(dups) if skip else 0)

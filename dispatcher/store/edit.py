@@ -1,0 +1,164 @@
+"""User edits that change no task's state (``queue update``, ``queue rm``) and the selection of
+tasks by ids and states that every bulk operation starts with. Runs inside the caller's
+transaction, on its connection; state changes stay in ``store_txn``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from dispatcher.core.models import ACTIVE_STATES, TaskState
+from dispatcher.errors import IllegalTransitionError, TaskNotFoundError, TemplateError, UsageError
+from dispatcher.store.schema import dump_json
+
+#: SQL condition: the task is among those ``select`` chose.
+SELECTED = "id IN (SELECT id FROM temp.labtasker_sel)"
+
+
+def sql_in(states: Iterable[TaskState]) -> str:
+    """States as an SQL list of literals (enum values only, so no quoting issue)."""
+    return ", ".join(f"'{TaskState(s).value}'" for s in sorted(set(states)))
+
+
+def filters(
+    states: Iterable[TaskState] | None,
+    ids: Iterable[int] | None,
+    host: str | None,
+    after_id: int | None,
+) -> tuple[str, list[Any]]:
+    """A WHERE clause (or "") and its parameters for the filters given; all must hold."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if states is not None:
+        wanted = [TaskState(s) for s in states]
+        clauses.append(f"state IN ({sql_in(wanted)})" if wanted else "false")
+    if ids is not None:
+        clauses.append("id IN (SELECT unnest(?::BIGINT[]))")
+        params.append(list(ids))
+    if host is not None:
+        clauses.append("host = ?")
+        params.append(host)
+    if after_id is not None:
+        clauses.append("id > ?")
+        params.append(after_id)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def select(
+    con: Any, path: Path, ids: Iterable[int] | None, states: Iterable[TaskState] | None
+) -> None:
+    """Put the chosen ids into temp.labtasker_sel (``SELECTED``); every given id must exist."""
+    if ids is None and states is None:
+        raise UsageError("name the tasks: give task ids or --state")
+    id_list = None if ids is None else sorted(set(ids))
+    if id_list is not None:
+        missing = con.execute(
+            "SELECT unnest(?::BIGINT[]) AS id EXCEPT SELECT id FROM tasks ORDER BY id", [id_list]
+        ).fetchall()
+        if missing:
+            shown = ", ".join(str(r[0]) for r in missing[:10])
+            raise TaskNotFoundError(
+                f"task(s) {shown} not in the queue {path}; see `labtasker queue ls`"
+            )
+    where, params = filters(states, id_list, None, None)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE labtasker_sel AS SELECT id FROM tasks{where}", params
+    )
+
+
+def refuse(con: Any, allowed: Iterable[TaskState], hint: str) -> None:
+    """IllegalTransitionError naming the first selected task whose state is not ``allowed``."""
+    row = con.execute(
+        f"SELECT id, state FROM tasks WHERE {SELECTED} AND state NOT IN ({sql_in(allowed)})"
+        " ORDER BY id LIMIT 1"
+    ).fetchone()
+    if row is not None:
+        raise IllegalTransitionError(f"task {row[0]} is {row[1]}; {hint}")
+
+
+def update(
+    con: Any,
+    path: Path,
+    ids: Iterable[int],
+    *,
+    priority: int | None = None,
+    args: Mapping[str, Any] | None = None,
+    template: str | None = None,
+    name: str | None = None,
+) -> list[int]:
+    """Edit pending tasks: ``args`` are merged into each task's args, and the command is
+    rendered again (a missing key is a TemplateError naming the task). Others are refused."""
+    select(con, path, ids, None)
+    refuse(con, {TaskState.PENDING}, "only pending tasks can be updated")
+    if priority is not None or name is not None:
+        from dispatcher.store.add import check_settings
+
+        check_settings(priority=priority or 0, max_attempts=1, timeout=None, gpus=None, name=name)
+        sets = [(c, v) for c, v in (("priority", priority), ("name", name)) if v is not None]
+        con.execute(
+            f"UPDATE tasks SET {', '.join(f'{c} = ?' for c, _ in sets)} WHERE {SELECTED}",
+            [v for _, v in sets],
+        )
+    if args is not None or template is not None:
+        _rerender(con, args, template)
+    rows = con.execute(f"SELECT id FROM tasks WHERE {SELECTED} ORDER BY id").fetchall()
+    return [r[0] for r in rows]
+
+
+def _rerender(con: Any, args: Mapping[str, Any] | None, template: str | None) -> None:
+    from dispatcher.core.sweep import merge
+    from dispatcher.core.template import compile_template
+
+    if template is not None:
+        compile_template(template)  # a refused template is refused once, not per task
+    columns: list[list[Any]] = [[], [], [], []]
+    for task_id, old_args, old_template in con.execute(
+        f"SELECT id, args, template FROM tasks WHERE {SELECTED} ORDER BY id"
+    ).fetchall():
+        merged = json.loads(old_args)
+        if args is not None:
+            merged = merge(merged, args)
+        text = template if template is not None else old_template
+        try:
+            command = compile_template(text).render(merged)
+            encoded = dump_json(merged)
+        except TemplateError as err:
+            raise TemplateError(f"task {task_id}: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"task {task_id}: args cannot be stored as JSON ({err})") from None
+        for column, value in zip(columns, (task_id, encoded, command, text), strict=True):
+            column.append(value)
+    con.execute(
+        "UPDATE tasks SET args = u.args, command = u.command, template = u.template FROM"
+        " (SELECT unnest(?::BIGINT[]) AS id, unnest(?::VARCHAR[]) AS args,"
+        " unnest(?::VARCHAR[]) AS command, unnest(?::VARCHAR[]) AS template) u"
+        " WHERE tasks.id = u.id",
+        columns,
+    )
+
+
+def remove(
+    con: Any, path: Path, ids: Iterable[int] | None, states: Iterable[TaskState] | None
+) -> list[int]:
+    """Delete the chosen tasks and their attempts. Launching/running tasks are refused, and so
+    is a task another pending task waits for (``after``), unless that one goes too."""
+    select(con, path, ids, states)
+    refuse(con, set(TaskState) - ACTIVE_STATES, "cancel it first (`labtasker queue cancel ID`)")
+    waiting = con.execute(
+        "SELECT d.id, d.dep FROM (SELECT id, unnest(after) AS dep FROM tasks"
+        " WHERE state = 'pending' AND len(after) > 0) d"
+        " WHERE d.dep IN (SELECT id FROM temp.labtasker_sel)"
+        " AND d.id NOT IN (SELECT id FROM temp.labtasker_sel) ORDER BY d.id LIMIT 1"
+    ).fetchone()
+    if waiting is not None:
+        raise UsageError(
+            f"task {waiting[1]} cannot be removed: pending task {waiting[0]} waits for it"
+            f" (--after); remove or cancel task {waiting[0]} too"
+        )
+    rows = con.execute(f"SELECT id FROM tasks WHERE {SELECTED} ORDER BY id").fetchall()
+    con.execute(f"DELETE FROM attempts WHERE task_{SELECTED}")
+    con.execute(f"DELETE FROM tasks WHERE {SELECTED}")
+    return [r[0] for r in rows]
