@@ -161,10 +161,7 @@ class Queue:
             )
         from dispatcher.store import results
 
-        states = _states(state)
-        with self._store.transaction() as txn:
-            query = results.select_sql(results.columns(txn.con, states, now=txn.now()), states)
-            return txn.con.execute(query).df()
+        return results.frame(self._store, _states(state))
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         """Rows of one read-only SELECT over the ``tasks`` and ``attempts`` views, as dicts."""

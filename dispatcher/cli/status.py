@@ -23,17 +23,6 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from dispatcher.store.queue import Store
-    from dispatcher.store.txn import Txn
-
-
-def median_runtime(tx: Txn) -> float | None:
-    """Median seconds from start to finish of the queue's succeeded tasks (None: none yet)."""
-    row = tx.con.execute(
-        "SELECT median(epoch(finished_at) - epoch(started_at)) FROM tasks"
-        " WHERE state = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL",
-        [str(TaskState.SUCCEEDED)],
-    ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
 
 
 def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, list[Task]]:
@@ -51,7 +40,7 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
         active = tx.tasks(states=ACTIVE_STATES)
         counts = tx.counts()
         suspended = suspended_hosts(tx)
-        median = median_runtime(tx) if watch else None
+        median = tx.median_runtime() if watch else None
         waiting = tx.pending_reasons() if counts[TaskState.PENDING] else []
     written = read_status_file(store.path)
     running = dispatcher_running(store.path)

@@ -255,6 +255,12 @@ def read(
     return names, rows, total
 
 
+def frame(store: Store, states: Iterable[TaskState] | None = None) -> Any:
+    """Every matching task's results row as a pandas DataFrame (the caller checks for pandas)."""
+    with store.transaction() as txn:
+        return txn.con.execute(select_sql(columns(txn.con, states, now=txn.now()), states)).df()
+
+
 def write(store: Store, fmt: str, dest: Path, states: Iterable[TaskState] | None = None) -> int:
     """Write every matching task's results row to ``dest`` in ``fmt``; returns the row count."""
     with store.transaction() as txn:

@@ -124,6 +124,15 @@ class Txn(Mover):
             out[TaskState(state)] = n
         return out
 
+    def median_runtime(self) -> float | None:
+        """Median seconds from start to finish of the succeeded tasks (None: none yet)."""
+        row = self.con.execute(
+            "SELECT median(epoch(finished_at) - epoch(started_at)) FROM tasks"
+            " WHERE state = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL",
+            [S.SUCCEEDED.value],
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def pending_reasons(self, limit: int = 3) -> list[tuple[str, int]]:
         """The most common reasons pending tasks wait for, with how many tasks each holds."""
         rows = self.con.execute(

@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console, RenderableType
 
-from dispatcher.cli.status import median_runtime
 from dispatcher.config.hosts import make_host
 from dispatcher.core.models import NewTask, Task, TaskState
 from dispatcher.dispatch.logs import gpu_views, read_status_file, write_last_lines
@@ -110,10 +109,10 @@ def test_median_runtime_of_succeeded_tasks(tmp_path: Path) -> None:
     ids = store.add([NewTask({"i": i}, "t %{i}", f"t {i}") for i in range(4)]).ids
     start = datetime(2026, 1, 1, tzinfo=UTC)
     with store.transaction() as tx:
-        assert median_runtime(tx) is None
+        assert tx.median_runtime() is None
         for task_id, seconds in zip(ids, [10, 30, 50, 999], strict=True):
             tx.move(task_id, S.LAUNCHING, host="h", run_id=f"r{task_id}", attempt=1)
             tx.move(task_id, S.RUNNING, run_id=f"r{task_id}", started_at=start)
             end = S.SUCCEEDED if seconds < 999 else S.FAILED  # failures do not count
             tx.move(task_id, end, run_id=f"r{task_id}", finished_at=start + timedelta(0, seconds))
-        assert median_runtime(tx) == 30.0
+        assert tx.median_runtime() == 30.0
