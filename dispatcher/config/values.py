@@ -14,6 +14,7 @@ import reprlib
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NoReturn
 
+from dispatcher.core.globs import glob_problem
 from dispatcher.errors import ConfigError
 
 _REPR = reprlib.Repr()
@@ -174,15 +175,6 @@ def env_names(v: Any) -> frozenset[str]:
 
 
 def globs(v: Any) -> tuple[str, ...]:
-    def ok(g: Any) -> bool:
-        return (
-            isinstance(g, str)
-            and bool(g.strip())
-            and "\0" not in g
-            and not g.startswith(("/", "~"))
-            and ".." not in g.replace("\\", "/").split("/")
-        )
-
-    if not isinstance(v, list) or not all(ok(g) for g in v):
+    if not isinstance(v, list) or any(glob_problem(g) for g in v):
         _fail('a list of glob patterns inside workdir, like ["out/*.json"]', v)
     return tuple(v)

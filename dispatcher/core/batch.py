@@ -12,8 +12,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher.core.sweep import Axis, Grid, SweepFile, with_axis
+from dispatcher.core.globs import glob_problem
+from dispatcher.core.sweep import Grid, SweepFile, with_axis
 from dispatcher.core.template import Template, compile_template
+from dispatcher.core.values import Axis
 from dispatcher.errors import SweepError, TemplateError, UsageError
 
 _INT64 = 2**63
@@ -25,14 +27,7 @@ def check_outputs(globs: Sequence[str]) -> tuple[str, ...]:
     if isinstance(globs, str):
         raise UsageError(f"outputs must be a list of globs like ['out/*.json'], got {globs!r}")
     for g in globs:
-        parts = g.replace("\\", "/").split("/") if isinstance(g, str) else []
-        if (
-            not isinstance(g, str)
-            or not g.strip()
-            or "\0" in g
-            or g.startswith(("/", "~"))
-            or ".." in parts
-        ):
+        if glob_problem(g):
             raise UsageError(
                 f"output glob {g!r}: give a pattern inside the task's working directory, like"
                 " out/*.json (not empty, not absolute, no '..')"

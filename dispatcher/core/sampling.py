@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dispatcher.core.values import check_json, parse_scalar
+from dispatcher.core.values import Axis, Path_, check_json, parse_scalar
 from dispatcher.errors import SweepError
 
 #: Distributions a key may draw from; bounds are inclusive.
@@ -29,8 +29,6 @@ _ALLOWED = (
     "{ uniform = [LOW, HIGH] }, { loguniform = [LOW, HIGH] } (LOW > 0),"
     " { randint = [LOW, HIGH] } (integers, inclusive) or { choice = [V1, V2, ...] }"
 )
-Path_ = tuple[str, ...]
-Axis = tuple[tuple[Path_, ...], tuple[tuple[Any, ...], ...]]
 
 
 @dataclass(frozen=True)

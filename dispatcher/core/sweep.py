@@ -15,12 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher.core.sampling import from_table as random_axis
-from dispatcher.core.values import check_json, parse_scalar, reject_constant
+from dispatcher.core.values import Axis, Path_, check_json, parse_scalar, reject_constant
 from dispatcher.errors import SweepError
 
-Path_ = tuple[str, ...]
-#: One axis of a grid: the keys that vary together, and their rows of values.
-Axis = tuple[tuple[Path_, ...], tuple[tuple[Any, ...], ...]]
 #: Largest `repeat`: its values are built eagerly (a million is already far past any sweep).
 MAX_REPEAT = 1_000_000
 #: Top-level keys a TOML sweep file may hold.

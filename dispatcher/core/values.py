@@ -11,6 +11,11 @@ from typing import Any
 
 from dispatcher.errors import SweepError
 
+#: A dotted argument key as its parts: ``model.depth`` is ("model", "depth").
+Path_ = tuple[str, ...]
+#: One axis of a grid: the keys that vary together, and their rows of values.
+Axis = tuple[tuple[Path_, ...], tuple[tuple[Any, ...], ...]]
+
 
 def reject_constant(name: str) -> Any:
     """``json.loads``'s parse_constant: NaN and Infinity are not JSON."""

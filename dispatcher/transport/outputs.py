@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from dispatcher.core.globs import glob_problem
+
 #: Default cap on the bytes copied back per task (hosts.toml ``outputs_max_size``).
 DEFAULT_MAX_BYTES = 1024**3
 #: SFTP sessions per connection at once: stays well under sshd's MaxSessions (10).
@@ -45,17 +47,6 @@ def outputs_root(db_path: Path) -> Path:
 def task_outputs_dir(db_path: Path, task_id: int) -> Path:
     """The directory holding one task's copied outputs (its last attempt's)."""
     return outputs_root(db_path) / str(task_id)
-
-
-def glob_problem(pattern: str) -> str | None:
-    """Why ``pattern`` may not be an output glob (None when it may): empty, absolute, ``..``."""
-    if not pattern.strip() or "\0" in pattern:
-        return "is empty"
-    if pattern.startswith(("/", "~")):
-        return "is absolute; write it relative to the task's working directory"
-    if ".." in pattern.replace("\\", "/").split("/"):
-        return "contains `..`; outputs must stay inside the task's working directory"
-    return None
 
 
 def _inside(path: str, root: str) -> bool:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from dispatcher.config.hosts import make_host
+from dispatcher.core.globs import glob_problem
 from dispatcher.errors import ConfigError
 from dispatcher.transport.outputs import (
     describe,
     fetch_local,
-    glob_problem,
     outputs_root,
     task_outputs_dir,
 )
