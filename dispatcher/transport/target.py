@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dispatcher.errors import ConfigError
+from dispatcher.config.values import split_ssh_target
 
 
 @dataclass(frozen=True)
@@ -31,20 +31,10 @@ class SSHTarget:
 
 
 def parse_ssh_target(text: str) -> SSHTarget:
-    """Parse "host", "user@host", "host:port", "user@[v6]:port" (a bare IPv6 address is a host)."""
-    user, _, rest = text.strip().rpartition("@")
-    host, port = rest, ""
-    if rest.startswith("["):
-        host, _, after = rest[1:].partition("]")
-        host, port = (host, after[1:]) if after[:1] in ("", ":") else ("", "")
-    elif rest.count(":") == 1:
-        host, _, port = rest.partition(":")
-    bad_port = port and not (port.isdigit() and 0 < int(port) < 65536)
-    if not host or bad_port or any(c.isspace() for c in text.strip()):
-        raise ConfigError(
-            f"bad ssh target {text!r}: write host, user@host, host:port or user@[ipv6]:port"
-        )
-    return SSHTarget(host=host, user=user or None, port=int(port) if port else None)
+    """Parse "host", "user@host", "host:port", "user@[v6]:port" by hosts.toml's one rule
+    (``config.values.split_ssh_target``: nothing that could read as an ssh option)."""
+    user, host, port = split_ssh_target(text)
+    return SSHTarget(host=host, user=user, port=port)
 
 
 @dataclass(frozen=True)
