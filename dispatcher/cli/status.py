@@ -70,14 +70,6 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
     return Group(*parts), active
 
 
-def last_lines(store: Store, tasks: list[Task]) -> dict[int, str]:
-    """The last output line of each active task as the running dispatcher last fetched it."""
-    from dispatcher.dispatch.logs import read_last_lines
-
-    lines = read_last_lines(store.path)
-    return {t.id: lines[t.id] for t in tasks if t.id in lines}
-
-
 @app.command()
 def status(
     ctx: typer.Context,

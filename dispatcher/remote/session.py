@@ -155,10 +155,6 @@ class HostSession:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
-    def poke(self) -> None:
-        """Retry a down host now instead of after its backoff."""
-        self._wake.set()
-
     async def stop(self) -> None:
         """Close the helper and the connection; running tasks on the host keep running."""
         self._stopping = True
