@@ -97,7 +97,7 @@ def sweep_key(name: str | None, batch: int | None) -> str:
 
     ``max_running`` limits how many tasks of one group run at once; tasks added under one name
     (a sweep submitted again with more points, say) share one group. The store's SQL mirrors
-    this rule in ``store_txn.pending_candidates``.
+    this rule in ``store.txn.Txn.pending_candidates``.
     """
     return name if name is not None else f"batch {batch}"
 

@@ -1,6 +1,6 @@
 """User edits that change no task's state (``queue update``, ``queue rm``) and the selection of
 tasks by ids and states that every bulk operation starts with. Runs inside the caller's
-transaction, on its connection; state changes stay in ``store_txn``.
+transaction, on its connection; state changes stay in ``store.txn``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Moves: ``plan_move`` decides one state change without I/O, and ``Mover`` (the base of
-``store_txn.Txn``) writes them: ``move``, the only code that changes a task's state one task at a
+``store.txn.Txn``) writes them: ``move``, the only code that changes a task's state one task at a
 time, ``move_many``, its set-based form, and the deferred mode the dispatcher batches its own
 moves with. Every move passes ``check_transition`` and the same entry rules.
 """

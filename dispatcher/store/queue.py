@@ -12,8 +12,8 @@ retried with exponential backoff and jitter until the lock timeout (120 s; env
 LABTASKER_LOCK_TIMEOUT), then StoreLockedError. Guarantees: every committed
 write is durable and none is lost to a concurrent writer; a failed operation changes nothing.
 ``change_token`` lets a polling reader skip the file while nobody has written it. The SQL lives
-in ``store_txn`` (reads, user operations), ``store_move`` (``Txn.move``, the one function that
-changes a task's state), ``store_add`` (bulk adds) and ``store_schema`` (tables, migrations).
+in ``store.txn`` (reads, user operations), ``store.move`` (``Txn.move``, the one function that
+changes a task's state), ``store.add`` (bulk adds) and ``store.schema`` (tables, migrations).
 """
 
 from __future__ import annotations

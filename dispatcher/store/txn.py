@@ -1,7 +1,7 @@
 """``Txn``: reads and user operations inside one store transaction. Every state change, the
-bulk ones of cancel and retry included, goes through ``store_move`` (``Txn`` is a ``Mover``:
+bulk ones of cancel and retry included, goes through ``store.move`` (``Txn`` is a ``Mover``:
 ``move`` and its set-based form ``move_many``, both planned by ``plan_move``, the one definition
-of the entry rules); edits that change no state live in ``store_edit``.
+of the entry rules); edits that change no state live in ``store.edit``.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ class Txn(Mover):
         )
 
     def set_commands(self, commands: Mapping[int, str]) -> None:
-        """Store the commands the dispatcher rendered again at launch (see ``placing``)."""
+        """Store the commands the dispatcher rendered again at launch (see ``dispatch.placement``)."""
         if commands:
             self.con.execute(
                 "UPDATE tasks SET command = v.command FROM (SELECT unnest(?::BIGINT[]) AS id,"
