@@ -231,7 +231,7 @@ class Txn(Mover):
         )
 
     def set_commands(self, commands: Mapping[int, str]) -> None:
-        """Store the commands the dispatcher rendered again at launch (see ``dispatch.placement``)."""
+        """Store the commands rendered again at launch (see ``dispatch.placement``)."""
         if commands:
             self.con.execute(
                 "UPDATE tasks SET command = v.command FROM (SELECT unnest(?::BIGINT[]) AS id,"
