@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,10 +21,7 @@ from dispatcher.core.models import TaskState
 from dispatcher.errors import SweepError, UsageError
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from dispatcher.core.batch import TaskBatch
-    from dispatcher.core.models import Task
     from dispatcher.store.queue import Store
 
 queue_app = typer.Typer(
@@ -268,43 +265,14 @@ def ls(
 
         console = Console(highlight=False)
         if tasks:
+            from dispatcher.ui.views import ls_table
+
             console.print(ls_table(tasks))
         if total > len(tasks):
             console.print(
                 f"[dim]… {total - len(tasks):,} more not shown"
                 " (use --limit N, --state, or --json for all)[/]"
             )
-
-
-def ls_table(tasks: Sequence[Task]) -> Table:
-    """The ``queue ls`` table; name, priority, host:gpus and attempt appear only when needed."""
-    from rich.table import Table
-    from rich.text import Text
-
-    from dispatcher.ui.views import STATE_STYLE, compact_args, format_duration, placement, since
-
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    columns: list[tuple[str, Any]] = [("id", lambda t: str(t.id))]
-    if any(t.name for t in tasks):
-        columns.append(("name", lambda t: t.name or ""))
-    columns.append(("state", lambda t: Text(str(t.state), style=STATE_STYLE[t.state])))
-    if any(t.priority for t in tasks):
-        columns.append(("priority", lambda t: str(t.priority)))
-    columns.append(("args", lambda t: compact_args(t.args)))
-    if any(t.host for t in tasks):
-        columns.append(("host:gpus", placement))
-    if any(t.attempt for t in tasks):
-        columns.append(("attempt", lambda t: f"{t.attempt}/{t.max_attempts}" if t.attempt else ""))
-    columns.append(("age", lambda t: format_duration(since(t.created_at))))
-    for title, _ in columns:
-        if title == "args":  # the one column that may be long: cut it, never wrap rows
-            table.add_column(title, overflow="ellipsis", no_wrap=True, max_width=50)
-        else:
-            right = title in ("id", "priority", "attempt", "age")
-            table.add_column(title, justify="right" if right else "left", no_wrap=True)
-    for t in tasks:
-        table.add_row(*(cell(t) for _, cell in columns))
-    return table
 
 
 def _ls_json(store: Store, states: list[TaskState] | None, limit: int | None) -> None:

@@ -212,27 +212,7 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
             )
     fixed = _table(doc, "args", source)
     check_json(fixed, f"{source}: [args]")
-    axes: list[Axis] = []
-    for path, values in _flatten(_table(doc, "grid", source), ()):
-        where = f"{source}: grid.{'.'.join(path)}"
-        if not isinstance(values, list) or not values:
-            raise SweepError(f"{where}: expected a non-empty list of values")
-        check_json(values, where)
-        axes.append(((path,), tuple((v,) for v in values)))
-    zipped = list(_flatten(_table(doc, "zip", source), ()))
-    if zipped:
-        lengths = set()
-        for path, values in zipped:
-            where = f"{source}: zip.{'.'.join(path)}"
-            if not isinstance(values, list) or not values:
-                raise SweepError(f"{where}: expected a non-empty list of values")
-            check_json(values, where)
-            lengths.add(len(values))
-        if len(lengths) > 1:
-            sizes = ", ".join(f"{'.'.join(p)}={len(v)}" for p, v in zipped)
-            raise SweepError(f"{source}: [zip] lists must have equal lengths ({sizes})")
-        paths = tuple(p for p, _ in zipped)
-        axes.append((paths, tuple(zip(*(v for _, v in zipped), strict=True))))
+    axes = _file_axes(doc, source)
     randoms = random_axis(_table(doc, "random", source), f"{source}: random")
     if randoms is not None:
         axes.append(randoms)
@@ -262,6 +242,33 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
         max_running=_opt(doc, "max_running", int, source),
         outputs=None if outputs is None else tuple(outputs),
     )
+
+
+def _listed(values: Any, where: str) -> list[Any]:
+    """A sweep file's list of values for one key; SweepError unless it is one, non-empty."""
+    if not isinstance(values, list) or not values:
+        raise SweepError(f"{where}: expected a non-empty list of values")
+    check_json(values, where)
+    return values
+
+
+def _file_axes(doc: Mapping[str, Any], source: str) -> list[Axis]:
+    """The axes of a sweep file's [grid] (one per key) and [zip] (one for all its keys)."""
+    axes: list[Axis] = []
+    for path, values in _flatten(_table(doc, "grid", source), ()):
+        listed = _listed(values, f"{source}: grid.{'.'.join(path)}")
+        axes.append(((path,), tuple((v,) for v in listed)))
+    zipped = [
+        (path, _listed(values, f"{source}: zip.{'.'.join(path)}"))
+        for path, values in _flatten(_table(doc, "zip", source), ())
+    ]
+    if zipped:
+        if len({len(v) for _, v in zipped}) > 1:
+            sizes = ", ".join(f"{'.'.join(p)}={len(v)}" for p, v in zipped)
+            raise SweepError(f"{source}: [zip] lists must have equal lengths ({sizes})")
+        paths = tuple(p for p, _ in zipped)
+        axes.append((paths, tuple(zip(*(v for _, v in zipped), strict=True))))
+    return axes
 
 
 def _table(doc: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:

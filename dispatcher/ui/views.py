@@ -263,3 +263,29 @@ def hosts_table(rows: Sequence[HostCheck]) -> Table:
             cells.append(Text(r.error or "", style="red"))
         table.add_row(*cells)
     return table
+
+
+def ls_table(tasks: Sequence[Task]) -> Table:
+    """The ``queue ls`` table; name, priority, host:gpus and attempt appear only when needed."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    columns: list[tuple[str, Any]] = [("id", lambda t: str(t.id))]
+    if any(t.name for t in tasks):
+        columns.append(("name", lambda t: t.name or ""))
+    columns.append(("state", lambda t: Text(str(t.state), style=STATE_STYLE[t.state])))
+    if any(t.priority for t in tasks):
+        columns.append(("priority", lambda t: str(t.priority)))
+    columns.append(("args", lambda t: compact_args(t.args)))
+    if any(t.host for t in tasks):
+        columns.append(("host:gpus", placement))
+    if any(t.attempt for t in tasks):
+        columns.append(("attempt", lambda t: f"{t.attempt}/{t.max_attempts}" if t.attempt else ""))
+    columns.append(("age", lambda t: format_duration(since(t.created_at))))
+    for title, _ in columns:
+        if title == "args":  # the one column that may be long: cut it, never wrap rows
+            table.add_column(title, overflow="ellipsis", no_wrap=True, max_width=50)
+        else:
+            right = title in ("id", "priority", "attempt", "age")
+            table.add_column(title, justify="right" if right else "left", no_wrap=True)
+    for t in tasks:
+        table.add_row(*(cell(t) for _, cell in columns))
+    return table
