@@ -5,8 +5,12 @@ one short transaction, applies what hosts reported (launch replies, exits, probe
 edits made from other terminals (cancels, new tasks, priorities), plans placements with the pure
 scheduler, records them as ``launching`` and only then sends the launches. A launch whose reply is
 lost stays ``launching``; the next probe of its host finds the run or re-sends the same run id,
-which the helper creates atomically: a task is never started twice. Applying host reports and
-the calls to hosts live in ``dispatch/reports.py``, placement in ``dispatch/placement.py``.
+which the helper creates atomically: a task is never started twice.
+
+``Dispatcher`` owns its parts and calls them: ``Placement`` (placement.py), ``Reports``
+(reports.py: applying run reports), ``HostCalls`` (hostcalls.py: every call to a host) and
+``Jobs`` (jobs.py). What they share is one ``LoopState`` (state.py), passed to each. The loop
+itself owns the queue file's attachment, the change token and the tick's timing.
 """
 
 from __future__ import annotations
@@ -15,19 +19,22 @@ import asyncio
 import contextlib
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 from dispatcher.config.hosts import HostsConfig
 from dispatcher.config.paths import dispatch_lock
 from dispatcher.core.models import ACTIVE_STATES, Task, TaskState
+from dispatcher.dispatch.hostcalls import HostCalls
+from dispatcher.dispatch.jobs import Jobs
 from dispatcher.dispatch.logs import LogCollector
-from dispatcher.dispatch.placement import Placer
+from dispatcher.dispatch.placement import Placement
 from dispatcher.dispatch.recovery import SuspensionSync, crash_point
-from dispatcher.dispatch.reports import HostJobs, HostState
+from dispatcher.dispatch.reports import Reports
+from dispatcher.dispatch.state import DispatchOptions, HostState, LoopState, Reporter, Snapshot
 from dispatcher.remote.session import HostSession, fence_key, ssh_options
 from dispatcher.store.queue import Store, Tally, Txn
+
+__all__ = ["DispatchOptions", "Dispatcher", "Reporter", "Snapshot"]
 
 S = TaskState
 #: A tick that applied at least this many reports counts as busy (pending reasons wait).
@@ -45,38 +52,6 @@ RELEASE_IDLE = 0.3
 YIELD_MAX = 0.5
 
 
-@dataclass
-class DispatchOptions:
-    """Knobs of one ``labtasker dispatch`` run."""
-
-    forever: bool = False
-    accept_new_host_keys: bool = False
-    idle_tick: float = 2.0  # re-read the queue at least this often (seconds)
-    gpu_refresh: float = 5.0  # re-ask nvidia-smi this often while tasks wait for GPUs
-    coalesce: float = 0.005  # gather events this long before a tick
-    queue_poll: float = 0.05  # look this often for writes by other processes (a stat)
-    tail_interval: float = 2.0  # fetch running tasks' last output lines this often
-
-
-@dataclass
-class Snapshot:
-    """What the progress display shows."""
-
-    counts: dict[TaskState, int]
-    hosts: list[tuple[str, str]]
-    succeeded: int = 0
-    failed: int = 0
-    median_runtime: float | None = None  # of tasks that succeeded in this run (for the ETA)
-
-
-class Reporter(Protocol):
-    """Where the dispatcher tells the user what happens (a rich live view, or plain lines)."""
-
-    def log(self, message: str, *, style: str = "") -> None: ...
-
-    def update(self, snapshot: Snapshot) -> None: ...
-
-
 def _plus(
     base: dict[TaskState, int], delta: dict[TaskState, int], seen: dict[TaskState, int]
 ) -> dict[TaskState, int]:
@@ -84,7 +59,7 @@ def _plus(
     return {s: base.get(s, 0) + delta.get(s, 0) - seen.get(s, 0) for s in TaskState}
 
 
-class Dispatcher(Placer, HostJobs):
+class Dispatcher:
     """Runs the loop described in the module docstring."""
 
     def __init__(
@@ -99,37 +74,45 @@ class Dispatcher(Placer, HostJobs):
         self.config = config
         self.reporter = reporter
         self.options = options or DispatchOptions()
-        self.collector = LogCollector(logs_dir)
-        self.hosts: dict[str, HostState] = {}
-        self.active: dict[int, Task] = {}
-        self.counts: dict[TaskState, int] = {s: 0 for s in TaskState}
-        self.final: dict[int, TaskState] = {}
-        self.unplaceable: dict[int, str] = {}
-        self.last_lines: dict[int, str] = {}
-        self.runtimes: list[float] = []
-        self._last_tails = 0.0
-        self._reports: list[tuple[str, dict[str, Any]]] = []
-        self._wake = asyncio.Event()
-        self._jobs: set[asyncio.Task[Any]] = set()
-        self._kills_sent: dict[str, float] = {}
-        self._cleanups: dict[str, list[str]] = {}
-        self._resend: list[Task] = []
+        self.state = LoopState()
+        self.jobs = Jobs(reporter, self.state.wake)
+        self.placement = Placement(self.state, reporter)
+        collector = LogCollector(logs_dir)
+        self.reports = Reports(self.state, store, config, reporter, collector, self.jobs)
+        self.calls = HostCalls(
+            self.state, store, self.options, reporter, self.jobs, self.reports, self._attach_queue
+        )
+        self.suspensions = SuspensionSync()
         self._token: tuple[int, ...] | None = None
         # ``Txn.attachment`` of the last tick; none yet, and no attachment is numbered -1.
         self._attachment = (-1, 0)
         self._last_tick = 0.0
-        self._stop = False
-        self._placed_last = False
-        self._busy = False
         self._kept = False
-        self._queue_changed = True
-        self._reasons_at = 0.0
         self._synced_at = -1e9
-        self.suspensions = SuspensionSync()
         self._shown_at = -1e9
         self._tally: Tally | None = None  # the last one read
-        self._pending: list[Task] | None = None  # the pending rows read last (``_candidates``)
-        self._pending_all = False  # ... and they were all of them
+
+    # -- the shared state, as the CLI reads it ---------------------------------------------------
+
+    @property
+    def hosts(self) -> dict[str, HostState]:
+        return self.state.hosts
+
+    @property
+    def active(self) -> dict[int, Task]:
+        return self.state.active
+
+    @property
+    def counts(self) -> dict[TaskState, int]:
+        return self.state.counts
+
+    @property
+    def final(self) -> dict[int, TaskState]:
+        return self.state.final
+
+    @property
+    def unplaceable(self) -> dict[int, str]:
+        return self.state.unplaceable
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -140,8 +123,8 @@ class Dispatcher(Placer, HostJobs):
 
     def request_stop(self) -> None:
         """Stop launching and return soon; running tasks keep running on their hosts."""
-        self._stop = True
-        self._wake.set()
+        self.state.stop = True
+        self.state.wake.set()
 
     # -- main loop -------------------------------------------------------------------------------
 
@@ -152,7 +135,8 @@ class Dispatcher(Placer, HostJobs):
                 continue
             opts = ssh_options(spec, accept_new_host_keys=self.options.accept_new_host_keys)
             fence = fence_key(queue_id, spec.name)
-            session = HostSession(spec, opts, self._on_exit_event, self._on_host_change, fence)
+            on_exit, on_change = self.reports.on_exit_event, self.calls.on_host_change
+            session = HostSession(spec, opts, on_exit, on_change, fence)
             self.hosts[spec.name] = HostState(session, order)
         runners = [asyncio.ensure_future(h.session.run()) for h in self.hosts.values()]
         try:
@@ -160,8 +144,7 @@ class Dispatcher(Placer, HostJobs):
             self.reporter.update(self.snapshot())  # the last state, whenever the last one was
         finally:
             self.store.release()
-            for job in list(self._jobs):
-                job.cancel()
+            self.jobs.cancel()
             await asyncio.gather(*(h.session.stop() for h in self.hosts.values()))
             for r in runners:
                 r.cancel()
@@ -176,17 +159,17 @@ class Dispatcher(Placer, HostJobs):
             # load slows every slot's cycle (20 ms cost a fifth of the throughput).
             if self.options.coalesce:
                 await asyncio.sleep(self.options.coalesce)
-            self._wake.clear()
-            if self._stop:
+            self.state.wake.clear()
+            if self.state.stop:
                 return
             await self._round()
-            self._poll_tails(time.monotonic())
-            self._send_cancels()
+            self.calls.poll_tails(time.monotonic())
+            self.calls.send_cancels()
             if self._done():
                 # One last plan on the hosts' final state (a host may have come up unusable or
                 # gone down since the last one, without a report to wake a tick): its reasons
                 # are what `queue ls` shows after dispatch ends.
-                self._last_tick = 0.0
+                self.state.tick_now = True
                 await self._round()
                 if self._done():
                     return
@@ -206,7 +189,7 @@ class Dispatcher(Placer, HostJobs):
         while not self.store.try_attach():
             if time.monotonic() >= deadline:
                 raise self.store.locked_error()
-            self._poll_tails(time.monotonic())  # `status` must still see us alive
+            self.calls.poll_tails(time.monotonic())  # `status` must still see us alive
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
 
@@ -219,12 +202,12 @@ class Dispatcher(Placer, HostJobs):
             self.store.release()
         elif self.store.wanted():
             await self._let_in()
-        while not self._wake.is_set():
+        while not self.state.wake.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(left, self.options.queue_poll))
+                await asyncio.wait_for(self.state.wake.wait(), min(left, self.options.queue_poll))
             if self._kept and self.store.wanted():
                 await self._let_in()
             elif time.monotonic() - start >= RELEASE_IDLE:
@@ -242,7 +225,7 @@ class Dispatcher(Placer, HostJobs):
             await asyncio.sleep(0.01)
 
     def _done(self) -> bool:
-        if self.options.forever or self._jobs or self.active or self._reports:
+        if self.options.forever or self.jobs or self.active or self.reports.queued:
             return False
         if any(h.session.status == "connecting" for h in self.hosts.values()):
             return False
@@ -250,37 +233,38 @@ class Dispatcher(Placer, HostJobs):
             return False
         # Pending work that the last plan could not place, with nothing running that could free
         # capacity: report it (``unplaceable``) and stop rather than wait forever.
-        return not (self.counts[S.PENDING] and self._placed_last)
+        return not (self.counts[S.PENDING] and self.placement.placed_last)
 
     # -- the tick: one transaction ----------------------------------------------------------------
 
     def _tick_due(self) -> bool:
         """Whether a tick has work: reports, a queue written by others, pending tasks that fit.
 
-        Besides events, a tick is due when forced (``_last_tick`` reset) or, every idle_tick,
+        Besides events, a tick is due when forced (``tick_now``) or, every idle_tick,
         while time alone can change things: a host down (lost_after) or suspended. A quiet
         queue with every host up costs no transaction (idle CPU with 64 tasks running).
         """
         now = time.monotonic()
-        due = self._last_tick == 0.0 or (
+        due = self.state.tick_now or (
             now - self._last_tick >= self.options.idle_tick
             and any(not h.session.up or h.suspended for h in self.hosts.values())
         )
         token = self.store.change_token()
-        return bool(self._reports or token != self._token or due or self._needs_plan())
+        return bool(self.reports.queued or token != self._token or due or self._needs_plan())
 
     def _tick(self) -> None:
         """One round in one transaction (``_round`` decides it is due and attaches first)."""
         now = time.monotonic()
         token = self.store.change_token()
         self._last_tick = now
-        self._queue_changed = token != self._token
+        self.state.tick_now = False
+        self.state.queue_changed = token != self._token
         launches: list[Task] = []
         with self.store.transaction() as tx:
             # The same attachment, next transaction: nobody else wrote since our last tick.
             continuous = tx.attachment == (self._attachment[0], self._attachment[1] + 1)
-            reports, self._reports = self._reports, []
-            self._busy = len(reports) >= BUSY_REPORTS
+            reports = self.reports.take()
+            self.state.busy = len(reports) >= BUSY_REPORTS
             # Any round with reports is likely followed by another within milliseconds (the
             # launches it sends reply at once): keep the file for it. Idle polls release it.
             tx.keep = KEEP_ATTACHED if reports else 0.0
@@ -289,17 +273,9 @@ class Dispatcher(Placer, HostJobs):
             # and one INSERT, before the next read of this round or at commit.
             tx.defer_moves(self.active)
             for host, report in reports:
-                self._apply_report(tx, host, report)
-            self._expire_unreachable(tx, now)
-            # Resumes made from another terminal show up within a second; a suspended host is
-            # looked at every tick. Skipping it saves a statement on most busy ticks. While the
-            # attachment is continuous nobody else wrote: only our own suspensions are news.
-            if self.suspensions.unwritten(self.hosts) or (
-                not continuous
-                and (now - self._synced_at >= 1.0 or any(h.suspended for h in self.hosts.values()))
-            ):
-                self._synced_at = now
-                self.suspensions.sync(tx, self.hosts, self.reporter)
+                self.reports.apply(tx, host, report)
+            self.reports.expire_unreachable(tx, now)
+            self._sync_suspensions(tx, now, continuous=continuous)
             # Nobody else wrote since our last round and none of our moves re-entered pending:
             # the counts follow from our own moves, and the pending rows read then still hold.
             # Then placement reads only when its cached pending rows run short, and the round's
@@ -313,23 +289,38 @@ class Dispatcher(Placer, HostJobs):
                 base, seen = tally.counts, dict(tx.delta)
                 if not continuous:
                     self._merge_active(tx, tally)
-            self.counts = _plus(base, tx.delta, seen)
+            self.state.counts = _plus(base, tx.delta, seen)
             plain = not (tally.pending_after or tally.pending_throttled)
-            launches = self._place(tx, plain=plain, reuse=reuse)
-        self.counts = _plus(base, tx.delta, seen)
+            launches = self.placement.place(tx, plain=plain, reuse=reuse)
+        self.state.counts = _plus(base, tx.delta, seen)
         self._attachment = tx.attachment
         self._token = self.store.change_token()
         if launches:
             crash_point("placed")  # test hook: die between `launching` and the launch
-        self._send_launches(launches)
-        self._send_cleanups()
-        self._refresh_gpus(now)
+        self.calls.stop_runs(self.reports.take_strays())
+        self.calls.send_launches([*launches, *self.reports.take_resends()])
+        self.calls.send_cleanups(self.reports.take_cleanups())
+        self.calls.refresh_gpus(now)
         if now - self._shown_at >= SHOW_EVERY:  # a live view redraws 4 times a second
             self._shown_at = now
             self.reporter.update(self.snapshot())
 
+    def _sync_suspensions(self, tx: Txn, now: float, *, continuous: bool) -> None:
+        """Keep host suspensions and the queue file in step (``recovery.SuspensionSync``).
+
+        Resumes made from another terminal show up within a second; a suspended host is looked
+        at every tick. Skipping it saves a statement on most busy ticks. While the attachment is
+        continuous nobody else wrote: only our own suspensions are news.
+        """
+        if self.suspensions.unwritten(self.hosts) or (
+            not continuous
+            and (now - self._synced_at >= 1.0 or any(h.suspended for h in self.hosts.values()))
+        ):
+            self._synced_at = now
+            self.suspensions.sync(tx, self.hosts, self.reporter)
+
     def _merge_active(self, tx: Txn, tally: Tally) -> None:
-        """Bring ``self.active`` up to date after other transactions may have run.
+        """Bring ``active`` up to date after other transactions may have run.
 
         Only this dispatcher moves tasks into or out of launching/running (it holds the
         dispatch lock); other processes can only flag them with cancel_requested (``queue
@@ -340,7 +331,7 @@ class Dispatcher(Placer, HostJobs):
         for t in self.active.values():
             held[t.state] += 1
         if any(held[s] != tally.counts[s] for s in ACTIVE_STATES):
-            self.active = {t.id: t for t in tx.tasks(states=ACTIVE_STATES)}
+            self.state.active = {t.id: t for t in tx.tasks(states=ACTIVE_STATES)}
             return
         for i in tally.cancel_requested:
             task = self.active.get(i)
@@ -349,7 +340,7 @@ class Dispatcher(Placer, HostJobs):
 
     def _needs_plan(self) -> bool:
         return bool(self.counts[S.PENDING]) and any(
-            self._capacity(name).usable for name in self.hosts
+            self.placement.capacity(name).usable for name in self.hosts
         )
 
     def snapshot(self) -> Snapshot:
@@ -361,5 +352,6 @@ class Dispatcher(Placer, HostJobs):
             hosts.append((name, f"{desc}, {n} running" if hs.session.up else desc))
         ok = sum(1 for s in self.final.values() if s is S.SUCCEEDED)
         bad = sum(1 for s in self.final.values() if s in (S.FAILED, S.LOST))
-        runtime = statistics.median(self.runtimes) if self.runtimes else None
+        runtimes = self.state.runtimes
+        runtime = statistics.median(runtimes) if runtimes else None
         return Snapshot(dict(self.counts), hosts, ok, bad, runtime)

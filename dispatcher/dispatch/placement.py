@@ -1,30 +1,28 @@
 """Placement for the dispatcher: which pending tasks go where this round.
 
-``Placer`` is mixed into ``engine.Dispatcher``: it describes each host's capacity for the pure
-scheduler (``scheduler.plan``), reads the pending candidates (kept across rounds while no other
-process writes the queue), records the placements as ``launching`` moves and writes the reasons
-of the tasks that wait. A placed task's command is rendered again from its template first: one
-whose template is now refused fails ("unsafe template: ...") and is never launched.
+``Placement`` is a part the loop owns and calls once per tick: it describes each host's capacity
+for the pure scheduler (``scheduler.plan``), reads the pending candidates (kept across rounds
+while no other process writes the queue), records the placements as ``launching`` moves and
+writes the reasons of the tasks that wait. It owns the cached pending rows, when reasons were
+last rewritten and whether the last plan placed anything; it adds placed tasks to the shared
+``active`` and sets ``unplaceable``. A placed task's command is rendered again from its template
+first: one whose template is now refused fails ("unsafe template: ...") and is never launched.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING
 
 from dispatcher.core.models import Task, TaskState
-from dispatcher.core.scheduler import Candidate, HostCapacity, plan
+from dispatcher.core.scheduler import Candidate, HostCapacity, Plan, plan
 from dispatcher.dispatch.capacity import host_capacity
+from dispatcher.dispatch.state import Log, LoopState
 from dispatcher.errors import TemplateError
 from dispatcher.store.queue import Txn
 
-if TYPE_CHECKING:
-    from dispatcher.dispatch.loop import Reporter
-    from dispatcher.dispatch.reports import HostState
-
 S = TaskState
-#: Seconds between rewrites of pending reasons that are already set (see ``_place``).
+#: Seconds between rewrites of pending reasons that are already set (see ``place``).
 REASON_REFRESH = 1.0
 #: Plain pending candidates are read this many at a time and kept across continuous rounds.
 CANDIDATE_READ = 256
@@ -47,25 +45,20 @@ def new_run_id(task: Task) -> str:
     return f"t{task.id}-a{task.attempt + 1}-{uuid.uuid4().hex[:16]}"
 
 
-class Placer:
-    """The placement half of the dispatcher; see the module docstring."""
+class Placement:
+    """Which pending tasks go where; see the module docstring."""
 
-    hosts: dict[str, HostState]
-    active: dict[int, Task]
-    counts: dict[TaskState, int]
-    final: dict[int, TaskState]
-    reporter: Reporter
-    unplaceable: dict[int, str]
-    _stop: bool
-    _busy: bool
-    _queue_changed: bool
-    _placed_last: bool
-    _reasons_at: float
-    _pending: list[Task] | None
-    _pending_all: bool
+    def __init__(self, state: LoopState, reporter: Log) -> None:
+        self.state = state
+        self.reporter = reporter
+        self.placed_last = False  # the last plan placed a task
+        self._reasons_at = 0.0  # when pending reasons were last all rewritten
+        self._pending: list[Task] | None = None  # the pending rows read last (``_candidates``)
+        self._pending_all = False  # ... and they were all of them
 
-    def _capacity(self, name: str) -> HostCapacity:
-        hs = self.hosts[name]
+    def capacity(self, name: str) -> HostCapacity:
+        """Host ``name`` as the scheduler sees it: usable or why not, its GPUs and slots."""
+        hs = self.state.hosts[name]
         s = hs.session
         usable = s.up and hs.reconciled and hs.suspended is None
         if hs.suspended:
@@ -86,7 +79,7 @@ class Placer:
             usable=usable,
             unusable_reason=reason,
             inventory=inventory,
-            active=[t for t in self.active.values() if t.host == name],
+            active=[t for t in self.state.active.values() if t.host == name],
             recently_released=released,
         )
 
@@ -102,19 +95,23 @@ class Placer:
         self._pending_all = len(rows) < want
         return rows[:need]
 
-    def _place(self, tx: Txn, *, plain: bool = False, reuse: bool = False) -> list[Task]:
-        self._placed_last = False
-        if self._stop or not self.counts[S.PENDING]:
-            self.unplaceable = {}
+    def place(self, tx: Txn, *, plain: bool = False, reuse: bool = False) -> list[Task]:
+        """Plan this round's placements and record them as ``launching``; returns the tasks to
+        launch. ``plain``: no pending task has dependencies or throttles; ``reuse``: nobody else
+        wrote the queue since the last round (the cached pending rows still hold)."""
+        self.placed_last = False
+        state = self.state
+        if state.stop or not state.counts[S.PENDING]:
+            state.unplaceable = {}
             return []
-        caps = [self._capacity(name) for name in self.hosts]
+        caps = [self.capacity(name) for name in state.hosts]
         free = sum(
             len([g for g in c.gpus if g.held_by_task is None and g.foreign is None])
             + max(c.slots_total - c.slots_used, 0)
             for c in caps
             if c.usable
         )
-        if free == 0 and self.active and not self._queue_changed:
+        if free == 0 and state.active and not state.queue_changed:
             # Every slot is ours and taken, and no other process touched the queue since the
             # last plan (whose reasons are on record): nothing can be placed until one of ours
             # ends, and its exit wakes a tick. Skip the candidate query, which scans the
@@ -122,12 +119,24 @@ class Placer:
             return []
         candidates = self._candidates(tx, free * 2 + 64, plain=plain, reuse=reuse)
         running: dict[str, int] = {}  # active tasks per sweep, for max_running
-        for t in self.active.values():
+        for t in state.active.values():
             running[t.sweep] = running.get(t.sweep, 0) + 1
         wanted = [Candidate(t.id, t.priority, t.gpus, t.sweep, t.max_running) for t in candidates]
         result = plan(wanted, caps, running)
         by_id = {t.id: t for t in candidates}
         tx.hold(by_id)  # written with the round's other moves
+        launches = self._record(tx, result, by_id)
+        self._write_reasons(tx, result, by_id)
+        state.unplaceable = dict(result.impossible)
+        if not candidates and state.counts[S.PENDING]:
+            state.unplaceable = {0: "pending tasks wait for dependencies that will not succeed"}
+        elif not result.placements:
+            state.unplaceable = {**result.waiting, **result.impossible}
+        self.placed_last = bool(result.placements)
+        return launches
+
+    def _record(self, tx: Txn, result: Plan, by_id: dict[int, Task]) -> list[Task]:
+        """Move the placed tasks to ``launching`` (each with its command rendered again)."""
         launches, refused, commands = [], set(), {}
         for placement in result.placements:
             task = by_id[placement.task_id]
@@ -147,19 +156,22 @@ class Placer:
                 launches.append(moved)
         if commands:
             tx.set_commands(commands)
+        active = self.state.active
         for moved in launches:
-            self.active[moved.id] = moved
+            active[moved.id] = moved
         if (launches or refused) and self._pending is not None:
-            self._pending = [
-                t for t in self._pending if t.id not in self.active and t.id not in refused
-            ]
+            self._pending = [t for t in self._pending if t.id not in active and t.id not in refused]
+        return launches
+
+    def _write_reasons(self, tx: Txn, result: Plan, by_id: dict[int, Task]) -> None:
+        """Record why the candidates that were not placed wait (see below for how often)."""
         # Write only the reasons that differ from the rows just read, and while busy only once
         # a second (their "N tasks ahead" changes every tick, and the next tasks in line are
         # placed within a round or two) but at once for tasks that can never be placed:
         # reasons are for display, and a write per tick would cost more than the rest of it.
         now = time.monotonic()
         # Idle ticks write every change: the last plan before dispatch ends must be on record.
-        refresh = not self._busy or now - self._reasons_at >= REASON_REFRESH
+        refresh = not self.state.busy or now - self._reasons_at >= REASON_REFRESH
         reasons = {
             i: r
             for i, r in {**result.waiting, **result.impossible}.items()
@@ -172,17 +184,10 @@ class Placer:
                     t.replace(reason=reasons[t.id]) if t.id in reasons else t for t in self._pending
                 ]
             self._reasons_at = now if refresh else self._reasons_at
-        self.unplaceable = dict(result.impossible)
-        if not candidates and self.counts[S.PENDING]:
-            self.unplaceable = {0: "pending tasks wait for dependencies that will not succeed"}
-        elif not result.placements:
-            self.unplaceable = {**result.waiting, **result.impossible}
-        self._placed_last = bool(result.placements)
-        return launches
 
     def _refuse(self, tx: Txn, task: Task, why: str) -> None:
         """Fail a pending task whose command cannot be rendered safely; it is never launched."""
         reason = why if why.startswith("unsafe template") else f"template: {why}"
         if tx.move(task.id, S.FAILED, reason=reason) is not None:
-            self.final[task.id] = S.FAILED
+            self.state.final[task.id] = S.FAILED
             self.reporter.log(f"task {task.id} failed ({reason})", style="red")

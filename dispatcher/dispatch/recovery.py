@@ -1,4 +1,4 @@
-"""Recovery glue the engine calls: persisted host suspensions, and the crash test hook.
+"""Recovery glue the loop calls: persisted host suspensions, and the crash test hook.
 
 ``SuspensionSync`` mirrors the dispatcher's in-memory suspensions into the queue file (so
 ``status`` shows them and ``labtasker hosts resume`` can lift them from another terminal).
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from dispatcher.store.suspensions import resume_hosts, suspend_host, suspended_hosts
 from dispatcher.store.txn import Txn
 
 if TYPE_CHECKING:
-    from dispatcher.dispatch.reports import HostState
+    from dispatcher.dispatch.state import HostState, Log
 
 #: Test hook: "1" (or "placed") exits right after the transaction that marks tasks ``launching``
 #: commits, before any launch is sent; "sent" exits when the first launch reply arrives, before
@@ -32,10 +32,6 @@ def crash_point(stage: str) -> None:
         os._exit(CRASH_EXIT_CODE)
 
 
-class _Log(Protocol):
-    def log(self, message: str, *, style: str = "") -> None: ...
-
-
 class SuspensionSync:
     """Keeps ``HostState.suspended`` and the ``host_status`` table in step, once per tick."""
 
@@ -49,7 +45,7 @@ class SuspensionSync:
             hs.suspended and name not in self._written for name, hs in hosts.items()
         )
 
-    def sync(self, tx: Txn, hosts: Mapping[str, HostState], reporter: _Log) -> None:
+    def sync(self, tx: Txn, hosts: Mapping[str, HostState], reporter: Log) -> None:
         """Write new suspensions; apply resumes made elsewhere (``labtasker hosts resume``).
 
         The first call lifts every suspension of these hosts: a restart of dispatch brings

@@ -10,7 +10,8 @@ import pytest
 
 from dispatcher.config.hosts import HostsConfig
 from dispatcher.core.models import NewTask, TaskState
-from dispatcher.dispatch.loop import Dispatcher, Snapshot
+from dispatcher.dispatch.loop import Dispatcher
+from dispatcher.dispatch.state import Snapshot
 from dispatcher.store import queue as store_module
 from dispatcher.store.queue import Store
 

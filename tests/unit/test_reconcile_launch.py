@@ -3,15 +3,19 @@ for the helper; the real helper's side is tested in test_helper_local.py and ove
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from dispatcher.config.hosts import HostsConfig
 from dispatcher.core.models import Task, TaskState
+from dispatcher.dispatch.hostcalls import HostCalls
+from dispatcher.dispatch.jobs import Jobs
 from dispatcher.dispatch.logs import LogCollector, log_path
-from dispatcher.dispatch.reports import HostJobs, HostState
+from dispatcher.dispatch.reports import Reports
+from dispatcher.dispatch.state import DispatchOptions, HostState, LoopState
+from dispatcher.store.queue import Store
 
 
 class StubSession:
@@ -28,13 +32,22 @@ class StubSession:
         return self.reply
 
 
-class Jobs(HostJobs):
-    def __init__(self, session: StubSession, logs: Path) -> None:
-        self.hosts = {"h1": HostState(session, 0)}  # type: ignore[arg-type]
-        self.collector = LogCollector(logs)
-        self.active, self._reports, self._jobs = {}, [], set()
-        self._wake = asyncio.Event()
-        self.reporter = SimpleNamespace(log=lambda *a, **k: None)
+class Quiet:
+    def log(self, message: str, *, style: str = "") -> None:
+        pass
+
+
+async def never() -> None:
+    raise AssertionError("a launch does not wait for the queue file")
+
+
+def host_calls(session: StubSession, tmp_path: Path) -> tuple[HostCalls, Reports]:
+    state = LoopState(hosts={"h1": HostState(session, 0)})  # type: ignore[arg-type]
+    store = Store(tmp_path / "queue.duckdb")
+    config = HostsConfig(tmp_path / "hosts.toml", (), None)
+    jobs = Jobs(Quiet(), state.wake)
+    reports = Reports(state, store, config, Quiet(), LogCollector(tmp_path / "logs"), jobs)
+    return HostCalls(state, store, DispatchOptions(), Quiet(), jobs, reports, never), reports
 
 
 def task(i: int) -> Task:
@@ -49,13 +62,13 @@ async def test_one_request_for_the_round_and_a_report_per_run(tmp_path: Path) ->
                       "t2-a1-x": {"status": "error", "error": "spec.command is empty"},
                       "t3-a1-x": {"status": "exists", "run": done}}}  # fmt: skip
     session = StubSession(reply)
-    jobs = Jobs(session, tmp_path / "logs")
-    await jobs._launch("h1", [task(1), task(2), task(3), task(4)])
+    calls, reports = host_calls(session, tmp_path)
+    await calls._launch("h1", [task(1), task(2), task(3), task(4)])
     assert [op for op, _ in session.calls] == ["launches"]
     assert [r["run_id"] for r in session.calls[0][1]["runs"]] == [
         f"t{i}-a1-x" for i in (1, 2, 3, 4)
     ]
-    states = {r["run_id"]: (r["state"], r.get("error")) for _, r in jobs._reports}
+    states = {r["run_id"]: (r["state"], r.get("error")) for _, r in reports.take()}
     assert states == {
         "t1-a1-x": ("running", None),
         "t2-a1-x": ("launch_error", "h1: spec.command is empty"),

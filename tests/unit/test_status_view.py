@@ -13,7 +13,7 @@ from rich.console import Console, RenderableType
 from dispatcher.config.hosts import make_host
 from dispatcher.core.models import NewTask, Task, TaskState
 from dispatcher.dispatch.logs import gpu_views, read_status_file, write_last_lines
-from dispatcher.dispatch.loop import Snapshot
+from dispatcher.dispatch.state import Snapshot
 from dispatcher.remote.session import GpuInventory, HostSession
 from dispatcher.store.queue import Store
 from dispatcher.transport.transports import SSHOptions
