@@ -12,7 +12,7 @@ from dispatcher.config.hosts import HostsConfig
 from dispatcher.core.models import NewTask, TaskState
 from dispatcher.dispatch.loop import Dispatcher
 from dispatcher.dispatch.state import Snapshot
-from dispatcher.store import queue as store_module
+from dispatcher.store import file as store_module
 from dispatcher.store.queue import Store
 
 

@@ -41,7 +41,7 @@ from dispatcher.errors import (
     UsageError,
 )
 from dispatcher.store import add as store_add
-from dispatcher.store import queue as store_module
+from dispatcher.store import file as store_module
 from dispatcher.store.queue import Store, TaskBatch
 from dispatcher.store.schema import SCHEMA_VERSION
 
