@@ -40,13 +40,13 @@ S = TaskState
 #: A tick that applied at least this many reports counts as busy (pending reasons wait).
 BUSY_REPORTS = 8
 #: After a round with reports, keep the queue file attached for the next one, for at most this
-#: long at a stretch (``Txn.keep``):
+#: long at a stretch (``Txn.linger``):
 #: it saves ATTACH, schema check and DETACH (a checkpoint). A process that wants the file says so
 #: (``Store.wanted``) and gets it within a poll interval; others wait at most about this long.
-KEEP_ATTACHED = 2.0
+LINGER = 2.0
 #: The progress display gets a new snapshot at most this often.
 SHOW_EVERY = 0.25
-#: Release a kept queue file after this long without a tick.
+#: Release a lingering queue file after this long without a tick.
 RELEASE_IDLE = 0.3
 #: After letting a waiting process in, leave the file to it for at most this long.
 YIELD_MAX = 0.5
@@ -87,7 +87,7 @@ class Dispatcher:
         # ``Txn.attachment`` of the last tick; none yet, and no attachment is numbered -1.
         self._attachment = (-1, 0)
         self._last_tick = 0.0
-        self._kept = False
+        self._lingering = False
         self._synced_at = -1e9
         self._shown_at = -1e9
         self._tally: Tally | None = None  # the last one read
@@ -198,7 +198,7 @@ class Dispatcher:
         cannot wake us, so poll the file's change token, a stat), or after ``idle_tick``."""
         start = time.monotonic()
         deadline = start + self.options.idle_tick
-        if not self._kept:
+        if not self._lingering:
             self.store.release()
         elif self.store.wanted():
             await self._let_in()
@@ -208,17 +208,17 @@ class Dispatcher:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.state.wake.wait(), min(left, self.options.queue_poll))
-            if self._kept and self.store.wanted():
+            if self._lingering and self.store.wanted():
                 await self._let_in()
             elif time.monotonic() - start >= RELEASE_IDLE:
-                self._kept = False  # quiet now: let other processes in
+                self._lingering = False  # quiet now: let other processes in
                 self.store.release()
             if self.store.change_token() != self._token:
                 return
 
     async def _let_in(self) -> None:
-        """Release the kept queue file to a process waiting for it, and give it a moment."""
-        self._kept = False
+        """Release the lingering queue file to a process waiting for it, and give it a moment."""
+        self._lingering = False
         self.store.release()
         until = time.monotonic() + YIELD_MAX
         while self.store.wanted() and time.monotonic() < until:
@@ -267,8 +267,8 @@ class Dispatcher:
             self.state.busy = len(reports) >= BUSY_REPORTS
             # Any round with reports is likely followed by another within milliseconds (the
             # launches it sends reply at once): keep the file for it. Idle polls release it.
-            tx.keep = KEEP_ATTACHED if reports else 0.0
-            self._kept = bool(reports)
+            tx.linger = LINGER if reports else 0.0
+            self._lingering = bool(reports)
             # Our own rows: their moves are checked now and written together, in one UPDATE
             # and one INSERT, before the next read of this round or at commit.
             tx.defer_moves(self.active)

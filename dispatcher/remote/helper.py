@@ -697,7 +697,7 @@ class Keeper:
             self.note = -1
 
 
-def keep(helper: "Helper", cmd_fd: int, note_fd: int) -> None:
+def run_keeper(helper: "Helper", cmd_fd: int, note_fd: int) -> None:
     """Body of the forked keeper: serves until done and always ends the process."""
     try:
         Keeper(helper, cmd_fd, note_fd).serve()
@@ -853,7 +853,7 @@ class Spares:
                             remove_tree(path)  # one too many, or left mid-launch by a crash
         return self.names
 
-    def keep(self, run_dir: str) -> bool:
+    def recycle(self, run_dir: str) -> bool:
         """Move an ended run's dir here and reset it at once (its log and result are on the
         controller by now: a spare holds no disk); False (left in place) when there are enough."""
         names = self._list()
@@ -909,7 +909,7 @@ class Spares:
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 shutil.rmtree(stage, ignore_errors=True)
                 raise
-            if not self.keep(stage):  # launched meanwhile by another helper
+            if not self.recycle(stage):  # launched meanwhile by another helper
                 shutil.rmtree(stage, ignore_errors=True)
             return False
         return True
@@ -978,7 +978,7 @@ class Helper:
         self.keeper = 0  # pid of the keeper this helper forked (0: none yet, or it ended)
         self.keeper_start: Optional[int] = None
         self.keeper_cmd = self.keeper_note = -1  # the pipes to and from it
-        self.kept: Dict[str, None] = {}  # run ids given to the keeper, not yet reported ended
+        self.keeper_runs: Dict[str, None] = {}  # given to the keeper, not yet reported ended
         self.notebuf = b""
         self.zombies: List[int] = []  # keepers replaced before they were reaped
         self.adopted: Dict[str, None] = {}  # other live runs: polled every ADOPTED_POLL_S
@@ -1005,7 +1005,7 @@ class Helper:
             why = "its supervisor (pid %s) on %s ended without recording an exit" % (pid, self.host)
             full = disk_full(self.run_dir(run_id), self.host)
             return "lost", "%s; %s" % (why, full) if full else why
-        if run_id in self.kept and process_matches(self.keeper, self.keeper_start):
+        if run_id in self.keeper_runs and process_matches(self.keeper, self.keeper_start):
             return "starting", None
         with contextlib.suppress(OSError):
             if time.time() - os.stat(self.run_dir(run_id)).st_mtime < LOST_AFTER_S:
@@ -1140,7 +1140,7 @@ class Helper:
             shutil.rmtree(d, ignore_errors=True)  # nothing started: a retry may reuse the id
             msg = "cannot launch run %s in %s on %s: %s" % (run_id, d, self.host, error)
             raise BadRequest(msg) from None
-        self.kept[run_id] = None
+        self.keeper_runs[run_id] = None
         self.adopted.pop(run_id, None)
         return {"status": "started", "pid": self.keeper}
 
@@ -1155,7 +1155,7 @@ class Helper:
         try:
             pid = os.fork()
             if pid == 0:
-                keep(self, cmd_r, note_w)
+                run_keeper(self, cmd_r, note_w)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
             os.close(cmd_r)
@@ -1177,8 +1177,8 @@ class Helper:
         self.notebuf = lines.pop()
         for line in lines:
             run_id = line.decode("ascii", "replace")
-            if run_id in self.kept:
-                del self.kept[run_id]
+            if run_id in self.keeper_runs:
+                del self.keeper_runs[run_id]
                 self.send({"event": "exit", "run": self.report(run_id, [REPLY_INLINE_BUDGET])})
         if not data:
             self.keeper_gone()
@@ -1191,19 +1191,19 @@ class Helper:
         if self.keeper_cmd >= 0:
             os.close(self.keeper_cmd)
         self.keeper_cmd = self.keeper_note = -1
-        for run_id in list(self.kept):
+        for run_id in list(self.keeper_runs):
             rep = self.report(run_id, [REPLY_INLINE_BUDGET])
             if rep["state"] in _LIVE:
                 self.adopted[run_id] = None
             else:
                 self.send({"event": "exit", "run": rep})
-        self.kept.clear()
+        self.keeper_runs.clear()
 
     def op_probe(self, req: Dict[str, Any]) -> Dict[str, Any]:
         budget, reports = [REPLY_INLINE_BUDGET], {}
         for run_id in _run_ids(req.get("runs")):
             reports[run_id] = rep = self.report(run_id, budget)
-            if rep["state"] in _LIVE and run_id not in self.kept:
+            if rep["state"] in _LIVE and run_id not in self.keeper_runs:
                 self.adopted[run_id] = None
         return {"runs": reports}
 
@@ -1219,7 +1219,7 @@ class Helper:
         started = read_json(os.path.join(d, "started.json"))[0]
         info = started or read_json(os.path.join(d, "supervisor.json"))[0] or {}
         sups: List[Tuple[Any, Any, Any]] = []
-        if started is None and run_id in self.kept:
+        if started is None and run_id in self.keeper_runs:
             sups.append((self.keeper, self.keeper_start, signal.SIGUSR1))
         # A keeper looks for cancel.json on SIGUSR1; a run of an older helper has a supervisor
         # of its own, which cancels on SIGTERM.
@@ -1274,7 +1274,7 @@ class Helper:
             if state in _LIVE or (state == "lost" and self.orphan_group(run_id)):
                 refused.append(run_id)
             elif state != "absent":
-                if not self.spares.keep(d):
+                if not self.spares.recycle(d):
                     remove_tree(d)
                 self.adopted.pop(run_id, None)
                 removed += 1

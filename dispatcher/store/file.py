@@ -4,7 +4,7 @@ Several processes share one DuckDB file, and DuckDB lets only one process have i
 process keeps it open for long: each operation is one short transaction. A process holds one
 in-memory DuckDB instance; a transaction ATTACHes the file (which takes DuckDB's file lock), runs
 BEGIN ... COMMIT (ROLLBACK on error), then DETACHes it (checkpoint, lock released). A busy
-dispatcher may leave it attached between back-to-back transactions (``Txn.keep``), for a few
+dispatcher may leave it attached between back-to-back transactions (``Txn.linger``), for a few
 seconds at most, and ``release`` ends that at once. An ATTACH refused because another process
 holds the file creates ``<queue>.wanted`` (removed once that process is done with the file): a
 dispatcher keeping the file releases it when it sees that (``wanted``). The refused ATTACH is
@@ -53,8 +53,8 @@ _held = threading.local()
 
 
 @dataclass
-class _Kept:
-    """A queue file left attached after a commit (``Txn.keep``); used under its path lock."""
+class _Attachment:
+    """A queue file left attached after a commit (``Txn.linger``); used under its path lock."""
 
     pid: int
     con: duckdb.DuckDBPyConnection
@@ -65,7 +65,7 @@ class _Kept:
     wished: bool = False  # it waited for the file, so removes ``wanted_path`` when done
 
 
-_kept: dict[Path, _Kept] = {}
+_lingering: dict[Path, _Attachment] = {}
 
 
 def _connection() -> duckdb.DuckDBPyConnection:
@@ -127,14 +127,14 @@ class QueueFile:
             raise self._locked_error("another thread of this process")
         held.add(self.path)
         try:
-            kept = self._open()
-            keep = False
+            attached = self._open()
+            linger = False
             try:
-                kept.uses += 1
-                con = kept.con
+                attached.uses += 1
+                con = attached.con
                 con.execute("BEGIN")
                 txn = Txn(con, self.path)
-                txn.attachment = (kept.serial, kept.uses)
+                txn.attachment = (attached.serial, attached.uses)
                 try:
                     yield txn
                     txn.flush()
@@ -143,12 +143,12 @@ class QueueFile:
                         con.execute("ROLLBACK")
                     raise
                 con.execute("COMMIT")
-                keep = txn.keep > 0 and time.monotonic() - kept.since < txn.keep
+                linger = txn.linger > 0 and time.monotonic() - attached.since < txn.linger
             finally:
-                if keep:
-                    _kept[self.path] = kept
+                if linger:
+                    _lingering[self.path] = attached
                 else:
-                    self._close(kept, failing=sys.exc_info()[0] is not None)
+                    self._close(attached, failing=sys.exc_info()[0] is not None)
         except duckdb.Error as err:
             raise _store_error(self.path, err) from None
         finally:
@@ -156,30 +156,30 @@ class QueueFile:
             guard.release()
 
     def release(self) -> None:
-        """Detach the file if a transaction left it attached (``Txn.keep``), so that other
+        """Detach the file if a transaction left it attached (``Txn.linger``), so that other
         processes can open it; no-op otherwise."""
         with _instance_lock:
             guard = _path_locks.setdefault(self.path, threading.Lock())
-        if self.path not in _kept or self.path in getattr(_held, "paths", ()):
+        if self.path not in _lingering or self.path in getattr(_held, "paths", ()):
             return
         with guard:
-            kept = _kept.pop(self.path, None)
-            if kept is not None:
+            attached = _lingering.pop(self.path, None)
+            if attached is not None:
                 try:
-                    self._close(kept, failing=False)
+                    self._close(attached, failing=False)
                 except duckdb.Error as err:
                     raise _store_error(self.path, err) from None
 
-    def _open(self) -> _Kept:
+    def _open(self) -> _Attachment:
         """The attachment left by the previous transaction, else a new one (schema checked)."""
-        kept = _kept.pop(self.path, None)
-        if kept is not None and kept.pid == os.getpid():
-            return kept
-        kept = self._attach_new(wait=True)
-        assert kept is not None
-        return kept
+        attached = _lingering.pop(self.path, None)
+        if attached is not None and attached.pid == os.getpid():
+            return attached
+        attached = self._attach_new(wait=True)
+        assert attached is not None
+        return attached
 
-    def _attach_new(self, *, wait: bool) -> _Kept | None:
+    def _attach_new(self, *, wait: bool) -> _Attachment | None:
         """A new attachment (schema checked); None at once, unless ``wait``, while another
         process holds the file."""
         if not os.path.exists(self.path):
@@ -187,22 +187,22 @@ class QueueFile:
         con = _connection()
         serial = next(_aliases)
         alias = f"labtasker_q{serial}"
-        kept = _Kept(os.getpid(), con, alias, serial, time.monotonic())
+        attached = _Attachment(os.getpid(), con, alias, serial, time.monotonic())
         try:
             wished = self._attach(con, alias, wait=wait)
             if wished is None:
                 con.close()
                 return None
-            kept.wished = wished
+            attached.wished = wished
             con.execute(f"USE {alias}")
             schema.migrate(con, alias, self.path)
         except BaseException:
-            self._close(kept, failing=True)
+            self._close(attached, failing=True)
             raise
-        return kept
+        return attached
 
     def try_attach(self) -> bool:
-        """Attach the file now, if no other process holds it, and keep it for the next
+        """Attach the file now, if no other process holds it, and let it linger for the next
         transaction of this thread; False at once otherwise (another thread of this process
         counts as holding it). For the event loop of ``dispatch``, which must never sleep
         inside a transaction's lock wait: it retries with ``await asyncio.sleep`` instead, and
@@ -212,31 +212,31 @@ class QueueFile:
         if not guard.acquire(blocking=False):
             return False
         try:
-            if self.path in _kept:
+            if self.path in _lingering:
                 return True
             try:
-                kept = self._attach_new(wait=False)
+                attached = self._attach_new(wait=False)
             except duckdb.Error as err:
                 raise _store_error(self.path, err) from None
-            if kept is None:
+            if attached is None:
                 return False
-            _kept[self.path] = kept
+            _lingering[self.path] = attached
             return True
         finally:
             guard.release()
 
-    def _close(self, kept: _Kept, *, failing: bool) -> None:
+    def _close(self, attached: _Attachment, *, failing: bool) -> None:
         """DETACH (checkpoint, lock released); errors are raised unless already failing."""
-        con = kept.con
+        con = attached.con
         try:
             con.execute("USE memory")
-            con.execute(f"DETACH {kept.alias}")
+            con.execute(f"DETACH {attached.alias}")
         except duckdb.Error:
             if not failing:
                 raise
         finally:
             con.close()
-            if kept.wished:
+            if attached.wished:
                 with contextlib.suppress(OSError):
                     wanted_path(self.path).unlink()
 

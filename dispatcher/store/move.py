@@ -147,7 +147,7 @@ class Mover:
         self._held: dict[int, Task] = {}
         #: After a commit, leave the file attached for this process's next transaction while
         #: it has been attached for less than this many seconds (0: detach, the default).
-        self.keep = 0.0
+        self.linger = 0.0
         #: (which attachment of the file, which transaction on it): the same attachment with
         #: the next number means that no other transaction ran in between, here or elsewhere.
         self.attachment = (0, 0)

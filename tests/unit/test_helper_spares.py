@@ -99,10 +99,10 @@ def test_spares_are_capped_and_leftovers_of_a_crashed_launch_are_removed(tmp_pat
     left = [n for n in os.listdir(spare) if not n.endswith(".new")]
     assert len(left) == helper_module.SPARE_MAX - 1  # the cap, less the one published
     assert sorted(os.listdir(run)) == ["exit.reserve", "supervisor.json"]  # made where lacking
-    assert spares_.keep(str(run))
+    assert spares_.recycle(str(run))
     other = tmp_path / "runs" / "s"
     other.mkdir()
-    assert not spares_.keep(str(other)) and other.is_dir()  # full: left for removal
+    assert not spares_.recycle(str(other)) and other.is_dir()  # full: left for removal
 
 
 def test_publishing_onto_an_existing_run_fails_and_loses_no_spare(
@@ -118,7 +118,7 @@ def test_publishing_onto_an_existing_run_fails_and_loses_no_spare(
     ]  # never empty: rename() cannot replace it
     assert not spares_.publish(str(first), b"{}")
     done = tmp_path / "runs" / "done"
-    assert spares_.publish(str(done), b"{}") and spares_.keep(str(done))
+    assert spares_.publish(str(done), b"{}") and spares_.recycle(str(done))
     # Another helper made it between the look and the rename: rename() itself refuses.
     monkeypatch.setattr(os.path, "lexists", lambda path: False)
     assert not spares_.publish(str(first), b"{}")

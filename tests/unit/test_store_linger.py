@@ -47,11 +47,11 @@ def other_process_counts(path: Path) -> subprocess.CompletedProcess[str]:
 def test_keep_leaves_the_file_attached_until_release(store: Store) -> None:
     add(store, 2)
     with store.transaction() as tx:
-        tx.keep = 60.0
+        tx.linger = 60.0
         first = tx.attachment
     with store.transaction() as tx:
         second = tx.attachment
-        tx.keep = 60.0
+        tx.linger = 60.0
     assert second == (first[0], first[1] + 1)  # same attachment, next transaction
     locked = other_process_counts(store.path)
     assert locked.returncode != 0 and "locked" in locked.stderr
@@ -73,7 +73,7 @@ def test_without_keep_each_transaction_attaches_anew(store: Store) -> None:
 
 def test_keep_ends_once_held_that_long(store: Store) -> None:
     with store.transaction() as tx:
-        tx.keep = 1e-9  # already held longer than this at commit: detached
+        tx.linger = 1e-9  # already held longer than this at commit: detached
         first = tx.attachment
     with store.transaction() as tx:
         assert tx.attachment[0] != first[0]
@@ -81,9 +81,9 @@ def test_keep_ends_once_held_that_long(store: Store) -> None:
 
 def test_failed_transaction_detaches(store: Store) -> None:
     with store.transaction() as tx:
-        tx.keep = 60.0
+        tx.linger = 60.0
     with pytest.raises(RuntimeError), store.transaction() as tx:
-        tx.keep = 60.0
+        tx.linger = 60.0
         raise RuntimeError("boom")
     assert other_process_counts(store.path).returncode == 0
 
@@ -144,7 +144,7 @@ def test_a_process_waiting_for_a_kept_file_asks_for_it(tmp_path: Path) -> None:
     db = tmp_path / "q.duckdb"
     store = Store(db, lock_timeout=30)
     with store.transaction() as tx:
-        tx.keep = 60.0  # a busy dispatcher's attachment, kept after the commit
+        tx.linger = 60.0  # a busy dispatcher's attachment, kept after the commit
     assert not store.wanted()
     code = "from dispatcher.store.queue import Store; "
     code += f"print(Store({str(db)!r}, lock_timeout=30).counts())"
