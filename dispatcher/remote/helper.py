@@ -1,11 +1,16 @@
 """labtasker's helper: runs on a lab server, shipped and started by ``protocol.BOOTSTRAP``.
 
-Stdlib only, Python 3.8+, Linux (/proc), one file. It owns STATE_DIR/runs/<run_id>/
-(supervisor.json, started.json, exit.reserve, exit.json, output.log, result.json, cancel.json, and
-cmd.sh for a script too long for an argument; dirs 0700, files 0600), STATE_DIR/spare/ (ended run
-dirs that new runs reuse, see Spares) and STATE_DIR/fence/ (one generation per queue and host, see
-Fence), and answers one JSON request per stdin line with one JSON reply line
-on stdout.
+Stdlib only, Python 3.8+, Linux (/proc), one file, shipped and hash-checked as one. Its sections,
+in the order a request flows: the request loop (``main``, ``Helper``: one method per op); requests
+checked; launch (``Fence``: may this helper still launch; ``Spares``: the run dir published whole);
+the keeper (``Keeper``: starts every task, enforces timeouts and cancels, records exits); GPUs
+(``GpuQuery``); files and processes (the small tools every section uses).
+
+It owns STATE_DIR/runs/<run_id>/ (supervisor.json, started.json, exit.reserve, exit.json,
+output.log, result.json, cancel.json, and cmd.sh for a script too long for an argument; dirs 0700,
+files 0600), STATE_DIR/spare/ (ended run dirs that new runs reuse, see Spares) and STATE_DIR/fence/
+(one generation per queue and host, see Fence), and answers one JSON request per stdin line with
+one JSON reply line on stdout.
 Tasks run under the helper's *keeper*: one process forked at the first launch, in a session of its
 own, that starts every task, enforces timeouts and cancels and records exits (see Keeper). Tasks
 and keeper outlive the helper and its connection; a fork per task would cost more than the task.
@@ -185,783 +190,14 @@ class BadRequest(Exception):
     """A request the helper refuses; its text is the reply's error."""
 
 
-def utc_now() -> str:
-    """UTC time as ISO 8601 with a Z suffix."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+# ------------------------------------------------------------------------------------------------
+# The request loop: one JSON request per stdin line, one reply line each (ops in OPS order)
+# ------------------------------------------------------------------------------------------------
 
 
-def read_boot_id() -> str:
-    """This boot's id (Linux), or "" where the kernel does not expose one."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def proc_stat(pid: int) -> Optional[Tuple[str, int, int]]:
-    """(state, pgrp, start time) of a live or zombie process from /proc/PID/stat, or None."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            rest = f.read().rsplit(b")", 1)[1].split()
-        return rest[0].decode(), int(rest[2]), int(rest[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def process_matches(pid: Any, proc_start: Any) -> bool:
-    """True if pid runs, is not a zombie (pid 1 may never reap it) and started at proc_start."""
-    st = proc_stat(pid) if isinstance(pid, int) and pid > 1 else None
-    return st is not None and st[0] != "Z" and proc_start in (None, st[2])
-
-
-def group_alive(pgid: int) -> bool:
-    """True if a process that is not a zombie is in process group pgid."""
-    for name in os.listdir("/proc"):
-        st = proc_stat(int(name)) if name.isdigit() else None
-        if st is not None and st[1] == pgid and st[0] != "Z":
-            return True
-    return False
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def write_file(path: str, data: Any, sync: bool = False, tmp: Optional[str] = None) -> None:
-    """Write bytes, or an object as JSON, atomically (temp file + rename) with mode 0600.
-    ``tmp``: the temp file's name, when only this process writes ``path``: a run dir holds
-    one already (exit.reserve, started.json.tmp), so no inode is made and the reserve's
-    blocks take the data. The temp file is removed if anything fails."""
-    if not isinstance(data, bytes):
-        data = json.dumps(data, sort_keys=True).encode()
-    tmp = tmp or "%s.tmp%d" % (path, os.getpid())
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            write_all(fd, data)
-            os.ftruncate(fd, len(data))
-            if sync:
-                os.fsync(fd)  # the outcome must survive a crash right after the task
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def reserve(path: str) -> None:
-    """Make ``path`` (the file a run dir is published with) hold RESERVE_BYTES of disk
-    (allocated, or written where a file system cannot allocate); emptied if there is no room,
-    but kept: a run dir is never empty (see Spares)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        try:
-            os.posix_fallocate(fd, 0, RESERVE_BYTES)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            write_all(fd, bytes(RESERVE_BYTES))
-    except OSError:
-        os.ftruncate(fd, 0)
-        raise
-    finally:
-        os.close(fd)
-
-
-def remove_tree(path: str) -> None:
-    """Remove a run dir: its files, then itself (shutil.rmtree for anything deeper)."""
-    try:
-        for name in os.listdir(path):
-            os.unlink(os.path.join(path, name))
-        os.rmdir(path)
-    except OSError:  # a directory the task made in it, say
-        shutil.rmtree(path)
-
-
-def append_log(path: str, text: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            write_all(fd, text.encode())
-        finally:
-            os.close(fd)
-
-
-def read_json(path: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-    """(object, None), (None, None) when missing, or (None, why) when unreadable."""
-    try:
-        with open(path, "rb") as f:
-            obj = json.loads(f.read().decode("utf-8"))
-    except FileNotFoundError:
-        return None, None
-    except (OSError, ValueError) as exc:
-        return None, "%s is unreadable: %s" % (os.path.basename(path), exc)
-    if isinstance(obj, dict):
-        return obj, None
-    return None, "%s is not a JSON object" % os.path.basename(path)
-
-
-def file_size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
-def disk_full(path: str, host: str) -> Optional[str]:
-    """Why a run on a (nearly) full disk went wrong, or None when there is room at ``path``."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None
-    if st.f_bavail * st.f_frsize >= NEARLY_FULL:
-        return None
-    return (
-        "no space left on device (ENOSPC) in %s on %s: the task's output was cut short; "
-        "free space there or set state_dir to a larger disk" % (path, host)
-    )
-
-
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def expand_dir(path: Optional[str]) -> str:
-    """A workdir as the task sees it: "~" expanded, relative to the home dir (as ssh does)."""
-    home = os.path.expanduser("~")
-    return os.path.normpath(os.path.join(home, os.path.expanduser(path))) if path else home
-
-
-def build_script(command: str, setup: Optional[str]) -> str:
-    """cmd.sh: the setup line (exit 126 with a message when it fails), then the command."""
-    lines = ["set +e"]
-    if setup:
-        lines += [setup, "__labtasker_rc=$?", 'if [ "$__labtasker_rc" -ne 0 ]; then',
-                  "  printf 'labtasker: setup failed (exit %%s): %%s\\n' \"$__labtasker_rc\" %s"
-                  % shlex.quote(setup), "  exit 126", "fi"]  # fmt: skip
-    return "\n".join([*lines, command]) + "\n"
-
-
-def shell_argv(spec: Dict[str, Any]) -> List[Any]:
-    """bash (sh where there is none) -c the script of setup line and command."""
-    shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-    script = build_script(spec["command"], spec["setup"]).encode("utf-8", "surrogateescape")
-    return [shell, "-c", script, "labtasker"]
-
-
-def plain_words(command: str, setup: Optional[str], env: Dict[str, str]) -> Optional[List[str]]:
-    """The argv of a command that needs no shell (words only, as make checks), else None.
-
-    Such a command is executed directly: bash -c would exec it in the same way, after spending
-    about 2 ms of CPU starting up.
-    """
-    if setup or _SHELL_SYNTAX.search(command) or "BASH_ENV" in env:
-        return None
-    words = [w for w in re.split(r"[ \t]+", command) if w]  # bash's default IFS, no newline
-    if not words or "=" in words[0] or words[0] in _SHELL_WORDS:
-        return None
-    return words
-
-
-_FOUND: Dict[Tuple[str, Optional[str]], str] = {}
-
-
-def _which(name: str, path: Optional[str]) -> Optional[str]:
-    """shutil.which, remembering what it found (a program removed since fails at exec with
-    the same "command not found"); a miss is looked up again next time."""
-    key = (name, path)
-    if key not in _FOUND:
-        found = shutil.which(name, path=path)
-        if found is None or not os.path.isabs(found):  # relative PATH entries: not cached
-            return found
-        _FOUND[key] = found
-    return _FOUND[key]
-
-
-def spawn(argv: List[Any], env: Dict[str, str], workdir: str, log: int, umask: int) -> Any:
-    """Start argv in workdir, in a session of its own, stdin on /dev/null, stdout and stderr
-    to ``log``; return its pid, or a Popen (keep it: its pid is reaped by the caller).
-
-    os.posix_spawn runs no Python in the child (a third of subprocess's cost per task); the
-    program is looked up on the task's own PATH, as a shell would.
-    """
-    old = os.umask(umask)  # the task creates files as from the user's own shell
-    try:
-        os.chdir(workdir)
-        exe = argv[0] if "/" in str(argv[0]) else _which(argv[0], env.get("PATH"))
-        if exe is None:
-            raise FileNotFoundError(errno.ENOENT, "command not found", argv[0])
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                   (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2)]  # fmt: skip
-        with contextlib.suppress(TypeError, AttributeError):  # Python 3.8 without setsid
-            return os.posix_spawn(exe, argv, env, setsid=True, setsigmask=(),
-                                  setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-                                  file_actions=actions)  # fmt: skip
-        return subprocess.Popen(argv, executable=exe, env=env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                close_fds=True)  # fmt: skip
-    finally:
-        os.umask(old)
-        os.chdir("/")
-
-
-def decode_status(status: int) -> Tuple[int, Optional[str]]:
-    """waitpid status -> (exit code, signal name); signal N gives -N like Popen.returncode."""
-    if not os.WIFSIGNALED(status):
-        return os.WEXITSTATUS(status), None
-    num = os.WTERMSIG(status)
-    try:
-        return -num, signal.Signals(num).name
-    except ValueError:
-        return -num, "SIG%d" % num
-
-
-def _noop(signum: int, frame: Any) -> None:
-    """Installed so that the signal wakes select() through the wakeup fd."""
-
-
-def _wakeup_pipe() -> int:
-    rfd, wfd = os.pipe()
-    os.set_blocking(rfd, False)
-    os.set_blocking(wfd, False)
-    signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-    return rfd
-
-
-def _drain(fd: int) -> None:
-    with contextlib.suppress(BlockingIOError, InterruptedError):
-        while os.read(fd, 4096):
-            pass
-
-
-def signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(OSError):
-        os.killpg(pgid, sig)
-
-
-class KeptRun:
-    """One task under the keeper: its process, deadlines and what finish() records."""
-
-    def __init__(self, run_dir: str, spec: Dict[str, Any]) -> None:
-        self.run_dir, self.spec = run_dir, spec
-        self.pid = 0
-        self.proc: Optional["subprocess.Popen[bytes]"] = None  # only where posix_spawn is not
-        self.status: Optional[int] = None  # waitpid status once the task's leader ended
-        timeout = spec["timeout"]
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.kill_at: Optional[float] = None
-        self.killed = self.cancel_requested = self.cancelled = self.timed_out = False
-        self.notes: List[str] = []
-        self.started_at = utc_now()
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.run_dir, name)
-
-    def grace(self) -> float:
-        if self.cancelled:
-            info = read_json(self.path("cancel.json"))[0] or {}
-            if isinstance(info.get("grace"), (int, float)):
-                return max(0.0, float(info["grace"]))
-        return float(self.spec["kill_grace"])
-
-    def step(self, now: float) -> Optional[float]:
-        """Advance timeout/cancel handling: None when the run is over, else seconds to wait."""
-        pid = self.pid
-        if self.status is not None and (self.kill_at is None or self.killed or
-                                        not group_alive(pid)):  # fmt: skip
-            return None
-        if self.kill_at is None and (self.cancel_requested or (self.deadline or math.inf) <= now):
-            self.cancelled, self.timed_out = self.cancel_requested, not self.cancel_requested
-            signal_group(pid, signal.SIGTERM)
-            self.kill_at = now + self.grace()
-        if self.kill_at is not None and not self.killed and now >= self.kill_at:
-            signal_group(pid, signal.SIGKILL)
-            self.killed = True
-            return 0.0
-        waits = [self.deadline - now] if self.kill_at is None and self.deadline else [math.inf]
-        waits += [self.kill_at - now] if self.kill_at is not None and not self.killed else []
-        waits += [0.05] if self.status is not None else []  # the leader is gone, its group not
-        return max(0.0, min(waits))
-
-
-class Keeper:
-    """The forked process that starts and watches every task a helper launches.
-
-    It lives in its own session with stdio on /dev/null, so it and its tasks outlive the helper
-    and the SSH connection. It reads launch lines ({"run_id", "spec"}) from the helper's pipe,
-    starts each command in a session of its own, enforces timeouts and cancels (TERM the group,
-    KILL after the grace), writes exit.json, and tells the helper the run id on its note pipe.
-    SIGUSR1: look for cancel.json in its runs; SIGTERM: cancel all of them; SIGHUP and SIGINT
-    are ignored. It ends once the helper is gone and its last task is recorded.
-    """
-
-    def __init__(self, helper: "Helper", cmd_fd: int, note_fd: int) -> None:
-        self.runs_dir, self.boot_id, self.host = helper.runs, helper.boot_id, helper.host
-        self.umask, self.cmd, self.note = helper.umask, cmd_fd, note_fd
-        self.runs: Dict[int, KeptRun] = {}  # task pid -> run
-        self.inbuf, self.outbuf = b"", b""
-        self.flags: Dict[int, bool] = {}
-        self.me: Dict[str, Any] = {}
-        self.wake = -1
-
-    def on_signal(self, signum: int, frame: Any) -> None:
-        self.flags[signum] = True
-
-    def detach(self) -> None:
-        """Own session, stdio on /dev/null, no fds but its two pipes: the helper's pipes are
-        the SSH channel, and holding them would keep the session open after the helper exits."""
-        signal.set_wakeup_fd(-1)
-        for num in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(num, self.on_signal)
-        for num in (signal.SIGCHLD, signal.SIGHUP, signal.SIGINT):
-            signal.signal(num, _noop)  # handlers, not SIG_IGN: exec gives the task defaults
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
-            if fd > 2 and fd not in (self.cmd, self.note):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        os.set_blocking(self.note, False)
-        self.wake = _wakeup_pipe()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGUSR1})
-        st = proc_stat(os.getpid())
-        self.me = {"supervisor_pid": os.getpid(), "proc_start": st[2] if st else None}
-
-    def serve(self) -> None:
-        self.detach()
-        while True:
-            wait = self.service()
-            if self.cmd < 0 and not self.runs:
-                break  # the helper is gone and the last run is recorded: nothing is left to do
-            rd = [self.wake] + ([self.cmd] if self.cmd >= 0 else [])
-            wr = [self.note] if self.outbuf and self.note >= 0 else []
-            with contextlib.suppress(InterruptedError):
-                ready = select.select(rd, wr, [], wait)
-                if self.cmd in ready[0]:
-                    self.on_cmd()
-                if ready[1]:
-                    self.flush()
-            _drain(self.wake)
-        self.flush()
-
-    def on_cmd(self) -> None:
-        data = b""
-        with contextlib.suppress(OSError):
-            data = os.read(self.cmd, 65536)
-        if not data:  # the helper is gone: finish what runs, then leave
-            os.close(self.cmd)
-            self.cmd = -1
-        lines = (self.inbuf + data).split(b"\n")
-        self.inbuf = lines.pop()
-        for line in lines:
-            try:
-                req = json.loads(line.decode("utf-8"))
-                run_dir, spec = os.path.join(self.runs_dir, req["run_id"]), req["spec"]
-            except (ValueError, KeyError, TypeError):
-                continue
-            try:
-                self.start(run_dir, spec)
-            except Exception as exc:  # never a run left "starting" without an exit record
-                with contextlib.suppress(Exception):
-                    self.fail(KeptRun(run_dir, spec), "cannot start the task on %s: %s: %s" % (
-                        self.host, type(exc).__name__, exc))  # fmt: skip
-
-    def service(self) -> Optional[float]:
-        """Reap ended tasks, apply signals, step every run; the seconds until the next step."""
-        while self.runs:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            if pid in self.runs:
-                self.runs[pid].status = status
-        if self.flags.pop(signal.SIGUSR1, False):
-            for run in self.runs.values():
-                if os.path.exists(run.path("cancel.json")):
-                    run.cancel_requested = True
-        if self.flags.pop(signal.SIGTERM, False):
-            for run in self.runs.values():
-                run.cancel_requested = True
-        now, wait = time.monotonic(), math.inf
-        for pid, run in list(self.runs.items()):
-            left = run.step(now)
-            if left is None:
-                del self.runs[pid]
-                code, sig = decode_status(run.status or 0)
-                if run.proc is not None:
-                    run.proc.returncode = code  # reaped by us
-                self.finish(run, code, sig)
-            else:
-                wait = min(wait, left)
-        return None if wait == math.inf else wait
-
-    def start(self, run_dir: str, spec: Dict[str, Any]) -> None:
-        run = KeptRun(run_dir, spec)
-        with contextlib.suppress(OSError):  # no room even for this: finish() says the disk is full
-            reserve(run.path("exit.reserve"))
-        workdir = expand_dir(spec["workdir"])
-        try:
-            os.makedirs(workdir, 0o700, exist_ok=True)
-        except OSError as exc:
-            return self.fail(run, "cannot create workdir %s on %s: %s" % (workdir, self.host, exc))
-        if os.path.exists(run.path("cancel.json")):  # cancelled before it could start
-            run.cancelled = True
-            return self.finish(run, -signal.SIGTERM, "SIGTERM")
-        env = dict(os.environ, **spec["env"])
-        env.update(LABTASKER_RESULT=run.path("result.json"), LABTASKER_RUN_DIR=run_dir,
-                   LABTASKER_RUN_ID=os.path.basename(run_dir),
-                   LABTASKER_TASK_ID=str(spec["task_id"]))  # fmt: skip
-        words = plain_words(spec["command"], spec["setup"], env)
-        if words:
-            argv: List[Any] = words
-            env["PWD"] = workdir  # what the shell would have set
-        try:
-            if not words:
-                argv = shell_argv(spec)
-                if len(argv[2]) > SCRIPT_ARG_LIMIT:  # over one exec argument's limit
-                    write_file(run.path("cmd.sh"), argv[2])
-                    argv = [argv[0], run.path("cmd.sh")]
-            log = os.open(run.path("output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                try:
-                    got = spawn(argv, env, workdir, log, self.umask)
-                except OSError as exc:  # a script without #!: bash runs those itself
-                    if not (words and exc.errno == errno.ENOEXEC):
-                        raise
-                    words, argv = None, shell_argv(spec)
-                    got = spawn(argv, env, workdir, log, self.umask)
-            finally:
-                os.close(log)
-        except (OSError, ValueError) as exc:
-            if words and isinstance(exc, (FileNotFoundError, PermissionError)):
-                why = "%s: %s on %s" % (words[0], "command not found" if isinstance(
-                    exc, FileNotFoundError) else "permission denied", self.host)  # fmt: skip
-                return self.fail(run, why, 127 if isinstance(exc, FileNotFoundError) else 126)
-            why = "cannot start the task in %s on %s: %s" % (workdir, self.host, exc)
-            return self.fail(run, why)
-        run.proc = None if isinstance(got, int) else got
-        run.pid = pid = got if isinstance(got, int) else got.pid
-        task = proc_stat(pid)
-        started = dict(self.me, pid=pid, pgid=pid, started_at=run.started_at, keeper=True,
-                       boot_id=self.boot_id, hostname=self.host,
-                       task_start=task[2] if task else None)  # fmt: skip
-        try:
-            write_file(run.path("started.json"), started, tmp=run.path("started.json.tmp"))
-        except OSError as exc:  # e.g. disk full: the task still runs; exit.json will say so
-            run.notes.append("could not write started.json: %s" % exc)
-        self.runs[pid] = run
-
-    def fail(self, run: KeptRun, error: str, code: int = 127) -> None:
-        append_log(run.path("output.log"), "labtasker: %s\n" % error)
-        run.notes.insert(0, error)
-        self.finish(run, code, None)
-
-    def finish(self, run: KeptRun, code: int, sig: Optional[str]) -> None:
-        full = disk_full(run.run_dir, self.host) if code != 0 and not run.cancelled else None
-        if full:
-            run.notes.append("%s (the task ended with %s)" % (full, sig or "exit %d" % code))
-        info = {"exit_code": code, "signal": sig, "timed_out": run.timed_out,
-                "cancelled": run.cancelled, "started_at": run.started_at,
-                "finished_at": utc_now(), "error": "; ".join(run.notes) or None}  # fmt: skip
-        try:  # into the reserve's blocks, then renamed: there is room even on a full disk
-            write_file(run.path("exit.json"), info, sync=True, tmp=run.path("exit.reserve"))
-        except OSError:  # the reserve is gone now: its room may be enough for a new file
-            with contextlib.suppress(OSError):
-                write_file(run.path("exit.json"), info, sync=True)
-        if self.note >= 0:
-            self.outbuf += os.path.basename(run.run_dir).encode() + b"\n"
-            self.flush()
-
-    def flush(self) -> None:
-        """Send queued run ids to the helper without blocking; drop them once it is gone."""
-        try:
-            while self.outbuf:
-                self.outbuf = self.outbuf[os.write(self.note, self.outbuf) :]
-        except BlockingIOError:
-            pass
-        except OSError:
-            self.outbuf = b""
-            os.close(self.note)
-            self.note = -1
-
-
-def run_keeper(helper: "Helper", cmd_fd: int, note_fd: int) -> None:
-    """Body of the forked keeper: serves until done and always ends the process."""
-    try:
-        Keeper(helper, cmd_fd, note_fd).serve()
-    finally:
-        os._exit(0)
-
-
-def _smi_value(text: str) -> Any:
-    """An nvidia-smi value as int/float; None for [N/A], [Not Supported] and the like."""
-    for kind in (int, float):
-        with contextlib.suppress(ValueError):
-            return kind(text.strip())
-    return None
-
-
-def parse_gpus(text: str) -> Tuple[List[Dict[str, Any]], Optional[str]]:
-    """Rows of --query-gpu output; a name may hold commas, so it is what lies between."""
-    gpus, bad = [], None
-    for line in filter(str.strip, text.splitlines()):
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) < 6 or _smi_value(parts[0]) is None:
-            bad = bad or "nvidia-smi output not understood: %s" % line.strip()[:200]
-            continue
-        gpus.append({"index": _smi_value(parts[0]), "uuid": parts[1],
-                     "name": ", ".join(parts[2:-3]), "memory_used_mib": _smi_value(parts[-3]),
-                     "memory_total_mib": _smi_value(parts[-2]),
-                     "utilization": _smi_value(parts[-1])})  # fmt: skip
-    return gpus, bad
-
-
-def pid_user(pid: int) -> str:
-    """The owner of pid (from /proc/PID/status), or "?"."""
-    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("Uid:"):
-                return user_name(int(line.split()[1]))
-    return "?"
-
-
-def parse_apps(text: str) -> List[Dict[str, Any]]:
-    """Rows of --query-compute-apps output, each with the owner of its pid."""
-    procs = []
-    for line in text.splitlines():
-        parts = [p.strip() for p in line.split(",", 3)]
-        pid = _smi_value(parts[1]) if len(parts) == 4 else None
-        if isinstance(pid, int):  # skips blanks and "No running processes found"
-            procs.append({"gpu_uuid": parts[0], "pid": pid, "user": pid_user(pid),
-                          "used_memory_mib": _smi_value(parts[2]), "name": parts[3]})  # fmt: skip
-    return procs
-
-
-class GpuQuery:
-    """One `gpus` request in flight: both nvidia-smi outputs are read by the helper's selector."""
-
-    def __init__(self, req_id: Any, exe: str) -> None:
-        self.req_id = req_id
-        self.deadline = time.monotonic() + GPU_QUERY_TIMEOUT
-        self.procs: List[subprocess.Popen[bytes]] = []
-        for query in _QUERIES:
-            argv = [exe, query, "--format=csv,noheader,nounits"]
-            pipe, out = subprocess.PIPE, subprocess.STDOUT
-            self.procs.append(
-                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=out)
-            )
-        self.out = [bytearray(), bytearray()]
-        self.open = {p.stdout.fileno(): i for i, p in enumerate(self.procs) if p.stdout}
-
-    def feed(self, fd: int) -> bool:
-        """Read what fd has; False at EOF."""
-        data = os.read(fd, 65536)
-        if len(self.out[self.open[fd]]) < READ_LIMIT:
-            self.out[self.open[fd]] += data
-        return bool(data)
-
-    def done(self) -> bool:
-        return not self.open and all(p.poll() is not None for p in self.procs)
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.stdout:
-                p.stdout.close()
-            if p.poll() is None:
-                p.kill()  # a hung driver can make it unkillable: never wait for it here
-
-    def result(self) -> Dict[str, Any]:
-        reply: Dict[str, Any] = {"gpus": [], "processes": [], "error": None}
-        texts = [bytes(b).decode("utf-8", "replace") for b in self.out]
-        if "No devices were found" in texts[0]:
-            return reply  # a host without GPUs is not an error
-        for i, proc in enumerate(self.procs):
-            if proc.returncode != 0:
-                first = [x.strip() for x in texts[i].splitlines() if x.strip()]
-                why = first[0] if first else "exit %s" % proc.returncode
-                reply["error"] = reply["error"] or "nvidia-smi failed: %s" % why
-            elif i == 0:
-                reply["gpus"], bad = parse_gpus(texts[0])
-                reply["error"] = reply["error"] or bad
-            else:
-                reply["processes"] = parse_apps(texts[1])
-        return reply
-
-
-def reset_run_dir(path: str) -> None:
-    """Turn an ended run's dir into one a new run can be published with (see Spares)."""
-    names = os.listdir(path)
-    for name in names:
-        file = os.path.join(path, name)
-        if name in _SPARE_RESET:
-            os.rename(file, os.path.join(path, _SPARE_RESET[name]))
-        elif name not in _SPARE_RESET.values() and name != SUPERVISOR:
-            # output.log too: a process the task left behind may still write to it.
-            os.unlink(file)  # a directory raises: that spare is not reused
-    if "exit.json" not in names and "exit.reserve" not in names:  # a new dir, most often
-        os.close(os.open(os.path.join(path, "exit.reserve"), os.O_WRONLY | os.O_CREAT, 0o600))
-    os.utime(path)  # a run dir's age tells "starting" from "lost" until started.json exists
-
-
-class Spares:
-    """STATE_DIR/spare: ended run dirs that new runs reuse, so a run makes no new inodes.
-
-    A run dir is published whole by one rename() and always holds exit.reserve, so it is never
-    empty and a rename() onto it fails: claiming a run id stays atomic, as mkdir() was. A spare
-    is reset when kept, then renamed to a name of this helper's own (helpers may share a state
-    dir) and checked again before it is published.
-    """
-
-    def __init__(self, state_dir: str, host: str) -> None:
-        self.dir = os.path.join(state_dir, "spare")
-        self.names: Optional[List[str]] = None  # None: spare/ not listed yet
-        self.tag = "%s-%d-" % (re.sub(r"[^A-Za-z0-9._-]", "_", host), os.getpid())
-        self.made = 0
-
-    def _name(self) -> str:
-        self.made += 1
-        return os.path.join(self.dir, "%s%d" % (self.tag, self.made))
-
-    def _list(self) -> List[str]:
-        """Spares on disk, listed once; more than SPARE_MAX, and ".new" ones claimed over 60 s
-        ago (by a helper that died publishing them), removed. The cap holds for each helper's
-        own list: helpers sharing the state dir may keep more, until the next one lists it."""
-        if self.names is None:
-            self.names = []
-            with contextlib.suppress(OSError):
-                os.makedirs(self.dir, 0o700, exist_ok=True)
-                now = time.time()
-                for name in os.listdir(self.dir):
-                    path = os.path.join(self.dir, name)
-                    staged = re.search(r"\.(\d+)\.new$", name)  # claimed at that time
-                    with contextlib.suppress(OSError):
-                        if not staged and len(self.names) < SPARE_MAX:
-                            self.names.append(name)
-                        elif not staged or now - int(staged.group(1)) > 60:
-                            remove_tree(path)  # one too many, or left mid-launch by a crash
-        return self.names
-
-    def recycle(self, run_dir: str) -> bool:
-        """Move an ended run's dir here and reset it at once (its log and result are on the
-        controller by now: a spare holds no disk); False (left in place) when there are enough."""
-        names = self._list()
-        if len(names) >= SPARE_MAX:
-            return False
-        path = self._name()
-        try:
-            os.rename(run_dir, path)
-        except OSError:
-            return False
-        try:
-            reset_run_dir(path)
-        except OSError:
-            shutil.rmtree(path, ignore_errors=True)  # a directory the task made in it, say
-            return True
-        names.append(os.path.basename(path))
-        return True
-
-    def publish(self, run_dir: str, supervisor: bytes) -> bool:
-        """Make ``run_dir`` from a spare (or a new dir) holding exit.reserve and ``supervisor``
-        (SUPERVISOR: who will start the run); False if it exists."""
-        if os.path.lexists(run_dir):
-            return False
-        names, stage = self._list(), "%s.%d.new" % (self._name(), time.time())
-        while names:
-            try:
-                os.rename(os.path.join(self.dir, names.pop()), stage)  # now ours alone
-            except OSError:
-                continue  # taken by another helper
-            try:
-                reset_run_dir(stage)
-                break
-            except OSError:
-                shutil.rmtree(stage, ignore_errors=True)
-        else:
-            os.makedirs(self.dir, 0o700, exist_ok=True)
-            os.mkdir(stage, 0o700)
-            try:
-                reset_run_dir(stage)
-            except OSError:
-                shutil.rmtree(stage, ignore_errors=True)
-                raise
-        try:
-            # Written in place: the stage is ours alone until the rename publishes it whole.
-            fd = os.open(os.path.join(stage, SUPERVISOR), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                         0o600)  # fmt: skip
-            try:
-                write_all(fd, supervisor)
-            finally:
-                os.close(fd)
-            os.rename(stage, run_dir)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                shutil.rmtree(stage, ignore_errors=True)
-                raise
-            if not self.recycle(stage):  # launched meanwhile by another helper
-                shutil.rmtree(stage, ignore_errors=True)
-            return False
-        return True
-
-
-class Superseded(BadRequest):
-    """A newer helper of the same queue and host started: this one starts nothing any more."""
-
-
-class Fence:
-    """STATE_DIR/fence/<key>: the generation of the newest helper of one queue on one host.
-
-    A helper started with a fence key (dispatch passes one: its queue and this host's name) takes
-    the next generation under an exclusive lock. Every launch checks, under a shared lock held
-    until its run dir is published, that the generation is still its own. So once a newer helper
-    of that queue has started, an older one (a stalled session whose bytes arrive late, after a
-    new controller probed and relaunched its runs) starts nothing, however late its request
-    comes; and a run published by the old one before that is there for the new one to see.
-    """
-
-    def __init__(self, state_dir: str, key: str) -> None:
-        folder = os.path.join(state_dir, "fence")
-        os.makedirs(folder, 0o700, exist_ok=True)
-        self.fd = os.open(os.path.join(folder, key), os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        try:
-            self.generation = self.current() + 1
-            data = b"%d\n" % self.generation
-            os.pwrite(self.fd, data, 0)
-            os.ftruncate(self.fd, len(data))
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-
-    def current(self) -> int:
-        try:
-            return int(os.pread(self.fd, 64, 0).split()[0])
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    @contextlib.contextmanager
-    def held(self, host: str) -> Any:
-        """The shared lock, while this helper is still the newest; else Superseded."""
-        fcntl.flock(self.fd, fcntl.LOCK_SH)
-        try:
-            now = self.current()
-            if now != self.generation:
-                raise Superseded(
-                    "superseded on %s: a newer helper (generation %d) serves this queue; this one "
-                    "(generation %d) starts nothing" % (host, now, self.generation))  # fmt: skip
-            yield
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+def main(state_dir: str, fence_key: Optional[str] = None) -> None:
+    """Entry point used by the bootstrap (and by ``python3 helper.py STATE_DIR [FENCE_KEY]``)."""
+    Helper(state_dir, fence_key or None).serve()
 
 
 class Helper:
@@ -1440,6 +676,11 @@ class Helper:
             self.drop(query)
 
 
+# ------------------------------------------------------------------------------------------------
+# Requests checked before anything is done
+# ------------------------------------------------------------------------------------------------
+
+
 def _run_id(value: Any) -> str:
     if not isinstance(value, str) or not _RUN_ID.fullmatch(value) or value in (".", ".."):
         raise BadRequest("bad run_id %r: use 1-128 of A-Z a-z 0-9 . _ -" % (value,))
@@ -1487,9 +728,803 @@ def _spec(spec: Any) -> Dict[str, Any]:
             "kill_grace": grace}  # fmt: skip
 
 
-def main(state_dir: str, fence_key: Optional[str] = None) -> None:
-    """Entry point used by the bootstrap (and by ``python3 helper.py STATE_DIR [FENCE_KEY]``)."""
-    Helper(state_dir, fence_key or None).serve()
+# ------------------------------------------------------------------------------------------------
+# Launch: who may still launch (Fence), and the run dir published whole (Spares)
+# ------------------------------------------------------------------------------------------------
+
+
+class Superseded(BadRequest):
+    """A newer helper of the same queue and host started: this one starts nothing any more."""
+
+
+class Fence:
+    """STATE_DIR/fence/<key>: the generation of the newest helper of one queue on one host.
+
+    A helper started with a fence key (dispatch passes one: its queue and this host's name) takes
+    the next generation under an exclusive lock. Every launch checks, under a shared lock held
+    until its run dir is published, that the generation is still its own. So once a newer helper
+    of that queue has started, an older one (a stalled session whose bytes arrive late, after a
+    new controller probed and relaunched its runs) starts nothing, however late its request
+    comes; and a run published by the old one before that is there for the new one to see.
+    """
+
+    def __init__(self, state_dir: str, key: str) -> None:
+        folder = os.path.join(state_dir, "fence")
+        os.makedirs(folder, 0o700, exist_ok=True)
+        self.fd = os.open(os.path.join(folder, key), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            self.generation = self.current() + 1
+            data = b"%d\n" % self.generation
+            os.pwrite(self.fd, data, 0)
+            os.ftruncate(self.fd, len(data))
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def current(self) -> int:
+        try:
+            return int(os.pread(self.fd, 64, 0).split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    @contextlib.contextmanager
+    def held(self, host: str) -> Any:
+        """The shared lock, while this helper is still the newest; else Superseded."""
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+        try:
+            now = self.current()
+            if now != self.generation:
+                raise Superseded(
+                    "superseded on %s: a newer helper (generation %d) serves this queue; this one "
+                    "(generation %d) starts nothing" % (host, now, self.generation))  # fmt: skip
+            yield
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+def reset_run_dir(path: str) -> None:
+    """Turn an ended run's dir into one a new run can be published with (see Spares)."""
+    names = os.listdir(path)
+    for name in names:
+        file = os.path.join(path, name)
+        if name in _SPARE_RESET:
+            os.rename(file, os.path.join(path, _SPARE_RESET[name]))
+        elif name not in _SPARE_RESET.values() and name != SUPERVISOR:
+            # output.log too: a process the task left behind may still write to it.
+            os.unlink(file)  # a directory raises: that spare is not reused
+    if "exit.json" not in names and "exit.reserve" not in names:  # a new dir, most often
+        os.close(os.open(os.path.join(path, "exit.reserve"), os.O_WRONLY | os.O_CREAT, 0o600))
+    os.utime(path)  # a run dir's age tells "starting" from "lost" until started.json exists
+
+
+class Spares:
+    """STATE_DIR/spare: ended run dirs that new runs reuse, so a run makes no new inodes.
+
+    A run dir is published whole by one rename() and always holds exit.reserve, so it is never
+    empty and a rename() onto it fails: claiming a run id stays atomic, as mkdir() was. A spare
+    is reset when kept, then renamed to a name of this helper's own (helpers may share a state
+    dir) and checked again before it is published.
+    """
+
+    def __init__(self, state_dir: str, host: str) -> None:
+        self.dir = os.path.join(state_dir, "spare")
+        self.names: Optional[List[str]] = None  # None: spare/ not listed yet
+        self.tag = "%s-%d-" % (re.sub(r"[^A-Za-z0-9._-]", "_", host), os.getpid())
+        self.made = 0
+
+    def _name(self) -> str:
+        self.made += 1
+        return os.path.join(self.dir, "%s%d" % (self.tag, self.made))
+
+    def _list(self) -> List[str]:
+        """Spares on disk, listed once; more than SPARE_MAX, and ".new" ones claimed over 60 s
+        ago (by a helper that died publishing them), removed. The cap holds for each helper's
+        own list: helpers sharing the state dir may keep more, until the next one lists it."""
+        if self.names is None:
+            self.names = []
+            with contextlib.suppress(OSError):
+                os.makedirs(self.dir, 0o700, exist_ok=True)
+                now = time.time()
+                for name in os.listdir(self.dir):
+                    path = os.path.join(self.dir, name)
+                    staged = re.search(r"\.(\d+)\.new$", name)  # claimed at that time
+                    with contextlib.suppress(OSError):
+                        if not staged and len(self.names) < SPARE_MAX:
+                            self.names.append(name)
+                        elif not staged or now - int(staged.group(1)) > 60:
+                            remove_tree(path)  # one too many, or left mid-launch by a crash
+        return self.names
+
+    def recycle(self, run_dir: str) -> bool:
+        """Move an ended run's dir here and reset it at once (its log and result are on the
+        controller by now: a spare holds no disk); False (left in place) when there are enough."""
+        names = self._list()
+        if len(names) >= SPARE_MAX:
+            return False
+        path = self._name()
+        try:
+            os.rename(run_dir, path)
+        except OSError:
+            return False
+        try:
+            reset_run_dir(path)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)  # a directory the task made in it, say
+            return True
+        names.append(os.path.basename(path))
+        return True
+
+    def publish(self, run_dir: str, supervisor: bytes) -> bool:
+        """Make ``run_dir`` from a spare (or a new dir) holding exit.reserve and ``supervisor``
+        (SUPERVISOR: who will start the run); False if it exists."""
+        if os.path.lexists(run_dir):
+            return False
+        names, stage = self._list(), "%s.%d.new" % (self._name(), time.time())
+        while names:
+            try:
+                os.rename(os.path.join(self.dir, names.pop()), stage)  # now ours alone
+            except OSError:
+                continue  # taken by another helper
+            try:
+                reset_run_dir(stage)
+                break
+            except OSError:
+                shutil.rmtree(stage, ignore_errors=True)
+        else:
+            os.makedirs(self.dir, 0o700, exist_ok=True)
+            os.mkdir(stage, 0o700)
+            try:
+                reset_run_dir(stage)
+            except OSError:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+        try:
+            # Written in place: the stage is ours alone until the rename publishes it whole.
+            fd = os.open(os.path.join(stage, SUPERVISOR), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                         0o600)  # fmt: skip
+            try:
+                write_all(fd, supervisor)
+            finally:
+                os.close(fd)
+            os.rename(stage, run_dir)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            if not self.recycle(stage):  # launched meanwhile by another helper
+                shutil.rmtree(stage, ignore_errors=True)
+            return False
+        return True
+
+
+# ------------------------------------------------------------------------------------------------
+# The keeper: starts every task, enforces timeouts and cancels, records exits
+# ------------------------------------------------------------------------------------------------
+
+
+class KeptRun:
+    """One task under the keeper: its process, deadlines and what finish() records."""
+
+    def __init__(self, run_dir: str, spec: Dict[str, Any]) -> None:
+        self.run_dir, self.spec = run_dir, spec
+        self.pid = 0
+        self.proc: Optional["subprocess.Popen[bytes]"] = None  # only where posix_spawn is not
+        self.status: Optional[int] = None  # waitpid status once the task's leader ended
+        timeout = spec["timeout"]
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.kill_at: Optional[float] = None
+        self.killed = self.cancel_requested = self.cancelled = self.timed_out = False
+        self.notes: List[str] = []
+        self.started_at = utc_now()
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.run_dir, name)
+
+    def grace(self) -> float:
+        if self.cancelled:
+            info = read_json(self.path("cancel.json"))[0] or {}
+            if isinstance(info.get("grace"), (int, float)):
+                return max(0.0, float(info["grace"]))
+        return float(self.spec["kill_grace"])
+
+    def step(self, now: float) -> Optional[float]:
+        """Advance timeout/cancel handling: None when the run is over, else seconds to wait."""
+        pid = self.pid
+        if self.status is not None and (self.kill_at is None or self.killed or
+                                        not group_alive(pid)):  # fmt: skip
+            return None
+        if self.kill_at is None and (self.cancel_requested or (self.deadline or math.inf) <= now):
+            self.cancelled, self.timed_out = self.cancel_requested, not self.cancel_requested
+            signal_group(pid, signal.SIGTERM)
+            self.kill_at = now + self.grace()
+        if self.kill_at is not None and not self.killed and now >= self.kill_at:
+            signal_group(pid, signal.SIGKILL)
+            self.killed = True
+            return 0.0
+        waits = [self.deadline - now] if self.kill_at is None and self.deadline else [math.inf]
+        waits += [self.kill_at - now] if self.kill_at is not None and not self.killed else []
+        waits += [0.05] if self.status is not None else []  # the leader is gone, its group not
+        return max(0.0, min(waits))
+
+
+class Keeper:
+    """The forked process that starts and watches every task a helper launches.
+
+    It lives in its own session with stdio on /dev/null, so it and its tasks outlive the helper
+    and the SSH connection. It reads launch lines ({"run_id", "spec"}) from the helper's pipe,
+    starts each command in a session of its own, enforces timeouts and cancels (TERM the group,
+    KILL after the grace), writes exit.json, and tells the helper the run id on its note pipe.
+    SIGUSR1: look for cancel.json in its runs; SIGTERM: cancel all of them; SIGHUP and SIGINT
+    are ignored. It ends once the helper is gone and its last task is recorded.
+    """
+
+    def __init__(self, helper: "Helper", cmd_fd: int, note_fd: int) -> None:
+        self.runs_dir, self.boot_id, self.host = helper.runs, helper.boot_id, helper.host
+        self.umask, self.cmd, self.note = helper.umask, cmd_fd, note_fd
+        self.runs: Dict[int, KeptRun] = {}  # task pid -> run
+        self.inbuf, self.outbuf = b"", b""
+        self.flags: Dict[int, bool] = {}
+        self.me: Dict[str, Any] = {}
+        self.wake = -1
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        self.flags[signum] = True
+
+    def detach(self) -> None:
+        """Own session, stdio on /dev/null, no fds but its two pipes: the helper's pipes are
+        the SSH channel, and holding them would keep the session open after the helper exits."""
+        signal.set_wakeup_fd(-1)
+        for num in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(num, self.on_signal)
+        for num in (signal.SIGCHLD, signal.SIGHUP, signal.SIGINT):
+            signal.signal(num, _noop)  # handlers, not SIG_IGN: exec gives the task defaults
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
+            if fd > 2 and fd not in (self.cmd, self.note):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        os.set_blocking(self.note, False)
+        self.wake = _wakeup_pipe()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGUSR1})
+        st = proc_stat(os.getpid())
+        self.me = {"supervisor_pid": os.getpid(), "proc_start": st[2] if st else None}
+
+    def serve(self) -> None:
+        self.detach()
+        while True:
+            wait = self.service()
+            if self.cmd < 0 and not self.runs:
+                break  # the helper is gone and the last run is recorded: nothing is left to do
+            rd = [self.wake] + ([self.cmd] if self.cmd >= 0 else [])
+            wr = [self.note] if self.outbuf and self.note >= 0 else []
+            with contextlib.suppress(InterruptedError):
+                ready = select.select(rd, wr, [], wait)
+                if self.cmd in ready[0]:
+                    self.on_cmd()
+                if ready[1]:
+                    self.flush()
+            _drain(self.wake)
+        self.flush()
+
+    def on_cmd(self) -> None:
+        data = b""
+        with contextlib.suppress(OSError):
+            data = os.read(self.cmd, 65536)
+        if not data:  # the helper is gone: finish what runs, then leave
+            os.close(self.cmd)
+            self.cmd = -1
+        lines = (self.inbuf + data).split(b"\n")
+        self.inbuf = lines.pop()
+        for line in lines:
+            try:
+                req = json.loads(line.decode("utf-8"))
+                run_dir, spec = os.path.join(self.runs_dir, req["run_id"]), req["spec"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            try:
+                self.start(run_dir, spec)
+            except Exception as exc:  # never a run left "starting" without an exit record
+                with contextlib.suppress(Exception):
+                    self.fail(KeptRun(run_dir, spec), "cannot start the task on %s: %s: %s" % (
+                        self.host, type(exc).__name__, exc))  # fmt: skip
+
+    def service(self) -> Optional[float]:
+        """Reap ended tasks, apply signals, step every run; the seconds until the next step."""
+        while self.runs:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid in self.runs:
+                self.runs[pid].status = status
+        if self.flags.pop(signal.SIGUSR1, False):
+            for run in self.runs.values():
+                if os.path.exists(run.path("cancel.json")):
+                    run.cancel_requested = True
+        if self.flags.pop(signal.SIGTERM, False):
+            for run in self.runs.values():
+                run.cancel_requested = True
+        now, wait = time.monotonic(), math.inf
+        for pid, run in list(self.runs.items()):
+            left = run.step(now)
+            if left is None:
+                del self.runs[pid]
+                code, sig = decode_status(run.status or 0)
+                if run.proc is not None:
+                    run.proc.returncode = code  # reaped by us
+                self.finish(run, code, sig)
+            else:
+                wait = min(wait, left)
+        return None if wait == math.inf else wait
+
+    def start(self, run_dir: str, spec: Dict[str, Any]) -> None:
+        run = KeptRun(run_dir, spec)
+        with contextlib.suppress(OSError):  # no room even for this: finish() says the disk is full
+            reserve(run.path("exit.reserve"))
+        workdir = expand_dir(spec["workdir"])
+        try:
+            os.makedirs(workdir, 0o700, exist_ok=True)
+        except OSError as exc:
+            return self.fail(run, "cannot create workdir %s on %s: %s" % (workdir, self.host, exc))
+        if os.path.exists(run.path("cancel.json")):  # cancelled before it could start
+            run.cancelled = True
+            return self.finish(run, -signal.SIGTERM, "SIGTERM")
+        env = dict(os.environ, **spec["env"])
+        env.update(LABTASKER_RESULT=run.path("result.json"), LABTASKER_RUN_DIR=run_dir,
+                   LABTASKER_RUN_ID=os.path.basename(run_dir),
+                   LABTASKER_TASK_ID=str(spec["task_id"]))  # fmt: skip
+        words = plain_words(spec["command"], spec["setup"], env)
+        if words:
+            argv: List[Any] = words
+            env["PWD"] = workdir  # what the shell would have set
+        try:
+            if not words:
+                argv = shell_argv(spec)
+                if len(argv[2]) > SCRIPT_ARG_LIMIT:  # over one exec argument's limit
+                    write_file(run.path("cmd.sh"), argv[2])
+                    argv = [argv[0], run.path("cmd.sh")]
+            log = os.open(run.path("output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                try:
+                    got = spawn(argv, env, workdir, log, self.umask)
+                except OSError as exc:  # a script without #!: bash runs those itself
+                    if not (words and exc.errno == errno.ENOEXEC):
+                        raise
+                    words, argv = None, shell_argv(spec)
+                    got = spawn(argv, env, workdir, log, self.umask)
+            finally:
+                os.close(log)
+        except (OSError, ValueError) as exc:
+            if words and isinstance(exc, (FileNotFoundError, PermissionError)):
+                why = "%s: %s on %s" % (words[0], "command not found" if isinstance(
+                    exc, FileNotFoundError) else "permission denied", self.host)  # fmt: skip
+                return self.fail(run, why, 127 if isinstance(exc, FileNotFoundError) else 126)
+            why = "cannot start the task in %s on %s: %s" % (workdir, self.host, exc)
+            return self.fail(run, why)
+        run.proc = None if isinstance(got, int) else got
+        run.pid = pid = got if isinstance(got, int) else got.pid
+        task = proc_stat(pid)
+        started = dict(self.me, pid=pid, pgid=pid, started_at=run.started_at, keeper=True,
+                       boot_id=self.boot_id, hostname=self.host,
+                       task_start=task[2] if task else None)  # fmt: skip
+        try:
+            write_file(run.path("started.json"), started, tmp=run.path("started.json.tmp"))
+        except OSError as exc:  # e.g. disk full: the task still runs; exit.json will say so
+            run.notes.append("could not write started.json: %s" % exc)
+        self.runs[pid] = run
+
+    def fail(self, run: KeptRun, error: str, code: int = 127) -> None:
+        append_log(run.path("output.log"), "labtasker: %s\n" % error)
+        run.notes.insert(0, error)
+        self.finish(run, code, None)
+
+    def finish(self, run: KeptRun, code: int, sig: Optional[str]) -> None:
+        full = disk_full(run.run_dir, self.host) if code != 0 and not run.cancelled else None
+        if full:
+            run.notes.append("%s (the task ended with %s)" % (full, sig or "exit %d" % code))
+        info = {"exit_code": code, "signal": sig, "timed_out": run.timed_out,
+                "cancelled": run.cancelled, "started_at": run.started_at,
+                "finished_at": utc_now(), "error": "; ".join(run.notes) or None}  # fmt: skip
+        try:  # into the reserve's blocks, then renamed: there is room even on a full disk
+            write_file(run.path("exit.json"), info, sync=True, tmp=run.path("exit.reserve"))
+        except OSError:  # the reserve is gone now: its room may be enough for a new file
+            with contextlib.suppress(OSError):
+                write_file(run.path("exit.json"), info, sync=True)
+        if self.note >= 0:
+            self.outbuf += os.path.basename(run.run_dir).encode() + b"\n"
+            self.flush()
+
+    def flush(self) -> None:
+        """Send queued run ids to the helper without blocking; drop them once it is gone."""
+        try:
+            while self.outbuf:
+                self.outbuf = self.outbuf[os.write(self.note, self.outbuf) :]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.outbuf = b""
+            os.close(self.note)
+            self.note = -1
+
+
+def run_keeper(helper: "Helper", cmd_fd: int, note_fd: int) -> None:
+    """Body of the forked keeper: serves until done and always ends the process."""
+    try:
+        Keeper(helper, cmd_fd, note_fd).serve()
+    finally:
+        os._exit(0)
+
+
+def spawn(argv: List[Any], env: Dict[str, str], workdir: str, log: int, umask: int) -> Any:
+    """Start argv in workdir, in a session of its own, stdin on /dev/null, stdout and stderr
+    to ``log``; return its pid, or a Popen (keep it: its pid is reaped by the caller).
+
+    os.posix_spawn runs no Python in the child (a third of subprocess's cost per task); the
+    program is looked up on the task's own PATH, as a shell would.
+    """
+    old = os.umask(umask)  # the task creates files as from the user's own shell
+    try:
+        os.chdir(workdir)
+        exe = argv[0] if "/" in str(argv[0]) else _which(argv[0], env.get("PATH"))
+        if exe is None:
+            raise FileNotFoundError(errno.ENOENT, "command not found", argv[0])
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2)]  # fmt: skip
+        with contextlib.suppress(TypeError, AttributeError):  # Python 3.8 without setsid
+            return os.posix_spawn(exe, argv, env, setsid=True, setsigmask=(),
+                                  setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                                  file_actions=actions)  # fmt: skip
+        return subprocess.Popen(argv, executable=exe, env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                close_fds=True)  # fmt: skip
+    finally:
+        os.umask(old)
+        os.chdir("/")
+
+
+_FOUND: Dict[Tuple[str, Optional[str]], str] = {}
+
+
+def _which(name: str, path: Optional[str]) -> Optional[str]:
+    """shutil.which, remembering what it found (a program removed since fails at exec with
+    the same "command not found"); a miss is looked up again next time."""
+    key = (name, path)
+    if key not in _FOUND:
+        found = shutil.which(name, path=path)
+        if found is None or not os.path.isabs(found):  # relative PATH entries: not cached
+            return found
+        _FOUND[key] = found
+    return _FOUND[key]
+
+
+def build_script(command: str, setup: Optional[str]) -> str:
+    """cmd.sh: the setup line (exit 126 with a message when it fails), then the command."""
+    lines = ["set +e"]
+    if setup:
+        lines += [setup, "__labtasker_rc=$?", 'if [ "$__labtasker_rc" -ne 0 ]; then',
+                  "  printf 'labtasker: setup failed (exit %%s): %%s\\n' \"$__labtasker_rc\" %s"
+                  % shlex.quote(setup), "  exit 126", "fi"]  # fmt: skip
+    return "\n".join([*lines, command]) + "\n"
+
+
+def shell_argv(spec: Dict[str, Any]) -> List[Any]:
+    """bash (sh where there is none) -c the script of setup line and command."""
+    shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+    script = build_script(spec["command"], spec["setup"]).encode("utf-8", "surrogateescape")
+    return [shell, "-c", script, "labtasker"]
+
+
+def plain_words(command: str, setup: Optional[str], env: Dict[str, str]) -> Optional[List[str]]:
+    """The argv of a command that needs no shell (words only, as make checks), else None.
+
+    Such a command is executed directly: bash -c would exec it in the same way, after spending
+    about 2 ms of CPU starting up.
+    """
+    if setup or _SHELL_SYNTAX.search(command) or "BASH_ENV" in env:
+        return None
+    words = [w for w in re.split(r"[ \t]+", command) if w]  # bash's default IFS, no newline
+    if not words or "=" in words[0] or words[0] in _SHELL_WORDS:
+        return None
+    return words
+
+
+def decode_status(status: int) -> Tuple[int, Optional[str]]:
+    """waitpid status -> (exit code, signal name); signal N gives -N like Popen.returncode."""
+    if not os.WIFSIGNALED(status):
+        return os.WEXITSTATUS(status), None
+    num = os.WTERMSIG(status)
+    try:
+        return -num, signal.Signals(num).name
+    except ValueError:
+        return -num, "SIG%d" % num
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, sig)
+
+
+def _noop(signum: int, frame: Any) -> None:
+    """Installed so that the signal wakes select() through the wakeup fd."""
+
+
+def _wakeup_pipe() -> int:
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
+    signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+    return rfd
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while os.read(fd, 4096):
+            pass
+
+
+# ------------------------------------------------------------------------------------------------
+# GPUs: nvidia-smi asked without blocking the loop
+# ------------------------------------------------------------------------------------------------
+
+
+class GpuQuery:
+    """One `gpus` request in flight: both nvidia-smi outputs are read by the helper's selector."""
+
+    def __init__(self, req_id: Any, exe: str) -> None:
+        self.req_id = req_id
+        self.deadline = time.monotonic() + GPU_QUERY_TIMEOUT
+        self.procs: List[subprocess.Popen[bytes]] = []
+        for query in _QUERIES:
+            argv = [exe, query, "--format=csv,noheader,nounits"]
+            pipe, out = subprocess.PIPE, subprocess.STDOUT
+            self.procs.append(
+                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=out)
+            )
+        self.out = [bytearray(), bytearray()]
+        self.open = {p.stdout.fileno(): i for i, p in enumerate(self.procs) if p.stdout}
+
+    def feed(self, fd: int) -> bool:
+        """Read what fd has; False at EOF."""
+        data = os.read(fd, 65536)
+        if len(self.out[self.open[fd]]) < READ_LIMIT:
+            self.out[self.open[fd]] += data
+        return bool(data)
+
+    def done(self) -> bool:
+        return not self.open and all(p.poll() is not None for p in self.procs)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.stdout:
+                p.stdout.close()
+            if p.poll() is None:
+                p.kill()  # a hung driver can make it unkillable: never wait for it here
+
+    def result(self) -> Dict[str, Any]:
+        reply: Dict[str, Any] = {"gpus": [], "processes": [], "error": None}
+        texts = [bytes(b).decode("utf-8", "replace") for b in self.out]
+        if "No devices were found" in texts[0]:
+            return reply  # a host without GPUs is not an error
+        for i, proc in enumerate(self.procs):
+            if proc.returncode != 0:
+                first = [x.strip() for x in texts[i].splitlines() if x.strip()]
+                why = first[0] if first else "exit %s" % proc.returncode
+                reply["error"] = reply["error"] or "nvidia-smi failed: %s" % why
+            elif i == 0:
+                reply["gpus"], bad = parse_gpus(texts[0])
+                reply["error"] = reply["error"] or bad
+            else:
+                reply["processes"] = parse_apps(texts[1])
+        return reply
+
+
+def parse_gpus(text: str) -> Tuple[List[Dict[str, Any]], Optional[str]]:
+    """Rows of --query-gpu output; a name may hold commas, so it is what lies between."""
+    gpus, bad = [], None
+    for line in filter(str.strip, text.splitlines()):
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 6 or _smi_value(parts[0]) is None:
+            bad = bad or "nvidia-smi output not understood: %s" % line.strip()[:200]
+            continue
+        gpus.append({"index": _smi_value(parts[0]), "uuid": parts[1],
+                     "name": ", ".join(parts[2:-3]), "memory_used_mib": _smi_value(parts[-3]),
+                     "memory_total_mib": _smi_value(parts[-2]),
+                     "utilization": _smi_value(parts[-1])})  # fmt: skip
+    return gpus, bad
+
+
+def parse_apps(text: str) -> List[Dict[str, Any]]:
+    """Rows of --query-compute-apps output, each with the owner of its pid."""
+    procs = []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",", 3)]
+        pid = _smi_value(parts[1]) if len(parts) == 4 else None
+        if isinstance(pid, int):  # skips blanks and "No running processes found"
+            procs.append({"gpu_uuid": parts[0], "pid": pid, "user": pid_user(pid),
+                          "used_memory_mib": _smi_value(parts[2]), "name": parts[3]})  # fmt: skip
+    return procs
+
+
+def _smi_value(text: str) -> Any:
+    """An nvidia-smi value as int/float; None for [N/A], [Not Supported] and the like."""
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text.strip())
+    return None
+
+
+def pid_user(pid: int) -> str:
+    """The owner of pid (from /proc/PID/status), or "?"."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                return user_name(int(line.split()[1]))
+    return "?"
+
+
+# ------------------------------------------------------------------------------------------------
+# Files and processes: small tools every section uses
+# ------------------------------------------------------------------------------------------------
+
+
+def utc_now() -> str:
+    """UTC time as ISO 8601 with a Z suffix."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def read_boot_id() -> str:
+    """This boot's id (Linux), or "" where the kernel does not expose one."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def proc_stat(pid: int) -> Optional[Tuple[str, int, int]]:
+    """(state, pgrp, start time) of a live or zombie process from /proc/PID/stat, or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            rest = f.read().rsplit(b")", 1)[1].split()
+        return rest[0].decode(), int(rest[2]), int(rest[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_matches(pid: Any, proc_start: Any) -> bool:
+    """True if pid runs, is not a zombie (pid 1 may never reap it) and started at proc_start."""
+    st = proc_stat(pid) if isinstance(pid, int) and pid > 1 else None
+    return st is not None and st[0] != "Z" and proc_start in (None, st[2])
+
+
+def group_alive(pgid: int) -> bool:
+    """True if a process that is not a zombie is in process group pgid."""
+    for name in os.listdir("/proc"):
+        st = proc_stat(int(name)) if name.isdigit() else None
+        if st is not None and st[1] == pgid and st[0] != "Z":
+            return True
+    return False
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_file(path: str, data: Any, sync: bool = False, tmp: Optional[str] = None) -> None:
+    """Write bytes, or an object as JSON, atomically (temp file + rename) with mode 0600.
+    ``tmp``: the temp file's name, when only this process writes ``path``: a run dir holds
+    one already (exit.reserve, started.json.tmp), so no inode is made and the reserve's
+    blocks take the data. The temp file is removed if anything fails."""
+    if not isinstance(data, bytes):
+        data = json.dumps(data, sort_keys=True).encode()
+    tmp = tmp or "%s.tmp%d" % (path, os.getpid())
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            write_all(fd, data)
+            os.ftruncate(fd, len(data))
+            if sync:
+                os.fsync(fd)  # the outcome must survive a crash right after the task
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def reserve(path: str) -> None:
+    """Make ``path`` (the file a run dir is published with) hold RESERVE_BYTES of disk
+    (allocated, or written where a file system cannot allocate); emptied if there is no room,
+    but kept: a run dir is never empty (see Spares)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            write_all(fd, bytes(RESERVE_BYTES))
+    except OSError:
+        os.ftruncate(fd, 0)
+        raise
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: str) -> None:
+    """Remove a run dir: its files, then itself (shutil.rmtree for anything deeper)."""
+    try:
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+    except OSError:  # a directory the task made in it, say
+        shutil.rmtree(path)
+
+
+def append_log(path: str, text: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            write_all(fd, text.encode())
+        finally:
+            os.close(fd)
+
+
+def read_json(path: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(object, None), (None, None) when missing, or (None, why) when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            obj = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, "%s is unreadable: %s" % (os.path.basename(path), exc)
+    if isinstance(obj, dict):
+        return obj, None
+    return None, "%s is not a JSON object" % os.path.basename(path)
+
+
+def file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def disk_full(path: str, host: str) -> Optional[str]:
+    """Why a run on a (nearly) full disk went wrong, or None when there is room at ``path``."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    if st.f_bavail * st.f_frsize >= NEARLY_FULL:
+        return None
+    return (
+        "no space left on device (ENOSPC) in %s on %s: the task's output was cut short; "
+        "free space there or set state_dir to a larger disk" % (path, host)
+    )
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def expand_dir(path: Optional[str]) -> str:
+    """A workdir as the task sees it: "~" expanded, relative to the home dir (as ssh does)."""
+    home = os.path.expanduser("~")
+    return os.path.normpath(os.path.join(home, os.path.expanduser(path))) if path else home
 
 
 if __name__ == "__main__":
