@@ -26,11 +26,17 @@ _NUMBER = re.compile(r"([0-9.]+)\s*(\S*)")
 
 
 def medians(markdown: str) -> dict[str, str]:
-    """measurement -> median cell of every table row of a bench/run.py document."""
-    found = {}
+    """measurement -> median cell of the benchmark tables of a bench/run.py document (those
+    headed ``| measurement | median |``; the hand-written analysis below them is left out)."""
+    found, in_table = {}, False
     for line in markdown.splitlines():
-        m = _ROW.match(line)
-        if m and m[1] not in ("measurement", "---") and not m[1].startswith("-"):
+        if line.startswith("| measurement | median |"):
+            in_table = True
+            continue
+        m = _ROW.match(line) if in_table else None
+        if m is None:
+            in_table = False
+        elif not m[1].startswith("-"):
             found[m[1].strip()] = m[2].strip()
     return found
 
