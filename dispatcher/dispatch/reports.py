@@ -16,7 +16,7 @@ from typing import Any
 
 from dispatcher.config.hosts import HostsConfig
 from dispatcher.core.models import Task, TaskState
-from dispatcher.core.outcome import Outcome, lost_outcome, outcome_of, parse_time
+from dispatcher.core.outcome import Outcome, lost_outcome, outcome_of, parse_time, real_attempts
 from dispatcher.dispatch.hooks import HOOK_STATES, on_finish
 from dispatcher.dispatch.jobs import Jobs
 from dispatcher.dispatch.logs import LogCollector, SavedLog, log_path
@@ -246,6 +246,8 @@ class Reports:
             self.jobs.spawn(on_finish(self.config.on_finish, moved, final, log, warn, hide=hide))
         word = {S.SUCCEEDED: "green", S.CANCELLED: "yellow"}.get(outcome.state, "red")
         note = f" ({outcome.fields.get('reason')})" if outcome.fields.get("reason") else ""
+        if task.max_attempts > 1 and outcome.counts_as_failure:  # which try of a retried task
+            note = f", attempt {real_attempts(task)}/{task.max_attempts}{note}"
         self.reporter.log(f"task {task.id} {outcome.state} on {task.host}{note}", style=word)
 
     def _count_failure(self, hs: HostState, now: float) -> None:

@@ -88,6 +88,19 @@ async def test_max_attempts_retries_and_ends_with_the_tasks_exit_codes(make_lab:
     assert lab.running_pids() == []
 
 
+async def test_dispatch_names_the_attempt_of_each_failure_of_a_retried_task(
+    make_lab: MakeLab,
+) -> None:
+    lab = make_lab({"a": 1})
+    (retried,) = lab.add(1, exit_code=3, options=("--max-attempts", "2"))
+    (once,) = lab.add(1, exit_code=4)
+    out, _ = lab.dispatch_cli().communicate(timeout=DEADLINE)
+    lines = [line for line in out.splitlines() if line.startswith("task ")]
+    assert f"task {retried} failed on a, attempt 1/2 (exit 3)" in lines, out
+    assert f"task {retried} failed on a, attempt 2/2 (exit 3)" in lines, out
+    assert f"task {once} failed on a (exit 4)" in lines, out  # a single try: no attempt count
+
+
 async def test_a_host_whose_every_task_fails_is_suspended_while_the_others_drain_the_queue(
     make_lab: MakeLab,
 ) -> None:
