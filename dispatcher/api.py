@@ -71,7 +71,7 @@ class Queue:
         name: str | None = None,
         priority: int = 0,
         max_attempts: int = 1,
-        timeout: float | None = None,
+        timeout: float | str | None = None,
         gpus: int | None = None,
         after: Sequence[int] = (),
         skip_existing: bool = False,

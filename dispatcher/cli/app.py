@@ -17,6 +17,9 @@ import typer
 
 from dispatcher.errors import DispatcherError
 
+#: The name this package is installed under (``pip show labtasker-ssh``).
+DISTRIBUTION = "labtasker-ssh"
+
 app = typer.Typer(
     name="labtasker",
     help="Queue experiments on your laptop, run them on your lab's GPU servers over SSH.",
@@ -36,9 +39,28 @@ class Context:
         self.db = db
 
 
+def _version(value: bool) -> None:
+    """``--version``: the installed distribution's version, then exit 0."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"{DISTRIBUTION} {version(DISTRIBUTION)}")
+    except PackageNotFoundError:
+        typer.echo(f"{DISTRIBUTION} (version unknown: not installed, run from a source tree)")
+    raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
+    _show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
     db: Annotated[
         Path | None,
         typer.Option(

@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+# typer < 0.29 (pyproject.toml) parses with its own copy of click, whose errors these are.
+from typer._click.core import Context as ClickContext
+from typer._click.exceptions import NoSuchOption
+from typer._click.exceptions import UsageError as ClickUsageError
+from typer.core import TyperCommand
+
 from dispatcher.cli.app import db_option, fail
 from dispatcher.core.models import TaskState, parse_state
 from dispatcher.errors import DispatcherError
@@ -61,3 +67,19 @@ def note(text: str, style: str = "yellow") -> None:
     from rich.markup import escape
 
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[{style}]{escape(text)}[/]")
+
+
+class AddCommand(TyperCommand):
+    """``queue add``, whose unknown options most often belong to a command given without ``--``:
+    the error says so."""
+
+    def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except NoSuchOption as err:
+            raise ClickUsageError(
+                f"{err.format_message()}. If {err.option_name} belongs to your command, put the"
+                " command after --, e.g. labtasker queue add --grid lr=0.1,0.01"
+                " -- python train.py --lr %{lr}",
+                ctx=err.ctx,
+            ) from None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dispatcher.cli.app import app
-from dispatcher.cli.common import StateOption, note, out, reported
+from dispatcher.cli.common import AddCommand, StateOption, note, out, reported
 from dispatcher.cli.common import open_store as _store
 from dispatcher.cli.common import states as _states
 from dispatcher.core.models import TaskState
@@ -71,7 +71,7 @@ def build_batch(
     name: str | None,
     priority: int | None,
     max_attempts: int | None,
-    timeout: float | None,
+    timeout: float | str | None,
     gpus: int | None,
     after: Sequence[int],
     random: Sequence[str] = (),
@@ -127,7 +127,7 @@ def build_batch(
     )
 
 
-@queue_app.command("add")
+@queue_app.command("add", cls=AddCommand)
 def add(
     ctx: typer.Context,
     words: Annotated[
@@ -149,7 +149,10 @@ def add(
     max_attempts: Annotated[
         int | None, typer.Option(help="Attempts per task [default: 1].")
     ] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds before a run is killed.")] = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option(help='Time before a run is killed: seconds, or like "10m", "2h", "1h30m".'),
+    ] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs each task needs.")] = None,
     after: Annotated[
         list[int] | None, typer.Option("--after", help="Start only after this task succeeded.")

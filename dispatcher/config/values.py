@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, NoReturn
 
 from dispatcher.core.globs import glob_problem
+from dispatcher.core.values import DURATION_FORMS, duration_seconds
 from dispatcher.errors import ConfigError
 
 _REPR = reprlib.Repr()
@@ -71,21 +72,12 @@ def size(v: Any) -> int:
     return int(n)
 
 
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhd]?)+")
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def duration(positive: bool) -> Callable[[Any], float]:
-    what = ("a duration > 0" if positive else "a duration >= 0") + ' like 30, "30s", "10m", "2h"'
+    what = ("a duration > 0" if positive else "a duration >= 0") + f" {DURATION_FORMS}"
 
     def check(v: Any) -> float:
-        seconds = math.nan
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            seconds = float(v) if -1e300 < v < 1e300 else math.inf  # float(10**400) would raise
-        elif isinstance(v, str) and _DURATION.fullmatch(text := v.strip().lower().replace(" ", "")):
-            parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text)
-            seconds = sum(float(n) * _SECONDS[unit] for n, unit in parts)
-        if not (0 < seconds < math.inf or (seconds == 0 and not positive)):
+        seconds = duration_seconds(v)
+        if seconds is None or (positive and seconds == 0):
             _fail(what, v)
         return seconds
 

@@ -15,7 +15,7 @@ from typing import Any
 from dispatcher.core.globs import glob_problem
 from dispatcher.core.sweep import Grid, SweepFile, with_axis
 from dispatcher.core.template import Template, compile_template
-from dispatcher.core.values import Axis
+from dispatcher.core.values import DURATION_FORMS, Axis, duration_seconds
 from dispatcher.errors import SweepError, TemplateError, UsageError
 
 _INT64 = 2**63
@@ -35,6 +35,16 @@ def check_outputs(globs: Sequence[str]) -> tuple[str, ...]:
     return tuple(globs)
 
 
+def timeout_seconds(value: float | str | None) -> float | None:
+    """A task timeout in seconds from a number or a duration like ``"10m"``; UsageError if bad."""
+    if value is None:
+        return None
+    seconds = duration_seconds(value)
+    if not seconds:  # not a duration, or zero
+        raise UsageError(f"timeout must be a positive duration {DURATION_FORMS}, got {value!r}")
+    return seconds
+
+
 def check_settings(
     *,
     priority: int,
@@ -51,7 +61,7 @@ def check_settings(
     if not 1 <= max_attempts < 2**31:
         raise UsageError(f"max attempts must be at least 1, got {max_attempts}")
     if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
-        raise UsageError(f"timeout must be a positive number of seconds, got {timeout}")
+        raise UsageError(f"timeout must be a positive duration {DURATION_FORMS}, got {timeout!r}")
     if gpus is not None and not 0 <= gpus < 2**31:
         raise UsageError(f"gpus must be 0 or more, got {gpus}")
     if name is not None and "\0" in name:
@@ -125,7 +135,7 @@ def assemble(
     name: str | None = None,
     priority: int | None = None,
     max_attempts: int | None = None,
-    timeout: float | None = None,
+    timeout: float | str | None = None,
     gpus: int | None = None,
     max_running: int | None = None,
     outputs: Sequence[str] | None = None,
@@ -164,7 +174,7 @@ def assemble(
         name=pick(name, file.name, None),
         priority=pick(priority, file.priority, 0),
         max_attempts=pick(max_attempts, file.max_attempts, 1),
-        timeout=pick(timeout, file.timeout, None),
+        timeout=timeout_seconds(pick(timeout, file.timeout, None)),
         gpus=pick(gpus, file.gpus, None),
         after=tuple(after),
         max_running=pick(max_running, file.max_running, None),

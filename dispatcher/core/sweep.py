@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher.core.sampling import from_table as random_axis
-from dispatcher.core.values import Axis, Path_, check_json, parse_scalar, reject_constant
+from dispatcher.core.values import (
+    DURATION_FORMS,
+    Axis,
+    Path_,
+    check_json,
+    duration_seconds,
+    parse_scalar,
+    reject_constant,
+)
 from dispatcher.errors import SweepError
 
 #: Largest `repeat`: its values are built eagerly (a million is already far past any sweep).
@@ -145,7 +153,13 @@ def grid_from_items(items: Sequence[str]) -> Grid:
         seen.add(path)
         if not values:
             raise SweepError(f"{source}: no values after '='")
-        axes.append(((path,), tuple((parse_scalar(v),) for v in values.split(","))))
+        split = values.split(",")
+        if any(not v.strip() for v in split):
+            raise SweepError(
+                f"{source}: empty value in the list (a doubled, leading or trailing comma);"
+                " a grid value cannot be empty"
+            )
+        axes.append(((path,), tuple((parse_scalar(v),) for v in split)))
     _check_disjoint([p for paths, _ in axes for p in paths], source="--grid")
     return Grid({}, tuple(axes))
 
@@ -226,7 +240,11 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
     _check_disjoint(all_paths, source=source)
     command = _opt(doc, "command", str, source)
     name = _opt(doc, "name", str, source)
-    timeout = _opt(doc, "timeout", float, source)
+    timeout = doc.get("timeout")
+    if timeout is not None and not duration_seconds(timeout):
+        raise SweepError(
+            f"{source}: 'timeout' must be a positive duration {DURATION_FORMS}, got {timeout!r}"
+        )
     outputs = _opt(doc, "outputs", list, source)
     if outputs is not None and not all(isinstance(g, str) for g in outputs):
         raise SweepError(f"{source}: 'outputs' must be a list of glob strings like"
@@ -237,7 +255,7 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
         name=name,
         priority=_opt(doc, "priority", int, source),
         max_attempts=_opt(doc, "max_attempts", int, source),
-        timeout=timeout,
+        timeout=duration_seconds(timeout),
         gpus=_opt(doc, "gpus", int, source),
         max_running=_opt(doc, "max_running", int, source),
         outputs=None if outputs is None else tuple(outputs),

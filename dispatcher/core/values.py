@@ -7,6 +7,8 @@ of each other's parsing. Pure: no I/O.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from dispatcher.errors import SweepError
@@ -41,3 +43,24 @@ def check_json(value: Any, where: str) -> None:
         raise SweepError(
             f"{where}: value cannot be stored as JSON ({err}); use strings for dates"
         ) from None
+
+
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhd]?)+")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+#: How a duration may be written, for error messages.
+DURATION_FORMS = 'like 30, "30s", "10m", "2h", "1h30m"'
+
+
+def duration_seconds(value: Any) -> float | None:
+    """Seconds in ``value``: a number, or text like ``"30"``, ``"30s"``, ``"10m"``, ``"2h"``,
+    ``"1d"``, ``"1h30m"``; None when it is neither (a bool, a negative number, other text).
+    The one duration parser: hosts.toml settings, task timeouts (CLI, sweep files, API)."""
+    seconds = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value) if -1e300 < value < 1e300 else math.inf  # float(10**400) raises
+    elif isinstance(value, str) and _DURATION.fullmatch(
+        text := value.strip().lower().replace(" ", "")
+    ):
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text)
+        seconds = sum(float(n) * _SECONDS[unit] for n, unit in parts)
+    return seconds if 0 <= seconds < math.inf else None

@@ -63,6 +63,39 @@ def test_add_a_grid_and_list_it(db: Path) -> None:
     }
 
 
+def test_a_timeout_is_a_duration_on_the_cli_in_a_sweep_file_and_in_the_api(
+    db: Path, tmp_path: Path
+) -> None:
+    from dispatcher.api import Queue
+
+    ok(db, "queue", "add", "--cmd", "a", "--timeout", "10m")
+    ok(db, "queue", "add", "--cmd", "b", "--timeout", "90")
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text('command = "c"\ntimeout = "1h30m"\n')
+    ok(db, "queue", "add", "--file", str(sweep))
+    Queue(db).add("d", timeout="2h")
+    assert [(t["command"], t["timeout"]) for t in listed(db)] == [
+        ("a", 600.0), ("b", 90.0), ("c", 5400.0), ("d", 7200.0),
+    ]  # fmt: skip
+
+
+def test_an_option_of_the_command_given_without_double_dash_gets_a_hint(db: Path) -> None:
+    result = run(db, "queue", "add", "--grid", "lr=1", "python", "train.py", "--lr", "%{lr}")
+    assert result.exit_code == 2
+    assert "No such option: --lr" in result.stderr
+    assert "If --lr belongs to your command, put the command after --" in result.stderr
+    assert "-- python train.py --lr %{lr}" in result.stderr
+    assert not db.exists()
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == f"labtasker-ssh {version('labtasker-ssh')}\n"
+
+
 def test_words_after_double_dash_stay_words(db: Path) -> None:
     ok(db, "queue", "add", "--args", '{"out": "runs/a b", "lr": 0.1}', "--",
        "python", "train.py", "--out=%{out}/x y", "--lr", "%{lr}", "it's")  # fmt: skip
@@ -191,6 +224,9 @@ BAD_INPUTS = [
     (["queue", "add", "--cmd", "x", "--after", "99"], "--after names task(s) 99"),
     (["queue", "add", "--cmd", "x", "--file", "nope.jsonl"], "cannot read nope.jsonl"),
     (["queue", "add", "--cmd", "x", "--timeout", "-1"], "timeout must be a positive"),
+    (["queue", "add", "--cmd", "x", "--timeout", "10x"], 'positive duration like 30, "30s"'),
+    (["queue", "add", "--cmd", "x", "--grid", "lr=1,,2"], "--grid 'lr=1,,2': empty value"),
+    (["queue", "add", "--cmd", "x", "--grid", "lr=1,"], "a grid value cannot be empty"),
     (["queue", "cancel", "1", "99"], "task(s) 99 not in the queue"),
     (["queue", "cancel"], "name the tasks to cancel"),
     (["queue", "ls", "--state", "runing"], "unknown state 'runing'; valid states: pending"),
