@@ -7,6 +7,8 @@ written every few seconds while a dispatcher runs); ``--watch`` redraws it in pl
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,14 +17,18 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO
 import typer
 
 from dispatcher.cli.app import app, db_option
+from dispatcher.cli.common import reported
 from dispatcher.cli.dispatch import HostsOption
 from dispatcher.core.models import ACTIVE_STATES, Task, TaskState
 from dispatcher.errors import DispatcherError, UsageError
 
 if TYPE_CHECKING:
-    from rich.console import RenderableType
+    from rich.console import Console, RenderableType
 
     from dispatcher.store.queue import Store
+
+#: The shortest ``status --watch --interval`` accepted: below it the loop only burns a core.
+MIN_INTERVAL = 0.1
 
 
 def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, list[Task]]:
@@ -77,13 +83,23 @@ def status(
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Refresh live until Ctrl-C.")
     ] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 1.0,
+    interval: Annotated[
+        float,
+        typer.Option(help=f"Seconds between refreshes with --watch (at least {MIN_INTERVAL:g})."),
+    ] = 1.0,
 ) -> None:
-    """Show running experiments (id, host, GPUs, elapsed, args, last output) and counts by state."""
+    """Show running experiments (id, host, GPUs, elapsed, args, last output) and counts by state.
+
+    With ``--watch`` into a terminal the view is redrawn in place; into a pipe or a file, one
+    plain frame is printed per interval, each under a ``-- HH:MM:SS --`` line.
+    """
     from rich.console import Console
 
     from dispatcher.store.queue import Store
 
+    if not (math.isfinite(interval) and interval >= MIN_INTERVAL):
+        with reported():
+            raise UsageError(f"--interval must be at least {MIN_INTERVAL:g} s (got {interval:g})")
     store = Store.open_default(db_option(ctx))
     console = Console(highlight=False)
     if as_json:
@@ -95,6 +111,9 @@ def status(
         view, _ = status_view(store)
         console.print(view)
         return
+    if not console.is_terminal:
+        _watch_plain(store, console, interval)
+        return
     from rich.live import Live
 
     with Live(console=console, auto_refresh=False, screen=False) as live:
@@ -105,6 +124,22 @@ def status(
                 time.sleep(interval)
         except KeyboardInterrupt:
             pass
+
+
+def _watch_plain(store: Store, console: Console, interval: float) -> None:
+    """``status --watch`` into a pipe or a file: one frame per interval, flushed, until Ctrl-C."""
+    try:
+        while True:
+            view, _ = status_view(store, watch=True)
+            console.print(f"-- {time.strftime('%H:%M:%S')} --")
+            console.print(view)
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 @app.command()
