@@ -159,6 +159,11 @@ def logs(
     store = Store.open_default(db_option(ctx))
     with store.transaction() as tx:
         task = tx.get(task_id)
+    if follow and task.state in _NOT_STARTED:
+        task = _wait_for_start(store, task_id)
+        if task.state not in ACTIVE_STATES:
+            _ended_while_waiting(store, task)
+            return
     if task.run_id:
         local = log_path(logs_dir(store.path), task.run_id)
         if local.exists() and task.state not in ACTIVE_STATES:
@@ -192,6 +197,50 @@ def logs(
             sys.stdout.buffer.write(local.read_bytes()[out.written :])
         elif now.exit_code is None:  # lost, say: nothing was copied
             raise
+
+
+#: States in which ``logs --follow`` waits: no run on a host to read yet.
+_NOT_STARTED = frozenset({TaskState.PENDING, TaskState.LAUNCHING})
+
+
+def _wait_for_start(store: Store, task_id: int, poll: float = 0.5) -> Task:
+    """Poll the queue until the task leaves pending and launching; Ctrl-C ends the wait (130)."""
+    sys.stderr.write(f"waiting for task {task_id} to start...\n")
+    sys.stderr.flush()
+    try:
+        while True:
+            with store.transaction() as tx:
+                task = tx.get(task_id)
+            if task.state not in _NOT_STARTED:
+                return task
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _ended_while_waiting(store: Store, task: Task) -> None:
+    """The task ended before ``logs --follow`` saw it run: its output, or a line saying why there
+    is none (exit 0 if it ran and printed nothing, 1 if it never ran or its output is gone)."""
+    from dispatcher.config.paths import logs_dir
+    from dispatcher.dispatch.logs import log_path
+
+    if task.run_id:
+        local = log_path(logs_dir(store.path), task.run_id)
+        if local.exists():
+            sys.stdout.buffer.write(local.read_bytes())
+            return
+        if task.exit_code is not None:
+            sys.stderr.write(
+                f"task {task.id} {task.state} (exit {task.exit_code}) with no output\n"
+            )
+            return
+        with reported():
+            raise DispatcherError(
+                f"task {task.id} is {task.state} and no copy of its output was kept"
+            )
+    with reported():
+        reason = f" ({task.reason})" if task.reason else ""
+        raise DispatcherError(f"task {task.id} was {task.state} before it started{reason}")
 
 
 class _Counting:
