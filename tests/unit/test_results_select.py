@@ -145,7 +145,7 @@ def test_where_filters_rows_in_every_format(lab: LocalLab, tmp_path: Path) -> No
         assert [i["id"] for i in items] == [3, 4], cond
     dest = tmp_path / "best.parquet"
     cli(lab, "results", "-w", "lr = 0.1", "--sort", "-acc", "-c", "id,lr,acc", "-o", str(dest))
-    got = duckdb.sql(f"SELECT * FROM '{dest}'").fetchall()
+    got = duckdb.connect().execute(f"SELECT * FROM '{dest}'").fetchall()
     assert got == [(2, 0.1, 0.72), (1, 0.1, 0.71)]
     table = cli(lab, "results", "-w", "args.seed = 2", "-c", "id,args.seed")
     assert [line.split()[0] for line in table.splitlines()[2:]] == ["2", "4"], table
