@@ -2,18 +2,20 @@
 rows (``--where``), built over the columns ``store.results`` finds. Builds strings; runs nothing.
 
 The rows come from one relation ``r`` holding every results column under its flat name
-(``"args.lr"``), plus ``args`` and ``result`` as STRUCTs and each top-level key that no other column
-names alone (``lr``, ``val``): so a ``--where`` reads ``result.acc > 0.9``, ``acc > 0.9``,
+(``"args.lr"``), plus ``args`` and ``result`` as STRUCTs and each bare name that means one key
+alone (``lr``, ``val``, ``depth``): so a ``--where`` reads ``result.acc > 0.9``, ``acc > 0.9``,
 ``val.loss < 0.3`` or ``"result.acc" > 0.9`` alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dispatcher.core.columns import KEY_SOURCES, pick, sort_keys, table_order
+from dispatcher.core.columns import KEY_SOURCES, pick, resolve, sort_keys, table_order
+from dispatcher.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -85,19 +87,35 @@ def build(cols: Sequence[Column], source: str, sel: Selection) -> Query:
 
 
 def _extras(cols: Sequence[Column]) -> list[str]:
-    """``args`` and ``result`` as STRUCTs, and the top-level keys no other column names."""
+    """``args`` and ``result`` as STRUCTs, and every bare name (``lr``, ``model.depth``,
+    ``depth``, ``model``) that names one key alone, as ``--columns`` reads them."""
     trees: dict[str, dict[str, Any]] = {source: {} for source in KEY_SOURCES}
     for c in cols:
         if len(c.path) > 1 and c.path[0] in trees:
             _place(trees[c.path[0]], c.path[1:], c.sql)
     out = [f"{_struct(tree)} AS {quote_ident(source)}" for source, tree in trees.items()]
-    taken = [c.name.lower() for c in cols] + list(KEY_SOURCES)
+    names = [c.name for c in cols]
+    taken = {n.lower() for n in names} | set(KEY_SOURCES)
     tops = [key.lower() for tree in trees.values() for key in tree]
-    for tree in trees.values():
+    for tree in trees.values():  # objects, for ``val.loss``: a key no other top-level key shares
         for key, sub in tree.items():
-            if tops.count(key.lower()) == 1 and key.lower() not in taken:
-                out.append(f"{sub if isinstance(sub, str) else _struct(sub)} AS {quote_ident(key)}")
+            if isinstance(sub, dict) and tops.count(key.lower()) == 1 and key.lower() not in taken:
+                out.append(f"{_struct(sub)} AS {quote_ident(key)}")
+                taken.add(key.lower())
+    by_name = {c.name: c for c in cols}
+    for bare in dict.fromkeys(b for c in cols for b in _bare_names(c)):
+        if bare.lower() in taken:
+            continue
+        with contextlib.suppress(UsageError):  # ambiguous or unknown: no alias
+            out.append(f"{by_name[resolve(bare, names)].sql} AS {quote_ident(bare)}")
+            taken.add(bare.lower())
     return out
+
+
+def _bare_names(c: Column) -> list[str]:
+    """The names without ``args.``/``result.`` that may mean column ``c``."""
+    key = c.path[1:]
+    return [".".join(key), key[-1]] if len(key) > 1 else list(key)
 
 
 def _place(tree: dict[str, Any], path: Sequence[str], sql: str) -> None:

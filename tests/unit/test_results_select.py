@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dispatcher.cli import app
+from dispatcher.errors import UsageError
 from tests.loop_lab import LocalLab
 
 TASK_PY = """
@@ -140,7 +141,8 @@ def test_where_filters_rows_in_every_format(lab: LocalLab, tmp_path: Path) -> No
     where = "result.acc > 0.6 AND state = 'succeeded'"
     rows = csv_rows(cli(lab, "results", "-w", where, "-c", "id,acc", "-f", "csv"))
     assert rows == [["id", "result.acc"], ["1", "0.71"], ["2", "0.72"]]
-    for cond in ("acc < 0.6", '"result.acc" < 0.6', "val.loss > 0.4", "result.val.loss > 0.4"):
+    conds = ("acc < 0.6", '"result.acc" < 0.6', "val.loss > 0.4", "result.val.loss > 0.4")
+    for cond in (*conds, "loss > 0.4", '"val.loss" > 0.4'):
         items = json.loads(cli(lab, "results", "--where", cond, "-f", "json"))
         assert [i["id"] for i in items] == [3, 4], cond
     dest = tmp_path / "best.parquet"
@@ -168,3 +170,12 @@ def test_a_bad_where_is_one_error_line(lab: LocalLab, cond: str, message: str) -
     for fmt in ("table", "csv", "json"):
         assert message in error(lab, "-w", cond, "-f", fmt)
     assert len(lab.tasks()) == 5
+
+
+def test_the_api_takes_the_same_selection(lab: LocalLab) -> None:
+    from dispatcher import Queue
+
+    rows = Queue(db=str(lab.db)).results(columns="id,acc", sort="-acc", where="lr = 0.01")
+    assert rows == [{"id": 4, "result.acc": 0.54}, {"id": 3, "result.acc": 0.53}]
+    with pytest.raises(UsageError, match="ambiguous"):
+        Queue(db=str(lab.db)).results(columns="seed")
