@@ -132,6 +132,8 @@ def test_sort_ascending_descending_and_several_keys(lab: LocalLab) -> None:
     assert accs("--sort", "result.acc") == ["0.53", "0.54", "0.71", "0.72", ""]  # NULL last
     assert accs("--sort", "-result.acc") == ["0.72", "0.71", "0.54", "0.53", ""]
     assert accs("--sort", "-args.seed,acc") == ["0.54", "0.72", "0.53", "0.71", ""]
+    ids = [r[0] for r in csv_rows(cli(lab, "results", "-c", "id", "--sort", "lr", "-f", "csv"))]
+    assert ids == ["id", "3", "4", "1", "2", "5"]  # ties in id order, the empty cell last
     out = cli(lab, "results", "-c", "id,acc", "--sort", "-acc")
     ids = [line.split()[0] for line in out.splitlines()[2:]]
     assert ids == ["2", "1", "4", "3", "5"], out
@@ -145,6 +147,9 @@ def test_where_filters_rows_in_every_format(lab: LocalLab, tmp_path: Path) -> No
     for cond in (*conds, "loss > 0.4", '"val.loss" > 0.4'):
         items = json.loads(cli(lab, "results", "--where", cond, "-f", "json"))
         assert [i["id"] for i in items] == [3, 4], cond
+    for cond in ("args.tag LIKE 'a-long%'", "runtime / 60 < 5"):  # as docs/results.md says
+        items = json.loads(cli(lab, "results", "--where", cond, "-f", "json"))
+        assert [i["id"] for i in items] == [1, 2, 3, 4], cond
     dest = tmp_path / "best.parquet"
     cli(lab, "results", "-w", "lr = 0.1", "--sort", "-acc", "-c", "id,lr,acc", "-o", str(dest))
     got = duckdb.connect().execute(f"SELECT * FROM '{dest}'").fetchall()
