@@ -156,7 +156,7 @@ def results(
         chosen = fmt or (_infer_format(output) if output is not None else ResultsFormat.TABLE)
         store = open_store(ctx)
         table = chosen is ResultsFormat.TABLE
-        sel = Selection(columns, sort, where, args_first=table and not wide)
+        sel = Selection(columns, sort, where, args_first=table)
         if table:
             if output is not None:
                 raise UsageError("the table view prints to the terminal; for a file use --format"
