@@ -80,6 +80,7 @@ class Queue:
         seed: int = 0,
         max_running: int | None = None,
         outputs: Sequence[str] = (),
+        hosts: str | os.PathLike[str] | None = None,
     ) -> list[int]:
         """Add tasks running ``cmd`` (a template with ``%{key}`` placeholders); the new ids.
 
@@ -90,7 +91,8 @@ class Queue:
         args. ``max_running`` caps how many of these tasks (of this ``name``) run at once;
         ``outputs`` are globs copied back after each run. ``skip_existing`` leaves out tasks
         whose command is already pending, running or succeeded. Errors (bad template, missing
-        key) raise before anything is added.
+        key) raise before anything is added. The project is snapshotted as by ``queue add``,
+        shaped by the [sync] table of ``hosts`` (default: hosts.toml in the project directory).
         """
         from dispatcher.core import sampling
         from dispatcher.core.batch import assemble
@@ -112,7 +114,13 @@ class Queue:
             outputs=outputs,
             after=after,
         )
-        return self._store.add_batch(batch, skip_existing=skip_existing).ids
+        from dispatcher.snapshot.take import add_with_snapshot
+
+        hosts_path = None if hosts is None else Path(hosts)
+        added, _ = add_with_snapshot(
+            self._store, batch, hosts_path=hosts_path, skip_existing=skip_existing
+        )
+        return added.ids
 
     def tasks(
         self, state: States = None, *, ids: Iterable[int] | None = None

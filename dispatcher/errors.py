@@ -6,6 +6,7 @@
     │   ├── TemplateError           a command template that cannot be rendered
     │   │   └── UnsafeTemplateError a placeholder where the shell would read its value as code
     │   ├── SweepError              bad --args / --grid / --file input
+    │   ├── SnapshotError           the project cannot be snapshotted (too large, git failed)
     │   └── TaskNotFoundError       an id that is not in the queue
     ├── StoreError                  the queue file cannot be used (exit 2)
     │   ├── StoreLockedError        another process held the file past the lock timeout
@@ -54,6 +55,11 @@ class UnsafeTemplateError(TemplateError):
 
 class SweepError(UsageError):
     """Raised when --args, --grid or a sweep/JSONL file cannot be turned into argument groups."""
+
+
+class SnapshotError(UsageError):
+    """Raised at ``queue add`` when the project's snapshot cannot be taken: over ``max_size``,
+    its directory unreadable, git failing or too slow, the snapshot store not writable."""
 
 
 class TaskNotFoundError(UsageError):

@@ -17,6 +17,7 @@ from dispatcher.cli.app import app
 from dispatcher.cli.common import AddCommand, StateOption, note, out, reported
 from dispatcher.cli.common import open_store as _store
 from dispatcher.cli.common import states as _states
+from dispatcher.cli.snapshot import AddHostsOption, add_snapshotted, collect_snapshots
 from dispatcher.core.models import TaskState
 from dispatcher.errors import SweepError, UsageError
 
@@ -179,6 +180,7 @@ def add(
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands only.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new ids as JSON.")] = False,
+    hosts: AddHostsOption = None,
 ) -> None:
     """Add tasks: one command template, args from --args, --grid and --file.
 
@@ -206,7 +208,7 @@ def add(
         if dry_run:
             _dry_run(batch, as_json)
             return
-        result = _store(ctx).add_batch(batch, skip_existing=skip_existing)
+        result, snapshot = add_snapshotted(_store(ctx), batch, hosts, skip_existing=skip_existing)
         if result.duplicates and not skip_existing:
             first = result.ids[0]
             dup_ids = [first + i for i in result.duplicates]
@@ -227,6 +229,7 @@ def add(
             out(f"Added {len(result.ids)} tasks (ids {result.ids[0]}-{result.ids[-1]}).")
         if result.skipped:
             note(f"Skipped {_tasks_word(result.skipped)} whose command is already queued.")
+        out(snapshot)
 
 
 def _dry_run(batch: TaskBatch, as_json: bool) -> None:
@@ -377,8 +380,12 @@ def rm(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = None) -
     with reported():
         if not ids and not state:
             raise UsageError("name the tasks to remove: task ids or --state")
-        removed = _store(ctx).remove(ids or None, states=_states(state))
+        store = _store(ctx)
+        removed = store.remove(ids or None, states=_states(state))
         if removed:
             out(f"Removed {_tasks_word(len(removed))} (ids {id_ranges(removed)}).")
         else:
             out("No tasks to remove.")
+        collected = collect_snapshots(store)
+        if collected:
+            out(collected)

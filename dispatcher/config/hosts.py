@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from dispatcher.config.sync import NO_SYNC, SyncSpec, sync_from_table
 from dispatcher.config.values import (
     ALIAS,
     boolean,
@@ -84,6 +85,7 @@ class HostsConfig:
     path: Path
     hosts: tuple[HostSpec, ...]
     on_finish: str | None  # shell command run on the controller after each task ends
+    sync: SyncSpec = NO_SYNC  # the [sync] table: what the project snapshot holds
 
     @property
     def secret_names(self) -> frozenset[str]:
@@ -118,7 +120,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 HOST_KEYS: tuple[str, ...] = tuple(_KEYS)
 DEFAULTS_KEYS: tuple[str, ...] = tuple(k for k in _KEYS if k != "ssh")  # ssh is one host's address
 CONTROLLER_KEYS: tuple[str, ...] = ("on_finish",)
-_TOP_KEYS = ("defaults", "hosts", "controller")
+_TOP_KEYS = ("defaults", "hosts", "controller", "sync")
 
 
 class _Where:
@@ -293,7 +295,7 @@ def hosts_from_mapping(
             f"{path}: no hosts defined; add a [hosts.NAME] table per machine (see docs/hosts.md)"
         )
     hosts = tuple(_host(n, raw, defaults, where, environ) for n, raw in hosts_raw.items())
-    return HostsConfig(path=path, hosts=hosts, on_finish=on_finish)
+    return HostsConfig(path=path, hosts=hosts, on_finish=on_finish, sync=_sync(data, where))
 
 
 def make_host(name: str, settings: Mapping[str, Any] | None = None, **defaults: Any) -> HostSpec:
@@ -302,10 +304,10 @@ def make_host(name: str, settings: Mapping[str, Any] | None = None, **defaults: 
     return hosts_from_mapping(data, Path("<settings>")).hosts[0]
 
 
-def parse_hosts_text(text: str, path: Path) -> HostsConfig:
-    """Parse and check hosts.toml text; ``path`` is only used in messages and the result."""
+def _toml(text: str, path: Path) -> Any:
+    """The parsed TOML of a hosts file; syntax errors as one ``file:line:col`` ConfigError."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except RecursionError:
         raise ConfigError(f"{path}: values nested too deeply to read") from None
     except tomllib.TOMLDecodeError as err:
@@ -321,11 +323,14 @@ def parse_hosts_text(text: str, path: Path) -> HostsConfig:
         elif message == "Cannot overwrite a value":
             message = "a key or table is given twice"
         raise ConfigError(f"{loc}: {message}") from None
-    return hosts_from_mapping(data, path, text)
 
 
-def load_hosts(path: Path) -> HostsConfig:
-    """Read and check the hosts file at ``path``; every problem is a ``ConfigError``."""
+def parse_hosts_text(text: str, path: Path) -> HostsConfig:
+    """Parse and check hosts.toml text; ``path`` is only used in messages and the result."""
+    return hosts_from_mapping(_toml(text, path), path, text)
+
+
+def _read_text(path: Path) -> str:
     shown = f"./{path}" if not path.is_absolute() and path.parent == Path() else str(path)
     try:
         raw = path.read_bytes()
@@ -336,8 +341,34 @@ def load_hosts(path: Path) -> HostsConfig:
     except OSError as err:
         raise ConfigError(f"hosts file {shown} cannot be read: {err.strerror or err}") from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
-    return parse_hosts_text(text, path)
+
+
+def load_hosts(path: Path) -> HostsConfig:
+    """Read and check the hosts file at ``path``; every problem is a ``ConfigError``."""
+    return parse_hosts_text(_read_text(path), path)
+
+
+# --- [sync]: the project snapshot's settings (config/sync.py checks the values) ---
+
+
+def _sync(data: Mapping[Any, Any], where: _Where) -> SyncSpec:
+    def error(key: str | None, message: str) -> ConfigError:
+        return where.error(("sync",), key, message)
+
+    return sync_from_table(data.get("sync", {}), error)
+
+
+def load_sync(path: Path) -> SyncSpec:
+    """The ``[sync]`` table of the hosts file at ``path``, checked; the defaults when the file
+    does not exist. Only [sync] is read: adding tasks needs no valid host (nor its secrets)."""
+    if not path.exists():
+        return NO_SYNC
+    text = _read_text(path)
+    data = _toml(text, path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: must be a TOML table of tables, got {show(data)}")
+    return _sync(data, _Where(path, text))

@@ -57,6 +57,21 @@ def logs_dir(db_path: Path) -> Path:
     return db_path.with_name(db_path.stem + ".logs")
 
 
+def snapshots_dir(db_path: Path) -> Path:
+    """Where the project snapshots of the queue at ``db_path`` are kept: ``.labtasker/snapshots``
+    for the default queue file, else ``<name>.snapshots`` beside the file."""
+    if db_path.name == DEFAULT_NAME:
+        return db_path.with_name("snapshots")
+    return db_path.with_name(db_path.stem + ".snapshots")
+
+
+def project_dir(db_path: Path) -> Path:
+    """The directory the queue at ``db_path`` belongs to: the one holding ``.labtasker/``, or the
+    queue file's own directory for a queue file elsewhere."""
+    parent = db_path.parent
+    return parent.parent if parent.name == DEFAULT_DIR else parent
+
+
 def wanted_path(db_path: Path) -> Path:
     """Present while some process waits for the queue file that a busy dispatcher keeps
     attached: the dispatcher lets go when it sees it (see ``Store.wanted``)."""

@@ -132,6 +132,9 @@ class Task:
     batch: int | None = None  # the first id of the ``queue add`` that created the task
     max_running: int | None = None  # at most this many of the task's sweep run at once
     outputs: tuple[str, ...] = ()  # globs under the working directory, copied back after exit
+    snapshot: str | None = None  # the project snapshot recorded at `queue add` (its sha256)
+    git_commit: str | None = None  # the project's git HEAD then, if it was a git work tree
+    git_dirty: bool | None = None  # whether that work tree had changes not committed
 
     @property
     def sweep(self) -> str:
@@ -169,6 +172,9 @@ class Task:
             "batch": self.batch,
             "max_running": self.max_running,
             "outputs": list(self.outputs),
+            "snapshot": self.snapshot,
+            "git_commit": self.git_commit,
+            "git_dirty": self.git_dirty,
         }
 
     def replace(self, **changes: Any) -> Task:

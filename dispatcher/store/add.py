@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 from dispatcher.core.batch import ArgGroup, TaskBatch, check_settings, render
 from dispatcher.core.models import DUPLICATE_STATES, NewTask
+from dispatcher.core.snapshot import NO_CODE, CodeRef
 from dispatcher.core.sweep import Grid
 from dispatcher.core.template import MISSING, Template, lookup
 from dispatcher.errors import TaskNotFoundError, UsageError
@@ -272,8 +273,10 @@ def _grid_plan(
     return tables, (sql, params)
 
 
-def insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> AddResult:
-    """Insert staged tasks as pending, in the caller's transaction."""
+def insert(
+    con: Any, staged: Staged, *, now: datetime, skip_existing: bool, code: CodeRef = NO_CODE
+) -> AddResult:
+    """Insert staged tasks as pending, in the caller's transaction, each recording ``code``."""
     if staged.after:
         missing = con.execute(
             "SELECT unnest(?::BIGINT[]) AS id EXCEPT SELECT id FROM tasks ORDER BY id",
@@ -292,13 +295,15 @@ def insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> A
         )
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {defs}", cols)
     try:
-        return _insert(con, staged, now=now, skip_existing=skip_existing)
+        return _insert(con, staged, now=now, skip_existing=skip_existing, code=code)
     finally:
         for name, _ in staged.axis_tables:
             con.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
 
-def _insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> AddResult:
+def _insert(
+    con: Any, staged: Staged, *, now: datetime, skip_existing: bool, code: CodeRef
+) -> AddResult:
     existing = f"SELECT command FROM tasks WHERE state IN ({_DUP_IN})"
     dups = [
         r[0]
@@ -320,10 +325,11 @@ def _insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> 
         id_sql, where = "? + s.idx", ""
     con.execute(
         "INSERT INTO tasks (id, state, created_at, args, command, template, name, priority,"
-        " max_attempts, timeout, gpus, after, max_running, outputs, batch)"
+        " max_attempts, timeout, gpus, after, max_running, outputs, batch, snapshot, git_commit,"
+        " git_dirty)"
         f" SELECT {id_sql}, 'pending', ?::TIMESTAMP, s.args, s.command, s.template, s.name,"
         " s.priority, s.max_attempts, s.timeout, s.gpus, s.after, s.max_running, s.outputs,"
-        f" ?::BIGINT FROM ({staged.sql}) s{where}",
-        [next_id, now, next_id, *staged.params],
+        f" ?::BIGINT, ?::VARCHAR, ?::VARCHAR, ?::BOOLEAN FROM ({staged.sql}) s{where}",
+        [next_id, now, next_id, code.snapshot, code.git_commit, code.git_dirty, *staged.params],
     )
     return AddResult(list(range(next_id, next_id + added)), dups, len(dups) if skip else 0)

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispatcher.core.models import NewTask, Task, TaskState
+from dispatcher.core.snapshot import NO_CODE, CodeRef
 from dispatcher.store.file import QueueFile
 from dispatcher.store.txn import Attempt, CancelResult, MoveRequest, Tally, Txn
 
@@ -30,24 +31,38 @@ __all__ = [
 class Store(QueueFile):
     """The queue file at ``path``; each method (or ``transaction`` block) opens and closes it."""
 
-    def add(self, tasks: Sequence[NewTask], *, skip_existing: bool = False) -> AddResult:
-        """Add fully formed tasks as pending; see ``Txn.add``."""
+    def add(
+        self, tasks: Sequence[NewTask], *, skip_existing: bool = False, code: CodeRef = NO_CODE
+    ) -> AddResult:
+        """Add fully formed tasks as pending, each recording ``code``; see ``Txn.add``."""
         from dispatcher.store.add import insert, stage_tasks
 
         staged = stage_tasks(tasks)
         with self.transaction() as txn:
-            return insert(txn.con, staged, now=txn.now(), skip_existing=skip_existing)
+            return insert(txn.con, staged, now=txn.now(), skip_existing=skip_existing, code=code)
 
-    def add_batch(self, batch: TaskBatch, *, skip_existing: bool = False) -> AddResult:
-        """Render ``batch`` (before taking the lock), then add it in one transaction."""
+    def add_batch(
+        self, batch: TaskBatch, *, skip_existing: bool = False, code: CodeRef = NO_CODE
+    ) -> AddResult:
+        """Render ``batch`` (before taking the lock), then add it in one transaction; each task
+        records ``code`` (the project snapshot taken for this add)."""
         from dispatcher.store.add import insert, stage_batch
 
         staged = stage_batch(batch)
         try:
             with self.transaction() as txn:
-                return insert(txn.con, staged, now=txn.now(), skip_existing=skip_existing)
+                now = txn.now()
+                return insert(txn.con, staged, now=now, skip_existing=skip_existing, code=code)
         finally:
             staged.cleanup()
+
+    def snapshots(self) -> set[str]:
+        """The snapshot ids some task in the queue refers to (any state)."""
+        with self.transaction() as txn:
+            rows = txn.con.execute(
+                "SELECT DISTINCT snapshot FROM tasks WHERE snapshot IS NOT NULL"
+            ).fetchall()
+        return {r[0] for r in rows}
 
     def tasks(
         self,

@@ -38,8 +38,8 @@ VIEWS_SQL = (
     "CREATE TEMP VIEW tasks AS SELECT id, name, state, args::JSON AS args, template, command,"
     " priority, attempt, max_attempts, losses, timeout, gpus AS gpus_requested, host,"
     " gpu_ids AS gpus, run_id, exit_code, result::JSON AS result, created_at, started_at,"
-    " finished_at, epoch(finished_at - started_at) AS runtime, reason, cancel_requested, after"
-    " FROM {db}.main.tasks",
+    " finished_at, epoch(finished_at - started_at) AS runtime, reason, cancel_requested, after,"
+    " snapshot, git_commit, git_dirty FROM {db}.main.tasks",
     "CREATE TEMP VIEW attempts AS SELECT task_id, attempt, run_id, host, gpu_ids AS gpus,"
     " outcome, exit_code, result::JSON AS result, started_at, finished_at,"
     " epoch(finished_at - started_at) AS runtime, reason FROM {db}.main.attempts",
@@ -105,6 +105,9 @@ def columns(con: Any, states: Iterable[TaskState] | None = None, *, now: datetim
         ),
         Column("exit_code", "exit_code"),
     ]
+    # The code's columns appear once some task has a snapshot (tasks queued before have none).
+    if con.execute(f"SELECT count(snapshot) > 0 FROM tasks{where}").fetchone()[0]:
+        cols += [Column(n, n) for n in ("snapshot", "git_commit", "git_dirty")]
     seen = {c.name.lower() for c in cols}
     args_structure, result_structure = _structures(con, where)
     for source, structure in (("args", args_structure), ("result", result_structure)):

@@ -106,13 +106,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE IF NOT EXISTS host_status (host VARCHAR PRIMARY KEY,"
         " suspended_at TIMESTAMP NOT NULL, reason VARCHAR NOT NULL)",
     ),
+    # 3 -> 4: the code a task was queued with: its project snapshot's id, git commit and dirty
+    # flag. Tasks added before have none.
+    (
+        "ALTER TABLE tasks ADD COLUMN snapshot VARCHAR",
+        "ALTER TABLE tasks ADD COLUMN git_commit VARCHAR",
+        "ALTER TABLE tasks ADD COLUMN git_dirty BOOLEAN",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 TASK_COLUMNS = (
     "id, state, args, template, command, name, priority, max_attempts, attempt, losses, timeout,"
     " gpus, host, gpu_ids, run_id, exit_code, result, created_at, started_at, finished_at,"
-    " reason, cancel_requested, after, batch, max_running, outputs"
+    " reason, cancel_requested, after, batch, max_running, outputs, snapshot, git_commit,"
+    " git_dirty"
 )
 
 
@@ -206,4 +214,7 @@ def task_from_row(row: Sequence[Any]) -> Task:
         batch=row[23],
         max_running=row[24],
         outputs=tuple(row[25] or ()),
+        snapshot=row[26],
+        git_commit=row[27],
+        git_dirty=row[28],
     )

@@ -44,6 +44,13 @@ def ok(db: Path, *args: str) -> str:
     return str(result.stdout)
 
 
+def added(out: str) -> str:
+    """The first line of ``queue add``'s output; the second tells the project snapshot."""
+    first, snapshot = out.splitlines()
+    assert snapshot.startswith("Snapshot "), out
+    return first
+
+
 def listed(db: Path) -> list[dict[str, Any]]:
     return list(json.loads(ok(db, "queue", "ls", "--json")))
 
@@ -51,7 +58,7 @@ def listed(db: Path) -> list[dict[str, Any]]:
 def test_add_a_grid_and_list_it(db: Path) -> None:
     out = ok(db, "queue", "add", "--cmd", "train --lr %{lr} --seed %{seed}", "--grid",
              "lr=0.1,0.01", "--grid", "seed=1,2,3", "--name", "sweep", "--gpus", "1")  # fmt: skip
-    assert out == "Added 6 tasks (ids 1-6).\n"
+    assert added(out) == "Added 6 tasks (ids 1-6)."
     tasks = listed(db)
     assert [t["command"] for t in tasks[:2]] == [
         "train --lr 0.1 --seed 1",
@@ -106,7 +113,7 @@ def test_words_after_double_dash_stay_words(db: Path) -> None:
 
 
 def test_one_task_without_args_and_the_json_output(db: Path) -> None:
-    assert ok(db, "queue", "add", "--cmd", "nvidia-smi") == "Added 1 task (id 1).\n"
+    assert added(ok(db, "queue", "add", "--cmd", "nvidia-smi")) == "Added 1 task (id 1)."
     assert json.loads(ok(db, "queue", "add", "--json", "--grid", "a=1,2", "--cmd", "x %{a}")) == [
         2,
         3,
@@ -122,8 +129,8 @@ def test_files_jsonl_and_toml_with_flags_overriding_the_file(db: Path, tmp_path:
         'command = "t %{lr} %{m}"\nname = "s"\npriority = 3\ngpus = 2\n'
         '[grid]\nlr = [1, 2]\n[zip]\nm = ["x", "y"]\n'
     )
-    assert ok(db, "queue", "add", "--file", str(sweep), "--priority", "9") == (
-        "Added 4 tasks (ids 3-6).\n"
+    assert added(ok(db, "queue", "add", "--file", str(sweep), "--priority", "9")) == (
+        "Added 4 tasks (ids 3-6)."
     )
     tasks = listed(db)
     assert [t["command"] for t in tasks] == [
@@ -146,12 +153,12 @@ def test_dry_run_prints_commands_and_adds_nothing(db: Path) -> None:
 def test_duplicates_warn_and_can_be_skipped(db: Path) -> None:
     ok(db, "queue", "add", "--grid", "a=1,2", "--cmd", "x %{a}")
     result = run(db, "queue", "add", "--grid", "a=1,2,3", "--cmd", "x %{a}")
-    assert result.stdout == "Added 3 tasks (ids 3-5).\n"
+    assert added(result.stdout) == "Added 3 tasks (ids 3-5)."
     assert result.stderr == (
         "2 tasks duplicate existing ones (ids 3-4); use --skip-existing to skip them\n"
     )
     result = run(db, "queue", "add", "--grid", "a=1,4", "--cmd", "x %{a}", "--skip-existing")
-    assert result.stdout == "Added 1 task (id 6).\n"
+    assert added(result.stdout) == "Added 1 task (id 6)."
     assert result.stderr == "Skipped 1 task whose command is already queued.\n"
 
 
@@ -272,7 +279,8 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> Any:
 
 def test_end_to_end_through_the_entry_point(tmp_path: Path) -> None:
     added = cli("queue", "add", "--grid", "a=1,2", "--", "echo", "%{a}", cwd=tmp_path)
-    assert (added.returncode, added.stdout, added.stderr) == (0, "Added 2 tasks (ids 1-2).\n", "")
+    assert (added.returncode, added.stderr) == (0, "")
+    assert added.stdout.startswith("Added 2 tasks (ids 1-2).\nSnapshot ")
     queue_dir = tmp_path / ".labtasker"
     assert stat.S_IMODE(os.stat(queue_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(queue_dir / "queue.duckdb").st_mode) == 0o600
@@ -337,14 +345,15 @@ def test_a_read_only_directory_is_a_clear_error(locked: Path, unprivileged: list
 
     new = as_user("queue", "add", "--cmd", "x")
     assert new.returncode == 2 and "Traceback" not in new.stderr
-    assert new.stderr.startswith(f"Error: cannot create the queue file {db}: Permission denied")
+    snapshots = locked / "q.snapshots"  # the project snapshot is stored before the tasks
+    assert new.stderr.startswith(f"Error: cannot create the snapshot store {snapshots}: Perm")
     assert os.listdir(locked) == []
 
     Store(db).counts()
     os.chmod(db, 0o666)  # the file is writable, its directory is not (no room for the WAL)
     existing = as_user("queue", "add", "--cmd", "x")
     assert existing.returncode == 2 and "Traceback" not in existing.stderr
-    assert existing.stderr.startswith(f"Error: cannot write the queue file {db}")
+    assert existing.stderr.startswith(f"Error: cannot create the snapshot store {snapshots}")
     assert Store(db).tasks() == []
     assert as_user("queue", "ls").stdout == "The queue is empty.\n"  # reading still works
 
