@@ -50,6 +50,7 @@ class BlobStore:
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
+        self._blobs = os.fspath(directory / "blobs")
 
     def _ensure(self) -> None:
         try:
@@ -74,7 +75,12 @@ class BlobStore:
 
     def blob_path(self, name: str) -> Path:
         """Where the blob with sha256 ``name`` lives."""
-        return self.dir / "blobs" / name[:2] / name
+        return Path(self._blobs, name[:2], name)
+
+    def has_blob(self, name: str) -> bool:
+        """Whether the blob with sha256 ``name`` is stored (one ``stat``, no Path objects:
+        called for every file of a project at each ``queue add``)."""
+        return os.path.exists(f"{self._blobs}/{name[:2]}/{name}")
 
     def manifest_path(self, snapshot: str) -> Path:
         """Where the manifest of ``snapshot`` lives."""
@@ -88,51 +94,70 @@ class BlobStore:
             final.parent.mkdir(mode=0o700, exist_ok=True)
             os.replace(tmp, final)
 
-    def _tmp(self) -> tuple[int, str]:
-        return tempfile.mkstemp(dir=self.dir / "tmp", prefix="w-")
+    @contextlib.contextmanager
+    def _storing(self) -> Iterator[None]:
+        """The store's own OSErrors (full disk, no permission) as one SnapshotError: unlike a
+        project file that cannot be read, they stop the add."""
+        try:
+            yield
+        except OSError as err:
+            raise SnapshotError(
+                f"cannot write the snapshot store {self.dir}: {err.strerror or err}; check its"
+                " disk space and permissions"
+            ) from None
 
-    def put_file(self, path: Path) -> tuple[str, int, bool]:
+    def put_file(self, path: str) -> tuple[str, int, bool]:
         """Copy the file at ``path`` into the store; its sha256, size (of the bytes copied, so
         the blob always matches its name even if the file changes meanwhile) and whether the
-        blob is new."""
-        fd, tmp = self._tmp()
+        blob is new. OSError: ``path`` cannot be read; SnapshotError: the store cannot be
+        written."""
         h, size = hashlib.sha256(), 0
-        try:
-            with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
-                while chunk := src.read(_CHUNK):
-                    h.update(chunk)
-                    dst.write(chunk)
-                    size += len(chunk)
-            name = h.hexdigest()
-            new = not self.blob_path(name).exists()
-            if new:
-                self._publish(tmp, self.blob_path(name))
-            else:
-                os.unlink(tmp)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with open(path, "rb") as src:
+            with self._storing():
+                fd, tmp = tempfile.mkstemp(dir=self.dir / "tmp", prefix="w-")
+            try:
+                with self._storing():
+                    dst = os.fdopen(fd, "wb")
+                with contextlib.closing(dst):
+                    while chunk := src.read(_CHUNK):
+                        h.update(chunk)
+                        size += len(chunk)
+                        with self._storing():
+                            dst.write(chunk)
+                    with self._storing():
+                        dst.flush()
+                name = h.hexdigest()
+                new = not self.has_blob(name)
+                with self._storing():
+                    if new:
+                        self._publish(tmp, self.blob_path(name))
+                    else:
+                        os.unlink(tmp)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         return name, size, new
 
     def put_bytes(self, data: bytes) -> tuple[str, bool]:
         """Store ``data`` as a blob (unless present); its sha256 and whether it is new."""
         name = digest(data)
-        new = not self.blob_path(name).exists()
+        new = not self.has_blob(name)
         if new:
             self._write(self.blob_path(name), data)
         return name, new
 
     def _write(self, final: Path, data: bytes) -> None:
-        fd, tmp = self._tmp()
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            self._publish(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with self._storing():
+            fd, tmp = tempfile.mkstemp(dir=self.dir / "tmp", prefix="w-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                self._publish(tmp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
 
     def put_manifest(self, data: bytes) -> tuple[str, bool]:
         """Store a manifest whose blobs are all stored already; its id, and whether it is new."""

@@ -64,7 +64,7 @@ class _Taker:
     """One snapshot's walk over the listed files, storing the blobs it lacks."""
 
     def __init__(self, blobs: BlobStore, root: Path) -> None:
-        self.blobs, self.root = blobs, root
+        self.blobs, self.root = blobs, os.fspath(root)
         self.cache = blobs.load_cache(root)
         self.fresh: list[tuple[str, StatKey, str]] = []
         self.new_blobs = 0
@@ -72,25 +72,29 @@ class _Taker:
         self.trust_before = time.time_ns() - _RACY_NS
 
     def entry(self, c: Candidate) -> Entry | None:
-        path = self.root / c.path
-        if c.mode == "l":
-            name, new = self.blobs.put_bytes(os.fsencode(os.readlink(path)))
-            self.new_blobs += new
-            return Entry(c.path, c.mode, c.size, name)
+        """The manifest entry of ``c``, its blob stored; None (and a warning) if unreadable."""
         key = (c.size, c.mtime_ns, c.inode)
-        cached = self.cache.get(c.path)
-        if cached and cached[0] == key and self.blobs.blob_path(cached[1]).exists():
+        cached = self.cache.get(c.path) if c.mode != "l" else None
+        if cached and cached[0] == key and self.blobs.has_blob(cached[1]):
             name, size = cached[1], c.size
         else:
             try:
-                name, size, new = self.blobs.put_file(path)
+                name, size, new = self._store(c)
             except OSError as err:
                 self.warnings.append(f"{c.path}: cannot be read ({err.strerror}), left out")
                 return None
             self.new_blobs += new
-        if c.mtime_ns < self.trust_before and size == c.size:
+        if c.mode != "l" and c.mtime_ns < self.trust_before and size == c.size:
             self.fresh.append((c.path, key, name))
         return Entry(c.path, c.mode, size, name)
+
+    def _store(self, c: Candidate) -> tuple[str, int, bool]:
+        path = f"{self.root}/{c.path}"
+        if c.mode == "l":  # the link itself: its target's text is the blob
+            target = os.fsencode(os.readlink(path))
+            name, new = self.blobs.put_bytes(target)
+            return name, len(target), new
+        return self.blobs.put_file(path)
 
 
 def take(db_path: Path, sync: SyncSpec, hosts_path: Path, blobs: BlobStore) -> Taken:

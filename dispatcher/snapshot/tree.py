@@ -115,9 +115,9 @@ def _git_paths(root: Path) -> list[str]:
     return sorted({os.fsdecode(p) for p in out.split(b"\0") if p})
 
 
-def _candidate(root: Path, rel: str, warnings: list[str]) -> Candidate | None:
+def _candidate(root: str, rel: str, warnings: list[str]) -> Candidate | None:
     try:
-        st = os.lstat(root / rel)
+        st = os.lstat(f"{root}/{rel}")
     except FileNotFoundError:
         return None  # a tracked file deleted from the work tree: not part of the tree now
     except OSError as err:
@@ -127,7 +127,7 @@ def _candidate(root: Path, rel: str, warnings: list[str]) -> Candidate | None:
         mode = "x" if st.st_mode & stat.S_IXUSR else "f"
         return Candidate(rel, mode, st.st_size, st.st_mtime_ns, st.st_ino)
     if stat.S_ISLNK(st.st_mode):
-        target = os.readlink(root / rel)
+        target = os.readlink(f"{root}/{rel}")
         inside = os.path.normpath(os.path.join(os.path.dirname(rel), target))
         if os.path.isabs(target) or inside == ".." or inside.startswith("../"):
             warnings.append(f"{rel}: a symlink out of the project (to {target}), not followed")
@@ -145,14 +145,14 @@ def list_project(root: Path, rules: Rules, db_path: Path) -> Listing:
     if not root.is_dir():
         raise SnapshotError(f"the project directory {root} does not exist or is not a directory")
     listing = Listing(root, git_toplevel(root) is not None)
-    base = Rules(exclude=ALWAYS_EXCLUDED if listing.git else DEFAULT_EXCLUDES)
-    walk_rules = Rules(exclude=base.exclude + rules.exclude)
-    paths = _git_paths(root) if listing.git else _walk(root, walk_rules, listing.warnings)
-    internal = _internal(root, db_path)
+    base = ALWAYS_EXCLUDED if listing.git else DEFAULT_EXCLUDES
+    rules = Rules(rules.include, (*base, *rules.exclude))
+    paths = _git_paths(root) if listing.git else _walk(root, rules, listing.warnings)
+    internal, where = _internal(root, db_path), os.fspath(root)
     for rel in paths:
-        if internal(rel) or not base.keeps(rel) or not rules.keeps(rel):
+        if internal(rel) or not rules.keeps(rel):
             continue
-        found = _candidate(root, rel, listing.warnings)
+        found = _candidate(where, rel, listing.warnings)
         if found is not None:
             listing.files.append(found)
     return listing
