@@ -110,7 +110,7 @@ def take(db_path: Path, sync: SyncSpec, hosts_path: Path, blobs: BlobStore) -> T
     snapshot, new = blobs.put_manifest(manifest_bytes(entries))  # after every blob it names
     if {p: (k, h) for p, k, h in taker.fresh} != taker.cache:
         blobs.save_cache(root, taker.fresh)
-    commit, dirty = git_state(root) if listing.git else (None, None)
+    commit, dirty = git_state(root, listing.keeps) if listing.git else (None, None)
     return Taken(
         code=CodeRef(snapshot, commit, dirty),
         root=root,

@@ -37,6 +37,7 @@ class Listing:
 
     root: Path
     git: bool
+    keeps: Callable[[str], bool]  # whether a path (relative to root) belongs to the snapshot
     files: list[Candidate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -67,13 +68,26 @@ def git_toplevel(directory: Path) -> Path | None:
     return Path(os.fsdecode(out.rstrip(b"\n"))) if out else None
 
 
-def git_state(root: Path) -> tuple[str | None, bool | None]:
-    """HEAD's commit (None before the first commit) and whether files under ``root`` differ
-    from it (tracked changes, or untracked files that are not ignored)."""
+def git_state(root: Path, keeps: Callable[[str], bool]) -> tuple[str | None, bool | None]:
+    """HEAD's commit (None before the first commit) and whether a file the snapshot holds (or
+    held at HEAD: a deletion) differs from it, untracked files included; ``keeps`` says which
+    paths (relative to ``root``) the snapshot holds."""
     head = git(root, "rev-parse", "--verify", "-q", "HEAD")
-    status = git(root, "status", "--porcelain", "-z", "--untracked-files=normal", "--", ".")
+    prefix = git(root, "rev-parse", "--show-prefix")
+    status = git(root, "status", "--porcelain", "-z", "--untracked-files=all", "--", ".")
     commit = head.decode().strip() if head else None
-    return commit, None if status is None else bool(status)
+    if status is None or prefix is None:
+        return commit, None
+    start = len(os.fsdecode(prefix.rstrip(b"\n")))
+    records = iter(status.split(b"\0"))
+    dirty = False
+    for record in records:
+        if len(record) < 4:
+            continue
+        if record[:1] in (b"R", b"C"):
+            next(records, None)  # a rename's source path follows; its new path tells
+        dirty = dirty or keeps(os.fsdecode(record[3:])[start:])  # porcelain: from the repo root
+    return commit, dirty
 
 
 def _internal(root: Path, db_path: Path) -> Callable[[str], bool]:
@@ -144,13 +158,16 @@ def list_project(root: Path, rules: Rules, db_path: Path) -> Listing:
     exclude) then apply, and the queue's own files never belong."""
     if not root.is_dir():
         raise SnapshotError(f"the project directory {root} does not exist or is not a directory")
-    listing = Listing(root, git_toplevel(root) is not None)
-    base = ALWAYS_EXCLUDED if listing.git else DEFAULT_EXCLUDES
-    rules = Rules(rules.include, (*base, *rules.exclude))
-    paths = _git_paths(root) if listing.git else _walk(root, rules, listing.warnings)
-    internal, where = _internal(root, db_path), os.fspath(root)
+    in_git = git_toplevel(root) is not None
+    rules = Rules(
+        rules.include, (*(ALWAYS_EXCLUDED if in_git else DEFAULT_EXCLUDES), *rules.exclude)
+    )
+    internal = _internal(root, db_path)
+    listing = Listing(root, in_git, lambda rel: not internal(rel) and rules.keeps(rel))
+    paths = _git_paths(root) if in_git else _walk(root, rules, listing.warnings)
+    where = os.fspath(root)
     for rel in paths:
-        if internal(rel) or not rules.keeps(rel):
+        if not listing.keeps(rel):
             continue
         found = _candidate(where, rel, listing.warnings)
         if found is not None:
