@@ -66,7 +66,8 @@ class BlobStore:
     def locked(self, *, exclusive: bool) -> Iterator[None]:
         """Hold the store's lock: shared for taking snapshots, exclusive for clean-up."""
         self._ensure()
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with self._storing():
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield

@@ -131,6 +131,8 @@ def add_with_snapshot(
     hosts = hosts_path if hosts_path is not None else default_hosts_path(store.path)
     hosts = Path(os.path.abspath(hosts))
     sync = load_sync(hosts)
+    with store.transaction():
+        pass  # the queue file's own problems (read-only, locked, newer) come before the snapshot's
     blobs = BlobStore(snapshots_dir(store.path))
     with blobs.locked(exclusive=False):
         taken = take(store.path, sync, hosts, blobs)

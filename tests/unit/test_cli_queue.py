@@ -345,15 +345,16 @@ def test_a_read_only_directory_is_a_clear_error(locked: Path, unprivileged: list
 
     new = as_user("queue", "add", "--cmd", "x")
     assert new.returncode == 2 and "Traceback" not in new.stderr
-    snapshots = locked / "q.snapshots"  # the project snapshot is stored before the tasks
-    assert new.stderr.startswith(f"Error: cannot create the snapshot store {snapshots}: Perm")
+    assert new.stderr.startswith(f"Error: cannot create the queue file {db}: Permission denied")
     assert os.listdir(locked) == []
 
     Store(db).counts()
     os.chmod(db, 0o666)  # the file is writable, its directory is not (no room for the WAL)
     existing = as_user("queue", "add", "--cmd", "x")
     assert existing.returncode == 2 and "Traceback" not in existing.stderr
-    assert existing.stderr.startswith(f"Error: cannot create the snapshot store {snapshots}")
+    # The project snapshot is stored (beside the queue file) before the tasks are written.
+    snapshots = locked / "q.snapshots"
+    assert existing.stderr.startswith(f"Error: cannot create the snapshot store {snapshots}: ")
     assert Store(db).tasks() == []
     assert as_user("queue", "ls").stdout == "The queue is empty.\n"  # reading still works
 
