@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ from dispatcher.api import Queue
 from dispatcher.cli import _register, app
 from dispatcher.config.hosts import parse_hosts_text
 from dispatcher.config.paths import snapshots_dir
-from dispatcher.core.snapshot import digest, is_snapshot_id
+from dispatcher.core.snapshot import Rules, digest, is_snapshot_id
 from dispatcher.snapshot.blobs import BlobStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -206,6 +208,32 @@ def test_the_hosts_file_reads_its_sync_table() -> None:
     assert parse_hosts_text("[hosts.a]\n", Path("h")).sync.max_size == 200 * 2**20
 
 
+@pytest.mark.parametrize(
+    ("pattern", "kept", "left_out"),
+    [
+        ("*.ckpt", ["a.py", "ckpt.py"], ["m.ckpt", "deep/er/m.ckpt"]),
+        ("data", ["database.py", "src/data.py/x"], ["data", "data/x", "src/data/y"]),
+        ("data/", ["data", "src/data.py"], ["data/x", "src/data/y"]),
+        ("src/*.py", ["src/sub/a.py", "a.py", "lib/src/a.py"], ["src/a.py"]),
+        ("src/**/*.py", ["a.py", "src/a.txt"], ["src/a.py", "src/sub/deep/a.py"]),
+        ("**/tmp", ["tmpx/a"], ["tmp/a", "a/b/tmp/c"]),
+        ("run-[0-9]", ["run-x", "run-10"], ["run-3", "logs/run-7"]),
+        ("run-[!0-9]", ["run-3"], ["run-x"]),
+    ],
+)
+def test_exclude_globs_read_like_gitignore_lines(
+    pattern: str, kept: list[str], left_out: list[str]
+) -> None:
+    rules = Rules(exclude=[pattern])
+    assert [p for p in kept + left_out if rules.keeps(p)] == kept
+
+
+def test_include_globs_keep_only_what_they_name() -> None:
+    rules = Rules(include=["src/", "*.sh"], exclude=["src/gen/"])
+    paths = ["src/a.py", "src/gen/b.py", "run.sh", "tools/x.sh", "README.md", "srcx/a.py"]
+    assert [p for p in paths if rules.keeps(p)] == ["src/a.py", "run.sh", "tools/x.sh"]
+
+
 def test_a_tree_over_max_size_is_refused_with_its_largest_files(proj: Path) -> None:
     write(proj, {
         "train.py": "t", "ckpt/model.pt": b"w" * 3000, "data.bin": b"d" * 2000,
@@ -228,10 +256,16 @@ def test_symlinks_out_of_the_tree_and_odd_files_are_reported_not_followed(proj: 
     os.symlink("../train.py", proj / "pkg" / "in_link")
     os.symlink("pkg", proj / "dir_link")
     os.mkfifo(proj / "a_fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(proj / "a_socket"))
+    odd = ["a_fifo", "a_socket"]
+    if os.geteuid() == 0:
+        os.mknod(proj / "a_device", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+        odd.insert(1, "a_device")
     db = proj / ".labtasker" / "queue.duckdb"
     result = add(db)
     assert result.stderr.splitlines() == [
-        "snapshot: a_fifo: not a regular file, left out",
+        *(f"snapshot: {name}: not a regular file, left out" for name in sorted(odd)),
         "snapshot: abs_link: a symlink out of the project (to /etc/hostname), not followed",
         "snapshot: up_link: a symlink out of the project (to ../secret.txt), not followed",
     ]
