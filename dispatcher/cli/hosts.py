@@ -82,6 +82,7 @@ async def check_host(spec: HostSpec, accept_new: bool) -> HostCheck:
 
 @hosts_app.command("check")
 def check(
+    ctx: typer.Context,
     hosts: HostsOption = Path("hosts.toml"),
     accept_new_host_keys: Annotated[
         bool, typer.Option("--accept-new-host-keys", help="Record keys of never-seen hosts.")
@@ -95,10 +96,13 @@ def check(
 
     from rich.console import Console
 
+    from dispatcher.cli.app import db_option
     from dispatcher.config.hosts import load_hosts
+    from dispatcher.config.paths import resolve_db_path
     from dispatcher.ui.views import hosts_table
 
-    config = load_hosts(hosts)
+    # Local hosts are checked as this project's queue (found or to be made here) would use them.
+    config = load_hosts(hosts, resolve_db_path(db_option(ctx)))
     enabled = [h for h in config.hosts if h.enabled]
 
     async def run_all() -> list[HostCheck]:

@@ -21,6 +21,7 @@ import typer
 from dispatcher.cli.app import app
 from dispatcher.cli.common import StateOption, note, open_store, reported
 from dispatcher.cli.common import states as parse_states
+from dispatcher.core.words import EMPTY_QUEUE
 from dispatcher.errors import UsageError
 
 #: Rows the table view shows unless --limit says otherwise.
@@ -136,8 +137,8 @@ def results(
             shown = TABLE_LIMIT if limit is None else limit
             names, rows, total = res.read(store, states, limit=shown)
             if not total:
-                what = " in state " + ", ".join(states) if states else ""
-                note(f"No tasks{what}.", "dim")
+                what = "No tasks in state " + ", ".join(states) + "." if states else EMPTY_QUEUE
+                note(what, "dim")
                 return
             more = None
             if total > len(rows):

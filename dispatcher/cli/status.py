@@ -178,7 +178,7 @@ def logs(
     from dispatcher.config.hosts import load_hosts
     from dispatcher.remote.follow import stream_log
 
-    config = load_hosts(hosts)
+    config = load_hosts(hosts, store.path)
     spec = next((h for h in config.hosts if h.name == task.host), None)
     if spec is None:
         raise UsageError(f"task {task_id} runs on {task.host}, which {hosts} does not list")
