@@ -9,7 +9,7 @@ import typer
 
 from dispatcher.cli.app import app, db_option
 from dispatcher.core.models import TaskState
-from dispatcher.core.words import id_ranges, plural, resume_hint
+from dispatcher.core.words import id_ranges, resume_hint
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -119,10 +119,12 @@ def dispatch(
         reporter.close()
     running = len(engine.active)
     if interrupted:
+        one = running == 1
+        what = "1 task keeps running on its host" if one else f"{running} tasks keep running"
+        what += "" if one else " on their hosts"
         console.print(
-            f"[yellow]Stopped launching. {plural(running, 'task')} keep"
-            f"{'s' if running == 1 else ''} running on their hosts; "
-            "run `labtasker dispatch` again to collect them.[/]"
+            f"[yellow]Stopped launching. {what}; run `labtasker dispatch` again to collect"
+            f" {'it' if one else 'them'}.[/]"
         )
         raise typer.Exit(130)
     snap = engine.snapshot()

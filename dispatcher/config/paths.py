@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from dispatcher.errors import DispatcherRunningError, StoreError
+from dispatcher.errors import DispatcherRunningError, NoQueueError, StoreError
 
 DB_ENV = "LABTASKER_DB"
 DEFAULT_DIR = ".labtasker"
@@ -51,9 +51,9 @@ def resolve_db_path(db: Path | None) -> Path:
     return locate_db(db)[0]
 
 
-def no_queue_message(looked_in: str) -> str:
-    """The one line for a command that needs a queue and finds none."""
-    return (
+def no_queue(looked_in: str) -> NoQueueError:
+    """The one error for a command that needs a queue and finds none."""
+    return NoQueueError(
         f"no queue here (looked in {looked_in}); add tasks with `labtasker queue add`, or pass --db"
     )
 

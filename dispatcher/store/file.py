@@ -31,14 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from dispatcher.config.paths import ensure_private_dir, locate_db, no_queue_message, wanted_path
-from dispatcher.errors import (
-    NoQueueError,
-    StoreError,
-    StoreLockedError,
-    StoreVersionError,
-    UsageError,
-)
+from dispatcher.config.paths import ensure_private_dir, locate_db, no_queue, wanted_path
+from dispatcher.errors import StoreError, StoreLockedError, StoreVersionError, UsageError
 from dispatcher.store import schema
 from dispatcher.store.schema import duckdb
 from dispatcher.store.txn import Txn
@@ -130,7 +124,7 @@ class QueueFile:
     def require(self) -> None:
         """Raise NoQueueError unless the queue file exists or may be created."""
         if not self.create and not os.path.exists(self.path):
-            raise NoQueueError(no_queue_message(self.looked_in))
+            raise no_queue(self.looked_in)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"

@@ -159,10 +159,10 @@ def test_api_example_queues_dispatches_and_reports(local: Local) -> None:
     argv = [sys.executable, str(EXAMPLES / "api.py"), "--db", str(local.db)]
     done = local.run([*argv, "--hosts", str(local.hosts)])
     assert done.returncode == 0, (done.stdout, done.stderr)
-    assert "queued 7 new task(s)" in done.stdout and "7 succeeded; best: task" in done.stdout
+    assert "queued 7 new tasks" in done.stdout and "7 succeeded; best: task" in done.stdout
     assert re.search(r"lr=0\.5 +mean val loss [0-9.]+ over 1 run", done.stdout), done.stdout
     again = local.run(argv)
-    assert "queued 0 new task(s)" in again.stdout and "labtasker dispatch" in again.stdout
+    assert "queued 0 new tasks" in again.stdout and "labtasker dispatch" in again.stdout
 
 
 def test_hosts_jump_toml_loads_and_matches_its_ssh_config() -> None:
