@@ -47,7 +47,8 @@ def open_store(ctx: typer.Context, *, create: bool = False) -> Store:
     line and exit 1 when there is none, unless ``create`` (only ``queue add`` creates one)."""
     from dispatcher.store.queue import Store
 
-    return Store.open_default(db_option(ctx), create=create)
+    with reported():
+        return Store.open_default(db_option(ctx), create=create)
 
 
 def states(values: Sequence[str] | None) -> list[TaskState] | None:

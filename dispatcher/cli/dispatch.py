@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dispatcher.cli.app import app, db_option
+from dispatcher.cli.app import app
 from dispatcher.core.models import TaskState
 from dispatcher.core.words import id_ranges, resume_hint
 
@@ -81,13 +81,13 @@ def dispatch(
 
     from rich.console import Console
 
+    from dispatcher.cli.common import open_store
     from dispatcher.config.hosts import for_queue, load_hosts
     from dispatcher.config.paths import logs_dir
     from dispatcher.dispatch.loop import Dispatcher, DispatchOptions
-    from dispatcher.store.queue import Store
 
     config = load_hosts(hosts)
-    store = Store.open_default(db_option(ctx))
+    store = open_store(ctx)
     config = for_queue(config, store.path)
     console = Console(highlight=False, soft_wrap=True)
     reporter = ConsoleReporter(console)

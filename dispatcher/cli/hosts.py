@@ -119,12 +119,11 @@ def resume(
     names: Annotated[list[str], typer.Argument(help="Suspended host names (as in hosts.toml).")],
 ) -> None:
     """Place tasks on suspended hosts again (a running dispatcher sees it within a tick)."""
-    from dispatcher.cli.app import db_option
+    from dispatcher.cli.common import open_store
     from dispatcher.errors import UsageError
-    from dispatcher.store.queue import Store
     from dispatcher.store.suspensions import resume_hosts, suspended_hosts
 
-    store = Store.open_default(db_option(ctx))
+    store = open_store(ctx)
     with store.transaction() as tx:
         known = suspended_hosts(tx)
         resumed = resume_hosts(tx, names)

@@ -129,11 +129,13 @@ def results(
     with reported():
         states = parse_states(state)
         chosen = fmt or (_infer_format(output) if output is not None else ResultsFormat.TABLE)
-        store = open_store(ctx)
+        if chosen is ResultsFormat.TABLE and output is not None:
+            raise UsageError("the table view prints to the terminal; for a file use --format"
+                             " csv, json or parquet with --output")  # fmt: skip
+        if chosen is ResultsFormat.PARQUET and output is None:
+            raise UsageError("parquet is binary: give a file with --output FILE.parquet")
+        store = open_store(ctx)  # after the usage checks: those need no queue
         if chosen is ResultsFormat.TABLE:
-            if output is not None:
-                raise UsageError("the table view prints to the terminal; for a file use --format"
-                                 " csv, json or parquet with --output")  # fmt: skip
             shown = TABLE_LIMIT if limit is None else limit
             names, rows, total = res.read(store, states, limit=shown)
             if not total:
@@ -152,8 +154,6 @@ def results(
             n = res.write(store, chosen.value, output, states)
             note(f"Wrote {n:,} rows to {output}.", "dim")
             return
-        if chosen is ResultsFormat.PARQUET:
-            raise UsageError("parquet is binary: give a file with --output FILE.parquet")
         with tempfile.TemporaryDirectory(prefix="labtasker-results-") as tmp:
             path = Path(tmp) / f"results.{chosen.value}"
             res.write(store, chosen.value, path, states)
