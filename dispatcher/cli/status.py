@@ -73,8 +73,8 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
         parts.append(stale)
     for s in suspended.values():  # persisted by the dispatcher; lifted by `hosts resume`
         at = s.suspended_at.strftime("%Y-%m-%d %H:%M:%S")
-        line = f"host {s.host} {s.reason} since {at} UTC; {resume_hint(s.host)}"
-        parts.append(Text(line, style="bold red"))
+        said = f"host {s.host} {s.reason} since {at} UTC; {resume_hint(s.host)}"
+        parts.append(Text(said, style="bold red"))
     return Group(*parts), active
 
 
