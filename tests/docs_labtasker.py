@@ -1,5 +1,6 @@
 """The `labtasker` command the docs run puts first on PATH: the real CLI, started as the installed
-``labtasker`` script starts it (``dispatcher.cli:main``, with this checkout first on PYTHONPATH), with every host of the hosts file it will read made local, and ``status --watch`` given Ctrl-C.
+``labtasker`` script starts it (``dispatcher.cli:main``, this checkout first on PYTHONPATH), with
+every host of the hosts file it will read made local, and ``status --watch`` given Ctrl-C.
 
 - Hosts: each ``[hosts.NAME]`` other than ``local`` gets ``ssh = false`` (its own ``ssh =`` line is
   dropped): the host runs its tasks on this machine, as docs/hosts.md says ``ssh = false`` does, so

@@ -21,10 +21,10 @@ The conventions a doc follows (tests/integration/test_docs_run.py enforces them)
   ``<!-- not run: REASON -->`` skips the block; the reason is required, and all the docs together
   hold at most five such blocks.
   A block with no language and no marker, or a language not listed here, is an error.
-- Two commands are never run, wherever they appear: ``pip install ...`` (the suite runs where
-  labtasker is installed already) and ``python3 -m pytest ...`` (that is this suite). Each is
-  replaced by ``:`` up to its ``&&``, ``;`` or comment, so ``pip install . && labtasker demo`` runs
-  ``labtasker demo``.
+- Two commands are never run, wherever they appear: ``pip install ...`` (also as ``python -m pip``;
+  the suite runs where labtasker is installed already) and ``python3 -m pytest ...`` (that is this
+  suite). Each is replaced by ``:`` up to its ``&&``, ``;`` or comment, so
+  ``pip install . && labtasker demo`` runs ``labtasker demo``.
 
 Each doc runs in a fresh project directory with HOME in a fresh temp dir holding what a user
 would have there (see ``Project.__init__``): ``labtasker`` is the real CLI through
@@ -44,6 +44,7 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -54,12 +55,12 @@ MARKERS = {"file", "output", "usage", "not run"}
 BLOCK_TIMEOUT = 120.0
 #: Commands replaced by ``:``, and why.
 NEVER_RUN = {
-    r"pip3? install\b[^&;#\n]*": "the suite runs where labtasker is installed already",
+    r"(?:python3? -m )?pip3? install\b[^&;#\n]*": "the suite runs where labtasker is installed",
     r"python3? -m pytest\b[^&;#\n]*": "that is this test suite",
 }
 _FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*$")
 _MARKER = re.compile(r"^<!--\s*([a-z ]+?)\s*(?::\s*(.*?))?\s*-->\s*$")
-_GPUS = "0, GPU-0000-docs, NVIDIA Test GPU, 0, 40960, 0\n1, GPU-0001-docs, NVIDIA Test GPU, 0, 40960, 0\n"
+_GPUS = "".join(f"{i}, GPU-000{i}-docs, NVIDIA Test GPU, 0, 40960, 0\n" for i in (0, 1))
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Block:
 
 def blocks(path: Path) -> list[Block]:
     """The fenced blocks of a markdown file, each with the marker comment just before it."""
-    doc = path.relative_to(REPO).as_posix()
+    doc = path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.name
     lines = path.read_text(encoding="utf-8").splitlines()
     found: list[Block] = []
     i = 0
@@ -102,7 +103,7 @@ def blocks(path: Path) -> list[Block]:
 def problem(block: Block) -> str | None:
     """Why a block breaks the conventions, or None."""
     if block.marker is not None and block.marker not in MARKERS:
-        return f"{block.where}: unknown marker <!-- {block.marker} -->; use one of {sorted(MARKERS)}"
+        return f"{block.where}: unknown marker <!-- {block.marker} -->; use {sorted(MARKERS)}"
     if block.marker == "not run" and not block.arg:
         return f"{block.where}: <!-- not run --> needs a reason: <!-- not run: REASON -->"
     if block.marker == "file" and not block.arg:
@@ -163,7 +164,8 @@ class Project:
                 timeout=BLOCK_TIMEOUT, check=False, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"{block.where}: {what} still running after {exc.timeout} s")
+            late = f"{block.where}: {what} still running after {exc.timeout} s"
+            raise AssertionError(late) from None
         if done.returncode != 0:
             raise AssertionError(
                 f"{block.where}: {what} exited {done.returncode}\n--- block ---\n{block.text}"
@@ -240,7 +242,7 @@ def check_ssh_config(project: Project, block: Block) -> None:
         elif key and not key.startswith("#"):
             current[key] = value.strip()
 
-    async def resolve(alias: str) -> asyncssh.SSHClientConnectionOptions:
+    async def resolve(alias: str) -> Any:
         return await asyncssh.SSHClientConnectionOptions.construct(
             host=alias, config=[str(path)], port=(), username=(), client_keys=[]
         )

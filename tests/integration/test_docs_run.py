@@ -14,7 +14,19 @@ from pathlib import Path
 import pytest
 
 from dispatcher import Queue
-from tests.docs_run import DOCS, NEVER_RUN, REPO, Block, Project, blocks, problem, run_block
+from dispatcher.config.hosts import load_hosts
+from tests.docs_labtasker import localize
+from tests.docs_run import (
+    DOCS,
+    NEVER_RUN,
+    REPO,
+    Block,
+    Project,
+    blocks,
+    problem,
+    run_block,
+    shell_script,
+)
 
 #: At most this many blocks in all the docs may be left unrun.
 MAX_NOT_RUN = 5
@@ -96,3 +108,46 @@ def test_results_md_api_table_lists_every_parameter() -> None:
     for name, params in documented.items():
         method = Queue.__init__ if name == "Queue" else getattr(Queue, name.removeprefix("q."))
         assert params == _signature_text(method), name
+
+
+def test_a_failing_block_names_its_file_and_line(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text(
+        "# x\n\n```bash\nlabtasker --version\n```\n\n```sh\nlabtasker queue retry 9\n```\n"
+    )
+    project = Project(tmp_path / "run")
+    first, second = blocks(doc)
+    run_block(project, first)
+    with pytest.raises(AssertionError, match=r"^x\.md:7: bash exited [12]\n"):
+        run_block(project, second)
+
+
+def test_a_usage_block_with_an_unknown_option_fails(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text("<!-- usage -->\n```\nlabtasker results [--format F] [--colour C]\n```\n")
+    (block,) = blocks(doc)
+    assert block.marker == "usage" and problem(block) is None
+    with pytest.raises(AssertionError, match=r"x\.md:2: --colour is not an option"):
+        run_block(Project(tmp_path / "run"), block)
+
+
+def test_install_and_suite_commands_are_never_run() -> None:
+    text = "pip install . && labtasker demo  # go\npython -m pip install -e '.[dev]'\n"
+    text += "pip install -e '.[test]' && python3 -m pytest -q   # all\n"
+    script = shell_script(Block("x.md", 1, "bash", text))
+    assert "pip" not in script and "pytest" not in script, script
+    assert script.splitlines()[0] == ": && labtasker demo  # go"
+
+
+def test_every_host_of_a_doc_is_made_local(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(
+        '[defaults]\nworkdir = "~/exp"\n[hosts.gpu-a]   # an alias\n'
+        '[hosts.cpu-box]\nssh = "alice@cpu-box:2200"\ngpus = 0\n[hosts.local]\nslots = 2\n'
+    )
+    hosts.write_text(localize(hosts.read_text()))
+    assert localize(hosts.read_text()) == hosts.read_text()  # idempotent
+    config = load_hosts(hosts)
+    assert [h.name for h in config.hosts] == ["gpu-a", "cpu-box", "local"]
+    assert all(h.local and h.ssh is None for h in config.hosts)
+    assert config.hosts[1].gpus == () and config.hosts[2].slots == 2
