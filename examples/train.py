@@ -14,7 +14,7 @@ import math
 import os
 import random
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser = argparse.ArgumentParser(description="A stand-in training script.")
 parser.add_argument("--lr", type=float, default=0.01)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--model", default="small")

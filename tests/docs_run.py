@@ -3,7 +3,9 @@
 The conventions a doc follows (tests/integration/test_docs_run.py enforces them):
 
 - A fenced block's language says how it runs:
-  ``bash``/``sh``/``shell``: a bash -e -o pipefail script in the project directory;
+  ``bash``/``sh``/``shell``: a bash -e -o pipefail script in the project directory; a line that
+  starts with ``#`` (``# Added 6 tasks (ids 1-6).``; not in a here-document) shows output: the
+  block's stdout and stderr must hold that text (runs of blanks compared as one space);
   ``console``: the same, for the lines that start with ``$ `` (the rest is output);
   ``python``: this interpreter, ``-c``, in the project directory;
   ``sql``: ``labtasker sql "<block>"``;
@@ -157,7 +159,7 @@ class Project:
         return env
 
     def run(self, argv: list[str], block: Block, what: str) -> str:
-        """Run ``argv`` in the project; fail naming the block unless it exits 0; its stdout."""
+        """Run ``argv`` in the project; fail naming the block unless it exits 0; its output."""
         try:
             done = subprocess.run(
                 argv, cwd=self.dir, env=self.env(), capture_output=True, text=True,
@@ -171,7 +173,7 @@ class Project:
                 f"{block.where}: {what} exited {done.returncode}\n--- block ---\n{block.text}"
                 f"--- stdout ---\n{done.stdout[-3000:]}\n--- stderr ---\n{done.stderr[-3000:]}"
             )
-        return done.stdout
+        return done.stdout + done.stderr
 
     def labtasker(self, block: Block, *args: str) -> str:
         return self.run([str(self.bin / "labtasker"), *args], block, f"labtasker {args[0]}")
@@ -191,7 +193,9 @@ def run_block(project: Project, block: Block) -> None:
     elif block.marker == "usage":
         check_usage(project, block)
     elif block.lang in SHELLS:
-        project.run(["bash", "-e", "-o", "pipefail", "-c", shell_script(block)], block, "bash")
+        script = shell_script(block)
+        out = project.run(["bash", "-e", "-o", "pipefail", "-c", script], block, "bash")
+        check_output(block, out)
     elif block.lang == "python":
         project.run([sys.executable, "-c", block.text], block, "python")
     elif block.lang == "sql":
@@ -200,6 +204,30 @@ def run_block(project: Project, block: Block) -> None:
         check_toml(project, block)
     elif block.lang == "ssh-config":
         check_ssh_config(project, block)
+
+
+def shown_output(block: Block) -> list[str]:
+    """The output a shell block shows: its lines that start with ``#`` (outside here-documents),
+    or, in a ``console`` block, its lines that are not ``$ `` commands."""
+    if block.lang == "console":
+        return [ln for ln in block.text.splitlines() if ln.strip() and not ln.startswith("$ ")]
+    shown, heredoc = [], None
+    for line in block.text.splitlines():
+        if heredoc is not None:
+            heredoc = None if line.strip() == heredoc else heredoc
+        elif line.startswith("#"):
+            shown.append(line[1:])
+        elif opened := re.search(r"<<-?\s*['\"]?(\w+)", line):
+            heredoc = opened[1]
+    return shown
+
+
+def check_output(block: Block, out: str) -> None:
+    """Each line of output a shell block shows is text its commands printed."""
+    said = " ".join(out.split())
+    for line in shown_output(block):
+        shown = " ".join(line.split())
+        assert shown in said, f"{block.where}: the doc shows {shown!r}; it printed:\n{out}"
 
 
 def check_usage(project: Project, block: Block) -> None:

@@ -26,6 +26,7 @@ from tests.docs_run import (
     problem,
     run_block,
     shell_script,
+    shown_output,
 )
 
 #: At most this many blocks in all the docs may be left unrun.
@@ -151,3 +152,17 @@ def test_every_host_of_a_doc_is_made_local(tmp_path: Path) -> None:
     assert [h.name for h in config.hosts] == ["gpu-a", "cpu-box", "local"]
     assert all(h.local and h.ssh is None for h in config.hosts)
     assert config.hosts[1].gpus == () and config.hosts[2].slots == 2
+
+
+def test_the_output_a_block_shows_is_checked(tmp_path: Path) -> None:
+    """`# ...` lines are output the block must print; a here-document's `#` lines are not."""
+    doc = tmp_path / "x.md"
+    ok = "```bash\ncat > notes.txt <<'EOF'\n# a heading\nEOF\n"
+    ok += "echo 'Added  6 tasks'\n# Added 6 tasks\n```\n"
+    doc.write_text(ok + "\n```sh\necho 'Added 5 tasks'\n# Added 6 tasks\n```\n")
+    project = Project(tmp_path / "run")
+    good, bad = blocks(doc)
+    assert shown_output(good) == [" Added 6 tasks"]
+    run_block(project, good)
+    with pytest.raises(AssertionError, match=r"x\.md:9: the doc shows 'Added 6 tasks'"):
+        run_block(project, bad)
