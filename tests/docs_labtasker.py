@@ -6,8 +6,8 @@ every host of the hosts file it will read made local, and ``status --watch`` giv
   dropped): the host runs its tasks on this machine, as docs/hosts.md says ``ssh = false`` does, so
   a doc's ``[hosts.gpu-a]`` runs here with the GPUs of the stub nvidia-smi on PATH. The file is
   the one ``--hosts`` names, else ./hosts.toml; it is rewritten in place before the command runs.
-- ``status --watch`` runs until Ctrl-C by design: it gets SIGINT after WATCH_S seconds, as a user
-  would press it, and that ending counts as success.
+- ``status --watch`` runs until Ctrl-C by design: it gets SIGINT once it has printed a whole frame,
+  as a user would press it, and that ending counts as success (no frame: exit 1).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-WATCH_S = 2.0
+_FRAME = re.compile(r"^-- \d\d:\d\d:\d\d --$")
 _HEADER = re.compile(r"^\s*\[\s*hosts\.([^\]\s]+)\s*\]")
 _TABLE = re.compile(r"^\s*\[")
 _SSH = re.compile(r"^\s*ssh\s*=")
@@ -53,15 +53,26 @@ def main(args: list[str]) -> int:
             hosts.write_text(localize(text), encoding="utf-8")
     argv = [sys.executable, "-c", _MAIN, *args]
     if "status" in args and {"--watch", "-w"} & set(args):
-        proc = subprocess.Popen(argv)
-        try:
-            return proc.wait(timeout=WATCH_S)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)
-            code = proc.wait()
-            return 0 if code in (0, 130, -signal.SIGINT) else code
+        return watch(argv)
     os.execv(sys.executable, argv)
     return 0  # not reached
+
+
+def watch(argv: list[str]) -> int:
+    """Run ``status --watch`` into a pipe, pass its output on, and press Ctrl-C once it has
+    printed one whole frame (the next frame's ``-- HH:MM:SS --`` line has come)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    headers = 0
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        headers += bool(_FRAME.match(line))
+        if headers == 2:
+            proc.send_signal(signal.SIGINT)
+            break
+    sys.stdout.write(proc.stdout.read())
+    code = proc.wait()
+    return 0 if headers == 2 and code in (0, 130, -signal.SIGINT) else code or 1
 
 
 if __name__ == "__main__":
