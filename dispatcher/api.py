@@ -150,15 +150,32 @@ class Queue:
             raise UsageError("name the tasks to retry: retry(ids), retry(failed=True) or state=")
         return self._store.retry(None if ids is None else list(ids), states=states or None)
 
-    def results(self, state: States = None) -> list[dict[str, Any]]:
+    def results(
+        self,
+        state: States = None,
+        *,
+        columns: str | None = None,
+        sort: str | None = None,
+        where: str | None = None,
+    ) -> list[dict[str, Any]]:
         """One dict per task, as ``labtasker results`` prints: id, name, state, host, gpus,
-        runtime, exit_code, then ``args.KEY`` and ``result.KEY`` (nested keys joined by dots)."""
+        runtime, exit_code, then ``args.KEY`` and ``result.KEY`` (nested keys joined by dots).
+        ``columns``, ``sort`` and ``where`` are those of ``labtasker results``."""
         from dispatcher.store import results
+        from dispatcher.store.selection import Selection
 
-        names, rows, _ = results.read(self._store, _states(state))
+        sel = Selection(columns, sort, where)
+        names, rows, _ = results.read(self._store, _states(state), sel=sel)
         return [dict(zip(names, row, strict=True)) for row in rows]
 
-    def results_df(self, state: States = None) -> Any:
+    def results_df(
+        self,
+        state: States = None,
+        *,
+        columns: str | None = None,
+        sort: str | None = None,
+        where: str | None = None,
+    ) -> Any:
         """``results`` as a pandas DataFrame (needs pandas). Nested values (lists, mixed types)
         are JSON text in the frame."""
         if importlib.util.find_spec("pandas") is None:
@@ -167,8 +184,9 @@ class Queue:
                 " or use Queue.results() for a list of dicts"
             )
         from dispatcher.store import results
+        from dispatcher.store.selection import Selection
 
-        return results.frame(self._store, _states(state))
+        return results.frame(self._store, _states(state), Selection(columns, sort, where))
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         """Rows of one read-only SELECT over the ``tasks`` and ``attempts`` views, as dicts."""
