@@ -82,13 +82,12 @@ def dispatch(
     from rich.console import Console
 
     from dispatcher.cli.common import open_store
-    from dispatcher.config.hosts import for_queue, load_hosts
+    from dispatcher.config.hosts import load_hosts
     from dispatcher.config.paths import logs_dir
     from dispatcher.dispatch.loop import Dispatcher, DispatchOptions
 
-    config = load_hosts(hosts)
     store = open_store(ctx)
-    config = for_queue(config, store.path)
+    config = load_hosts(hosts, store.path)
     console = Console(highlight=False, soft_wrap=True)
     reporter = ConsoleReporter(console)
     engine = Dispatcher(

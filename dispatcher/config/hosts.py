@@ -344,8 +344,16 @@ def parse_hosts_text(text: str, path: Path) -> HostsConfig:
 
 def load_hosts(path: Path, queue: Path | None = None) -> HostsConfig:
     """Read and check the hosts file at ``path``; every problem is a ``ConfigError``. With
-    ``queue`` (a queue file's path), local hosts take that queue's defaults (``for_queue``)."""
-    shown = f"./{path}" if not path.is_absolute() and path.parent == Path() else str(path)
+    ``queue`` (a queue file's path), local hosts take that queue's defaults (``for_queue``), and
+    a bare file name missing here is looked for in the queue's project directory too."""
+    bare = not path.is_absolute() and path.parent == Path()
+    shown = f"./{path}" if bare else str(path)
+    if bare and queue is not None and not path.exists():
+        other = project_dir(queue) / path
+        if other.exists():
+            path, shown = other, str(other)
+        elif other.parent != Path.cwd():
+            shown += f" (nor {other})"
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

@@ -139,3 +139,23 @@ def test_a_restarted_controller_finds_the_local_run_from_another_directory(
     assert len(project.journal()) == 1  # re-attached, not started again
     assert project.tasks()[1]["state"] == "succeeded"
     assert not (project.home / ".labtasker").exists()
+
+
+def test_the_projects_hosts_file_and_workdir_serve_its_subdirectories(project: Project) -> None:
+    missing = project.run(project.sub, "hosts", "check")  # no queue yet: nothing to go by
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("Error: hosts file ./hosts.toml not found")
+    assert project.run(project.root, "queue", "add", "--", "true").returncode == 0
+    check = project.run(project.sub, "hosts", "check")  # ./hosts.toml, else the project's
+    assert check.returncode == 0, (check.stdout, check.stderr)
+    assert str(project.root) in check.stdout.split()  # the workdir column: the project
+    done = project.run(project.sub, "dispatch")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "Done: 1 succeeded, 0 failed, 0 cancelled, 0 pending." in done.stdout
+    (project.root / "hosts.toml").unlink()
+    gone = project.run(project.sub, "dispatch")
+    assert gone.returncode == 2
+    assert gone.stderr == (
+        f"Error: hosts file ./hosts.toml (nor {project.root / 'hosts.toml'}) not found; create"
+        " one (see docs/hosts.md) or pass --hosts PATH\n"
+    )
