@@ -168,7 +168,7 @@ def results(
             return
         if output is not None:
             n = res.write(store, chosen.value, output, states, sel)
-            note(f"Wrote {n:,} rows to {output}.", "dim")
+            note(f"Wrote {n:,} {'row' if n == 1 else 'rows'} to {output}.", "dim")
             return
         with tempfile.TemporaryDirectory(prefix="labtasker-results-") as tmp:
             path = Path(tmp) / f"results.{chosen.value}"

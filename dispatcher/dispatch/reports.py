@@ -17,7 +17,7 @@ from typing import Any
 from dispatcher.config.hosts import HostsConfig
 from dispatcher.core.models import Task, TaskState
 from dispatcher.core.outcome import Outcome, lost_outcome, outcome_of, parse_time, real_attempts
-from dispatcher.core.words import command_fault, resume_hint
+from dispatcher.core.words import command_fault, plural, resume_hint
 from dispatcher.dispatch.hooks import HOOK_STATES, on_finish
 from dispatcher.dispatch.jobs import Jobs
 from dispatcher.dispatch.logs import LogCollector, SavedLog, log_path
@@ -277,7 +277,7 @@ class Reports:
                 o.failures = type(o.failures)(f for f in o.failures if f[1] != why)
             self.reporter.log(command_fault(why, faults[why][0]), style="bold red")
             return
-        hs.suspended = f"suspended after {len(hs.failures)} failures in a row ({why})"
+        hs.suspended = f"suspended after {plural(len(hs.failures), 'failure')} in a row ({why})"
         self.reporter.log(
             f"{spec.name}: {hs.suspended}; {resume_hint(spec.name)}", style="bold red"
         )
