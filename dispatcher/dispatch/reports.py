@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import deque
 from typing import Any
 
 from dispatcher.config.hosts import HostsConfig
@@ -274,7 +275,7 @@ class Reports:
             seen = [f for o in self.state.hosts.values() for f in o.failures if f[1] == why]
             faults[why] = [i for _, _, i in sorted(seen)]
             for o in self.state.hosts.values():
-                o.failures = type(o.failures)(f for f in o.failures if f[1] != why)
+                o.failures = deque(f for f in o.failures if f[1] != why)
             self.reporter.log(command_fault(why, faults[why][0]), style="bold red")
             return
         hs.suspended = f"suspended after {plural(len(hs.failures), 'failure')} in a row ({why})"
