@@ -35,9 +35,11 @@ def _states(state: States) -> list[TaskState] | None:
 class Queue:
     """A labtasker queue file.
 
-    ``Queue()`` opens the queue the CLI uses here ($LABTASKER_DB, else
-    ``.labtasker/queue.duckdb`` in the current directory, resolved now); ``Queue(db=path)`` opens
-    (or creates) another. Every method is one transaction on the file.
+    ``Queue()`` opens the queue the CLI uses here ($LABTASKER_DB, else the nearest
+    ``.labtasker/queue.duckdb`` in the current directory or above it, resolved now);
+    ``Queue(db=path)`` opens another. Only ``add`` creates a missing queue (in the current
+    directory when none was found); every other method raises NoQueueError there. Every method
+    is one transaction on the file.
 
     >>> q = Queue()
     >>> ids = q.add("python train.py --lr %{lr} --seed %{seed}", grid={"lr": [0.1, 0.01],
@@ -45,9 +47,12 @@ class Queue:
     """
 
     def __init__(self, db: str | os.PathLike[str] | None = None) -> None:
+        from dispatcher.config.paths import locate_db
         from dispatcher.store.queue import Store
 
-        self._store: Store = Store.open_default(None if db is None else Path(db))
+        path, looked_in = locate_db(None if db is None else Path(db))
+        self._store: Store = Store(path, create=False)
+        self._store.looked_in = looked_in
 
     @property
     def path(self) -> Path:
@@ -92,11 +97,13 @@ class Queue:
         ``outputs`` are globs copied back after each run. ``skip_existing`` leaves out tasks
         whose command is already pending, running or succeeded. Errors (bad template, missing
         key) raise before anything is added. The project is snapshotted as by ``queue add``,
-        shaped by the [sync] table of ``hosts`` (default: hosts.toml in the project directory).
+        shaped by the [sync] table of ``hosts`` (default: as ``queue add``'s ``--hosts``).
         """
         from dispatcher.core import sampling
         from dispatcher.core.batch import assemble
         from dispatcher.core.sweep import grid_from_mapping
+        from dispatcher.snapshot.take import add_with_snapshot
+        from dispatcher.store.queue import Store
 
         if not isinstance(cmd, str) or not cmd.strip():
             raise UsageError(f"cmd must be a non-empty command template, got {cmd!r}")
@@ -114,11 +121,10 @@ class Queue:
             outputs=outputs,
             after=after,
         )
-        from dispatcher.snapshot.take import add_with_snapshot
-
+        creating = Store.open_default(self.path, create=True)  # the one call that may create
         hosts_path = None if hosts is None else Path(hosts)
         added, _ = add_with_snapshot(
-            self._store, batch, hosts_path=hosts_path, skip_existing=skip_existing
+            creating, batch, hosts_path=hosts_path, skip_existing=skip_existing
         )
         return added.ids
 

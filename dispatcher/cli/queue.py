@@ -19,6 +19,7 @@ from dispatcher.cli.common import open_store as _store
 from dispatcher.cli.common import states as _states
 from dispatcher.cli.snapshot import AddHostsOption, add_snapshotted, collect_snapshots
 from dispatcher.core.models import TaskState
+from dispatcher.core.words import EMPTY_QUEUE, id_ranges, ids_text, plural
 from dispatcher.errors import SweepError, UsageError
 
 if TYPE_CHECKING:
@@ -36,22 +37,6 @@ IdsArgument = Annotated[list[int] | None, typer.Argument(help="Task ids.", show_
 #: Rows the ``ls`` table shows unless --limit says otherwise.
 LS_DEFAULT_LIMIT = 200
 _JSON_PAGE = 10_000
-
-
-def id_ranges(ids: Sequence[int], limit: int = 8) -> str:
-    """``1-12, 15, 20-21``: sorted ids as ranges, at most ``limit`` ranges, then "…"."""
-    ranges: list[tuple[int, int]] = []
-    for i in sorted(ids):
-        if ranges and i == ranges[-1][1] + 1:
-            ranges[-1] = (ranges[-1][0], i)
-        else:
-            ranges.append((i, i))
-    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[:limit]]
-    return ", ".join(parts) + (", …" if len(ranges) > limit else "")
-
-
-def _tasks_word(n: int) -> str:
-    return f"{n} task" if n == 1 else f"{n} tasks"
 
 
 def _read(path: Path) -> str:
@@ -208,7 +193,8 @@ def add(
         if dry_run:
             _dry_run(batch, as_json)
             return
-        result, snapshot = add_snapshotted(_store(ctx), batch, hosts, skip_existing=skip_existing)
+        store = _store(ctx, create=True)
+        result, snapshot = add_snapshotted(store, batch, hosts, skip_existing=skip_existing)
         if result.duplicates and not skip_existing:
             first = result.ids[0]
             dup_ids = [first + i for i in result.duplicates]
@@ -217,7 +203,7 @@ def add(
                 if len(dup_ids) == 1
                 else (f"{len(dup_ids)} tasks duplicate existing ones")
             )
-            note(f"{what} (ids {id_ranges(dup_ids)}); use --skip-existing to skip them")
+            note(f"{what} ({ids_text(dup_ids)}); use --skip-existing to skip them")
         if as_json:
             sys.stdout.write(json.dumps(result.ids) + "\n")
             return
@@ -228,7 +214,7 @@ def add(
         else:
             out(f"Added {len(result.ids)} tasks (ids {result.ids[0]}-{result.ids[-1]}).")
         if result.skipped:
-            note(f"Skipped {_tasks_word(result.skipped)} whose command is already queued.")
+            note(f"Skipped {plural(result.skipped, 'task')} whose command is already queued.")
         out(snapshot)
 
 
@@ -265,7 +251,7 @@ def ls(
             total = tx.count(states=states) if len(tasks) >= shown else len(tasks)
         if not total:
             what = " in state " + ", ".join(states) if states else ""
-            out(f"[dim]No tasks{what}.[/]" if states else "[dim]The queue is empty.[/]")
+            out(f"[dim]No tasks{what}.[/]" if states else f"[dim]{EMPTY_QUEUE}[/]")
             return
         from rich.console import Console
 
@@ -347,7 +333,7 @@ def retry(
             raise UsageError("name the tasks to retry: task ids, --failed or --state")
         moved = _store(ctx).retry(ids or None, states=states or None)
         if moved:
-            out(f"Retrying {_tasks_word(len(moved))} (ids {id_ranges(moved)}): back to pending.")
+            out(f"Retrying {plural(len(moved), 'task')} ({ids_text(moved)}): back to pending.")
         else:
             out("No tasks to retry.")
 
@@ -371,7 +357,7 @@ def update(
         if priority is None and args is None and cmd is None and name is None:
             raise UsageError("nothing to change: give --priority, --args, --cmd or --name")
         changed = _store(ctx).update(ids, priority=priority, args=args, template=cmd, name=name)
-        out(f"Updated {_tasks_word(len(changed))} (ids {id_ranges(changed)}).")
+        out(f"Updated {plural(len(changed), 'task')} ({ids_text(changed)}).")
 
 
 @queue_app.command("rm")
@@ -383,7 +369,7 @@ def rm(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = None) -
         store = _store(ctx)
         removed = store.remove(ids or None, states=_states(state))
         if removed:
-            out(f"Removed {_tasks_word(len(removed))} (ids {id_ranges(removed)}).")
+            out(f"Removed {plural(len(removed), 'task')} ({ids_text(removed)}).")
         else:
             out("No tasks to remove.")
         collected = collect_snapshots(store)

@@ -21,6 +21,7 @@ import typer
 from dispatcher.cli.app import app
 from dispatcher.cli.common import StateOption, note, open_store, reported
 from dispatcher.cli.common import states as parse_states
+from dispatcher.core.words import EMPTY_QUEUE
 from dispatcher.errors import UsageError
 
 if TYPE_CHECKING:
@@ -154,21 +155,21 @@ def results(
     with reported():
         states = parse_states(state)
         chosen = fmt or (_infer_format(output) if output is not None else ResultsFormat.TABLE)
-        store = open_store(ctx)
+        if chosen is ResultsFormat.TABLE and output is not None:
+            raise UsageError("the table view prints to the terminal; for a file use --format"
+                             " csv, json or parquet with --output")  # fmt: skip
+        if chosen is ResultsFormat.PARQUET and output is None:
+            raise UsageError("parquet is binary: give a file with --output FILE.parquet")
         table = chosen is ResultsFormat.TABLE
         sel = Selection(columns, sort, where, args_first=table)
+        store = open_store(ctx)  # after the usage checks: those need no queue
         if table:
-            if output is not None:
-                raise UsageError("the table view prints to the terminal; for a file use --format"
-                                 " csv, json or parquet with --output")  # fmt: skip
             _show(store, states, sel, TABLE_LIMIT if limit is None else limit, wide=wide)
             return
         if output is not None:
             n = res.write(store, chosen.value, output, states, sel)
-            note(f"Wrote {n:,} rows to {output}.", "dim")
+            note(f"Wrote {n:,} {'row' if n == 1 else 'rows'} to {output}.", "dim")
             return
-        if chosen is ResultsFormat.PARQUET:
-            raise UsageError("parquet is binary: give a file with --output FILE.parquet")
         with tempfile.TemporaryDirectory(prefix="labtasker-results-") as tmp:
             path = Path(tmp) / f"results.{chosen.value}"
             res.write(store, chosen.value, path, states, sel)
@@ -189,7 +190,7 @@ def _show(
     if not total:
         what = " in state " + ", ".join(states) if states else ""
         where = " matching --where" if sel.where is not None else ""
-        note(f"No tasks{what}{where}.", "dim")
+        note(f"No tasks{what}{where}." if what or where else EMPTY_QUEUE, "dim")
         return
     more = None
     if total > len(rows):

@@ -21,7 +21,8 @@ AddHostsOption = Annotated[
     Path | None,
     typer.Option(
         "--hosts", "-H", help="Hosts file whose [sync] table shapes the project snapshot"
-        " [default: hosts.toml in the project directory].", show_default=False,
+        " [default: hosts.toml here, else in the queue's project directory].",
+        show_default=False,
     ),
 ]  # fmt: skip
 

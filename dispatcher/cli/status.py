@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
-from dispatcher.cli.app import app, db_option
-from dispatcher.cli.common import reported
+from dispatcher.cli.app import app
+from dispatcher.cli.common import open_store, reported
 from dispatcher.cli.dispatch import HostsOption
 from dispatcher.core.models import ACTIVE_STATES, Task, TaskState
+from dispatcher.core.words import resume_hint
 from dispatcher.errors import DispatcherError, UsageError
 
 if TYPE_CHECKING:
@@ -72,7 +73,8 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
         parts.append(stale)
     for s in suspended.values():  # persisted by the dispatcher; lifted by `hosts resume`
         at = s.suspended_at.strftime("%Y-%m-%d %H:%M:%S")
-        parts.append(Text(f"host {s.host} {s.reason} (since {at} UTC)", style="bold red"))
+        said = f"host {s.host} {s.reason} since {at} UTC; {resume_hint(s.host)}"
+        parts.append(Text(said, style="bold red"))
     return Group(*parts), active
 
 
@@ -95,12 +97,10 @@ def status(
     """
     from rich.console import Console
 
-    from dispatcher.store.queue import Store
-
     if not (math.isfinite(interval) and interval >= MIN_INTERVAL):
         with reported():
             raise UsageError(f"--interval must be at least {MIN_INTERVAL:g} s (got {interval:g})")
-    store = Store.open_default(db_option(ctx))
+    store = open_store(ctx)
     console = Console(highlight=False)
     if as_json:
         with store.transaction() as tx:
@@ -154,9 +154,8 @@ def logs(
     """Print a task's output: live from its host while it runs, from the local copy once done."""
     from dispatcher.config.paths import logs_dir
     from dispatcher.dispatch.logs import log_path
-    from dispatcher.store.queue import Store
 
-    store = Store.open_default(db_option(ctx))
+    store = open_store(ctx)
     with store.transaction() as tx:
         task = tx.get(task_id)
     if follow and task.state in _NOT_STARTED:
@@ -178,7 +177,7 @@ def logs(
     from dispatcher.config.hosts import load_hosts
     from dispatcher.remote.follow import stream_log
 
-    config = load_hosts(hosts)
+    config = load_hosts(hosts, store.path)
     spec = next((h for h in config.hosts if h.name == task.host), None)
     if spec is None:
         raise UsageError(f"task {task_id} runs on {task.host}, which {hosts} does not list")

@@ -11,11 +11,12 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from dispatcher.config.paths import local_state_dir, project_dir
 from dispatcher.config.sync import NO_SYNC, SyncSpec, sync_from_table
 from dispatcher.config.values import (
     ALIAS,
@@ -46,7 +47,7 @@ class HostSpec:
     gpus: Literal["auto"] | tuple[int, ...]  # () = CPU-only
     slots: int
     max_gpu_memory_used: int  # bytes
-    workdir: str | None  # None = the remote home
+    workdir: str | None  # None = the remote home (a local host: the queue's project, for_queue)
     setup: str | None
     python: str
     env: Mapping[str, str]  # with the values of ``secret_env`` names (see _secrets)
@@ -65,6 +66,7 @@ class HostSpec:
     # `gpus` was written in the file. An unwritten "auto" on a host without nvidia-smi means a
     # CPU-only host; a written one is an error to report (the user expects GPUs there).
     gpus_given: bool = True
+    state_dir_given: bool = True  # unset on a local host: beside the queue (see for_queue)
     outputs_max_size: int = GIB  # bytes of outputs copied back per task, at most
     max_log_size: int = 64 * 1024**2  # bytes of a task's log kept on the controller (head + tail)
 
@@ -258,8 +260,24 @@ def _host(
         local=name == "local" or ssh is False,
         slots_given=slots_given,
         gpus_given="gpus" in own or "gpus" in defaults,
+        state_dir_given="state_dir" in own or "state_dir" in defaults,
         **merged,
     )
+
+
+def for_queue(config: HostsConfig, db_path: Path) -> HostsConfig:
+    """``config`` as the queue at ``db_path`` uses it: a local host without ``workdir`` runs
+    tasks in the queue's project directory, and one without ``state_dir`` keeps its helper and
+    run records beside the queue (``config.paths``), not in the home directory."""
+
+    def settled(spec: HostSpec) -> HostSpec:
+        if not spec.local:
+            return spec
+        workdir = spec.workdir if spec.workdir is not None else str(project_dir(db_path))
+        state = spec.state_dir if spec.state_dir_given else str(local_state_dir(db_path))
+        return replace(spec, workdir=workdir, state_dir=state, state_dir_given=True)
+
+    return replace(config, hosts=tuple(settled(h) for h in config.hosts))
 
 
 def hosts_from_mapping(
@@ -304,6 +322,11 @@ def make_host(name: str, settings: Mapping[str, Any] | None = None, **defaults: 
     return hosts_from_mapping(data, Path("<settings>")).hosts[0]
 
 
+def parse_hosts_text(text: str, path: Path) -> HostsConfig:
+    """Parse and check hosts.toml text; ``path`` is only used in messages and the result."""
+    return hosts_from_mapping(_toml(text, path), path, text)
+
+
 def _toml(text: str, path: Path) -> Any:
     """The parsed TOML of a hosts file; syntax errors as one ``file:line:col`` ConfigError."""
     try:
@@ -325,13 +348,18 @@ def _toml(text: str, path: Path) -> Any:
         raise ConfigError(f"{loc}: {message}") from None
 
 
-def parse_hosts_text(text: str, path: Path) -> HostsConfig:
-    """Parse and check hosts.toml text; ``path`` is only used in messages and the result."""
-    return hosts_from_mapping(_toml(text, path), path, text)
-
-
-def _read_text(path: Path) -> str:
-    shown = f"./{path}" if not path.is_absolute() and path.parent == Path() else str(path)
+def load_hosts(path: Path, queue: Path | None = None) -> HostsConfig:
+    """Read and check the hosts file at ``path``; every problem is a ``ConfigError``. With
+    ``queue`` (a queue file's path), local hosts take that queue's defaults (``for_queue``), and
+    a bare file name missing here is looked for in the queue's project directory too."""
+    bare = not path.is_absolute() and path.parent == Path()
+    shown = f"./{path}" if bare else str(path)
+    if bare and queue is not None and not path.exists():
+        other = project_dir(queue) / path
+        if other.exists():
+            path, shown = other, str(other)
+        elif other.parent != Path.cwd():
+            shown += f" (nor {other})"
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -341,34 +369,28 @@ def _read_text(path: Path) -> str:
     except OSError as err:
         raise ConfigError(f"hosts file {shown} cannot be read: {err.strerror or err}") from None
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
-
-
-def load_hosts(path: Path) -> HostsConfig:
-    """Read and check the hosts file at ``path``; every problem is a ``ConfigError``."""
-    return parse_hosts_text(_read_text(path), path)
-
-
-# --- [sync]: the project snapshot's settings (config/sync.py checks the values) ---
+    config = parse_hosts_text(text, path)
+    return config if queue is None else for_queue(config, queue)
 
 
 def _sync(data: Mapping[Any, Any], where: _Where) -> SyncSpec:
-    def error(key: str | None, message: str) -> ConfigError:
-        return where.error(("sync",), key, message)
-
-    return sync_from_table(data.get("sync", {}), error)
+    """The [sync] table (the project snapshot's settings; config/sync.py checks the values)."""
+    return sync_from_table(data.get("sync", {}), lambda k, m: where.error(("sync",), k, m))
 
 
 def load_sync(path: Path) -> SyncSpec:
     """The ``[sync]`` table of the hosts file at ``path``, checked; the defaults when the file
     does not exist. Only [sync] is read: adding tasks needs no valid host (nor its secrets)."""
-    if not path.exists():
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
         return NO_SYNC
-    text = _read_text(path)
-    data = _toml(text, path)
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: must be a TOML table of tables, got {show(data)}")
-    return _sync(data, _Where(path, text))
+    except OSError as err:
+        raise ConfigError(f"hosts file {path} cannot be read: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    return _sync(_toml(text, path), _Where(path, text))

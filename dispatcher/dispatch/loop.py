@@ -114,6 +114,10 @@ class Dispatcher:
     def unplaceable(self) -> dict[int, str]:
         return self.state.unplaceable
 
+    @property
+    def command_faults(self) -> dict[str, list[int]]:
+        return self.state.command_faults
+
     # -- public ----------------------------------------------------------------------------------
 
     async def run(self) -> int:
@@ -352,6 +356,7 @@ class Dispatcher:
             hosts.append((name, f"{desc}, {n} running" if hs.session.up else desc))
         ok = sum(1 for s in self.final.values() if s is S.SUCCEEDED)
         bad = sum(1 for s in self.final.values() if s in (S.FAILED, S.LOST))
+        cancelled = sum(1 for s in self.final.values() if s is S.CANCELLED)
         runtimes = self.state.runtimes
         runtime = statistics.median(runtimes) if runtimes else None
-        return Snapshot(dict(self.counts), hosts, ok, bad, runtime)
+        return Snapshot(dict(self.counts), hosts, ok, bad, cancelled, runtime)

@@ -45,8 +45,10 @@ class Taken:
 
 
 def default_hosts_path(db_path: Path) -> Path:
-    """``hosts.toml`` in the queue's project directory (``config.paths.project_dir``)."""
-    return project_dir(db_path) / "hosts.toml"
+    """``hosts.toml`` in the current directory, else in the queue's project directory, as
+    ``dispatch`` finds it (``config.hosts.load_hosts``)."""
+    here = Path("hosts.toml")
+    return here if here.exists() else project_dir(db_path) / "hosts.toml"
 
 
 def project_root(db_path: Path, sync: SyncSpec, hosts_path: Path) -> Path:

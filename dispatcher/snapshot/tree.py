@@ -91,13 +91,13 @@ def git_state(root: Path, keeps: Callable[[str], bool]) -> tuple[str | None, boo
 
 
 def _internal(root: Path, db_path: Path) -> Callable[[str], bool]:
-    """Whether a path is the queue's own (its file, its side files, its logs and snapshots)."""
+    """Whether a path is the queue's own (its file, side files, logs, snapshots, run records)."""
     try:
         rel = db_path.relative_to(root).as_posix()
     except ValueError:
         return lambda path: False
     stem = rel.removesuffix(db_path.suffix) if db_path.suffix else rel
-    own = (rel, f"{stem}.logs/", f"{stem}.snapshots/")
+    own = (rel, f"{stem}.logs/", f"{stem}.snapshots/", f"{stem}.runs/")
     return lambda path: path.startswith(own)
 
 

@@ -285,7 +285,8 @@ def insert(
         if missing:
             ids = ", ".join(str(r[0]) for r in missing)
             raise TaskNotFoundError(
-                f"--after names task(s) {ids}, not in the queue; see `labtasker queue ls`"
+                f"--after names {'task' if len(missing) == 1 else 'tasks'} {ids}, not in the"
+                " queue; see `labtasker queue ls`"
             )
     if staged.count == 0:
         return AddResult([], [], 0)

@@ -61,7 +61,8 @@ def select(
         if missing:
             shown = ", ".join(str(r[0]) for r in missing[:10])
             raise TaskNotFoundError(
-                f"task(s) {shown} not in the queue {path}; see `labtasker queue ls`"
+                f"{'task' if len(missing) == 1 else 'tasks'} {shown} not in the queue {path};"
+                " see `labtasker queue ls`"
             )
     where, params = filters(states, id_list, None, None)
     con.execute(

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dispatcher.core.models import Task, TaskState
+from dispatcher.core.words import EMPTY_QUEUE
 
 if TYPE_CHECKING:
     from dispatcher.dispatch.loop import Snapshot
@@ -90,7 +91,7 @@ def counts_line(counts: Mapping[TaskState, int]) -> Text:
             text.append(" · ", style="dim")
         text.append(f"{counts[state]} {state}", style=STATE_STYLE[state])
     if not shown:
-        text.append("the queue is empty", style="dim")
+        text.append(EMPTY_QUEUE, style="dim")
     return text
 
 

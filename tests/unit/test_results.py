@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from dispatcher.cli import _register, app
 from dispatcher.core.models import NewTask, TaskState
+from dispatcher.core.words import EMPTY_QUEUE
 from dispatcher.errors import UsageError
 from dispatcher.store import results
 from dispatcher.store.queue import Store
@@ -268,8 +269,9 @@ def test_results_usage_errors_exit_2(db: Path, args: list[str], message: str) ->
 
 
 def test_results_on_an_empty_queue_and_unwritable_output(db: Path, tmp_path: Path) -> None:
+    Store(db).counts()  # a queue without tasks
     done = run(db, "results")
-    assert done.exit_code == 0 and "No tasks." in done.output
+    assert done.exit_code == 0 and EMPTY_QUEUE in done.output
     done = run(db, "results", "-o", str(tmp_path / "missing-dir" / "r.csv"))
     assert done.exit_code == 2 and "cannot write" in done.output and "missing-dir" in done.output
 
