@@ -33,12 +33,13 @@ def add_snapshotted(
     """Snapshot the project and add ``batch`` recording it; the add's result and the line that
     tells the snapshot's id, file count and size. What the snapshot left out goes to stderr."""
     from dispatcher.core.snapshot import format_size
+    from dispatcher.core.words import plural
     from dispatcher.snapshot.take import add_with_snapshot
 
     result, taken = add_with_snapshot(store, batch, hosts_path=hosts, skip_existing=skip_existing)
     for warning in taken.warnings:
         note(f"snapshot: {warning}")
-    files = "1 file" if taken.files == 1 else f"{taken.files:,} files"
+    files = plural(taken.files, "file")
     stored = f"{taken.new_blobs} new" if taken.new else "unchanged"
     snapshot = taken.code.snapshot or ""
     return result, f"Snapshot {snapshot[:12]}: {files}, {format_size(taken.size)} ({stored})."
@@ -47,10 +48,11 @@ def add_snapshotted(
 def collect_snapshots(store: Store) -> str | None:
     """Remove the snapshot data no task in the queue refers to; a line saying so, if any went."""
     from dispatcher.core.snapshot import format_size
+    from dispatcher.core.words import plural
     from dispatcher.snapshot.take import collect
 
     gone = collect(store)
     if not gone.manifests:
         return None
-    word = "snapshot" if gone.manifests == 1 else "snapshots"
-    return f"Removed {gone.manifests} {word} no task uses ({format_size(gone.bytes)} freed)."
+    snapshots = plural(gone.manifests, "snapshot")
+    return f"Removed {snapshots} no task uses ({format_size(gone.bytes)} freed)."

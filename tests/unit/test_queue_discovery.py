@@ -50,7 +50,9 @@ def cli(*args: str) -> Any:
 
 
 def files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    """Every path under ``root``, less the project snapshots an add stores beside its queue."""
+    found = (p.relative_to(root).as_posix() for p in root.rglob("*"))
+    return sorted(p for p in found if "/.labtasker/snapshots" not in f"/{p}")
 
 
 def no_queue(looked_in: str) -> str:
@@ -97,7 +99,7 @@ def test_the_queue_of_a_parent_directory_is_found_like_git(
     assert files(project) == [".labtasker", ".labtasker/queue.duckdb", "a", "a/b"]
     monkeypatch.chdir(project / "a" / "b")
     added = cli("queue", "add", "--", "echo", "deep")  # into the queue found above
-    assert added.stdout == "Added 1 task (id 2).\n"
+    assert added.stdout.startswith("Added 1 task (id 2).\nSnapshot ")
     listed = json.loads(cli("queue", "ls", "--json").stdout)
     assert [t["command"] for t in listed] == ["echo top", "echo deep"]
     assert not (project / "a" / "b" / ".labtasker").exists()

@@ -75,9 +75,11 @@ def stored_files(db: Path) -> set[str]:
 
 
 @pytest.fixture
-def proj(tmp_path: Path) -> Path:
+def proj(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The project directory, also the current one (where a user runs labtasker)."""
     path = tmp_path / "proj"
     path.mkdir()
+    monkeypatch.chdir(path)
     return path
 
 
@@ -356,13 +358,13 @@ def test_queue_rm_removes_snapshot_data_no_task_refers_to(proj: Path) -> None:
     (snapshots_dir(db) / "tmp" / "w-left-by-a-killed-add").write_bytes(b"partial")
     removed = run(db, "queue", "rm", "1")
     assert removed.stdout == (
-        "Removed 1 task (ids 1).\nRemoved 1 snapshot no task uses (2 B freed).\n"
+        "Removed 1 task (id 1).\nRemoved 1 snapshot no task uses (2 B freed).\n"
     )
     assert store.snapshots() == [two]
     assert not store.blob_path(digest(b"v1")).exists()
     assert store.blob_path(digest(b"shared")).exists() and store.blob_path(digest(b"v2")).exists()
     assert list((snapshots_dir(db) / "tmp").iterdir()) == []
-    assert run(db, "queue", "rm", "2").stdout == "Removed 1 task (ids 2).\n"  # 3 still uses it
+    assert run(db, "queue", "rm", "2").stdout == "Removed 1 task (id 2).\n"  # 3 still uses it
     assert store.snapshots() == [two]
     run(db, "queue", "rm", "3")
     assert store.snapshots() == []
