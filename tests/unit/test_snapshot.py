@@ -395,3 +395,16 @@ def test_git_dirty_counts_only_files_the_snapshot_holds(repo: Path) -> None:
     add(db)
     assert listed(db)[-1]["git_dirty"] is True
     assert "train.py" not in tree(db, listed(db)[-1]["snapshot"])
+
+
+def test_from_a_subdirectory_the_projects_hosts_file_shapes_the_snapshot(
+    proj: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(proj, {"src/a.py": "a", "big.ckpt": "w", "hosts.toml": '[sync]\nexclude = ["*.ckpt"]\n'})
+    db = proj / ".labtasker" / "queue.duckdb"
+    add(db)
+    monkeypatch.chdir(proj / "src")  # no hosts.toml here: the project's is read
+    result = CliRunner().invoke(app, ["queue", "add", "--cmd", "python a.py"])
+    assert result.exit_code == 0, result.stderr
+    first, second = (t["snapshot"] for t in listed(db))
+    assert first == second and "big.ckpt" not in tree(db, second)
