@@ -127,18 +127,25 @@ def take(db_path: Path, sync: SyncSpec, hosts_path: Path, blobs: BlobStore) -> T
 def add_with_snapshot(
     store: Store, batch: TaskBatch, *, hosts_path: Path | None, skip_existing: bool
 ) -> tuple[AddResult, Taken]:
-    """Snapshot the project, then add ``batch``, each task recording the snapshot; the
-    snapshot's settings come from the [sync] table of ``hosts_path`` (default: hosts.toml in
-    the project directory; a missing file means the defaults)."""
-    hosts = hosts_path if hosts_path is not None else default_hosts_path(store.path)
-    hosts = Path(os.path.abspath(hosts))
-    sync = load_sync(hosts)
-    with store.transaction():
-        pass  # the queue file's own problems (read-only, locked, newer) come before the snapshot's
-    blobs = BlobStore(snapshots_dir(store.path))
-    with blobs.locked(exclusive=False):
-        taken = take(store.path, sync, hosts, blobs)
-        result = store.add_batch(batch, skip_existing=skip_existing, code=taken.code)
+    """Render ``batch``, snapshot the project, then add the tasks, each recording the snapshot.
+    The snapshot's settings come from the [sync] table of ``hosts_path`` (default:
+    ``default_hosts_path``; a missing file means the defaults). Errors come in this order, each
+    before anything is written: the batch's, the hosts file's, the queue file's, the tree's."""
+    from dispatcher.store.add import stage_batch
+
+    staged = stage_batch(batch)
+    try:
+        hosts = hosts_path if hosts_path is not None else default_hosts_path(store.path)
+        hosts = Path(os.path.abspath(hosts))
+        sync = load_sync(hosts)
+        with store.transaction():
+            pass  # the queue file's own problems (read-only, locked, newer) before the snapshot's
+        blobs = BlobStore(snapshots_dir(store.path))
+        with blobs.locked(exclusive=False):
+            taken = take(store.path, sync, hosts, blobs)
+            result = store.add_staged(staged, skip_existing=skip_existing, code=taken.code)
+    finally:
+        staged.cleanup()
     return result, taken
 
 

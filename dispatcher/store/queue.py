@@ -14,7 +14,7 @@ from dispatcher.store.file import QueueFile
 from dispatcher.store.txn import Attempt, CancelResult, MoveRequest, Tally, Txn
 
 if TYPE_CHECKING:
-    from dispatcher.store.add import AddResult, TaskBatch
+    from dispatcher.store.add import AddResult, Staged, TaskBatch
 
 __all__ = [
     "AddResult",
@@ -46,15 +46,24 @@ class Store(QueueFile):
     ) -> AddResult:
         """Render ``batch`` (before taking the lock), then add it in one transaction; each task
         records ``code`` (the project snapshot taken for this add)."""
-        from dispatcher.store.add import insert, stage_batch
+        from dispatcher.store.add import stage_batch
 
         staged = stage_batch(batch)
         try:
-            with self.transaction() as txn:
-                now = txn.now()
-                return insert(txn.con, staged, now=now, skip_existing=skip_existing, code=code)
+            return self.add_staged(staged, skip_existing=skip_existing, code=code)
         finally:
             staged.cleanup()
+
+    def add_staged(
+        self, staged: Staged, *, skip_existing: bool = False, code: CodeRef = NO_CODE
+    ) -> AddResult:
+        """Add tasks rendered by ``store.add.stage_batch`` in one transaction (the caller
+        cleans ``staged`` up); each task records ``code``."""
+        from dispatcher.store.add import insert
+
+        with self.transaction() as txn:
+            now = txn.now()
+            return insert(txn.con, staged, now=now, skip_existing=skip_existing, code=code)
 
     def snapshots(self) -> set[str]:
         """The snapshot ids some task in the queue refers to (any state)."""
