@@ -85,6 +85,8 @@ class Queue:
         seed: int = 0,
         max_running: int | None = None,
         outputs: Sequence[str] = (),
+        after_any: Sequence[int] = (),
+        after_failed: Sequence[int] = (),
     ) -> list[int]:
         """Add tasks running ``cmd`` (a template with ``%{key}`` placeholders); the new ids.
 
@@ -94,8 +96,12 @@ class Queue:
         uniform, randint, choice; reproducible from ``seed``); neither gives one task with no
         args. ``max_running`` caps how many of these tasks (of this ``name``) run at once;
         ``outputs`` are globs copied back after each run. ``skip_existing`` leaves out tasks
-        whose command is already pending, running or succeeded. Errors (bad template, missing
-        key) raise before anything is added.
+        whose command is already pending, running or succeeded. Dependencies name existing
+        tasks: these start only after every task of ``after`` succeeded, of ``after_any``
+        ended (any outcome) and of ``after_failed`` failed or was cancelled (final outcomes:
+        a failure with attempts left still waits); a condition that can no longer hold
+        cancels them ("dependency 5 failed"), and retrying task 5 brings them back. Errors
+        (bad template, missing key, unknown dependency) raise before anything is added.
         """
         from dispatcher.core import sampling
         from dispatcher.core.batch import assemble
@@ -117,6 +123,8 @@ class Queue:
             max_running=max_running,
             outputs=outputs,
             after=after,
+            after_any=after_any,
+            after_failed=after_failed,
         )
         creating = Store.open_default(self.path, create=True)  # the one call that may create
         return creating.add_batch(batch, skip_existing=skip_existing).ids

@@ -59,6 +59,8 @@ def build_batch(
     timeout: float | str | None,
     gpus: int | None,
     after: Sequence[int],
+    after_any: Sequence[int] = (),
+    after_failed: Sequence[int] = (),
     random: Sequence[str] = (),
     samples: int | None = None,
     seed: int | None = None,
@@ -109,6 +111,8 @@ def build_batch(
         max_running=max_running,
         outputs=outputs or None,
         after=after,
+        after_any=after_any,
+        after_failed=after_failed,
     )
 
 
@@ -141,6 +145,12 @@ def add(
     gpus: Annotated[int | None, typer.Option(help="GPUs each task needs.")] = None,
     after: Annotated[
         list[int] | None, typer.Option("--after", help="Start only after this task succeeded.")
+    ] = None,
+    after_any: Annotated[
+        list[int] | None, typer.Option("--after-any", help="Start only after this task ended.")
+    ] = None,
+    after_failed: Annotated[
+        list[int] | None, typer.Option("--after-failed", help="Start only if this task failed.")
     ] = None,
     random: Annotated[
         list[str] | None,
@@ -182,6 +192,8 @@ def add(
             timeout=timeout,
             gpus=gpus,
             after=after or [],
+            after_any=after_any or [],
+            after_failed=after_failed or [],
             random=random or [],
             samples=samples,
             seed=seed,

@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from dispatcher.core.deps import READY_STATES, DepKind
 from dispatcher.core.models import ACTIVE_STATES, NewTask, TaskState
+from dispatcher.store import depends
 from dispatcher.store import edit as store_edit
+from dispatcher.store.depends import HAS_DEPS
 from dispatcher.store.edit import SELECTED, filters, sql_in
 from dispatcher.store.move import Mover, MoveRequest, plan_move
 from dispatcher.store.schema import TASK_COLUMNS, from_db_time, task_from_row
@@ -27,6 +30,13 @@ __all__ = ["Attempt", "CancelResult", "MoveRequest", "Tally", "Txn", "plan_move"
 S = TaskState
 _RETRYABLE = frozenset({S.FAILED, S.CANCELLED, S.LOST})
 _CANCELLABLE = ACTIVE_STATES | {S.PENDING}
+#: SQL condition on a dependency ``d`` (kind 0, 1, 2: after, after_any, after_failed) and the
+#: task ``s`` it names: ``core.deps.READY_STATES``.
+_DEP_HOLDS = " OR ".join(
+    f"(d.kind = {n} AND s.state IN ({sql_in(READY_STATES[kind])}))"
+    for n, kind in enumerate(DepKind)
+)
+_DEP_HOLDS = f"({_DEP_HOLDS})"
 
 
 @dataclass(frozen=True)
@@ -148,7 +158,7 @@ class Txn(Mover):
         after = throttled = 0
         cancels: set[int] = set()
         for state, n, deps, limited, flagged in self.con.execute(
-            "SELECT state, count(*), count(*) FILTER (WHERE len(after) > 0),"
+            f"SELECT state, count(*), count(*) FILTER (WHERE {HAS_DEPS}),"
             " count(*) FILTER (WHERE max_running IS NOT NULL),"
             " list(id) FILTER (WHERE cancel_requested) FROM tasks GROUP BY state"
         ).fetchall():
@@ -160,8 +170,8 @@ class Txn(Mover):
         return Tally(counts, after, throttled, frozenset(cancels))
 
     def pending_candidates(self, limit: int, *, plain: bool = False) -> list[Task]:
-        """Pending tasks whose ``after`` tasks all succeeded, at most ``max_running`` of each
-        throttled sweep: priority high first, then id. ``plain``: the caller knows (``tally``)
+        """Pending tasks whose dependencies all hold (``core.deps.READY_STATES``), at most
+        ``max_running`` of each throttled sweep: priority high first, then id. ``plain``: the caller knows (``tally``)
         that no pending task has dependencies or a throttle, so a plain top-N does."""
         if plain:
             rows = self.con.execute(
@@ -172,17 +182,20 @@ class Txn(Mover):
             ).fetchall()
             return [task_from_row(r) for r in rows]
         # Pick the ids first and fetch whole rows only for them (a top-N over every column of a
-        # million pending rows is several times slower). `ready`: pending, every `after` task
-        # succeeded. max_running = K: at most the first K *ready* tasks of a sweep
+        # million pending rows is several times slower). `ready`: pending, every dependency
+        # holds (core.deps.READY_STATES, as SQL below). max_running = K: at most the first K *ready* tasks of a sweep
         # (models.sweep_key) can start now, so the rest must not crowd other sweeps' tasks out
         # of the LIMIT; counting only ready ones keeps a sweep moving past tasks whose
         # dependencies failed.
         rows = self.con.execute(
-            "WITH ready AS (SELECT id, priority, name, batch, max_running FROM tasks"
-            " WHERE state = 'pending' AND (len(after) = 0 OR id NOT IN (SELECT d.id FROM"
-            " (SELECT id, unnest(after) AS dep FROM tasks WHERE state = 'pending'"
-            " AND len(after) > 0) d LEFT JOIN tasks s ON s.id = d.dep AND s.state = 'succeeded'"
-            " WHERE s.id IS NULL))),"
+            "WITH deps AS (SELECT id, unnest(after) AS dep, 0 AS kind FROM tasks"
+            f" WHERE state = 'pending' AND {HAS_DEPS} UNION ALL"
+            f" SELECT id, unnest(after_any), 1 FROM tasks WHERE state = 'pending' AND {HAS_DEPS}"
+            " UNION ALL SELECT id, unnest(after_failed), 2 FROM tasks WHERE state = 'pending'"
+            f" AND {HAS_DEPS}),"
+            " ready AS (SELECT id, priority, name, batch, max_running FROM tasks"
+            f" WHERE state = 'pending' AND (NOT {HAS_DEPS} OR id NOT IN (SELECT d.id FROM deps d"
+            f" LEFT JOIN tasks s ON s.id = d.dep AND {_DEP_HOLDS} WHERE s.id IS NULL))),"
             " capped AS (SELECT id FROM (SELECT id, max_running, row_number() OVER (PARTITION BY"
             " coalesce(name, 'batch ' || batch) ORDER BY priority DESC, id) AS rn FROM ready"
             " WHERE max_running IS NOT NULL) WHERE rn <= max_running)"
@@ -298,8 +311,20 @@ class Txn(Mover):
         fields = {"exit_code": None, "result": None, "reason": None, "losses": 0}
         found = self.con.execute(f"SELECT id FROM tasks WHERE {SELECTED} ORDER BY id").fetchall()
         moved = [r[0] for r in found]
+        # With them, the tasks their outcome cancelled (``store.depends``), down the chains.
+        moved += depends.brought_back(self, moved)
         self.move_many([MoveRequest(i, S.PENDING, None, fields) for i in moved])
         return moved
+
+    def settle(self, *, everything: bool = False) -> list[tuple[int, str]]:
+        """Write deferred moves, then apply the dependency rule to the tasks they (and this
+        transaction's other moves and adds) concern; called before every commit. Returns the
+        (id, reason) of the tasks it cancelled. ``everything``: every pending task with
+        dependencies, as after an upgrade from a queue that had no such rule."""
+        self.flush()
+        cancelled = depends.settle(self, everything=everything)
+        self.settled += cancelled
+        return cancelled
 
     def add(self, tasks: Sequence[NewTask], *, skip_existing: bool = False) -> AddResult:
         """Add fully formed tasks as pending. Ids are new (never reused) and contiguous;
@@ -307,7 +332,11 @@ class Txn(Mover):
         succeeded task's; ``skip_existing`` leaves those out."""
         from dispatcher.store.add import insert, stage_tasks
 
-        return insert(self.con, stage_tasks(tasks), now=self.now(), skip_existing=skip_existing)
+        staged = stage_tasks(tasks)
+        result = insert(self.con, staged, now=self.now(), skip_existing=skip_existing)
+        if any(staged.deps.values()):
+            self.entered.update(result.ids)  # settled before commit (``store.depends``)
+        return result
 
     def add_batch(self, batch: TaskBatch, *, skip_existing: bool = False) -> AddResult:
         """Add a rendered-on-the-fly batch (``queue add``); see ``add`` for the result."""
@@ -315,6 +344,9 @@ class Txn(Mover):
 
         staged = stage_batch(batch)
         try:
-            return insert(self.con, staged, now=self.now(), skip_existing=skip_existing)
+            result = insert(self.con, staged, now=self.now(), skip_existing=skip_existing)
         finally:
             staged.cleanup()
+        if any(staged.deps.values()):
+            self.entered.update(result.ids)  # settled before commit (``store.depends``)
+        return result
