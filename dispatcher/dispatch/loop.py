@@ -265,6 +265,10 @@ class Dispatcher:
         self.state.queue_changed = token != self._token
         launches: list[Task] = []
         with self.store.transaction() as tx:
+            if self._tally is None:
+                # The first tick: a queue written before the dependency rule was kept in the
+                # store (schema 3) may hold tasks waiting for what can no longer happen.
+                tx.settle(everything=True)
             # The same attachment, next transaction: nobody else wrote since our last tick.
             continuous = tx.attachment == (self._attachment[0], self._attachment[1] + 1)
             reports = self.reports.take()
@@ -297,6 +301,9 @@ class Dispatcher:
             plain = not (tally.pending_after or tally.pending_throttled)
             launches = self.placement.place(tx, plain=plain, reuse=reuse)
         self.state.counts = _plus(base, tx.delta, seen)
+        for task_id, reason in tx.settled:  # the store's dependency rule (store.depends)
+            self.state.final[task_id] = S.CANCELLED
+            self.reporter.log(f"task {task_id} cancelled ({reason})", style="yellow")
         self._attachment = tx.attachment
         self._token = self.store.change_token()
         if launches:

@@ -23,7 +23,7 @@ from dispatcher.store.schema import TASK_COLUMNS, from_db_time, task_from_row
 
 if TYPE_CHECKING:
     from dispatcher.core.models import Task
-    from dispatcher.store.add import AddResult, TaskBatch
+    from dispatcher.store.add import AddResult, Staged, TaskBatch
 
 __all__ = ["Attempt", "CancelResult", "MoveRequest", "Tally", "Txn", "plan_move"]
 
@@ -133,6 +133,16 @@ class Txn(Mover):
         ).fetchall():
             out[TaskState(state)] = n
         return out
+
+    def last_finished(self, state: TaskState, limit: int) -> tuple[list[Task], int]:
+        """The ``limit`` tasks in ``state`` that finished last (latest first), and how many
+        tasks are in that state."""
+        rows = self.con.execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE state = ?"
+            " ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT ?",
+            [state.value, max(0, limit)],
+        ).fetchall()
+        return [task_from_row(r) for r in rows], self.count(states=[state])
 
     def median_runtime(self) -> float | None:
         """Median seconds from start to finish of the succeeded tasks (None: none yet)."""
@@ -330,23 +340,26 @@ class Txn(Mover):
         """Add fully formed tasks as pending. Ids are new (never reused) and contiguous;
         ``duplicates`` lists input indexes whose command equals a pending, launching, running or
         succeeded task's; ``skip_existing`` leaves those out."""
-        from dispatcher.store.add import insert, stage_tasks
+        from dispatcher.store.add import stage_tasks
 
-        staged = stage_tasks(tasks)
-        result = insert(self.con, staged, now=self.now(), skip_existing=skip_existing)
-        if any(staged.deps.values()):
-            self.entered.update(result.ids)  # settled before commit (``store.depends``)
-        return result
+        return self.insert(stage_tasks(tasks), skip_existing=skip_existing)
 
     def add_batch(self, batch: TaskBatch, *, skip_existing: bool = False) -> AddResult:
         """Add a rendered-on-the-fly batch (``queue add``); see ``add`` for the result."""
-        from dispatcher.store.add import insert, stage_batch
+        from dispatcher.store.add import stage_batch
 
         staged = stage_batch(batch)
         try:
-            result = insert(self.con, staged, now=self.now(), skip_existing=skip_existing)
+            return self.insert(staged, skip_existing=skip_existing)
         finally:
             staged.cleanup()
+
+    def insert(self, staged: Staged, *, skip_existing: bool = False) -> AddResult:
+        """Insert staged tasks (``store.add``); those with dependencies are settled before
+        commit (``store.depends``): they wait for a task, or are cancelled at once."""
+        from dispatcher.store.add import insert
+
+        result = insert(self.con, staged, now=self.now(), skip_existing=skip_existing)
         if any(staged.deps.values()):
-            self.entered.update(result.ids)  # settled before commit (``store.depends``)
+            self.entered.update(result.ids)
         return result
