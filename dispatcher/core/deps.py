@@ -98,4 +98,3 @@ def verdict(deps: Sequence[tuple[DepKind, int]], states: Mapping[int, TaskState]
 def waiting_reason(dep: int) -> str:
     """The pending reason of a task waiting for task ``dep``."""
     return f"waits for task {dep}"
-

@@ -35,9 +35,13 @@ def settle(tx: Txn, *, everything: bool = False) -> list[tuple[int, str]]:
         finished, entered = sorted(tx.finished), sorted(tx.entered)
         tx.finished.clear()
         tx.entered.clear()
-        scope = "true" if everything else (
-            "(id IN (SELECT unnest(?::BIGINT[]))"
-            " OR list_has_any(list_concat(after, after_any, after_failed), ?::BIGINT[]))"
+        scope = (
+            "true"
+            if everything
+            else (
+                "(id IN (SELECT unnest(?::BIGINT[]))"
+                " OR list_has_any(list_concat(after, after_any, after_failed), ?::BIGINT[]))"
+            )
         )
         everything = False
         rows = tx.con.execute(

@@ -181,8 +181,9 @@ class Txn(Mover):
 
     def pending_candidates(self, limit: int, *, plain: bool = False) -> list[Task]:
         """Pending tasks whose dependencies all hold (``core.deps.READY_STATES``), at most
-        ``max_running`` of each throttled sweep: priority high first, then id. ``plain``: the caller knows (``tally``)
-        that no pending task has dependencies or a throttle, so a plain top-N does."""
+        ``max_running`` of each throttled sweep: priority high first, then id. ``plain``: the
+        caller knows (``tally``) that no pending task has dependencies or a throttle, so a
+        plain top-N does."""
         if plain:
             rows = self.con.execute(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT id FROM tasks"
@@ -193,10 +194,10 @@ class Txn(Mover):
             return [task_from_row(r) for r in rows]
         # Pick the ids first and fetch whole rows only for them (a top-N over every column of a
         # million pending rows is several times slower). `ready`: pending, every dependency
-        # holds (core.deps.READY_STATES, as SQL below). max_running = K: at most the first K *ready* tasks of a sweep
-        # (models.sweep_key) can start now, so the rest must not crowd other sweeps' tasks out
-        # of the LIMIT; counting only ready ones keeps a sweep moving past tasks whose
-        # dependencies failed.
+        # holds (core.deps.READY_STATES, as SQL below). max_running = K: at most the first K
+        # *ready* tasks of a sweep (models.sweep_key) can start now, so the rest must not crowd
+        # other sweeps' tasks out of the LIMIT; counting only ready ones keeps a sweep moving
+        # past tasks that wait.
         rows = self.con.execute(
             "WITH deps AS (SELECT id, unnest(after) AS dep, 0 AS kind FROM tasks"
             f" WHERE state = 'pending' AND {HAS_DEPS} UNION ALL"

@@ -17,7 +17,7 @@ from rich.text import Text
 from dispatcher.core.deps import DepKind
 from dispatcher.core.models import ACTIVE_STATES, Task, TaskState
 from dispatcher.core.outcome import exit_and_signal
-from dispatcher.ui.views import STATE_STYLE, add_reason_column, format_duration
+from dispatcher.ui.views import STATE_STYLE, format_duration
 
 if TYPE_CHECKING:
     from dispatcher.store.txn import Attempt
@@ -55,12 +55,31 @@ def task_json(task: Task, finished: Sequence[Attempt]) -> dict[str, Any]:
 
 def _exit_words(row: Mapping[str, Any]) -> str:
     if row["signal"]:
-        return str(row["signal"])
-    return "" if row["exit_code"] is None else str(row["exit_code"])
+        return f"signal {row['signal']}"
+    return "" if row["exit_code"] is None else f"exit {row['exit_code']}"
 
 
 def _when(text: str | None) -> str:
     return "" if text is None else text.replace("T", " ").removesuffix("Z")[:19]
+
+
+def _attempt_lines(row: Mapping[str, Any]) -> Text:
+    """Where an attempt ran, when, how it ended and why: three lines, wrapped, never cut."""
+    where = [row["host"] or "not placed"]
+    if row["gpus"]:
+        where.append("gpus " + ",".join(str(g) for g in row["gpus"]))
+    if row["run_id"]:
+        where.append(f"run {row['run_id']}")
+    start, end = row["started_at"], row["finished_at"]
+    when = f"{_when(start) or 'not started'} → {_when(end) or 'still running'}"
+    if start and end:
+        took = datetime.fromisoformat(end) - datetime.fromisoformat(start)
+        when += f" ({format_duration(took.total_seconds())})"
+    ended = " · ".join(p for p in (when, _exit_words(row)) if p)
+    text = Text(" · ".join(where) + "\n" + ended)
+    if row["reason"]:
+        text.append("\n" + str(row["reason"]), style="yellow")
+    return text
 
 
 def task_view(
@@ -97,13 +116,9 @@ def task_view(
     rows = attempt_rows(task, finished)
     if not rows:
         return Group(head, fields, Text("No attempts yet.", style="dim"))
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for title in ("attempt", "host", "gpus", "run id", "started", "ended", "exit"):
-        table.add_column(title, no_wrap=True, justify="right" if title == "attempt" else "left")
-    add_reason_column(table)
+    attempts = Table.grid(padding=(0, 2))
+    attempts.add_column(style="bold", no_wrap=True)
+    attempts.add_column(overflow="fold")
     for r in rows:
-        gpus = ",".join(str(g) for g in r["gpus"] or [])
-        table.add_row(str(r["attempt"]), r["host"] or "", gpus, r["run_id"] or "",
-                      _when(r["started_at"]), _when(r["finished_at"]), _exit_words(r),
-                      r["reason"] or "")  # fmt: skip
-    return Group(head, fields, Text(""), table)
+        attempts.add_row(f"attempt {r['attempt']}", _attempt_lines(r))
+    return Group(head, fields, Text(""), attempts)
