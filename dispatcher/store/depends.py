@@ -10,15 +10,11 @@ N". ``brought_back`` finds the tasks a retry brings back with the tasks retried.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
 
 from dispatcher.core.deps import deps_of, verdict, waiting_reason
 from dispatcher.core.models import TaskState
-from dispatcher.store.move import MoveRequest
-
-if TYPE_CHECKING:
-    from dispatcher.store.txn import Txn
+from dispatcher.store.move import Mover, MoveRequest
 
 S = TaskState
 #: SQL condition: the task has dependencies of some kind.
@@ -26,7 +22,7 @@ HAS_DEPS = "(len(after) > 0 OR len(after_any) > 0 OR len(after_failed) > 0)"
 _WAITS = waiting_reason(0).removesuffix("0")
 
 
-def settle(tx: Txn, *, everything: bool = False) -> list[tuple[int, str]]:
+def settle(tx: Mover, *, everything: bool = False) -> list[tuple[int, str]]:
     """Apply the dependency rule to the pending tasks this transaction may have changed (every
     pending task with dependencies when ``everything``); the (id, reason) of each task it
     cancelled, in order."""
@@ -72,11 +68,20 @@ def settle(tx: Txn, *, everything: bool = False) -> list[tuple[int, str]]:
             elif reason is not None and reason.startswith(_WAITS):
                 reasons[task_id] = None  # ready now: placement says why, if it must wait
         tx.move_many(moves)  # these are finished tasks too: the next round looks at theirs
-        tx.set_reasons(reasons)
+        _set_reasons(tx, reasons)
     return cancelled
 
 
-def brought_back(tx: Txn, ids: Iterable[int]) -> list[int]:
+def _set_reasons(tx: Mover, reasons: Mapping[int, str | None]) -> None:
+    if reasons:
+        tx.con.execute(
+            "UPDATE tasks SET reason = v.reason FROM (SELECT unnest(?::BIGINT[]) AS id,"
+            " unnest(?::VARCHAR[]) AS reason) v WHERE tasks.id = v.id",
+            [list(reasons), list(reasons.values())],
+        )
+
+
+def brought_back(tx: Mover, ids: Iterable[int]) -> list[int]:
     """The cancelled tasks that the outcome of a task of ``ids`` cancelled, and those that
     theirs cancelled, and so on (not those of ``ids`` themselves); sorted."""
     rows = tx.con.execute(
