@@ -143,7 +143,8 @@ def results(
     ] = False,
     limit: LimitOption = None,
 ) -> None:
-    """One row per task: id, name, state, host, gpus, runtime, exit_code, args.KEY, result.KEY.
+    """One row per task: id, name, state, host, gpus, runtime, exit_code, reason, args.KEY,
+    result.KEY (the table shows reason only when some row has one).
 
     Nested keys are joined by dots (result.val.loss). The table fits the terminal (args and
     result first; --wide for all) and shows 50 rows (--limit); csv, json and parquet hold every

@@ -126,8 +126,13 @@ def test_the_store_cancels_dependents_without_a_dispatcher(tmp_path: Path) -> No
     first = add(db)
     waiting = add(db, "--after", str(first))
     anyway = add(db, "--after-any", str(first))
+    rescue = add(db, "--after-failed", str(first))
+    other = add(db)
+    both = add(db, "--after-any", str(first), "--after-any", str(other))
     ok(db, "queue", "cancel", str(first))
     tasks = listed(db)
+    assert (tasks[rescue]["state"], tasks[rescue]["reason"]) == ("pending", None)
+    assert (tasks[both]["state"], tasks[both]["reason"]) == ("pending", f"waits for task {other}")
     assert (tasks[waiting]["state"], tasks[waiting]["reason"]) == (
         "cancelled",
         f"dependency {first} cancelled",
@@ -139,7 +144,7 @@ def test_the_store_cancels_dependents_without_a_dispatcher(tmp_path: Path) -> No
     # A user's cancel is not undone by retrying the dependency; the rule's cancels are.
     ok(db, "queue", "cancel", str(anyway))
     ok(db, "queue", "retry", str(first))
-    states = {i: t["state"] for i, t in listed(db).items()}
+    states = {i: t["state"] for i, t in listed(db).items() if i not in (rescue, other, both)}
     assert states == {first: "pending", waiting: "pending", anyway: "cancelled", late: "pending"}
 
 

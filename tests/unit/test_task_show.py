@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dispatcher.cli import app
-from tests.loop_lab import LocalLab
+from tests.loop_lab import LocalLab, until
 
 ATTEMPT_KEYS = ["attempt", "host", "gpus", "run_id", "started_at", "finished_at", "exit_code",
                 "signal", "reason"]  # fmt: skip
@@ -130,3 +130,19 @@ async def test_queue_show_names_the_dependencies_and_an_unknown_id(lab: LocalLab
     assert bad.exit_code == 2 and bad.stdout == ""
     assert bad.stderr.startswith("Error: task 99 is not in the queue")
     assert bad.stderr.count("\n") == 1
+
+
+async def test_the_attempt_in_flight_is_last_without_an_end(lab: LocalLab) -> None:
+    gate = lab.root / "go"
+    (task_id,) = lab.add(1, exit_code=5, gate=gate)
+    running = lab.start()
+    await until(lambda: lab.starts(), "the task started", running)
+    await until(lambda: lab.tasks()[task_id].state == "running", "recorded running", running)
+    (attempt,) = json.loads(ok(lab, "show", str(task_id), "--json"))["attempts"]
+    assert attempt["attempt"] == 1 and attempt["host"] == "a" and attempt["started_at"]
+    assert (attempt["finished_at"], attempt["exit_code"], attempt["signal"]) == (None, None, None)
+    assert "→ still running" in ok(lab, "show", str(task_id))
+    gate.touch()
+    assert await running == 1
+    (attempt,) = json.loads(ok(lab, "show", str(task_id), "--json"))["attempts"]
+    assert (attempt["exit_code"], attempt["reason"]) == (5, "exit 5")
