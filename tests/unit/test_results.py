@@ -407,7 +407,8 @@ def test_real_entry_point(sweep: Store) -> None:
         capture_output=True, text=True, cwd=REPO, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("id,name,state,host,gpus,runtime,exit_code,reason,args.size,args.lr")
+    head = "id,name,state,host,gpus,runtime,exit_code,reason,args.size,args.lr"
+    assert done.stdout.startswith(head)
     assert len(done.stdout.splitlines()) == 13
     done = subprocess.run(
         [*argv, "sql", "DELETE FROM tasks"], capture_output=True, text=True, cwd=REPO, check=False
