@@ -299,6 +299,10 @@ class Dispatcher:
                     self._merge_active(tx, tally)
             self.state.counts = _plus(base, tx.delta, seen)
             plain = not (tally.pending_after or tally.pending_throttled)
+            # No pending task had dependencies, and only our own moves came since: a task that
+            # finishes now has nobody waiting for it (one requeued with dependencies had them
+            # met already), so the store's dependency rule need not look (``Txn.settle``).
+            tx.waiters = bool(tally.pending_after)
             launches = self.placement.place(tx, plain=plain, reuse=reuse)
         self.state.counts = _plus(base, tx.delta, seen)
         for task_id, reason in tx.settled:  # the store's dependency rule (store.depends)

@@ -28,9 +28,12 @@ def settle(tx: Mover, *, everything: bool = False) -> list[tuple[int, str]]:
     cancelled, in order."""
     cancelled: list[tuple[int, str]] = []
     while tx.finished or tx.entered or everything:
-        finished, entered = sorted(tx.finished), sorted(tx.entered)
+        finished = sorted(tx.finished) if tx.waiters else []
+        entered = sorted(tx.entered)
         tx.finished.clear()
         tx.entered.clear()
+        if not (finished or entered or everything):
+            break
         scope = (
             "true"
             if everything

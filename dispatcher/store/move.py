@@ -164,6 +164,9 @@ class Mover:
         self.entered: set[int] = set()
         #: (id, reason) of the tasks the dependency rule cancelled in this transaction.
         self.settled: list[tuple[int, str]] = []
+        #: False: the caller knows that no pending task waits for a task that may finish in
+        #: this transaction, so ``Txn.settle`` looks only at the tasks that entered pending.
+        self.waiters = True
 
     @property
     def con(self) -> Any:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from dispatcher.cli import app
 from dispatcher.store import schema
-from tests.loop_lab import LocalLab, assert_ran_once
+from tests.loop_lab import LocalLab, assert_ran_once, until
 
 
 @pytest.fixture
@@ -226,3 +226,22 @@ async def test_a_schema_3_queue_is_upgraded_and_its_stuck_task_cancelled(lab: Lo
     assert code == 0
     assert listed(lab.db)[2]["reason"] == "dependency 1 failed"
     assert "task 2 cancelled (dependency 1 failed)" in lines
+
+
+async def test_a_task_added_while_dispatch_runs_is_cancelled_when_its_dependency_fails(
+    lab: LocalLab,
+) -> None:
+    gate = lab.root / "go"
+    (broken,) = lab.add(1, exit_code=2, gate=gate)
+    running = lab.start()
+    await until(lambda: lab.starts(), "the first task started", running)
+    (waiter,) = lab.add(1, options=("--after", str(broken)))
+    (anyway,) = lab.add(1, options=("--after-any", str(broken)))
+    gate.touch()
+    assert await running == 1
+    tasks = listed(lab.db)
+    assert (tasks[waiter]["state"], tasks[waiter]["reason"]) == (
+        "cancelled",
+        f"dependency {broken} failed",
+    )
+    assert_ran_once(lab, [anyway])
