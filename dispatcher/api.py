@@ -139,7 +139,8 @@ class Queue:
     def cancel(self, ids: Iterable[int] | None = None, *, state: States = None) -> list[int]:
         """Cancel tasks: pending ones now, running ones by the dispatcher (which stops them).
 
-        Returns the ids cancelled or marked for stopping; finished tasks are left alone.
+        Returns the ids cancelled or marked for stopping; finished tasks are left alone. Tasks
+        that wait ``after`` a cancelled one are cancelled too ("dependency 5 cancelled").
         """
         result = self._store.cancel(None if ids is None else list(ids), states=_states(state))
         return sorted(result.cancelled + result.requested)
@@ -149,7 +150,8 @@ class Queue:
     ) -> list[int]:
         """Send failed, cancelled or lost tasks back to pending; the ids moved.
 
-        ``failed=True`` retries every failed task; ``state`` names other states to retry.
+        ``failed=True`` retries every failed task; ``state`` names other states to retry. The
+        tasks that their outcome cancelled (dependencies) come back too, and are in the ids.
         """
         states = _states(state) or []
         if failed:

@@ -319,6 +319,9 @@ def cancel(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = Non
                     "no dispatcher is running; the next `labtasker dispatch` stops them first"
                 )
         out("; ".join(parts) + ".")
+        if result.waiting:
+            note(f"Also cancelled {_tasks_word(len(result.waiting))} waiting for them"
+                 f" (--after): ids {id_ranges(result.waiting)}.", style="dim")  # fmt: skip
         if result.skipped:
             shown = ", ".join(f"{i} ({s})" for i, s in result.skipped[:10])
             more = f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""

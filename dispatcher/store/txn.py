@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,7 @@ class CancelResult:
     cancelled: list[int]
     requested: list[int]
     skipped: list[tuple[int, TaskState]]
+    waiting: list[int] = field(default_factory=list)  # cancelled as they waited (--after)
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,8 @@ class Txn(Mover):
         skipped: list[tuple[int, TaskState]] = sorted(
             (i, s) for s, found in by_state.items() if s not in _CANCELLABLE for i in found
         )
-        return CancelResult(by_state.get(S.PENDING, []), requested, skipped)
+        waiting = [i for i, _ in self.settle()]  # those that waited `after` a cancelled task
+        return CancelResult(by_state.get(S.PENDING, []), requested, skipped, waiting)
 
     def retry(
         self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None

@@ -129,7 +129,9 @@ def test_the_store_cancels_dependents_without_a_dispatcher(tmp_path: Path) -> No
     rescue = add(db, "--after-failed", str(first))
     other = add(db)
     both = add(db, "--after-any", str(first), "--after-any", str(other))
-    ok(db, "queue", "cancel", str(first))
+    cancelled = run(db, "queue", "cancel", str(first))
+    assert cancelled.stdout == "Cancelled 1 pending task.\n"
+    assert cancelled.stderr == f"Also cancelled 1 task waiting for them (--after): ids {waiting}.\n"
     tasks = listed(db)
     assert (tasks[rescue]["state"], tasks[rescue]["reason"]) == ("pending", None)
     assert (tasks[both]["state"], tasks[both]["reason"]) == ("pending", f"waits for task {other}")
