@@ -79,14 +79,14 @@ class Queue:
         timeout: float | str | None = None,
         gpus: int | None = None,
         after: Sequence[int] = (),
+        after_any: Sequence[int] = (),
+        after_failed: Sequence[int] = (),
         skip_existing: bool = False,
         random: Mapping[str, Any] | None = None,
         samples: int | None = None,
         seed: int = 0,
         max_running: int | None = None,
         outputs: Sequence[str] = (),
-        after_any: Sequence[int] = (),
-        after_failed: Sequence[int] = (),
     ) -> list[int]:
         """Add tasks running ``cmd`` (a template with ``%{key}`` placeholders); the new ids.
 

@@ -199,11 +199,16 @@ def _show(
             f"Showing the first {len(rows):,} of {total:,} tasks;"
             " use --limit N, or --format csv|json|parquet for all."
         )
+    if sel.columns is None and "reason" in names:  # shown when some row has one
+        k = names.index("reason")
+        if not any(row[k] for row in rows):
+            names = [*names[:k], *names[k + 1 :]]
+            rows = [(*row[:k], *row[k + 1 :]) for row in rows]
     if wide:
         _print_table(names, rows, more)
         return
     console = Console(highlight=False)
-    table, plan = fitted_table(names, rows, console.width)
+    table, plan = fitted_table(names, rows, console.width, wrap=("reason",))  # never cut
     console.print(table)
     for line in (more, hidden_note(plan.hidden, console.width) if plan.hidden else None):
         if line:
