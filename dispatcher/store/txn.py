@@ -316,7 +316,9 @@ class Txn(Mover):
         self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None
     ) -> list[int]:
         """Send selected failed, cancelled or lost tasks back to pending (attempt count kept,
-        losses reset, outcome cleared; history stays in ``attempts``). Others are refused."""
+        losses reset, outcome cleared; history stays in ``attempts``), with the tasks their
+        outcome cancelled (``store.depends``); the ids left pending (one whose other dependency
+        can no longer hold is cancelled again). Others are refused."""
         store_edit.select(self.con, self.path, ids, states)
         store_edit.refuse(
             self.con, _RETRYABLE, "only failed, cancelled or lost tasks can be retried"
@@ -327,7 +329,8 @@ class Txn(Mover):
         # With them, the tasks their outcome cancelled (``store.depends``), down the chains.
         moved += depends.brought_back(self, moved)
         self.move_many([MoveRequest(i, S.PENDING, None, fields) for i in moved])
-        return moved
+        again = {i for i, _ in self.settle()}  # another dependency still cannot hold
+        return [i for i in moved if i not in again]
 
     def settle(self, *, everything: bool = False) -> list[tuple[int, str]]:
         """Write deferred moves, then apply the dependency rule to the tasks they (and this

@@ -247,3 +247,18 @@ async def test_a_task_added_while_dispatch_runs_is_cancelled_when_its_dependency
         f"dependency {broken} failed",
     )
     assert_ran_once(lab, [anyway])
+
+
+def test_a_retried_task_whose_other_dependency_failed_is_cancelled_again(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    first, second = add(db), add(db)
+    both = add(db, "--after", str(first), "--after", str(second))
+    assert f"1 pending: waits for task {first}" in ok(db, "status")
+    ok(db, "queue", "cancel", str(first), str(second))
+    assert listed(db)[both]["reason"] == f"dependency {first} cancelled"
+    out = ok(db, "queue", "retry", str(first))
+    assert out == f"Retrying 1 task (ids {first}): back to pending.\n"
+    assert listed(db)[both]["reason"] == f"dependency {second} cancelled"
+    out = ok(db, "queue", "retry", str(second))
+    assert out == f"Retrying 2 tasks (ids {second}-{both}): back to pending.\n"
+    assert listed(db)[both]["reason"] == f"waits for task {first}"
