@@ -320,8 +320,8 @@ def cancel(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = Non
                 )
         out("; ".join(parts) + ".")
         if result.waiting:
-            note(f"Also cancelled {_tasks_word(len(result.waiting))} waiting for them"
-                 f" (--after): ids {id_ranges(result.waiting)}.", style="dim")  # fmt: skip
+            note(f"Also cancelled {plural(len(result.waiting), 'task')} waiting for them"
+                 f" (--after): {ids_text(result.waiting)}.", style="dim")  # fmt: skip
         if result.skipped:
             shown = ", ".join(f"{i} ({s})" for i, s in result.skipped[:10])
             more = f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
@@ -347,6 +347,9 @@ def retry(
             out(f"Retrying {plural(len(moved), 'task')} ({ids_text(moved)}): back to pending.")
         else:
             out("No tasks to retry.")
+        again = sorted(set(ids or ()) - set(moved))  # another dependency still cannot hold
+        if again:
+            note(f"Cancelled again: {ids_text(again)}; see `labtasker queue show ID` for why.")
 
 
 @queue_app.command("update")

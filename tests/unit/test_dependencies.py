@@ -131,7 +131,7 @@ def test_the_store_cancels_dependents_without_a_dispatcher(tmp_path: Path) -> No
     both = add(db, "--after-any", str(first), "--after-any", str(other))
     cancelled = run(db, "queue", "cancel", str(first))
     assert cancelled.stdout == "Cancelled 1 pending task.\n"
-    assert cancelled.stderr == f"Also cancelled 1 task waiting for them (--after): ids {waiting}.\n"
+    assert cancelled.stderr == f"Also cancelled 1 task waiting for them (--after): id {waiting}.\n"
     tasks = listed(db)
     assert (tasks[rescue]["state"], tasks[rescue]["reason"]) == ("pending", None)
     assert (tasks[both]["state"], tasks[both]["reason"]) == ("pending", f"waits for task {other}")
@@ -158,10 +158,10 @@ def test_dependencies_name_existing_tasks_and_hold_them_in_the_queue(
     first = add(db)
     bad = run(db, "queue", "add", "--cmd", "true", kind, "99")
     assert bad.exit_code == 2
-    assert bad.stderr.startswith(f"Error: {kind} names task(s) 99, not in the queue")
+    assert bad.stderr.startswith(f"Error: {kind} names task 99, not in the queue")
     # Ids are checked before the new rows exist: the next id cannot name the task itself.
     own = run(db, "queue", "add", "--cmd", "echo own", kind, str(first + 1))
-    assert own.exit_code == 2 and f"names task(s) {first + 1}" in own.stderr
+    assert own.exit_code == 2 and f"names task {first + 1}" in own.stderr
     waiting = add(db, kind, str(first))
     refused = run(db, "queue", "rm", str(first))
     assert refused.exit_code == 2
@@ -256,8 +256,9 @@ def test_a_retried_task_whose_other_dependency_failed_is_cancelled_again(tmp_pat
     assert f"1 pending: waits for task {first}" in ok(db, "status")
     ok(db, "queue", "cancel", str(first), str(second))
     assert listed(db)[both]["reason"] == f"dependency {first} cancelled"
-    out = ok(db, "queue", "retry", str(first))
-    assert out == f"Retrying 1 task (ids {first}): back to pending.\n"
+    again = run(db, "queue", "retry", str(first), str(both))
+    assert again.stdout == f"Retrying 1 task (id {first}): back to pending.\n"
+    assert again.stderr == f"Cancelled again: id {both}; see `labtasker queue show ID` for why.\n"
     assert listed(db)[both]["reason"] == f"dependency {second} cancelled"
     out = ok(db, "queue", "retry", str(second))
     assert out == f"Retrying 2 tasks (ids {second}-{both}): back to pending.\n"
