@@ -35,11 +35,11 @@ class Store(QueueFile):
         self, tasks: Sequence[NewTask], *, skip_existing: bool = False, code: CodeRef = NO_CODE
     ) -> AddResult:
         """Add fully formed tasks as pending, each recording ``code``; see ``Txn.add``."""
-        from dispatcher.store.add import insert, stage_tasks
+        from dispatcher.store.add import stage_tasks
 
         staged = stage_tasks(tasks)
         with self.transaction() as txn:
-            return insert(txn.con, staged, now=txn.now(), skip_existing=skip_existing, code=code)
+            return txn.insert(staged, skip_existing=skip_existing, code=code)
 
     def add_batch(
         self, batch: TaskBatch, *, skip_existing: bool = False, code: CodeRef = NO_CODE
@@ -59,11 +59,8 @@ class Store(QueueFile):
     ) -> AddResult:
         """Add tasks rendered by ``store.add.stage_batch`` in one transaction (the caller
         cleans ``staged`` up); each task records ``code``."""
-        from dispatcher.store.add import insert
-
         with self.transaction() as txn:
-            now = txn.now()
-            return insert(txn.con, staged, now=now, skip_existing=skip_existing, code=code)
+            return txn.insert(staged, skip_existing=skip_existing, code=code)
 
     def snapshots(self) -> set[str]:
         """The snapshot ids some task in the queue refers to (any state)."""

@@ -106,7 +106,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE IF NOT EXISTS host_status (host VARCHAR PRIMARY KEY,"
         " suspended_at TIMESTAMP NOT NULL, reason VARCHAR NOT NULL)",
     ),
-    # 3 -> 4: the code a task was queued with: its project snapshot's id, git commit and dirty
+    # 3 -> 4: the other two kinds of dependency (core.deps), and which dependency's outcome
+    # cancelled a task (so that retrying that one brings it back).
+    (
+        "ALTER TABLE tasks ADD COLUMN after_any BIGINT[] NOT NULL DEFAULT []",
+        "ALTER TABLE tasks ADD COLUMN after_failed BIGINT[] NOT NULL DEFAULT []",
+        "ALTER TABLE tasks ADD COLUMN cancelled_by BIGINT",
+    ),
+    # 4 -> 5: the code a task was queued with: its project snapshot's id, git commit and dirty
     # flag. Tasks added before have none.
     (
         "ALTER TABLE tasks ADD COLUMN snapshot VARCHAR",
@@ -119,8 +126,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 TASK_COLUMNS = (
     "id, state, args, template, command, name, priority, max_attempts, attempt, losses, timeout,"
     " gpus, host, gpu_ids, run_id, exit_code, result, created_at, started_at, finished_at,"
-    " reason, cancel_requested, after, batch, max_running, outputs, snapshot, git_commit,"
-    " git_dirty"
+    " reason, cancel_requested, after, batch, max_running, outputs, after_any, after_failed,"
+    " cancelled_by, snapshot, git_commit, git_dirty"
 )
 
 
@@ -214,7 +221,10 @@ def task_from_row(row: Sequence[Any]) -> Task:
         batch=row[23],
         max_running=row[24],
         outputs=tuple(row[25] or ()),
-        snapshot=row[26],
-        git_commit=row[27],
-        git_dirty=row[28],
+        after_any=row[26],
+        after_failed=row[27],
+        cancelled_by=row[28],
+        snapshot=row[29],
+        git_commit=row[30],
+        git_dirty=row[31],
     )
