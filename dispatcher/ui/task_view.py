@@ -104,6 +104,11 @@ def task_view(
     if task.timeout is not None:
         settings.append(f"timeout {format_duration(task.timeout)}")
     fields.add_row("settings", " · ".join(settings))
+    if task.snapshot:  # the code it was queued with (docs/queue.md, "The project snapshot")
+        code = [f"snapshot {task.snapshot[:12]}"]
+        if task.git_commit:
+            code.append(f"git {task.git_commit[:12]}" + (" (dirty)" if task.git_dirty else ""))
+        fields.add_row("code", " · ".join(code))
     for kind in DepKind:
         deps = getattr(task, kind.value)
         if deps:

@@ -408,3 +408,17 @@ def test_from_a_subdirectory_the_projects_hosts_file_shapes_the_snapshot(
     assert result.exit_code == 0, result.stderr
     first, second = (t["snapshot"] for t in listed(db))
     assert first == second and "big.ckpt" not in tree(db, second)
+
+
+def test_queue_show_names_the_code_a_task_was_queued_with(repo: Path) -> None:
+    db = repo / ".labtasker" / "queue.duckdb"
+    add(db)
+    task = listed(db)[0]
+    shown = run(db, "queue", "show", "1")
+    assert shown.exit_code == 0, shown.stderr
+    commit = task["git_commit"][:12]
+    assert f"code      snapshot {task['snapshot'][:12]} · git {commit} (dirty)" in shown.stdout
+    as_json = json.loads(run(db, "queue", "show", "1", "--json").stdout)
+    assert [as_json[k] for k in ("snapshot", "git_commit", "git_dirty")] == [
+        task["snapshot"], task["git_commit"], True,
+    ]  # fmt: skip
