@@ -327,8 +327,9 @@ def test_a_killed_add_never_leaves_a_manifest_naming_a_missing_blob(proj: Path) 
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         tmp = snapshots_dir(db) / "tmp"
-        while proc.poll() is None and not (tmp.is_dir() and any(tmp.iterdir())):
-            time.sleep(0.001)  # polling for the first blob being written
+        left = set(tmp.iterdir()) if tmp.is_dir() else set()  # by an add killed before
+        while proc.poll() is None and not (tmp.is_dir() and set(tmp.iterdir()) - left):
+            time.sleep(0.001)  # polling for this add's first blob being written
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1
