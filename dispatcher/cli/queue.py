@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dispatcher.cli.add_notes import dry_run as _dry_run
+from dispatcher.cli.add_notes import repeated_note as _repeated_note
 from dispatcher.cli.app import app
 from dispatcher.cli.common import AddCommand, StateOption, note, out, reported
 from dispatcher.cli.common import open_store as _store
@@ -160,9 +162,12 @@ def add(
         typer.Option("--outputs", help="Glob of files to copy back after a run (repeatable)."),
     ] = None,
     skip_existing: Annotated[
-        bool, typer.Option("--skip-existing", help="Skip tasks whose command is already queued.")
+        bool,
+        typer.Option("--skip-existing", help="Skip tasks already queued (same template and args)."),
     ] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands only.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the commands it would add; add nothing.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new ids as JSON.")] = False,
 ) -> None:
     """Add tasks: one command template, args from --args, --grid and --file.
@@ -189,12 +194,12 @@ def add(
             outputs=outputs or [],
         )
         if dry_run:
-            _dry_run(batch, as_json)
+            _dry_run(ctx, batch, as_json, skip_existing)
             return
         result = _store(ctx, create=True).add_batch(batch, skip_existing=skip_existing)
-        if result.duplicates and not skip_existing:
-            first = result.ids[0]
-            dup_ids = [first + i for i in result.duplicates]
+        _repeated_note(result.repeated)
+        if result.duplicates:
+            dup_ids = result.duplicates
             what = (
                 "1 task duplicates an existing one"
                 if len(dup_ids) == 1
@@ -211,17 +216,9 @@ def add(
         else:
             out(f"Added {len(result.ids)} tasks (ids {result.ids[0]}-{result.ids[-1]}).")
         if result.skipped:
-            note(f"Skipped {plural(result.skipped, 'task')} whose command is already queued.")
-
-
-def _dry_run(batch: TaskBatch, as_json: bool) -> None:
-    out = sys.stdout
-    if as_json:
-        items = [{"args": dict(a), "command": c} for a, c in batch.rendered()]
-        out.write(json.dumps(items, ensure_ascii=False) + "\n")
-        return
-    for _, command in batch.rendered():
-        out.write(command + "\n")
+            note(
+                f"Skipped {plural(result.skipped, 'task')} already queued (same template and args)."
+            )
 
 
 @queue_app.command("ls")

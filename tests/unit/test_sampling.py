@@ -171,13 +171,18 @@ def test_assemble_orders_groups_and_lets_given_settings_win_over_the_file() -> N
     )
     batch = assemble(
         None,
-        args=[{"x": 0}],
+        args=[{"y": 0}, {"y": 1}],  # merged into every point; the points once per args
         grid=grid_from_items(["x=1,2"]),
         sweep=sweep,
         rows=[{"x": 9}],
         priority=5,
     )
-    assert [a["x"] for a, _ in batch.rendered()] == [0, 1, 2, 7, 8, 9]
+    assert [(a["x"], a["y"]) for a, _ in batch.rendered()] == [
+        (1, 0), (2, 0), (7, 0), (8, 0), (9, 0), (1, 1), (2, 1), (7, 1), (8, 1), (9, 1),
+    ]  # fmt: skip
+    assert [a for a, _ in assemble("a", args=[{"y": 0}, {"y": 1}]).rendered()] == [
+        {"y": 0}, {"y": 1},
+    ]  # fmt: skip
     assert (batch.template, batch.name, batch.priority, batch.max_running, batch.outputs) == (
         "f %{x}", "file", 5, 2, ("out/*.json",),
     )  # fmt: skip
