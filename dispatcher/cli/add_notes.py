@@ -1,10 +1,11 @@
-"""What ``queue add`` says about its points beyond the new ids: repeats dropped, and the dry run
-(what it would add, drop and skip)."""
+"""What ``queue add`` says beyond the new ids: points dropped as repeats, output globs that name
+no task, and the dry run (what it would add, drop and skip)."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import typer
@@ -51,3 +52,17 @@ def dry_run(ctx: typer.Context, batch: TaskBatch, as_json: bool, skip_existing: 
             f"Would skip {plural(len(found.skipped), 'task')} already queued (same template and"
             f" args as ids {id_ranges(found.skipped)}); would add {len(found.tasks)}."
         )
+
+
+def outputs_note(globs: Sequence[str]) -> None:
+    """Warn about output globs that name no task: in a working directory that tasks share
+    (every task of a host shares its ``workdir``), each would copy the others' files too."""
+    from dispatcher.core.globs import has_placeholders
+
+    for pattern in globs:
+        if not has_placeholders(pattern):
+            note(
+                f"output glob {pattern!r} names no task: each task copies back every match in"
+                " its working directory, other tasks' files too; put %{key}, {task_id} or"
+                " {run_id} in it (e.g. out/{task_id}/*.json) and write there"
+            )

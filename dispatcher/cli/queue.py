@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dispatcher.cli.add_notes import dry_run as _dry_run
+from dispatcher.cli.add_notes import outputs_note
 from dispatcher.cli.add_notes import repeated_note as _repeated_note
 from dispatcher.cli.app import app
 from dispatcher.cli.common import AddCommand, StateOption, note, out, reported
@@ -193,6 +194,7 @@ def add(
             max_running=max_running,
             outputs=outputs or [],
         )
+        outputs_note(batch.outputs)
         if dry_run:
             _dry_run(ctx, batch, as_json, skip_existing)
             return

@@ -12,9 +12,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher.core.globs import glob_problem
+from dispatcher.core.globs import expand_glob, glob_problem
 from dispatcher.core.sweep import Grid, SweepFile, merge, overlap, with_axis, with_fixed
-from dispatcher.core.template import Template, compile_template
+from dispatcher.core.template import Template, compile_template, split
 from dispatcher.core.values import DURATION_FORMS, Axis, duration_seconds
 from dispatcher.errors import SweepError, TemplateError, UsageError
 
@@ -27,10 +27,12 @@ def check_outputs(globs: Sequence[str]) -> tuple[str, ...]:
     if isinstance(globs, str):
         raise UsageError(f"outputs must be a list of globs like ['out/*.json'], got {globs!r}")
     for g in globs:
-        if glob_problem(g):
+        problem = glob_problem(g)
+        if problem:
             raise UsageError(
-                f"output glob {g!r}: give a pattern inside the task's working directory, like"
-                " out/*.json (not empty, not absolute, no '..')"
+                f"output glob {g!r} {problem}: give a pattern inside the task's working"
+                " directory, like out/*.json or out/%{lr}/*.json (not empty, not absolute,"
+                " no '..')"
             )
     return tuple(globs)
 
@@ -102,7 +104,25 @@ class TaskBatch:
             max_running=self.max_running,
             outputs=self.outputs,
         )
-        return compile_template(self.template)
+        tpl = compile_template(self.template)
+        self._check_output_values()
+        return tpl
+
+    def _check_output_values(self) -> None:
+        """UsageError, naming the task, when a ``%{key}`` of an output glob cannot be filled
+        from a task's args (missing, or not one safe path component)."""
+        named = [g for g in self.outputs if split(g)[1]]
+        if not named:
+            return
+        total, offset = len(self), 0
+        for group in self.groups:
+            for k, args in enumerate(group, offset):
+                for pattern in named:
+                    try:
+                        expand_glob(pattern, args, 0, "run")
+                    except UsageError as err:
+                        raise UsageError(f"task {k + 1} of {total}: {err}") from None
+            offset += len(group)
 
     def rendered(self) -> Iterator[tuple[Mapping[str, Any], str]]:
         """Every task's (args, command) in order, rendered in Python; errors name the task."""

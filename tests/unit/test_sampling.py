@@ -217,7 +217,8 @@ def test_assemble_needs_a_command() -> None:
 def test_the_example_sweep_file_parses_and_its_random_block_works_uncommented() -> None:
     text = (Path(__file__).resolve().parents[2] / "examples" / "sweep.toml").read_text()
     sweep = parse_sweep_toml(text, source="examples/sweep.toml")
-    assert len(sweep.grid) == 24 and sweep.max_running == 4 and sweep.outputs == ("out/*.json",)
+    assert len(sweep.grid) == 24 and sweep.max_running == 4
+    assert sweep.outputs == ("out/{task_id}/*.json",)
     block = text[text.index("# [random]") :]
     uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines())
     with_random = parse_sweep_toml(text + "\n" + uncommented, source="examples/sweep.toml")
