@@ -124,7 +124,8 @@ def add(
     ] = None,
     cmd: Annotated[str | None, typer.Option("--cmd", help="The command template.")] = None,
     args_json: Annotated[
-        list[str] | None, typer.Option("--args", help="One task's args as a JSON object.")
+        list[str] | None,
+        typer.Option("--args", help="Args as a JSON object: one task, or merged into every point."),
     ] = None,
     grid: Annotated[
         list[str] | None, typer.Option("--grid", help="KEY=V1,V2,...; several are crossed.")
