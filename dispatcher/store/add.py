@@ -70,6 +70,8 @@ class Staged:
     after: set[int]
     axis_tables: list[tuple[str, list[list[Any]]]] = field(default_factory=list)
     tmpdir: TemporaryDirectory[str] | None = None
+    #: A batch's points repeating an earlier point are dropped; a list of tasks is added whole.
+    drop_repeats: bool = True
 
     def cleanup(self) -> None:
         """Remove the temporary CSV, if any (idempotent)."""
@@ -163,7 +165,8 @@ def _csv_select(staged: Staged, rows: Iterable[tuple[int, str, str, str]]) -> tu
 
 
 def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
-    """Stage fully formed tasks (each with its own settings) as one list-valued SELECT."""
+    """Stage fully formed tasks (each with its own settings) as one list-valued SELECT; all of
+    them are added, repeats too (``Store.add``: the caller chose each task)."""
     cols: list[list[Any]] = [[] for _ in range(13)]
     after: set[int] = set()
     for k, t in enumerate(tasks):
@@ -191,7 +194,7 @@ def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
     sql = "SELECT " + ", ".join(
         f"unnest(?::{t}[]) AS {n}" for t, n in zip(types, names, strict=True)
     )
-    return Staged(len(tasks), sql, cols, after)
+    return Staged(len(tasks), sql, cols, after, drop_repeats=False)
 
 
 def _text(text: str, index: int) -> str:

@@ -31,6 +31,7 @@ class Staged(Protocol):
     sql: str
     params: list[Any]
     axis_tables: list[tuple[str, list[list[Any]]]]
+    drop_repeats: bool
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,10 @@ def preview(con: Any, staged: Staged, *, skip_existing: bool) -> Preview:
 def classified(con: Any, staged: Staged, skip_existing: bool) -> Iterator[Counts]:
     """Classify the staged rows into the temp table ``STAGE``; yields the counts.
 
-    ``STAGE`` holds one narrow row per distinct identity: the first ``idx`` that has it, the
-    ``ident``, ``existing`` (a queued task has it) and ``pos`` (the row's place among the kept
-    ones); repeats of an earlier row are not in it, nor, with ``skip_existing``, existing ones.
+    ``STAGE`` holds one narrow row per distinct identity (per row, when ``staged`` keeps
+    repeats): the first ``idx`` that has it, the ``ident``, ``existing`` (a queued task has it)
+    and ``pos`` (the row's place among the kept ones); repeats of an earlier row are not in it,
+    nor, with ``skip_existing``, existing ones.
     Aggregates and joins, no window over the rows: a million-point add stays a matter of seconds.
     """
     for name, cols in staged.axis_tables:
@@ -87,10 +89,12 @@ def classified(con: Any, staged: Staged, skip_existing: bool) -> Iterator[Counts
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {defs}", cols)
     ident = IDENT_SQL.format(template="s.template", canon="s.canon")
     try:
+        rows = f"SELECT s.idx, {ident} AS ident FROM ({staged.sql}) s"
+        if staged.drop_repeats:
+            rows = f"SELECT min(idx) AS idx, ident FROM ({rows}) GROUP BY ident"
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {STAGE} AS SELECT min(idx) AS idx, ident,"
-            " false AS existing, min(idx) AS pos"
-            f" FROM (SELECT s.idx, {ident} AS ident FROM ({staged.sql}) s) GROUP BY ident",
+            f"CREATE OR REPLACE TEMP TABLE {STAGE} AS SELECT idx, ident, false AS existing,"
+            f" idx AS pos FROM ({rows})",
             staged.params,
         )
         # The join lets DuckDB build its hash table on the smaller side (often the new rows).
