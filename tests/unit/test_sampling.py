@@ -218,7 +218,7 @@ def test_the_example_sweep_file_parses_and_its_random_block_works_uncommented() 
     text = (Path(__file__).resolve().parents[2] / "examples" / "sweep.toml").read_text()
     sweep = parse_sweep_toml(text, source="examples/sweep.toml")
     assert len(sweep.grid) == 24 and sweep.max_running == 4
-    assert sweep.outputs == ("out/{task_id}/*.json",)
+    assert sweep.outputs == ("out/{task_id}.json",)
     block = text[text.index("# [random]") :]
     uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines())
     with_random = parse_sweep_toml(text + "\n" + uncommented, source="examples/sweep.toml")
