@@ -179,8 +179,13 @@ class _LocalFiles:
 
 async def fetch_local(workdir: str | None, globs: Sequence[str], local_dir: Path,
                       max_bytes: int = DEFAULT_MAX_BYTES) -> FetchReport:  # fmt: skip
-    """Copy files matching ``globs`` under ``workdir`` (None: home) on this machine."""
-    return await _fetch(_LocalFiles(), workdir or "~", globs, local_dir, max_bytes)
+    """Copy files matching ``globs`` under ``workdir`` (None: home) on this machine.
+
+    A relative ``workdir`` is under the home directory, where the helper runs the task (as
+    over SSH), not under this process's current directory."""
+    home = os.path.expanduser("~")
+    root = os.path.join(home, os.path.expanduser(workdir)) if workdir else home
+    return await _fetch(_LocalFiles(), root, globs, local_dir, max_bytes)
 
 
 # -- SFTP on an asyncssh connection --------------------------------------------------------------

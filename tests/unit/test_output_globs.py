@@ -88,3 +88,16 @@ def test_add_warns_about_a_glob_that_names_no_task(tmp_path: Path) -> None:
     named = run(db, "queue", "add", "--grid", "lr=1,2", "--outputs", "out/%{lr}/metrics.json",
                 "--outputs", "runs/{task_id}/*", "--cmd", "echo lr=%{lr}")  # fmt: skip
     assert (named.exit_code, named.stderr) == (0, "")
+
+
+async def test_a_relative_workdir_is_under_home_as_where_the_task_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "exp" / "out").mkdir(parents=True)
+    (tmp_path / "home" / "exp" / "out" / "a.json").write_text("{}")
+    (tmp_path / "cwd" / "exp" / "out").mkdir(parents=True)
+    (tmp_path / "cwd" / "exp" / "out" / "b.json").write_text("{}")
+    monkeypatch.chdir(tmp_path / "cwd")
+    got = await fetch_local("exp", ["out/*.json"], tmp_path / "dest")
+    assert got.files == ["out/a.json"]
