@@ -26,7 +26,7 @@ from dispatcher.core.models import NewTask
 from dispatcher.core.sweep import Grid
 from dispatcher.core.template import MISSING, Template, lookup
 from dispatcher.errors import TaskNotFoundError, UsageError
-from dispatcher.store.dedup import STAGE, Counts, classified
+from dispatcher.store.dedup import Counts, classified
 
 __all__ = [
     "AddResult",
@@ -331,14 +331,14 @@ def _insert(con: Any, staged: Staged, counts: Counts, *, now: datetime) -> AddRe
     next_id = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()[0]
     con.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", [next_id + counts.kept])
     dups = con.execute(
-        f"SELECT ? + pos FROM {STAGE} WHERE existing ORDER BY pos", [next_id]
+        f"SELECT ? + pos FROM {counts.table} WHERE existing ORDER BY pos", [next_id]
     ).fetchall()
     con.execute(
         "INSERT INTO tasks (id, state, created_at, args, command, template, name, priority,"
         " max_attempts, timeout, gpus, after, max_running, outputs, ident, batch)"
         " SELECT ? + k.pos, 'pending', ?::TIMESTAMP, s.args, s.command, s.template, s.name,"
         " s.priority, s.max_attempts, s.timeout, s.gpus, s.after, s.max_running, s.outputs,"
-        f" k.ident, ?::BIGINT FROM ({staged.sql}) s JOIN {STAGE} k ON s.idx = k.idx",
+        f" k.ident, ?::BIGINT FROM ({staged.sql}) s JOIN {counts.table} k ON s.idx = k.idx",
         [next_id, now, next_id, *staged.params],
     )
     ids = list(range(next_id, next_id + counts.kept))
