@@ -306,9 +306,10 @@ def _axis_tables(
 def insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> AddResult:
     """Insert staged tasks as pending, in the caller's transaction.
 
-    A point with the same identity (``core/identity.py``) as an earlier one of this add is
-    dropped; one matching a pending, launching, running or succeeded task is added anyway (its
-    id in ``duplicates``) or, with ``skip_existing``, left out.
+    A batch's point with the same identity (``core/identity.py``) as an earlier one of this add
+    is dropped (a list of tasks keeps it, ``stage_tasks``); one matching a pending, launching,
+    running or succeeded task is added anyway (its id in ``duplicates``) or, with
+    ``skip_existing``, left out.
     """
     if staged.after:
         missing = con.execute(
