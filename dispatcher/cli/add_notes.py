@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from dispatcher.cli.common import note
-from dispatcher.core.words import id_ranges, plural
+from dispatcher.core.words import ids_text, plural
 
 if TYPE_CHECKING:
     from dispatcher.core.batch import TaskBatch
@@ -50,7 +50,7 @@ def dry_run(ctx: typer.Context, batch: TaskBatch, as_json: bool, skip_existing: 
     if found.skipped:
         note(
             f"Would skip {plural(len(found.skipped), 'task')} already queued (same template and"
-            f" args as ids {id_ranges(found.skipped)}); would add {len(found.tasks)}."
+            f" args as {ids_text(found.skipped)}); would add {len(found.tasks)}."
         )
 
 

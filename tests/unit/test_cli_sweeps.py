@@ -75,7 +75,7 @@ def test_key_order_is_irrelevant_and_a_template_or_number_form_is_not(db: Path) 
                 "echo %{a}")  # fmt: skip
     assert warned.stdout == "Added 1 task (id 4).\n"
     assert warned.stderr == (
-        "1 task duplicates an existing one (ids 4); use --skip-existing to skip them\n"
+        "1 task duplicates an existing one (id 4); use --skip-existing to skip them\n"
     )
 
 
