@@ -79,6 +79,8 @@ class Queue:
         timeout: float | str | None = None,
         gpus: int | None = None,
         after: Sequence[int] = (),
+        after_any: Sequence[int] = (),
+        after_failed: Sequence[int] = (),
         skip_existing: bool = False,
         random: Mapping[str, Any] | None = None,
         samples: int | None = None,
@@ -96,8 +98,13 @@ class Queue:
         dict is one task; neither gives one task with no args. A point repeating an earlier
         one is dropped. ``max_running`` caps how many of these tasks (of this ``name``) run at
         once; ``outputs`` are globs copied back after each run. ``skip_existing`` leaves out
-        tasks with the same template and args as a pending, running or succeeded one. Errors
-        (bad template, missing key) raise before anything is added.
+        tasks with the same template and args as a pending, running or succeeded one.
+        Dependencies name existing tasks: these start only after every task of ``after``
+        succeeded, of ``after_any`` ended (any outcome) and of ``after_failed`` failed or was
+        cancelled (final outcomes: a failure with attempts left still waits); a condition that
+        can no longer hold cancels them ("dependency 5 failed"), and retrying task 5 brings
+        them back. Errors (bad template, missing key, unknown dependency) raise before anything
+        is added.
         """
         from dispatcher.core import sampling
         from dispatcher.core.batch import assemble
@@ -119,6 +126,8 @@ class Queue:
             max_running=max_running,
             outputs=outputs,
             after=after,
+            after_any=after_any,
+            after_failed=after_failed,
         )
         creating = Store.open_default(self.path, create=True)  # the one call that may create
         return creating.add_batch(batch, skip_existing=skip_existing).ids
@@ -133,7 +142,8 @@ class Queue:
     def cancel(self, ids: Iterable[int] | None = None, *, state: States = None) -> list[int]:
         """Cancel tasks: pending ones now, running ones by the dispatcher (which stops them).
 
-        Returns the ids cancelled or marked for stopping; finished tasks are left alone.
+        Returns the ids cancelled or marked for stopping; finished tasks are left alone. Tasks
+        that wait ``after`` a cancelled one are cancelled too ("dependency 5 cancelled").
         """
         result = self._store.cancel(None if ids is None else list(ids), states=_states(state))
         return sorted(result.cancelled + result.requested)
@@ -143,7 +153,8 @@ class Queue:
     ) -> list[int]:
         """Send failed, cancelled or lost tasks back to pending; the ids moved.
 
-        ``failed=True`` retries every failed task; ``state`` names other states to retry.
+        ``failed=True`` retries every failed task; ``state`` names other states to retry. The
+        tasks that their outcome cancelled (dependencies) come back too, and are in the ids.
         """
         states = _states(state) or []
         if failed:

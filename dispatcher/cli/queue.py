@@ -62,6 +62,8 @@ def build_batch(
     timeout: float | str | None,
     gpus: int | None,
     after: Sequence[int],
+    after_any: Sequence[int] = (),
+    after_failed: Sequence[int] = (),
     random: Sequence[str] = (),
     samples: int | None = None,
     seed: int | None = None,
@@ -112,6 +114,8 @@ def build_batch(
         max_running=max_running,
         outputs=outputs or None,
         after=after,
+        after_any=after_any,
+        after_failed=after_failed,
     )
 
 
@@ -145,6 +149,12 @@ def add(
     gpus: Annotated[int | None, typer.Option(help="GPUs each task needs.")] = None,
     after: Annotated[
         list[int] | None, typer.Option("--after", help="Start only after this task succeeded.")
+    ] = None,
+    after_any: Annotated[
+        list[int] | None, typer.Option("--after-any", help="Start only after this task ended.")
+    ] = None,
+    after_failed: Annotated[
+        list[int] | None, typer.Option("--after-failed", help="Start only if this task failed.")
     ] = None,
     random: Annotated[
         list[str] | None,
@@ -189,6 +199,8 @@ def add(
             timeout=timeout,
             gpus=gpus,
             after=after or [],
+            after_any=after_any or [],
+            after_failed=after_failed or [],
             random=random or [],
             samples=samples,
             seed=seed,
@@ -307,6 +319,9 @@ def cancel(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = Non
                     "no dispatcher is running; the next `labtasker dispatch` stops them first"
                 )
         out("; ".join(parts) + ".")
+        if result.waiting:
+            note(f"Also cancelled {plural(len(result.waiting), 'task')} waiting for them"
+                 f" (--after): {ids_text(result.waiting)}.", style="dim")  # fmt: skip
         if result.skipped:
             shown = ", ".join(f"{i} ({s})" for i, s in result.skipped[:10])
             more = f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
@@ -332,6 +347,9 @@ def retry(
             out(f"Retrying {plural(len(moved), 'task')} ({ids_text(moved)}): back to pending.")
         else:
             out("No tasks to retry.")
+        again = sorted(set(ids or ()) - set(moved))  # another dependency still cannot hold
+        if again:
+            note(f"Cancelled again: {ids_text(again)}; see `labtasker queue show ID` for why.")
 
 
 @queue_app.command("update")

@@ -143,7 +143,8 @@ def results(
     ] = False,
     limit: LimitOption = None,
 ) -> None:
-    """One row per task: id, name, state, host, gpus, runtime, exit_code, args.KEY, result.KEY.
+    """One row per task: id, name, state, host, gpus, runtime, exit_code, reason, args.KEY,
+    result.KEY (the table shows reason only when some row has one).
 
     Nested keys are joined by dots (result.val.loss). The table fits the terminal (args and
     result first; --wide for all) and shows 50 rows (--limit); csv, json and parquet hold every
@@ -198,11 +199,16 @@ def _show(
             f"Showing the first {len(rows):,} of {total:,} tasks;"
             " use --limit N, or --format csv|json|parquet for all."
         )
+    if sel.columns is None and "reason" in names:  # shown when some row has one
+        k = names.index("reason")
+        if not any(row[k] for row in rows):
+            names = [*names[:k], *names[k + 1 :]]
+            rows = [(*row[:k], *row[k + 1 :]) for row in rows]
     if wide:
         _print_table(names, rows, more)
         return
     console = Console(highlight=False)
-    table, plan = fitted_table(names, rows, console.width)
+    table, plan = fitted_table(names, rows, console.width, wrap=("reason",))  # never cut
     console.print(table)
     for line in (more, hidden_note(plan.hidden, console.width) if plan.hidden else None):
         if line:

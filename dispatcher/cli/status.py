@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
     from dispatcher.store.queue import Store
 
+#: ``status`` shows the reasons of this many failed tasks, those that ended last.
+SHOW_FAILED = 5
 #: The shortest ``status --watch --interval`` accepted: below it the loop only burns a core.
 MIN_INTERVAL = 0.1
 
@@ -41,7 +43,14 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
     from dispatcher.config.paths import dispatcher_running
     from dispatcher.dispatch.logs import read_status_file
     from dispatcher.store.suspensions import suspended_hosts
-    from dispatcher.ui.views import counts_line, eta_text, freshness, gpu_table, running_table
+    from dispatcher.ui.views import (
+        counts_line,
+        eta_text,
+        failures_table,
+        freshness,
+        gpu_table,
+        running_table,
+    )
 
     with store.transaction() as tx:
         active = tx.tasks(states=ACTIVE_STATES)
@@ -49,6 +58,7 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
         suspended = suspended_hosts(tx)
         median = tx.median_runtime() if watch else None
         waiting = tx.pending_reasons() if counts[TaskState.PENDING] else []
+        failed, n_failed = tx.last_finished(TaskState.FAILED, SHOW_FAILED)
     written = read_status_file(store.path)
     running = dispatcher_running(store.path)
     parts: list[RenderableType] = []
@@ -68,6 +78,11 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
         parts.append(counts_line(counts))
     for reason, n in waiting:  # why the queue does not move, as the last plan saw it
         parts.append(Text(f"{n} pending: {reason}", style="yellow"))
+    if failed:  # why the last ones failed; every attempt of one: `queue show ID`
+        parts.append(failures_table(failed))
+        if n_failed > len(failed):
+            more = f"{n_failed - len(failed)} more failed: `labtasker queue ls --state failed`"
+            parts.append(Text(more, style="dim"))
     stale = freshness(written.written_at, time.time(), running=running)
     if stale is not None and active:  # the last lines shown may be old
         parts.append(stale)

@@ -89,6 +89,8 @@ class TaskBatch:
     after: tuple[int, ...] = ()
     max_running: int | None = None
     outputs: tuple[str, ...] = ()
+    after_any: tuple[int, ...] = ()
+    after_failed: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return sum(len(g) for g in self.groups)
@@ -160,6 +162,8 @@ def assemble(
     max_running: int | None = None,
     outputs: Sequence[str] | None = None,
     after: Sequence[int] = (),
+    after_any: Sequence[int] = (),
+    after_failed: Sequence[int] = (),
 ) -> TaskBatch:
     """The batch of one add. The points in order: ``grid`` crossed with the ``random`` points,
     then the file's (a sweep file's points or JSONL ``rows``). With points, every ``args`` dict
@@ -195,9 +199,11 @@ def assemble(
         max_attempts=pick(max_attempts, file.max_attempts, 1),
         timeout=timeout_seconds(pick(timeout, file.timeout, None)),
         gpus=pick(gpus, file.gpus, None),
-        after=tuple(after),
+        after=tuple(after or file.after),
         max_running=pick(max_running, file.max_running, None),
         outputs=check_outputs(pick(outputs, file.outputs, ())),
+        after_any=tuple(after_any or file.after_any),
+        after_failed=tuple(after_failed or file.after_failed),
     )
 
 

@@ -90,6 +90,8 @@ class NewTask:
     after: tuple[int, ...] = ()
     max_running: int | None = None
     outputs: tuple[str, ...] = ()
+    after_any: tuple[int, ...] = ()
+    after_failed: tuple[int, ...] = ()
 
 
 def sweep_key(name: str | None, batch: int | None) -> str:
@@ -132,6 +134,10 @@ class Task:
     batch: int | None = None  # the first id of the ``queue add`` that created the task
     max_running: int | None = None  # at most this many of the task's sweep run at once
     outputs: tuple[str, ...] = ()  # globs under the working directory, copied back after exit
+    # Dependencies (core.deps): start after these succeeded / ended / failed.
+    after_any: list[int] = field(default_factory=list)
+    after_failed: list[int] = field(default_factory=list)
+    cancelled_by: int | None = None  # the dependency whose outcome cancelled this task
 
     @property
     def sweep(self) -> str:
@@ -169,6 +175,9 @@ class Task:
             "batch": self.batch,
             "max_running": self.max_running,
             "outputs": list(self.outputs),
+            "after": list(self.after),
+            "after_any": list(self.after_any),
+            "after_failed": list(self.after_failed),
         }
 
     def replace(self, **changes: Any) -> Task:

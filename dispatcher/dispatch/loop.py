@@ -265,6 +265,8 @@ class Dispatcher:
         self.state.queue_changed = token != self._token
         launches: list[Task] = []
         with self.store.transaction() as tx:
+            if self._tally is None:  # first tick: a queue written by schema 3 may hold tasks
+                tx.settle(everything=True)  # waiting for what can no longer happen
             # The same attachment, next transaction: nobody else wrote since our last tick.
             continuous = tx.attachment == (self._attachment[0], self._attachment[1] + 1)
             reports = self.reports.take()
@@ -295,8 +297,10 @@ class Dispatcher:
                     self._merge_active(tx, tally)
             self.state.counts = _plus(base, tx.delta, seen)
             plain = not (tally.pending_after or tally.pending_throttled)
+            tx.waiters = bool(tally.pending_after)  # see _settled
             launches = self.placement.place(tx, plain=plain, reuse=reuse)
         self.state.counts = _plus(base, tx.delta, seen)
+        self._settled(tx)
         self._attachment = tx.attachment
         self._token = self.store.change_token()
         if launches:
@@ -308,6 +312,17 @@ class Dispatcher:
         if now - self._shown_at >= SHOW_EVERY:  # a live view redraws 4 times a second
             self._shown_at = now
             self.reporter.update(self.snapshot())
+
+    def _settled(self, tx: Txn) -> None:
+        """Name the tasks the store's dependency rule cancelled in the tick (``Txn.settle``).
+
+        The tick tells the store when no pending task had dependencies (``tx.waiters``): with
+        only our own moves since, a task that finishes has nobody waiting for it (a task we
+        requeued had its dependencies met already), so the rule looks only at requeued tasks.
+        """
+        for task_id, reason in tx.settled:
+            self.state.final[task_id] = S.CANCELLED
+            self.reporter.log(f"task {task_id} cancelled ({reason})", style="yellow")
 
     def _sync_suspensions(self, tx: Txn, now: float, *, continuous: bool) -> None:
         """Keep host suspensions and the queue file in step (``recovery.SuspensionSync``).

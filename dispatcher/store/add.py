@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from tempfile import TemporaryDirectory
 
 from dispatcher.core.batch import ArgGroup, TaskBatch, check_settings, render
+from dispatcher.core.deps import DepKind
 from dispatcher.core.identity import canonical_args, canonical_member
 from dispatcher.core.models import NewTask
 from dispatcher.core.sweep import Grid
@@ -42,10 +43,12 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=
 _TABLE_IDS = itertools.count()
 #: Python-rendered batches larger than this go to DuckDB through a temporary CSV file.
 _CSV_ROWS = 2000
+#: An empty batch's one SELECT (no rows, the columns every source gives).
+_NO_ROWS = "0::BIGINT AS idx, '' AS args, '' AS command, '' AS canon"
 #: The columns every staged source selects, in this order.
 STAGE_COLUMNS = (
     "idx, args, command, canon, template, name, priority, max_attempts, timeout, gpus, after,"
-    " max_running, outputs"
+    " max_running, outputs, after_any, after_failed"
 )
 
 
@@ -67,7 +70,7 @@ class Staged:
     count: int
     sql: str
     params: list[Any]
-    after: set[int]
+    deps: dict[DepKind, set[int]]  # the tasks each kind of dependency names, to check
     axis_tables: list[tuple[str, list[list[Any]]]] = field(default_factory=list)
     tmpdir: TemporaryDirectory[str] | None = None
     #: A batch's points repeating an earlier point are dropped; a list of tasks is added whole.
@@ -84,7 +87,8 @@ def stage_batch(batch: TaskBatch) -> Staged:
     """Render what Python must render (to a temporary CSV when many); no database access."""
     tpl = batch.check()
     total = len(batch)
-    staged = Staged(total, "", [], set(batch.after))
+    deps = {DepKind.AFTER: set(batch.after), DepKind.AFTER_ANY: set(batch.after_any)}
+    staged = Staged(total, "", [], {**deps, DepKind.AFTER_FAILED: set(batch.after_failed)})
     selects: list[tuple[str, list[Any]]] = []
     python_groups: list[tuple[int, ArgGroup]] = []
     offset = 0
@@ -117,14 +121,13 @@ def stage_batch(batch: TaskBatch) -> Staged:
             )
         )
     if not selects:
-        selects.append(
-            ("SELECT 0::BIGINT AS idx, '' AS args, '' AS command, '' AS canon WHERE false", [])
-        )
+        selects.append((f"SELECT {_NO_ROWS} WHERE false", []))
     staged.sql = (
         "SELECT idx, args, command, canon, ?::VARCHAR AS template, ?::VARCHAR AS name,"
         " ?::BIGINT AS priority, ?::INTEGER AS max_attempts, ?::DOUBLE AS timeout,"
         " ?::INTEGER AS gpus, ?::BIGINT[] AS after, ?::INTEGER AS max_running,"
-        " ?::VARCHAR[] AS outputs FROM (" + " UNION ALL ".join(sql for sql, _ in selects) + ")"
+        " ?::VARCHAR[] AS outputs, ?::BIGINT[] AS after_any, ?::BIGINT[] AS after_failed"
+        " FROM (" + " UNION ALL ".join(sql for sql, _ in selects) + ")"
     )
     staged.params = [
         batch.template,
@@ -136,6 +139,8 @@ def stage_batch(batch: TaskBatch) -> Staged:
         list(batch.after),
         batch.max_running,
         list(batch.outputs),
+        list(batch.after_any),
+        list(batch.after_failed),
         *(p for _, ps in selects for p in ps),
     ]
     return staged
@@ -167,8 +172,8 @@ def _csv_select(staged: Staged, rows: Iterable[tuple[int, str, str, str]]) -> tu
 def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
     """Stage fully formed tasks (each with its own settings) as one list-valued SELECT; all of
     them are added, repeats too (``Store.add``: the caller chose each task)."""
-    cols: list[list[Any]] = [[] for _ in range(13)]
-    after: set[int] = set()
+    cols: list[list[Any]] = [[] for _ in range(15)]
+    deps: dict[DepKind, set[int]] = {kind: set() for kind in DepKind}
     for k, t in enumerate(tasks):
         check_settings(
             priority=t.priority,
@@ -184,17 +189,20 @@ def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
         args, command, template = _encode_args(t.args, k), t.command, t.template
         row = (k, _text(args, k), _text(command, k), canonical_args(t.args), _text(template, k),
                t.name, t.priority, t.max_attempts, t.timeout, t.gpus, list(t.after),
-               t.max_running, list(t.outputs))  # fmt: skip
+               t.max_running, list(t.outputs), list(t.after_any),
+               list(t.after_failed))  # fmt: skip
         for c, value in enumerate(row):
             cols[c].append(value)
-        after.update(t.after)
+        for kind in DepKind:
+            deps[kind].update(getattr(t, kind.value))
     types = ("BIGINT", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "INTEGER",
-             "DOUBLE", "INTEGER", "BIGINT[]", "INTEGER", "VARCHAR[]")  # fmt: skip
+             "DOUBLE", "INTEGER", "BIGINT[]", "INTEGER", "VARCHAR[]", "BIGINT[]",
+             "BIGINT[]")  # fmt: skip
     names = STAGE_COLUMNS.split(", ")
     sql = "SELECT " + ", ".join(
         f"unnest(?::{t}[]) AS {n}" for t, n in zip(types, names, strict=True)
     )
-    return Staged(len(tasks), sql, cols, after, drop_repeats=False)
+    return Staged(len(tasks), sql, cols, deps, drop_repeats=False)
 
 
 def _text(text: str, index: int) -> str:
@@ -311,16 +319,20 @@ def insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> A
     running or succeeded task is added anyway (its id in ``duplicates``) or, with
     ``skip_existing``, left out.
     """
-    if staged.after:
+    for kind, named in staged.deps.items():
+        if not named:
+            continue
+        # Checked before the new rows go in: a task can depend only on tasks already there,
+        # so never on itself, and dependencies never form a cycle.
         missing = con.execute(
             "SELECT unnest(?::BIGINT[]) AS id EXCEPT SELECT id FROM tasks ORDER BY id",
-            [sorted(staged.after)],
+            [sorted(named)],
         ).fetchall()
         if missing:
             ids = ", ".join(str(r[0]) for r in missing)
             raise TaskNotFoundError(
-                f"--after names {'task' if len(missing) == 1 else 'tasks'} {ids}, not in the"
-                " queue; see `labtasker queue ls`"
+                f"{kind.option} names {'task' if len(missing) == 1 else 'tasks'} {ids}, not in"
+                " the queue; see `labtasker queue ls`"
             )
     if staged.count == 0:
         return AddResult([], [], 0)
@@ -336,10 +348,12 @@ def _insert(con: Any, staged: Staged, counts: Counts, *, now: datetime) -> AddRe
     ).fetchall()
     con.execute(
         "INSERT INTO tasks (id, state, created_at, args, command, template, name, priority,"
-        " max_attempts, timeout, gpus, after, max_running, outputs, ident, batch)"
+        " max_attempts, timeout, gpus, after, max_running, outputs, after_any, after_failed,"
+        " ident, batch)"
         " SELECT ? + k.pos, 'pending', ?::TIMESTAMP, s.args, s.command, s.template, s.name,"
         " s.priority, s.max_attempts, s.timeout, s.gpus, s.after, s.max_running, s.outputs,"
-        f" k.ident, ?::BIGINT FROM ({staged.sql}) s JOIN {counts.table} k ON s.idx = k.idx",
+        " s.after_any, s.after_failed, k.ident, ?::BIGINT"
+        f" FROM ({staged.sql}) s JOIN {counts.table} k ON s.idx = k.idx",
         [next_id, now, next_id, *staged.params],
     )
     ids = list(range(next_id, next_id + counts.kept))

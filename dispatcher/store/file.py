@@ -152,7 +152,7 @@ class QueueFile:
                 txn.attachment = (attached.serial, attached.uses)
                 try:
                     yield txn
-                    txn.flush()
+                    txn.settle()
                 except BaseException:
                     with contextlib.suppress(duckdb.Error):
                         con.execute("ROLLBACK")

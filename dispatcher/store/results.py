@@ -30,7 +30,7 @@ COPY_FORMATS: Mapping[str, str] = {
     "parquet": "FORMAT parquet",
 }
 #: The fixed columns of a results row, before the args.* and result.* ones.
-BASE_COLUMNS = ("id", "name", "state", "host", "gpus", "runtime", "exit_code")
+BASE_COLUMNS = ("id", "name", "state", "host", "gpus", "runtime", "exit_code", "reason")
 #: JSON structure types kept as typed columns; any other (mixed, arrays) stays JSON text.
 _TYPED = frozenset({"BOOLEAN", "BIGINT", "UBIGINT", "HUGEINT", "DOUBLE", "VARCHAR"})
 #: The views ``sql`` queries see; the table columns behind them keep their storage names.
@@ -38,8 +38,8 @@ VIEWS_SQL = (
     "CREATE TEMP VIEW tasks AS SELECT id, name, state, args::JSON AS args, template, command,"
     " priority, attempt, max_attempts, losses, timeout, gpus AS gpus_requested, host,"
     " gpu_ids AS gpus, run_id, exit_code, result::JSON AS result, created_at, started_at,"
-    " finished_at, epoch(finished_at - started_at) AS runtime, reason, cancel_requested, after"
-    " FROM {db}.main.tasks",
+    " finished_at, epoch(finished_at - started_at) AS runtime, reason, cancel_requested, after,"
+    " after_any, after_failed FROM {db}.main.tasks",
     "CREATE TEMP VIEW attempts AS SELECT task_id, attempt, run_id, host, gpu_ids AS gpus,"
     " outcome, exit_code, result::JSON AS result, started_at, finished_at,"
     " epoch(finished_at - started_at) AS runtime, reason FROM {db}.main.attempts",
@@ -104,6 +104,7 @@ def columns(con: Any, states: Iterable[TaskState] | None = None, *, now: datetim
             f"round(epoch(coalesce(finished_at, TIMESTAMP {stamp}) - started_at), 3)",
         ),
         Column("exit_code", "exit_code"),
+        Column("reason", "reason"),
     ]
     seen = {c.name.lower() for c in cols}
     args_structure, result_structure = _structures(con, where)

@@ -107,7 +107,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE IF NOT EXISTS host_status (host VARCHAR PRIMARY KEY,"
         " suspended_at TIMESTAMP NOT NULL, reason VARCHAR NOT NULL)",
     ),
-    # 3 -> 4: each task's identity (core/identity.py), which duplicates are found by.
+    # 3 -> 4: the other two kinds of dependency (core.deps), and which dependency's outcome
+    # cancelled a task (so that retrying that one brings it back).
+    (
+        "ALTER TABLE tasks ADD COLUMN after_any BIGINT[] NOT NULL DEFAULT []",
+        "ALTER TABLE tasks ADD COLUMN after_failed BIGINT[] NOT NULL DEFAULT []",
+        "ALTER TABLE tasks ADD COLUMN cancelled_by BIGINT",
+    ),
+    # 4 -> 5: each task's identity (core/identity.py), which duplicates are found by.
     ("ALTER TABLE tasks ADD COLUMN ident UHUGEINT", "python:fill_idents"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -115,7 +122,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 TASK_COLUMNS = (
     "id, state, args, template, command, name, priority, max_attempts, attempt, losses, timeout,"
     " gpus, host, gpu_ids, run_id, exit_code, result, created_at, started_at, finished_at,"
-    " reason, cancel_requested, after, batch, max_running, outputs"
+    " reason, cancel_requested, after, batch, max_running, outputs, after_any, after_failed,"
+    " cancelled_by"
 )
 
 
@@ -228,4 +236,7 @@ def task_from_row(row: Sequence[Any]) -> Task:
         batch=row[23],
         max_running=row[24],
         outputs=tuple(row[25] or ()),
+        after_any=row[26],
+        after_failed=row[27],
+        cancelled_by=row[28],
     )

@@ -1,12 +1,14 @@
 """A table that fits the terminal: for ``labtasker results``. Knows nothing of particular columns:
 it keeps them in the order given while they fit, cuts long cells with an ellipsis, and names the
-columns it had to leave out. Rendering only: callers fetch the rows and choose the order.
+columns it had to leave out; columns the caller names as wrapping (a reason) are always kept and
+wrap onto more lines instead of being cut. Rendering only: callers fetch the rows and choose the
+order.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +21,8 @@ from rich.table import Table
 CELL_CAP = 20
 #: Characters between two columns: padding, rule, padding.
 GAP = 3
+#: A wrapping column is kept at least this wide (or as wide as its widest cell, if less).
+WRAP_MIN = 24
 
 
 @dataclass(frozen=True)
@@ -43,27 +47,35 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
-def fit(names: Sequence[str], cells: Sequence[Sequence[str]], width: int) -> Fit:
+def fit(
+    names: Sequence[str], cells: Sequence[Sequence[str]], width: int, wrap: Collection[str] = ()
+) -> Fit:
     """Which columns fit in ``width`` characters, and how wide each is.
 
-    Each column first takes its natural width (header or widest cell) up to CELL_CAP; columns
-    are kept in order while they fit, the first one always (cut to ``width``); the room left is
-    then given back, in order, to the kept columns that were cut.
+    The columns named in ``wrap`` come first: each is kept, WRAP_MIN wide (or its natural
+    width, if less). Each other column takes its natural width (header or widest cell) up to
+    CELL_CAP; columns are kept in order while they fit, the first one always (cut to what is
+    left); the room left is then given back, in order, to the kept columns that were cut or wrap.
     """
     natural = [
         max([cell_len(name), *(cell_len(row[i]) for row in cells)]) for i, name in enumerate(names)
     ]
-    kept: list[int] = []
-    widths: list[int] = []
-    used = 0
+    wrapping = {i: max(1, min(natural[i], WRAP_MIN)) for i, n in enumerate(names) if n in wrap}
+    kept: list[int] = list(wrapping)
+    widths: list[int] = list(wrapping.values())
+    used = sum(widths) + GAP * len(widths)
     for i, full in enumerate(natural):
+        if i in wrapping:
+            continue
         want = max(1, min(full, CELL_CAP))
         extra = want + (GAP if kept else 0)
-        if kept and used + extra > width:
+        if len(kept) > len(wrapping) and used + extra > width:
             continue
         kept.append(i)
-        widths.append(min(want, width))
-        used += min(extra, width)
+        widths.append(max(1, min(want, width - used)))
+        used += min(extra, max(width - used, 1 + GAP))
+    order = sorted(range(len(kept)), key=lambda j: kept[j])
+    kept, widths = [kept[j] for j in order], [widths[j] for j in order]
     room = width - used
     for j, i in enumerate(kept):
         grow = min(room, natural[i] - widths[j])
@@ -74,13 +86,17 @@ def fit(names: Sequence[str], cells: Sequence[Sequence[str]], width: int) -> Fit
 
 
 def fitted_table(
-    names: Sequence[str], rows: Sequence[Sequence[Any]], width: int
+    names: Sequence[str], rows: Sequence[Sequence[Any]], width: int, wrap: Collection[str] = ()
 ) -> tuple[Table, Fit]:
-    """A rich table of ``rows`` no wider than ``width``, and the fit behind it."""
+    """A rich table of ``rows`` no wider than ``width``, and the fit behind it; the columns
+    named in ``wrap`` wrap their cells onto more lines (never cut)."""
     cells = [[cell_text(v) for v in row] for row in rows]
-    plan = fit(names, cells, width)
+    plan = fit(names, cells, width, wrap)
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     for i, w in zip(plan.kept, plan.widths, strict=True):
+        if names[i] in wrap:
+            table.add_column(names[i], overflow="fold", width=w, max_width=w)
+            continue
         table.add_column(names[i], no_wrap=True, overflow="ellipsis", width=w, max_width=w)
     for row in cells:
         table.add_row(*(row[i] for i in plan.kept), end_section=False)

@@ -162,8 +162,11 @@ def test_ls_table_filters_and_footer(db: Path) -> None:
     Store(db).cancel([2])
     out = ok(db, "queue", "ls", "--limit", "3")
     lines = out.splitlines()
-    assert lines[0].split() == ["id", "name", "state", "args", "age"]
+    assert lines[0].split() == ["id", "name", "state", "args", "age", "reason"]
     assert lines[1].split()[:4] == ["1", "nm", "pending", "seed=1"]
+    assert lines[2].split()[-3:] == ["cancelled", "by", "user"]
+    out = ok(db, "queue", "ls", "--state", "pending")
+    assert out.splitlines()[0].split() == ["id", "name", "state", "args", "age"]  # no reasons
     assert lines[-1] == "… 2 more not shown (use --limit N, --state, or --json for all)"
     out = ok(db, "queue", "ls", "--state", "cancelled")
     assert [line.split()[0] for line in out.splitlines()[1:]] == ["2"]

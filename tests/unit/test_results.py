@@ -86,7 +86,7 @@ def test_columns_flatten_args_and_nested_results(store: Store) -> None:
     names, _, total = results.read(store)
     assert total == 3
     assert names == [
-        "id", "name", "state", "host", "gpus", "runtime", "exit_code",
+        "id", "name", "state", "host", "gpus", "runtime", "exit_code", "reason",
         "args.lr", "args.model.depth", "args.model.act",
         "result.acc", "result.val.loss", "result.val.top5", "result.tags",
     ]  # fmt: skip
@@ -131,7 +131,7 @@ def test_state_filter_limits_rows_and_keys(store: Store) -> None:
     assert total == 1 and [r[0] for r in rows] == [ok]
     assert "result.acc" in names and "result.traceback_lines" not in names
     names, rows, total = results.read(store, [S.PENDING])
-    assert (rows, total) == ([], 0) and names[-1] == "exit_code"
+    assert (rows, total) == ([], 0) and names[-1] == "reason"
 
 
 def test_key_case_clash_gets_a_distinct_column(store: Store) -> None:
@@ -190,7 +190,7 @@ def test_every_leaf_comes_back_in_its_column(memory_con: Any, result: dict[str, 
     # Keys differing only in case share a name; the clash gets a suffix (tested above).
     if len({k.lower() for k in expected}) == len(expected):
         assert {k: row[k] for k in expected} == expected
-    assert len(names) == 7 + len(expected)
+    assert len(names) == len(results.BASE_COLUMNS) + len(expected)
 
 
 def results_now() -> Any:
@@ -408,7 +408,8 @@ def test_real_entry_point(sweep: Store) -> None:
         capture_output=True, text=True, cwd=REPO, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("id,name,state,host,gpus,runtime,exit_code,args.size,args.lr")
+    head = "id,name,state,host,gpus,runtime,exit_code,reason,args.size,args.lr"
+    assert done.stdout.startswith(head)
     assert len(done.stdout.splitlines()) == 13
     done = subprocess.run(
         [*argv, "sql", "DELETE FROM tasks"], capture_output=True, text=True, cwd=REPO, check=False
