@@ -91,20 +91,22 @@ class Queue:
     ) -> list[int]:
         """Add tasks running ``cmd`` (a template with ``%{key}`` placeholders); the new ids.
 
-        As with ``labtasker queue add``: one task per dict of ``args``, then one per point of
-        ``grid`` (keys crossed, the last varying fastest; dotted keys nest) crossed with
-        ``samples`` random points of ``random`` (``{"lr": {"loguniform": [1e-5, 0.1]}}``; also
-        uniform, randint, choice; reproducible from ``seed``); neither gives one task with no
-        args. ``max_running`` caps how many of these tasks (of this ``name``) run at once;
-        ``outputs`` are globs copied back after each run. ``skip_existing`` leaves out tasks
-        whose command is already pending, running or succeeded. Dependencies name existing
-        tasks: these start only after every task of ``after`` succeeded, of ``after_any``
-        ended (any outcome) and of ``after_failed`` failed or was cancelled (final outcomes:
-        a failure with attempts left still waits); a condition that can no longer hold
-        cancels them ("dependency 5 failed"), and retrying task 5 brings them back. Errors
-        (bad template, missing key, unknown dependency) raise before anything is added. The
-        project is snapshotted as by ``queue add``, shaped by the [sync] table of ``hosts``
-        (default: as ``queue add``'s ``--hosts``).
+        As with ``labtasker queue add``: one task per point of ``grid`` (keys crossed, the last
+        varying fastest; dotted keys nest) crossed with ``samples`` random points of ``random``
+        (``{"lr": {"loguniform": [1e-5, 0.1]}}``; also uniform, randint, choice; reproducible
+        from ``seed``). With points, each dict of ``args`` is merged into every point (the
+        points once per dict; a key also set by the points raises SweepError); without, each
+        dict is one task; neither gives one task with no args. A point repeating an earlier
+        one is dropped. ``max_running`` caps how many of these tasks (of this ``name``) run at
+        once; ``outputs`` are globs copied back after each run. ``skip_existing`` leaves out
+        tasks with the same template and args as a pending, running or succeeded one.
+        Dependencies name existing tasks: these start only after every task of ``after``
+        succeeded, of ``after_any`` ended (any outcome) and of ``after_failed`` failed or was
+        cancelled (final outcomes: a failure with attempts left still waits); a condition that
+        can no longer hold cancels them ("dependency 5 failed"), and retrying task 5 brings
+        them back. Errors (bad template, missing key, unknown dependency) raise before anything
+        is added. The project is snapshotted as by ``queue add``, shaped by the [sync] table of
+        ``hosts`` (default: as ``queue add``'s ``--hosts``).
         """
         from dispatcher.core import sampling
         from dispatcher.core.batch import assemble

@@ -29,14 +29,18 @@ def main() -> int:
     q = Queue(db=opts.db)
     # The training script reads lr and seed from LABTASKER_ARGS; the command carries them too,
     # so `labtasker queue ls` and the logs show which run is which.
+    cmd = f"python3 {TRAIN} --lr %{{lr}} --seed %{{seed}} --epochs %{{epochs}}"
     ids = q.add(
-        f"python3 {TRAIN} --lr %{{lr}} --seed %{{seed}} --epochs %{{epochs}}",
-        args=[{"lr": 0.5, "seed": 0, "epochs": 10}],  # one extra hand-picked run
-        grid={"lr": [0.3, 0.1, 0.03], "seed": [1, 2], "epochs": [10]},
+        cmd,
+        args=[{"epochs": 10}],  # the same for every point of the grid
+        grid={"lr": [0.3, 0.1, 0.03], "seed": [1, 2]},
         name="api-sweep",
         gpus=0,  # CPU is enough for this toy; use gpus=1 for a real model
         skip_existing=True,  # running this script twice queues nothing new
     )
+    # One extra hand-picked run: args without a grid give one task per dict.
+    ids += q.add(cmd, args=[{"lr": 0.5, "seed": 0, "epochs": 10}], name="api-sweep", gpus=0,
+                 skip_existing=True)  # fmt: skip
     print(f"queued {len(ids)} new {'task' if len(ids) == 1 else 'tasks'} in {q.path}")
     if not opts.hosts:
         print("now run: labtasker dispatch --hosts hosts.toml")

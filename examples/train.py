@@ -5,7 +5,7 @@
 It prints one line per epoch, like a real training loop, and reports its metrics the way
 labtasker collects results: a JSON object written to the file named by $LABTASKER_RESULT (when
 the variable is set; run by hand, it just prints them). It also leaves its metrics in
-out/<task id>.json, the file sweep.toml's `outputs = ["out/*.json"]` copies back.
+out/<task id>.json, the file sweep.toml's `outputs = ["out/{task_id}.json"]` copies back.
 """
 
 import argparse

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dispatcher.cli.add_notes import dry_run as _dry_run
+from dispatcher.cli.add_notes import outputs_note
+from dispatcher.cli.add_notes import repeated_note as _repeated_note
 from dispatcher.cli.app import app
 from dispatcher.cli.common import AddCommand, StateOption, note, out, reported
 from dispatcher.cli.common import open_store as _store
@@ -126,7 +129,8 @@ def add(
     ] = None,
     cmd: Annotated[str | None, typer.Option("--cmd", help="The command template.")] = None,
     args_json: Annotated[
-        list[str] | None, typer.Option("--args", help="One task's args as a JSON object.")
+        list[str] | None,
+        typer.Option("--args", help="Args as a JSON object: one task, or merged into every point."),
     ] = None,
     grid: Annotated[
         list[str] | None, typer.Option("--grid", help="KEY=V1,V2,...; several are crossed.")
@@ -171,9 +175,12 @@ def add(
         typer.Option("--outputs", help="Glob of files to copy back after a run (repeatable)."),
     ] = None,
     skip_existing: Annotated[
-        bool, typer.Option("--skip-existing", help="Skip tasks whose command is already queued.")
+        bool,
+        typer.Option("--skip-existing", help="Skip tasks already queued (same template and args)."),
     ] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands only.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the commands it would add; add nothing.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new ids as JSON.")] = False,
     hosts: AddHostsOption = None,
 ) -> None:
@@ -202,14 +209,15 @@ def add(
             max_running=max_running,
             outputs=outputs or [],
         )
+        outputs_note(batch.outputs)
         if dry_run:
-            _dry_run(batch, as_json)
+            _dry_run(ctx, batch, as_json, skip_existing)
             return
         store = _store(ctx, create=True)
         result, snapshot = add_snapshotted(store, batch, hosts, skip_existing=skip_existing)
-        if result.duplicates and not skip_existing:
-            first = result.ids[0]
-            dup_ids = [first + i for i in result.duplicates]
+        _repeated_note(result.repeated)
+        if result.duplicates:
+            dup_ids = result.duplicates
             what = (
                 "1 task duplicates an existing one"
                 if len(dup_ids) == 1
@@ -226,18 +234,10 @@ def add(
         else:
             out(f"Added {len(result.ids)} tasks (ids {result.ids[0]}-{result.ids[-1]}).")
         if result.skipped:
-            note(f"Skipped {plural(result.skipped, 'task')} whose command is already queued.")
+            note(
+                f"Skipped {plural(result.skipped, 'task')} already queued (same template and args)."
+            )
         out(snapshot)
-
-
-def _dry_run(batch: TaskBatch, as_json: bool) -> None:
-    out = sys.stdout
-    if as_json:
-        items = [{"args": dict(a), "command": c} for a, c in batch.rendered()]
-        out.write(json.dumps(items, ensure_ascii=False) + "\n")
-        return
-    for _, command in batch.rendered():
-        out.write(command + "\n")
 
 
 @queue_app.command("ls")

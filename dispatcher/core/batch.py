@@ -12,9 +12,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher.core.globs import glob_problem
-from dispatcher.core.sweep import Grid, SweepFile, with_axis
-from dispatcher.core.template import Template, compile_template
+from dispatcher.core.globs import expand_glob, glob_problem
+from dispatcher.core.sweep import Grid, SweepFile, merge, overlap, with_axis, with_fixed
+from dispatcher.core.template import Template, compile_template, split
 from dispatcher.core.values import DURATION_FORMS, Axis, duration_seconds
 from dispatcher.errors import SweepError, TemplateError, UsageError
 
@@ -27,10 +27,12 @@ def check_outputs(globs: Sequence[str]) -> tuple[str, ...]:
     if isinstance(globs, str):
         raise UsageError(f"outputs must be a list of globs like ['out/*.json'], got {globs!r}")
     for g in globs:
-        if glob_problem(g):
+        problem = glob_problem(g)
+        if problem:
             raise UsageError(
-                f"output glob {g!r}: give a pattern inside the task's working directory, like"
-                " out/*.json (not empty, not absolute, no '..')"
+                f"output glob {g!r} {problem}: give a pattern inside the task's working"
+                " directory, like out/*.json or out/%{lr}/*.json (not empty, not absolute,"
+                " no '..')"
             )
     return tuple(globs)
 
@@ -104,7 +106,25 @@ class TaskBatch:
             max_running=self.max_running,
             outputs=self.outputs,
         )
-        return compile_template(self.template)
+        tpl = compile_template(self.template)
+        self._check_output_values()
+        return tpl
+
+    def _check_output_values(self) -> None:
+        """UsageError, naming the task, when a ``%{key}`` of an output glob cannot be filled
+        from a task's args (missing, or not one safe path component)."""
+        named = [g for g in self.outputs if split(g)[1]]
+        if not named:
+            return
+        total, offset = len(self), 0
+        for group in self.groups:
+            for k, args in enumerate(group, offset):
+                for pattern in named:
+                    try:
+                        expand_glob(pattern, args, 0, "run")
+                    except UsageError as err:
+                        raise UsageError(f"task {k + 1} of {total}: {err}") from None
+            offset += len(group)
 
     def rendered(self) -> Iterator[tuple[Mapping[str, Any], str]]:
         """Every task's (args, command) in order, rendered in Python; errors name the task."""
@@ -145,22 +165,21 @@ def assemble(
     after_any: Sequence[int] = (),
     after_failed: Sequence[int] = (),
 ) -> TaskBatch:
-    """The batch of one add. Groups in order: ``args`` (one task each), ``grid`` crossed with
-    the ``random`` points, then the file: a sweep file's points or JSONL ``rows``. Settings given
-    here win over the sweep file's, which win over the defaults; the template likewise."""
+    """The batch of one add. The points in order: ``grid`` crossed with the ``random`` points,
+    then the file's (a sweep file's points or JSONL ``rows``). With points, every ``args`` dict
+    is merged into every point, as a sweep file's ``[args]`` is (the points once per dict); without,
+    each dict is one task. Settings given here win over the sweep file's, which win over the
+    defaults; the template likewise."""
     if isinstance(args, Mapping):
         raise SweepError("args must be a list of dicts, one per task: args=[{...}]")
-    groups: list[ArgGroup] = []
-    if args is not None:
-        groups.append([dict(a) for a in args])
+    points: list[ArgGroup] = []
     if grid is not None or random is not None:
-        groups.append(with_axis(grid or Grid(), random))
+        points.append(with_axis(grid or Grid(), random))
     if sweep is not None:
-        groups.append(sweep.grid)
+        points.append(sweep.grid)
     if rows is not None:
-        groups.append(rows)
-    if not groups:
-        groups.append([{}])
+        points.append(rows)
+    groups = _with_fixed(args, points)
     file = sweep or SweepFile(grid=Grid())
     if template is None:
         template = file.command
@@ -186,3 +205,32 @@ def assemble(
         after_any=tuple(after_any or file.after_any),
         after_failed=tuple(after_failed or file.after_failed),
     )
+
+
+def _with_fixed(args: Sequence[Mapping[str, Any]] | None, points: list[ArgGroup]) -> list[ArgGroup]:
+    """The groups of an add: ``args`` merged into every point, or alone when there are none.
+
+    A key set both by an ``args`` dict and by a point is a SweepError, as in a sweep file.
+    """
+    if not points:
+        return [[dict(a) for a in args]] if args is not None else [[{}]]
+    if not args:
+        return points
+    groups: list[ArgGroup] = []
+    for fixed in args:
+        for group in points:
+            if isinstance(group, Grid):
+                groups.append(with_fixed(group, fixed))
+            else:
+                groups.append([_merged_row(fixed, row, k) for k, row in enumerate(group, 1)])
+    return groups
+
+
+def _merged_row(fixed: Mapping[str, Any], row: Mapping[str, Any], line: int) -> dict[str, Any]:
+    clash = overlap(fixed, row)
+    if clash:
+        raise SweepError(
+            f"--args sets key {clash!r}, which line {line} of the file also sets;"
+            " give each key in one place"
+        )
+    return merge(fixed, row)

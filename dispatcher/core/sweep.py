@@ -197,6 +197,43 @@ def with_axis(grid: Grid, axis: Axis | None) -> Grid:
     return out
 
 
+def with_fixed(grid: Grid, fixed: Mapping[str, Any]) -> Grid:
+    """``grid`` with ``fixed`` args added to every point (``--args`` with ``--grid``, like a sweep
+    file's ``[args]``); SweepError naming the key when it is also set by the grid."""
+    clash = overlap(fixed, grid.fixed) or _axis_clash(grid, fixed)
+    if clash:
+        raise SweepError(
+            f"--args sets key {clash!r}, which the grid, random or sweep file also sets;"
+            " give each key in one place"
+        )
+    return Grid(merge(grid.fixed, fixed), grid.axes)
+
+
+def _axis_clash(grid: Grid, fixed: Mapping[str, Any]) -> str | None:
+    leaves = [p for p, _ in _flatten(fixed, (), leaves_only=True)]
+    for paths, _ in grid.axes:
+        for path in paths:
+            for leaf in leaves:
+                n = min(len(path), len(leaf))
+                if path[:n] == leaf[:n]:
+                    return ".".join(leaf if len(leaf) <= len(path) else path)
+    return None
+
+
+def overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
+    """The first key (dotted) both ``a`` and ``b`` set, where merging would overwrite a value."""
+    for key, value in a.items():
+        if key in b:
+            other = b[key]
+            if isinstance(value, Mapping) and isinstance(other, Mapping) and value and other:
+                inner = overlap(value, other)
+                if inner is not None:
+                    return f"{key}.{inner}"
+                continue
+            return str(key)
+    return None
+
+
 @dataclass(frozen=True)
 class SweepFile:
     """A parsed TOML sweep file: its points and the task defaults it sets."""

@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any
 
 from dispatcher.config.hosts import HostsConfig
+from dispatcher.core.globs import expand_all
 from dispatcher.core.models import Task, TaskState
 from dispatcher.core.outcome import Outcome, lost_outcome, outcome_of, parse_time, real_attempts
 from dispatcher.core.words import command_fault, plural, resume_hint
@@ -158,6 +159,11 @@ class Reports:
         if task is None or task.host != host or not globs or report.get("cancelled"):
             return True
         cap = session.spec.outputs_max_size
+        # Each task's own values fill the globs' placeholders: in a shared working directory,
+        # out/%{lr}/*.json copies this task's files only.
+        globs, problems = expand_all(globs, task.args, task.id, str(task.run_id))
+        for bad in problems:
+            self.reporter.log(f"task {task.id} on {host}: not copied: {bad}", style="yellow")
         try:
             got = await session.fetch_files(globs, task_outputs_dir(self.store.path, task.id), cap)
         except DispatcherError as err:

@@ -1,11 +1,10 @@
-"""Adding tasks in bulk: stage a batch, find duplicates in SQL, insert every row in one statement.
+"""Adding tasks in bulk: stage a batch, find duplicates by identity in SQL, insert in one statement.
 
 Flat grids are rendered by DuckDB itself: Python quotes each axis value once, and a cross join of
-small per-axis tables concatenates each point's command and args JSON from those pieces, exactly
-as Python would render them. Other argument groups are rendered in Python and staged through a
-temporary CSV file. No row-by-row inserts. ``stage`` does no database access, so the store can
-render before it takes the queue file's lock.
-"""
+small per-axis tables concatenates each point's command, args JSON and canonical args from those
+pieces, exactly as Python would. Other argument groups are rendered in Python, staged through a
+temporary CSV file when many. ``stage`` does no database access, so the store can render before
+it takes the queue file's lock."""
 
 from __future__ import annotations
 
@@ -23,11 +22,13 @@ if TYPE_CHECKING:
 
 from dispatcher.core.batch import ArgGroup, TaskBatch, check_settings, render
 from dispatcher.core.deps import DepKind
-from dispatcher.core.models import DUPLICATE_STATES, NewTask
+from dispatcher.core.identity import canonical_args, canonical_member
+from dispatcher.core.models import NewTask
 from dispatcher.core.snapshot import NO_CODE, CodeRef
 from dispatcher.core.sweep import Grid
 from dispatcher.core.template import MISSING, Template, lookup
 from dispatcher.errors import TaskNotFoundError, UsageError
+from dispatcher.store.dedup import Counts, classified
 
 __all__ = [
     "AddResult",
@@ -40,24 +41,27 @@ __all__ = [
 ]
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-_DUP_IN = ", ".join(f"'{s.value}'" for s in sorted(DUPLICATE_STATES))
 _TABLE_IDS = itertools.count()
 #: Python-rendered batches larger than this go to DuckDB through a temporary CSV file.
 _CSV_ROWS = 2000
+#: An empty batch's one SELECT (no rows, the columns every source gives).
+_NO_ROWS = "0::BIGINT AS idx, '' AS args, '' AS command, '' AS canon"
 #: The columns every staged source selects, in this order.
 STAGE_COLUMNS = (
-    "idx, args, command, template, name, priority, max_attempts, timeout, gpus, after,"
+    "idx, args, command, canon, template, name, priority, max_attempts, timeout, gpus, after,"
     " max_running, outputs, after_any, after_failed"
 )
 
 
 @dataclass(frozen=True)
 class AddResult:
-    """What an add did: the new ids (contiguous), duplicate input indexes, how many were skipped."""
+    """What an add did: the new ids (contiguous), those of them that duplicate a queued task,
+    how many points were skipped as already queued, and how many repeated an earlier point."""
 
     ids: list[int]
     duplicates: list[int]
     skipped: int
+    repeated: int = 0
 
 
 @dataclass
@@ -70,6 +74,8 @@ class Staged:
     deps: dict[DepKind, set[int]]  # the tasks each kind of dependency names, to check
     axis_tables: list[tuple[str, list[list[Any]]]] = field(default_factory=list)
     tmpdir: TemporaryDirectory[str] | None = None
+    #: A batch's points repeating an earlier point are dropped; a list of tasks is added whole.
+    drop_repeats: bool = True
 
     def cleanup(self) -> None:
         """Remove the temporary CSV, if any (idempotent)."""
@@ -96,7 +102,7 @@ def stage_batch(batch: TaskBatch) -> Staged:
             python_groups.append((offset, group))
         offset += len(group)
     rows = (
-        (k, _text(_encode_args(args, k), k), _text(command, k))
+        (k, _text(_encode_args(args, k), k), _text(command, k), canonical_args(args))
         for offset, group in python_groups
         for k, args, command in render(tpl, group, offset, total)
     )
@@ -104,21 +110,21 @@ def stage_batch(batch: TaskBatch) -> Staged:
         selects.append(_csv_select(staged, rows))
     elif python_groups:
         # Few rows: list parameters beat a temporary file.
-        columns: list[list[Any]] = [[], [], []]
+        columns: list[list[Any]] = [[], [], [], []]
         for row in rows:
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
         selects.append(
             (
                 "SELECT unnest(?::BIGINT[]) AS idx, unnest(?::VARCHAR[]) AS args,"
-                " unnest(?::VARCHAR[]) AS command",
+                " unnest(?::VARCHAR[]) AS command, unnest(?::VARCHAR[]) AS canon",
                 columns,
             )
         )
     if not selects:
-        selects.append(("SELECT 0::BIGINT AS idx, '' AS args, '' AS command WHERE false", []))
+        selects.append((f"SELECT {_NO_ROWS} WHERE false", []))
     staged.sql = (
-        "SELECT idx, args, command, ?::VARCHAR AS template, ?::VARCHAR AS name,"
+        "SELECT idx, args, command, canon, ?::VARCHAR AS template, ?::VARCHAR AS name,"
         " ?::BIGINT AS priority, ?::INTEGER AS max_attempts, ?::DOUBLE AS timeout,"
         " ?::INTEGER AS gpus, ?::BIGINT[] AS after, ?::INTEGER AS max_running,"
         " ?::VARCHAR[] AS outputs, ?::BIGINT[] AS after_any, ?::BIGINT[] AS after_failed"
@@ -141,7 +147,7 @@ def stage_batch(batch: TaskBatch) -> Staged:
     return staged
 
 
-def _csv_select(staged: Staged, rows: Iterable[tuple[int, str, str]]) -> tuple[str, list[Any]]:
+def _csv_select(staged: Staged, rows: Iterable[tuple[int, str, str, str]]) -> tuple[str, list[Any]]:
     import csv
     import tempfile
 
@@ -155,8 +161,9 @@ def _csv_select(staged: Staged, rows: Iterable[tuple[int, str, str]]) -> tuple[s
         staged.cleanup()  # a render error midway: leave no file behind
         raise
     return (
-        "SELECT idx, args, command FROM read_csv(?, header = false, auto_detect = false,"
-        " columns = {'idx': 'BIGINT', 'args': 'VARCHAR', 'command': 'VARCHAR'},"
+        "SELECT idx, args, command, canon FROM read_csv(?, header = false, auto_detect = false,"
+        " columns = {'idx': 'BIGINT', 'args': 'VARCHAR', 'command': 'VARCHAR',"
+        " 'canon': 'VARCHAR'},"
         " quote = '\"', escape = '\"', delim = ',', new_line = '\\n',"
         " allow_quoted_nulls = false, strict_mode = true)",
         [str(csv_path)],
@@ -164,8 +171,9 @@ def _csv_select(staged: Staged, rows: Iterable[tuple[int, str, str]]) -> tuple[s
 
 
 def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
-    """Stage fully formed tasks (each with its own settings) as one list-valued SELECT."""
-    cols: list[list[Any]] = [[] for _ in range(14)]
+    """Stage fully formed tasks (each with its own settings) as one list-valued SELECT; all of
+    them are added, repeats too (``Store.add``: the caller chose each task)."""
+    cols: list[list[Any]] = [[] for _ in range(15)]
     deps: dict[DepKind, set[int]] = {kind: set() for kind in DepKind}
     for k, t in enumerate(tasks):
         check_settings(
@@ -180,20 +188,22 @@ def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
         if "\0" in t.command or "\0" in t.template:
             raise UsageError(f"task {k + 1}: its command contains a NUL character")
         args, command, template = _encode_args(t.args, k), t.command, t.template
-        row = (k, _text(args, k), _text(command, k), _text(template, k), t.name, t.priority,
-               t.max_attempts, t.timeout, t.gpus, list(t.after), t.max_running,
-               list(t.outputs), list(t.after_any), list(t.after_failed))  # fmt: skip
+        row = (k, _text(args, k), _text(command, k), canonical_args(t.args), _text(template, k),
+               t.name, t.priority, t.max_attempts, t.timeout, t.gpus, list(t.after),
+               t.max_running, list(t.outputs), list(t.after_any),
+               list(t.after_failed))  # fmt: skip
         for c, value in enumerate(row):
             cols[c].append(value)
         for kind in DepKind:
             deps[kind].update(getattr(t, kind.value))
-    types = ("BIGINT", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "INTEGER", "DOUBLE",
-             "INTEGER", "BIGINT[]", "INTEGER", "VARCHAR[]", "BIGINT[]", "BIGINT[]")  # fmt: skip
+    types = ("BIGINT", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "INTEGER",
+             "DOUBLE", "INTEGER", "BIGINT[]", "INTEGER", "VARCHAR[]", "BIGINT[]",
+             "BIGINT[]")  # fmt: skip
     names = STAGE_COLUMNS.split(", ")
     sql = "SELECT " + ", ".join(
         f"unnest(?::{t}[]) AS {n}" for t, n in zip(types, names, strict=True)
     )
-    return Staged(len(tasks), sql, cols, deps)
+    return Staged(len(tasks), sql, cols, deps, drop_repeats=False)
 
 
 def _text(text: str, index: int) -> str:
@@ -221,8 +231,8 @@ def _grid_plan(
 
     Flat: every axis key is a distinct top-level name absent from the fixed args, and every
     placeholder names an axis key or is found in the fixed args. Each axis becomes a temporary
-    table (c0: position, c1: its JSON members, c2...: its values quoted for each placeholder),
-    crossed in axis order.
+    table (c0: position, c1: its JSON members, c2...: its values quoted for each placeholder, then
+    each key's canonical member), crossed in axis order.
     """
     names = [p[0] for paths, _ in grid.axes for p in paths]
     if not grid.axes or len(grid) == 0:
@@ -244,16 +254,7 @@ def _grid_plan(
         if value is MISSING:
             return None  # Python rendering reports the missing key with the task's number
         words.append(_text(tpl.quote(k, value), offset))
-    tables: list[tuple[str, list[list[Any]]]] = []
-    for a, (paths, rows) in enumerate(grid.axes):
-        keys = [p[0] for p in paths]
-        cols: list[list[Any]] = [list(range(len(rows))), []] + [[] for _ in axis_words[a]]
-        for row in rows:
-            point = dict(zip(keys, row, strict=True))
-            cols[1].append(_text(_encode_args(point, offset)[1:-1], offset))
-            for c, k in enumerate(axis_words[a]):
-                cols[2 + c].append(_text(tpl.quote(k, point[tpl.keys[k]]), offset))
-        tables.append((f"labtasker_axis_{next(_TABLE_IDS)}", cols))
+    tables, canon_of = _axis_tables(tpl, grid, axis_words, offset)
     strides = [math.prod(len(r) for _, r in grid.axes[a + 1 :]) for a in range(len(grid.axes))]
     idx_sql = " + ".join(f"ax{a}.c0 * {s}" for a, s in enumerate(strides))
     fixed = _text(_encode_args(grid.fixed, offset)[1:-1], offset)
@@ -272,17 +273,56 @@ def _grid_plan(
             else:
                 pieces.append(f"ax{word[0]}.c{2 + word[1]}")
     json_sql = f"'{{' || concat_ws(',', {', '.join(members)}) || '}}'"
+    canon: list[str] = []
+    for key in sorted({*grid.fixed, *canon_of}):
+        if key in canon_of:
+            canon.append(canon_of[key])
+        else:
+            canon.append("?")
+            params.append(canonical_member(key, grid.fixed[key]))
+    canon_sql = f"'{{' || concat_ws(',', {', '.join(canon)}) || '}}'"
     sql = (
-        f"SELECT ? + {idx_sql} AS idx, {json_sql} AS args, concat({', '.join(pieces)}) AS command"
-        " FROM " + ", ".join(f"temp.{name} ax{a}" for a, (name, _) in enumerate(tables))
+        f"SELECT ? + {idx_sql} AS idx, {json_sql} AS args, concat({', '.join(pieces)}) AS command,"
+        f" {canon_sql} AS canon FROM "
+        + ", ".join(f"temp.{name} ax{a}" for a, (name, _) in enumerate(tables))
     )
     return tables, (sql, params)
+
+
+def _axis_tables(
+    tpl: Template, grid: Grid, axis_words: list[list[int]], offset: int
+) -> tuple[list[tuple[str, list[list[Any]]]], dict[str, str]]:
+    """Each axis's temporary table (see ``_grid_plan``), and each key's canonical member column."""
+    tables: list[tuple[str, list[list[Any]]]] = []
+    canon_of: dict[str, str] = {}
+    for a, (paths, rows) in enumerate(grid.axes):
+        keys = [p[0] for p in paths]
+        n_words = len(axis_words[a])
+        cols: list[list[Any]] = [list(range(len(rows))), []]
+        cols += [[] for _ in range(n_words + len(keys))]
+        for row in rows:
+            point = dict(zip(keys, row, strict=True))
+            cols[1].append(_text(_encode_args(point, offset)[1:-1], offset))
+            for c, k in enumerate(axis_words[a]):
+                cols[2 + c].append(_text(tpl.quote(k, point[tpl.keys[k]]), offset))
+            for j, key in enumerate(keys):
+                cols[2 + n_words + j].append(canonical_member(key, point[key]))
+        canon_of.update({key: f"ax{a}.c{2 + n_words + j}" for j, key in enumerate(keys)})
+        tables.append((f"labtasker_axis_{next(_TABLE_IDS)}", cols))
+    return tables, canon_of
 
 
 def insert(
     con: Any, staged: Staged, *, now: datetime, skip_existing: bool, code: CodeRef = NO_CODE
 ) -> AddResult:
-    """Insert staged tasks as pending, in the caller's transaction, each recording ``code``."""
+    """Insert staged tasks as pending, in the caller's transaction, each recording ``code``
+    (the project snapshot of the add).
+
+    A batch's point with the same identity (``core/identity.py``) as an earlier one of this add
+    is dropped (a list of tasks keeps it, ``stage_tasks``); one matching a pending, launching,
+    running or succeeded task is added anyway (its id in ``duplicates``) or, with
+    ``skip_existing``, left out.
+    """
     for kind, named in staged.deps.items():
         if not named:
             continue
@@ -300,48 +340,25 @@ def insert(
             )
     if staged.count == 0:
         return AddResult([], [], 0)
-    for name, cols in staged.axis_tables:
-        defs = ", ".join(
-            f"unnest(?::{'BIGINT' if c == 0 else 'VARCHAR'}[]) AS c{c}" for c in range(len(cols))
-        )
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {defs}", cols)
-    try:
-        return _insert(con, staged, now=now, skip_existing=skip_existing, code=code)
-    finally:
-        for name, _ in staged.axis_tables:
-            con.execute(f"DROP TABLE IF EXISTS temp.{name}")
+    with classified(con, staged, skip_existing) as counts:
+        return _insert(con, staged, counts, now=now, code=code)
 
 
-def _insert(
-    con: Any, staged: Staged, *, now: datetime, skip_existing: bool, code: CodeRef
-) -> AddResult:
-    existing = f"SELECT command FROM tasks WHERE state IN ({_DUP_IN})"
-    dups = [
-        r[0]
-        for r in con.execute(
-            f"SELECT s.idx FROM ({staged.sql}) s WHERE s.command IN ({existing}) ORDER BY s.idx",
-            staged.params,
-        ).fetchall()
-    ]
-    skip = skip_existing and bool(dups)
-    added = staged.count - (len(dups) if skip else 0)
+def _insert(con: Any, staged: Staged, counts: Counts, *, now: datetime, code: CodeRef) -> AddResult:
     next_id = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()[0]
-    con.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", [next_id + added])
-    if skip:
-        # The anti-join reads the table as it was before this statement's own rows went in, so
-        # repeats inside one batch are all added, as without --skip-existing.
-        id_sql = "? + row_number() OVER (ORDER BY s.idx) - 1"
-        where = f" WHERE s.command NOT IN ({existing})"
-    else:
-        id_sql, where = "? + s.idx", ""
+    con.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", [next_id + counts.kept])
+    dups = con.execute(
+        f"SELECT ? + pos FROM {counts.table} WHERE existing ORDER BY pos", [next_id]
+    ).fetchall()
     con.execute(
         "INSERT INTO tasks (id, state, created_at, args, command, template, name, priority,"
         " max_attempts, timeout, gpus, after, max_running, outputs, after_any, after_failed,"
-        " batch, snapshot, git_commit, git_dirty)"
-        f" SELECT {id_sql}, 'pending', ?::TIMESTAMP, s.args, s.command, s.template, s.name,"
+        " ident, batch, snapshot, git_commit, git_dirty)"
+        " SELECT ? + k.pos, 'pending', ?::TIMESTAMP, s.args, s.command, s.template, s.name,"
         " s.priority, s.max_attempts, s.timeout, s.gpus, s.after, s.max_running, s.outputs,"
-        " s.after_any, s.after_failed, ?::BIGINT, ?::VARCHAR, ?::VARCHAR, ?::BOOLEAN"
-        f" FROM ({staged.sql}) s{where}",
+        " s.after_any, s.after_failed, k.ident, ?::BIGINT, ?::VARCHAR, ?::VARCHAR, ?::BOOLEAN"
+        f" FROM ({staged.sql}) s JOIN {counts.table} k ON s.idx = k.idx",
         [next_id, now, next_id, code.snapshot, code.git_commit, code.git_dirty, *staged.params],
     )
-    return AddResult(list(range(next_id, next_id + added)), dups, len(dups) if skip else 0)
+    ids = list(range(next_id, next_id + counts.kept))
+    return AddResult(ids, [r[0] for r in dups], counts.skipped, counts.repeated)

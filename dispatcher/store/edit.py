@@ -115,7 +115,9 @@ def _rerender(con: Any, args: Mapping[str, Any] | None, template: str | None) ->
 
     if template is not None:
         compile_template(template)  # a refused template is refused once, not per task
-    columns: list[list[Any]] = [[], [], [], []]
+    from dispatcher.core.identity import IDENT_SQL, canonical_args
+
+    columns: list[list[Any]] = [[], [], [], [], []]
     for task_id, old_args, old_template in con.execute(
         f"SELECT id, args, template FROM tasks WHERE {SELECTED} ORDER BY id"
     ).fetchall():
@@ -130,13 +132,16 @@ def _rerender(con: Any, args: Mapping[str, Any] | None, template: str | None) ->
             raise TemplateError(f"task {task_id}: {err}") from None
         except (TypeError, ValueError) as err:
             raise UsageError(f"task {task_id}: args cannot be stored as JSON ({err})") from None
-        for column, value in zip(columns, (task_id, encoded, command, text), strict=True):
+        row = (task_id, encoded, command, text, canonical_args(merged))
+        for column, value in zip(columns, row, strict=True):
             column.append(value)
+    ident = IDENT_SQL.format(template="u.template", canon="u.canon")
     con.execute(
-        "UPDATE tasks SET args = u.args, command = u.command, template = u.template FROM"
+        "UPDATE tasks SET args = u.args, command = u.command, template = u.template,"
+        f" ident = {ident} FROM"
         " (SELECT unnest(?::BIGINT[]) AS id, unnest(?::VARCHAR[]) AS args,"
-        " unnest(?::VARCHAR[]) AS command, unnest(?::VARCHAR[]) AS template) u"
-        " WHERE tasks.id = u.id",
+        " unnest(?::VARCHAR[]) AS command, unnest(?::VARCHAR[]) AS template,"
+        " unnest(?::VARCHAR[]) AS canon) u WHERE tasks.id = u.id",
         columns,
     )
 

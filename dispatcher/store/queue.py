@@ -15,6 +15,7 @@ from dispatcher.store.txn import Attempt, CancelResult, MoveRequest, Tally, Txn
 
 if TYPE_CHECKING:
     from dispatcher.store.add import AddResult, Staged, TaskBatch
+    from dispatcher.store.dedup import Preview
 
 __all__ = [
     "AddResult",
@@ -69,6 +70,27 @@ class Store(QueueFile):
                 "SELECT DISTINCT snapshot FROM tasks WHERE snapshot IS NOT NULL"
             ).fetchall()
         return {r[0] for r in rows}
+
+    def preview_batch(self, batch: TaskBatch, *, skip_existing: bool = False) -> Preview:
+        """What ``add_batch`` would do, writing nothing: the queue is read only for
+        ``skip_existing`` and only when its file exists (it is never created)."""
+        from dispatcher.store.add import stage_batch
+        from dispatcher.store.dedup import preview
+        from dispatcher.store.schema import duckdb
+
+        staged = stage_batch(batch)
+        try:
+            if skip_existing and self.path.exists():
+                with self.transaction() as txn:
+                    return preview(txn.con, staged, skip_existing=True)
+            con = duckdb.connect()
+            try:
+                con.execute("CREATE TABLE tasks (id BIGINT, state VARCHAR, ident UHUGEINT)")
+                return preview(con, staged, skip_existing=False)
+            finally:
+                con.close()
+        finally:
+            staged.cleanup()
 
     def tasks(
         self,

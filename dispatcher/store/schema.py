@@ -82,7 +82,8 @@ CREATE TABLE attempts (
 
 _META = "CREATE TABLE meta (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL)"
 
-#: One list of statements per step; never edit a released step, append a new one.
+#: One list of statements per step; never edit a released step, append a new one. A statement
+#: ``python:NAME`` runs the function NAME of this module on the connection instead.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         _META,
@@ -113,7 +114,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN after_failed BIGINT[] NOT NULL DEFAULT []",
         "ALTER TABLE tasks ADD COLUMN cancelled_by BIGINT",
     ),
-    # 4 -> 5: the code a task was queued with: its project snapshot's id, git commit and dirty
+    # 4 -> 5: each task's identity (core/identity.py), which duplicates are found by.
+    ("ALTER TABLE tasks ADD COLUMN ident UHUGEINT", "python:fill_idents"),
+    # 5 -> 6: the code a task was queued with: its project snapshot's id, git commit and dirty
     # flag. Tasks added before have none.
     (
         "ALTER TABLE tasks ADD COLUMN snapshot VARCHAR",
@@ -164,12 +167,31 @@ def migrate(con: Any, alias: str, path: Path) -> None:
     try:
         for step in MIGRATIONS[version:]:
             for statement in step:
-                con.execute(statement)
+                if statement.startswith("python:"):
+                    globals()[statement.removeprefix("python:")](con)
+                else:
+                    con.execute(statement)
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [SCHEMA_VERSION])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def fill_idents(con: Any) -> None:
+    """Compute ``ident`` for every task (a file from before identities): one bulk update."""
+    from dispatcher.core.identity import IDENT_SQL, canonical_args
+
+    ids, canon = [], []
+    for task_id, args in con.execute("SELECT id, args FROM tasks").fetchall():
+        ids.append(task_id)
+        canon.append(canonical_args(json.loads(args)))
+    ident = IDENT_SQL.format(template="tasks.template", canon="u.canon")
+    con.execute(
+        f"UPDATE tasks SET ident = {ident} FROM (SELECT unnest(?::BIGINT[]) AS id,"
+        " unnest(?::VARCHAR[]) AS canon) u WHERE tasks.id = u.id",
+        [ids, canon],
+    )
 
 
 def to_db_time(t: datetime | None) -> datetime | None:

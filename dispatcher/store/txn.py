@@ -345,14 +345,15 @@ class Txn(Mover):
 
     def add(self, tasks: Sequence[NewTask], *, skip_existing: bool = False) -> AddResult:
         """Add fully formed tasks as pending. Ids are new (never reused) and contiguous;
-        ``duplicates`` lists input indexes whose command equals a pending, launching, running or
-        succeeded task's; ``skip_existing`` leaves those out."""
+        ``duplicates`` lists the new ids whose template and args (``core/identity.py``) equal a
+        pending, launching, running or succeeded task's; ``skip_existing`` leaves those out."""
         from dispatcher.store.add import stage_tasks
 
         return self.insert(stage_tasks(tasks), skip_existing=skip_existing)
 
     def add_batch(self, batch: TaskBatch, *, skip_existing: bool = False) -> AddResult:
-        """Add a rendered-on-the-fly batch (``queue add``); see ``add`` for the result."""
+        """Add a rendered-on-the-fly batch (``queue add``); see ``add`` for the result. A point
+        repeating an earlier point of the batch is dropped (counted in ``repeated``)."""
         from dispatcher.store.add import stage_batch
 
         staged = stage_batch(batch)

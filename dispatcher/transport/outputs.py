@@ -1,8 +1,9 @@
 """Copies a finished task's output files from its host to ``<queue>.outputs/TASK_ID/``.
 
 Owns which files match (globs relative to the task's working directory, never outside it: ``..``
-and absolute patterns are refused, symlinks leading out of it are skipped), the size cap, and the
-local layout (directories 0700, files 0600). The network side is the transport's: SFTP on the
+and absolute patterns are refused, symlinks leading out of it are skipped; the caller has filled
+each glob's placeholders, ``core/globs.py``), the size cap, and the local layout (directories
+0700, files 0600). The network side is the transport's: SFTP on the
 host's SSH connection (``fetch_sftp``) or the local file system (``fetch_local``).
 """
 
@@ -73,7 +74,7 @@ async def _select(fs: _Files, root: str, globs: Sequence[str], report: FetchRepo
     total = 0
     todo: list[str] = []
     for pattern in globs:
-        problem = glob_problem(pattern)
+        problem = glob_problem(pattern, expanded=True)
         if problem:
             report.skipped.append(f"{pattern} ({problem})")
             continue
@@ -178,8 +179,13 @@ class _LocalFiles:
 
 async def fetch_local(workdir: str | None, globs: Sequence[str], local_dir: Path,
                       max_bytes: int = DEFAULT_MAX_BYTES) -> FetchReport:  # fmt: skip
-    """Copy files matching ``globs`` under ``workdir`` (None: home) on this machine."""
-    return await _fetch(_LocalFiles(), workdir or "~", globs, local_dir, max_bytes)
+    """Copy files matching ``globs`` under ``workdir`` (None: home) on this machine.
+
+    A relative ``workdir`` is under the home directory, where the helper runs the task (as
+    over SSH), not under this process's current directory."""
+    home = os.path.expanduser("~")
+    root = os.path.join(home, os.path.expanduser(workdir)) if workdir else home
+    return await _fetch(_LocalFiles(), root, globs, local_dir, max_bytes)
 
 
 # -- SFTP on an asyncssh connection --------------------------------------------------------------

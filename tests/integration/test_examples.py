@@ -194,7 +194,7 @@ def test_hosts_jump_toml_loads_and_matches_its_ssh_config() -> None:
 def test_sweep_toml_runs_train_py(local: Local) -> None:
     """examples/sweep.toml with examples/train.py in the workdir: 24 tasks succeed (as CPU
     tasks: flags on the command line win over the file's gpus = 1), each with its result and
-    its out/*.json copied back."""
+    its out/<task id>.json (and no other task's) copied back."""
     shutil.copy(EXAMPLES / "train.py", local.root / "work" / "train.py")
     preview = local.ok("queue", "add", "--file", str(EXAMPLES / "sweep.toml"), "--dry-run")
     assert preview.count("python train.py --lr ") == 24, preview
@@ -207,5 +207,5 @@ def test_sweep_toml_runs_train_py(local: Local) -> None:
     assert len(points) == 24 and {r["args.epochs"] for r in rows} == {10}
     assert all(0 < r["result.acc"] < 1 and r["result.val.loss"] > 0 for r in rows)
     outputs = local.root / "queue.outputs"
-    for r in rows:
-        assert (outputs / str(r["id"]) / "out" / f"{r['id']}.json").is_file(), r["id"]
+    for r in rows:  # the workdir holds every task's file; each task copies back its own
+        assert [p.name for p in (outputs / str(r["id"]) / "out").iterdir()] == [f"{r['id']}.json"]

@@ -60,6 +60,11 @@ def test_add_grid_args_and_settings(q: Queue) -> None:
     ids = q.add(
         "train --lr %{lr} --depth %{model.depth} --tag %{tag}",
         args=[{"lr": 1, "model": {"depth": 0}, "tag": "hand picked"}],
+        name="one",
+    )
+    ids += q.add(
+        "train --lr %{lr} --depth %{model.depth} --tag %{tag} --epochs %{epochs}",
+        args=[{"epochs": 10, "model": {"width": 8}}],  # merged into every grid point
         grid={"lr": [0.1, 0.01], "model.depth": [2, 4], "tag": ["g"]},
         name="sweep",
         priority=5,
@@ -71,9 +76,10 @@ def test_add_grid_args_and_settings(q: Queue) -> None:
     tasks = q.tasks()
     assert tasks[0]["command"] == "train --lr 1 --depth 0 --tag 'hand picked'"
     assert [t["args"] for t in tasks[1:3]] == [
-        {"lr": 0.1, "model": {"depth": 2}, "tag": "g"},
-        {"lr": 0.1, "model": {"depth": 4}, "tag": "g"},
+        {"epochs": 10, "model": {"width": 8, "depth": 2}, "lr": 0.1, "tag": "g"},
+        {"epochs": 10, "model": {"width": 8, "depth": 4}, "lr": 0.1, "tag": "g"},
     ]
+    assert tasks[1]["command"] == "train --lr 0.1 --depth 2 --tag g --epochs 10"
     t = tasks[-1]
     assert (t["name"], t["priority"], t["max_attempts"], t["timeout"], t["gpus_requested"]) == (
         "sweep", 5, 2, 60.0, 1,
@@ -96,6 +102,7 @@ def test_skip_existing_and_after(q: Queue) -> None:
         ({"grid": {"lr": "0.1,0.2"}}, SweepError, "give a list of values"),
         ({"grid": {"lr": []}}, SweepError, "empty"),
         ({"grid": {"m": [1], "m.depth": [2]}}, SweepError, "set twice"),
+        ({"grid": {"lr": [1]}, "args": [{"lr": 2}]}, SweepError, "sets key 'lr'"),
         ({"grid": {"a..b": [1]}}, SweepError, "dotted names"),
         ({"args": {"lr": 1}}, SweepError, "list of dicts"),
         ({"args": [{"other": 1}]}, TemplateError, "lr"),

@@ -159,7 +159,7 @@ def test_duplicates_warn_and_can_be_skipped(db: Path) -> None:
     )
     result = run(db, "queue", "add", "--grid", "a=1,4", "--cmd", "x %{a}", "--skip-existing")
     assert added(result.stdout) == "Added 1 task (id 6)."
-    assert result.stderr == "Skipped 1 task whose command is already queued.\n"
+    assert result.stderr == "Skipped 1 task already queued (same template and args).\n"
 
 
 def test_ls_table_filters_and_footer(db: Path) -> None:

@@ -206,9 +206,10 @@ def thousand(store: Store) -> Store:
     from dispatcher.store.add import TaskBatch
 
     grid = grid_from_items(["lr=" + ",".join(str(i / 100) for i in range(1, 41)), "seed=1,2,3,4,5"])
-    grid5 = grid_from_items(["size=" + ",".join(["s", "m", "l", "xl", "xxl"])])
+    # 160 repeats of 5 sizes; each repeat has its own key (an add drops repeated points).
+    grid5 = grid_from_items(["rep=" + ",".join(map(str, range(160))), "size=s,m,l,xl,xxl"])
     store.add_batch(TaskBatch(template="t %{lr} %{seed}", groups=[grid]))  # 200 tasks
-    store.add_batch(TaskBatch(template="u %{size}", groups=[grid5] * 160))  # 800 tasks
+    store.add_batch(TaskBatch(template="u %{size}", groups=[grid5]))  # 800 tasks
     with store.transaction() as txn:
         txn.con.execute(
             "UPDATE tasks SET state = 'succeeded', host = 'gpu' || (id % 3), gpu_ids = [id % 4],"

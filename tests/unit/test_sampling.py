@@ -171,13 +171,18 @@ def test_assemble_orders_groups_and_lets_given_settings_win_over_the_file() -> N
     )
     batch = assemble(
         None,
-        args=[{"x": 0}],
+        args=[{"y": 0}, {"y": 1}],  # merged into every point; the points once per args
         grid=grid_from_items(["x=1,2"]),
         sweep=sweep,
         rows=[{"x": 9}],
         priority=5,
     )
-    assert [a["x"] for a, _ in batch.rendered()] == [0, 1, 2, 7, 8, 9]
+    assert [(a["x"], a["y"]) for a, _ in batch.rendered()] == [
+        (1, 0), (2, 0), (7, 0), (8, 0), (9, 0), (1, 1), (2, 1), (7, 1), (8, 1), (9, 1),
+    ]  # fmt: skip
+    assert [a for a, _ in assemble("a", args=[{"y": 0}, {"y": 1}]).rendered()] == [
+        {"y": 0}, {"y": 1},
+    ]  # fmt: skip
     assert (batch.template, batch.name, batch.priority, batch.max_running, batch.outputs) == (
         "f %{x}", "file", 5, 2, ("out/*.json",),
     )  # fmt: skip
@@ -212,7 +217,8 @@ def test_assemble_needs_a_command() -> None:
 def test_the_example_sweep_file_parses_and_its_random_block_works_uncommented() -> None:
     text = (Path(__file__).resolve().parents[2] / "examples" / "sweep.toml").read_text()
     sweep = parse_sweep_toml(text, source="examples/sweep.toml")
-    assert len(sweep.grid) == 24 and sweep.max_running == 4 and sweep.outputs == ("out/*.json",)
+    assert len(sweep.grid) == 24 and sweep.max_running == 4
+    assert sweep.outputs == ("out/{task_id}.json",)
     block = text[text.index("# [random]") :]
     uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines())
     with_random = parse_sweep_toml(text + "\n" + uncommented, source="examples/sweep.toml")

@@ -28,6 +28,7 @@ from dispatcher.config.paths import (
     logs_dir,
     resolve_db_path,
 )
+from dispatcher.core.identity import canonical_args
 from dispatcher.core.models import NewTask, TaskState
 from dispatcher.core.sweep import Grid, grid_from_items
 from dispatcher.errors import (
@@ -253,18 +254,33 @@ def test_duplicates_are_reported_and_optionally_skipped(store: Store) -> None:
     add(store, 2)  # run 0, run 1
     batch = TaskBatch("run %{i}", [grid_from_items(["i=5,0,6,1"])])
     result = store.add_batch(batch, skip_existing=True)
-    assert (result.ids, result.duplicates, result.skipped) == ([3, 4], [1, 3], 2)
+    assert (result.ids, result.duplicates, result.skipped) == ([3, 4], [], 2)
     assert [t.command for t in store.tasks(ids=[3, 4])] == ["run 5", "run 6"]
-    result = store.add_batch(batch)
-    assert (result.ids, result.duplicates, result.skipped) == ([5, 6, 7, 8], [0, 1, 2, 3], 0)
+    result = store.add_batch(batch)  # the new ids that duplicate queued tasks
+    assert (result.ids, result.duplicates, result.skipped) == ([5, 6, 7, 8], [5, 6, 7, 8], 0)
+    result = store.add_batch(TaskBatch("run %{i}", [[{"i": 9}, {"i": 1}]]))
+    assert (result.ids, result.duplicates) == ([9, 10], [10])
 
 
-def test_repeats_inside_one_batch_are_all_added_even_when_skipping(store: Store) -> None:
+def test_repeats_inside_one_batch_are_dropped(store: Store) -> None:
     add(store)  # run 0
-    batch = TaskBatch("run %{i}", [[{"i": 0}, {"i": 1}, {"i": 1}, {"i": 0}]])
+    batch = TaskBatch("run %{i}", [[{"i": 0}, {"i": 1}, {"i": 1}, {"i": 0}, {"i": 1.0}]])
     result = store.add_batch(batch, skip_existing=True)
-    assert (result.ids, result.duplicates, result.skipped) == ([2, 3], [0, 3], 2)
-    assert [t.command for t in store.tasks()] == ["run 0", "run 1", "run 1"]
+    assert (result.ids, result.duplicates, result.skipped, result.repeated) == ([2, 3], [], 1, 2)
+    assert [t.command for t in store.tasks()] == ["run 0", "run 1", "run 1.0"]
+    result = store.add_batch(TaskBatch("run %{i}", [[{"i": 7}, {"i": 7}]]))
+    assert (result.ids, result.repeated) == ([4], 1)
+
+
+def test_identity_is_template_and_args_in_any_key_order(store: Store) -> None:
+    store.add_batch(TaskBatch("run %{a}", [[{"a": 1, "b": {"y": 2, "x": 1}, "z": 0}]]))
+    same = TaskBatch("run %{a}", [[{"z": 0, "b": {"x": 1, "y": 2}, "a": 1}]])
+    assert store.add_batch(same, skip_existing=True).skipped == 1
+    # Same command, other args (a key the command does not use): a new task.
+    other = TaskBatch("run %{a}", [[{"a": 1, "b": {"x": 1, "y": 2}, "z": 1}]])
+    assert store.add_batch(other, skip_existing=True).ids == [2]
+    # Same args, other template (rendering the same command): a new task too.
+    assert store.add_batch(TaskBatch("run  %{a}", [[{"a": 1}]]), skip_existing=True).ids == [3]
 
 
 def test_finished_failures_are_not_duplicates(store: Store) -> None:
@@ -345,19 +361,23 @@ def test_sql_and_python_rendering_agree(
     template = "p %{a}%{b} '%{c}' " + " ".join(f"%{{{k}}}" for k in fixed) + " %%"
     by_sql = TaskBatch(template, [grid])
     by_python = TaskBatch(template, [list(grid)])  # a plain list is rendered by Python
-    expected = [
-        (json.dumps(args, separators=(",", ":"), ensure_ascii=False), cmd)
-        for args, cmd in by_sql.rendered()
-    ]
+    expected, idents = [], []  # a point repeating an earlier one is dropped
+    for args, cmd in by_sql.rendered():
+        ident = template + "\0" + canonical_args(args)
+        if ident not in idents:
+            idents.append(ident)
+            expected.append((json.dumps(args, separators=(",", ":"), ensure_ascii=False), cmd))
     with store.transaction() as tx:  # one transaction per example keeps this test quick
+        hashed = tx.con.execute("SELECT md5_number(unnest(?::VARCHAR[]))", [idents]).fetchall()
         for batch, csv_rows in ((by_sql, 2000), (by_python, 2000), (by_python, 0)):
             monkeypatch.setattr(store_add, "_CSV_ROWS", csv_rows)  # 0: through a CSV file
             ids = tx.add_batch(batch).ids
             rows = tx.con.execute(
-                "SELECT args, command FROM tasks WHERE id BETWEEN ? AND ? ORDER BY id",
+                "SELECT args, command, ident FROM tasks WHERE id BETWEEN ? AND ? ORDER BY id",
                 [ids[0], ids[-1]],
             ).fetchall()
-            assert rows == expected
+            assert [r[:2] for r in rows] == expected
+            assert [(r[2],) for r in rows] == hashed
 
 
 # Moving: the one state-changing function.
