@@ -51,10 +51,12 @@ def test_raising_samples_adds_the_new_points_when_the_command_does_not_show_them
     sweep = tmp_path / "s.toml"
     body = 'command = "python train.py"\n[random]\nlr = { loguniform = [1e-5, 1e-1] }\n'
     sweep.write_text(body + "samples = 2\n")
-    assert ok(db, "queue", "add", "--file", str(sweep)).stdout == "Added 2 tasks (ids 1-2).\n"
+    assert ok(db, "queue", "add", "--file", str(sweep)).stdout.startswith(
+        "Added 2 tasks (ids 1-2).\nSnapshot "
+    )
     sweep.write_text(body + "samples = 3\n")
     result = ok(db, "queue", "add", "--file", str(sweep), "--skip-existing")
-    assert result.stdout == "Added 1 task (id 3).\n"
+    assert result.stdout.startswith("Added 1 task (id 3).\nSnapshot ")
     assert result.stderr == "Skipped 2 tasks already queued (same template and args).\n"
     assert len({t["args"]["lr"] for t in tasks(db)}) == 3
 
@@ -63,17 +65,17 @@ def test_key_order_is_irrelevant_and_a_template_or_number_form_is_not(db: Path) 
     ok(db, "queue", "add", "--args", '{"a": 1, "m": {"x": 1, "y": 2}}', "--cmd", "echo %{a}")
     same = ok(db, "queue", "add", "--args", '{"m": {"y": 2, "x": 1}, "a": 1}', "--cmd",
               "echo %{a}", "--skip-existing")  # fmt: skip
-    assert same.stdout == "Added 0 tasks.\n"
+    assert same.stdout.startswith("Added 0 tasks.\nSnapshot ")
     # 1.0 is another value than 1 (the command gets `1.0`); another template is another task.
     other = ok(db, "queue", "add", "--args", '{"a": 1.0, "m": {"x": 1, "y": 2}}', "--cmd",
                "echo %{a}", "--skip-existing")  # fmt: skip
-    assert other.stdout == "Added 1 task (id 2).\n"
-    assert ok(db, "queue", "add", "--cmd", "echo 1", "--skip-existing").stdout == (
-        "Added 1 task (id 3).\n"
+    assert other.stdout.startswith("Added 1 task (id 2).\nSnapshot ")
+    assert ok(db, "queue", "add", "--cmd", "echo 1", "--skip-existing").stdout.startswith(
+        "Added 1 task (id 3).\nSnapshot "
     )
     warned = ok(db, "queue", "add", "--args", '{"m": {"y": 2, "x": 1}, "a": 1}', "--cmd",
                 "echo %{a}")  # fmt: skip
-    assert warned.stdout == "Added 1 task (id 4).\n"
+    assert warned.stdout.startswith("Added 1 task (id 4).\nSnapshot ")
     assert warned.stderr == (
         "1 task duplicates an existing one (id 4); use --skip-existing to skip them\n"
     )
@@ -99,7 +101,7 @@ def test_dry_run_honours_skip_existing_and_writes_nothing(db: Path) -> None:
 
 def test_repeated_points_in_one_add_are_dropped_and_said(db: Path, tmp_path: Path) -> None:
     result = ok(db, "queue", "add", "--grid", "a=1,2,1", "--grid", "b=x,x", "--cmd", "e %{a}")
-    assert result.stdout == "Added 2 tasks (ids 1-2).\n"
+    assert result.stdout.startswith("Added 2 tasks (ids 1-2).\nSnapshot ")
     assert result.stderr == (
         "4 duplicate points in this add were dropped (the same args as an earlier point); add a"
         " key such as repeat to run a point several times\n"
@@ -137,7 +139,7 @@ def test_a_queue_from_before_identities_is_migrated(db: Path) -> None:
     con.close()
     result = ok(db, "queue", "add", "--args", '{"a": 1, "z": 0}', "--args", '{"a": 1, "z": 1}',
                 "--cmd", "e %{a}", "--skip-existing")  # fmt: skip
-    assert result.stdout == "Added 1 task (id 2).\n"
+    assert result.stdout.startswith("Added 1 task (id 2).\nSnapshot ")
     assert Store(db).get(2).args == {"a": 1, "z": 1}
 
 
@@ -145,7 +147,7 @@ def test_update_keeps_the_identity_current(db: Path) -> None:
     ok(db, "queue", "add", "--args", '{"a": 1}', "--cmd", "e %{a}")
     ok(db, "queue", "update", "1", "--args", '{"a": 2}')
     result = ok(db, "queue", "add", "--grid", "a=1,2", "--cmd", "e %{a}", "--skip-existing")
-    assert result.stdout == "Added 1 task (id 2).\n"
+    assert result.stdout.startswith("Added 1 task (id 2).\nSnapshot ")
     assert tasks(db)[1]["args"] == {"a": 1}
 
 
@@ -155,7 +157,7 @@ def test_update_keeps_the_identity_current(db: Path) -> None:
 def test_args_go_into_every_grid_point(db: Path) -> None:
     result = ok(db, "queue", "add", "--args", '{"epochs": 10}', "--grid", "lr=1,2", "--",
                 "python", "train.py", "--lr", "%{lr}", "--epochs", "%{epochs}")  # fmt: skip
-    assert result.stdout == "Added 2 tasks (ids 1-2).\n"
+    assert result.stdout.startswith("Added 2 tasks (ids 1-2).\nSnapshot ")
     assert [(t["args"], t["command"]) for t in tasks(db)] == [
         ({"epochs": 10, "lr": 1}, "python train.py --lr 1 --epochs 10"),
         ({"epochs": 10, "lr": 2}, "python train.py --lr 2 --epochs 10"),
