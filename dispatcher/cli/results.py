@@ -199,11 +199,10 @@ def _show(
             f"Showing the first {len(rows):,} of {total:,} tasks;"
             " use --limit N, or --format csv|json|parquet for all."
         )
-    if sel.columns is None and "reason" in names:  # shown when some row has one
-        k = names.index("reason")
-        if not any(row[k] for row in rows):
-            names = [*names[:k], *names[k + 1 :]]
-            rows = [(*row[:k], *row[k + 1 :]) for row in rows]
+    if sel.columns is None:  # a column shows when some row has a value in it (a reason, a name)
+        keep = [k for k in range(len(names)) if any(row[k] not in (None, "", []) for row in rows)]
+        names = [names[k] for k in keep]
+        rows = [tuple(row[k] for k in keep) for row in rows]
     if wide:
         _print_table(names, rows, more)
         return

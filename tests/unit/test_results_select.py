@@ -187,3 +187,15 @@ def test_the_api_takes_the_same_selection(lab: LocalLab) -> None:
     assert rows == [{"id": 4, "result.acc": 0.54}, {"id": 3, "result.acc": 0.53}]
     with pytest.raises(UsageError, match="ambiguous"):
         Queue(db=str(lab.db)).results(columns="seed")
+
+
+def test_columns_empty_in_every_row_are_left_out_unless_asked_for(lab: LocalLab) -> None:
+    """No task has a name or GPUs here: the default table spends no width on them, and does not
+    list them as hidden; --columns still shows them."""
+    out = cli(lab, "results", columns=200)
+    header = out.splitlines()[0]
+    assert "name" not in header and "gpus" not in header, out
+    assert "args.lr" in header and "result.acc" in header, out
+    assert "hidden" not in out, out
+    asked = cli(lab, "results", "--columns", "id,name,gpus", columns=200)
+    assert "name" in asked.splitlines()[0] and "gpus" in asked.splitlines()[0], asked
