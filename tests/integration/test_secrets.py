@@ -119,6 +119,7 @@ def test_a_failing_setup_line_does_not_show_the_secret(lab: Lab, token: str) -> 
 )
 def test_a_bad_secret_value_in_hosts_toml_is_not_echoed(lab: Lab, value: str, secret: str) -> None:
     hosts = lab.write_hosts(f"[hosts.cpu]\nenv = {{ API_TOKEN = {value} }}\n")
+    lab.add_cmd("true")  # a queue to dispatch: without one, dispatch stops at "no queue here"
     for command in (["hosts", "check"], ["dispatch"]):
         done = lab.run(*command, "--hosts", str(hosts))
         line = one_error(done, f"{hosts}:2:", "API_TOKEN", "must be a string", code=2)
@@ -234,6 +235,7 @@ def test_a_secret_from_the_environment_touches_no_disk_and_reaches_only_the_task
 
 def test_a_secret_set_nowhere_is_one_error_naming_it(lab: Lab) -> None:
     hosts = lab.hosts_toml("cpu", cpu={"secret_env": ["API_TOKEN"]})
+    lab.add_cmd("true")  # a queue to dispatch: without one, dispatch stops at "no queue here"
     for command in (["hosts", "check"], ["dispatch"]):
         done = lab.run(*command, "--hosts", str(hosts))
         one_error(
