@@ -80,6 +80,9 @@ class Queue:
         seed: int = 0,
         max_running: int | None = None,
         outputs: Sequence[str] = (),
+        gpu_memory: int | str | None = None,
+        gpu_type: str | None = None,
+        min_gpu_memory: int | str | None = None,
     ) -> list[int]:
         """Add tasks running ``cmd`` (a template with ``%{key}`` placeholders); the new ids.
 
@@ -88,7 +91,9 @@ class Queue:
         ``samples`` random points of ``random`` (``{"lr": {"loguniform": [1e-5, 0.1]}}``; also
         uniform, randint, choice; reproducible from ``seed``); neither gives one task with no
         args. ``max_running`` caps how many of these tasks (of this ``name``) run at once;
-        ``outputs`` are globs copied back after each run. ``skip_existing`` leaves out tasks
+        ``outputs`` are globs copied back after each run. ``gpu_memory`` (bytes or "10GiB", per
+        GPU) lets the task share GPUs; ``gpu_type`` ("A100|H100") and ``min_gpu_memory`` limit
+        the cards it may take. ``skip_existing`` leaves out tasks
         whose command is already pending, running or succeeded. Errors (bad template, missing
         key) raise before anything is added.
         """
@@ -111,6 +116,9 @@ class Queue:
             max_running=max_running,
             outputs=outputs,
             after=after,
+            gpu_memory=gpu_memory,
+            gpu_type=gpu_type,
+            min_gpu_memory=min_gpu_memory,
         )
         return self._store.add_batch(batch, skip_existing=skip_existing).ids
 

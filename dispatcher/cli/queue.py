@@ -79,6 +79,7 @@ def build_batch(
     seed: int | None = None,
     max_running: int | None = None,
     outputs: Sequence[str] = (),
+    gpu_needs: tuple[str | None, str | None, str | None] = (None, None, None),
 ) -> TaskBatch:
     """Parse ``queue add`` options and files; ``core.batch.assemble`` builds the batch."""
     from dispatcher.core import sampling
@@ -124,7 +125,16 @@ def build_batch(
         max_running=max_running,
         outputs=outputs or None,
         after=after,
+        gpu_memory=gpu_needs[0],
+        gpu_type=gpu_needs[1],
+        min_gpu_memory=gpu_needs[2],
     )
+
+
+_GPU_MEMORY = 'GPU memory each task needs per GPU, like "10GiB"; its GPUs may be shared.'
+_GPU_TYPE = 'Only GPUs whose name has one of these, like "A100|H100".'
+_MIN_GPU_MEMORY = 'Only GPUs with at least this much memory, like "40GiB".'
+_HOSTS = "hosts.toml to check GPU needs against [default: hosts.toml of the project]."
 
 
 @queue_app.command("add", cls=AddCommand)
@@ -154,6 +164,10 @@ def add(
         typer.Option(help='Time before a run is killed: seconds, or like "10m", "2h", "1h30m".'),
     ] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs each task needs.")] = None,
+    gpu_memory: Annotated[str | None, typer.Option(help=_GPU_MEMORY)] = None,
+    gpu_type: Annotated[str | None, typer.Option(help=_GPU_TYPE)] = None,
+    min_gpu_memory: Annotated[str | None, typer.Option(help=_MIN_GPU_MEMORY)] = None,
+    hosts: Annotated[Path | None, typer.Option("--hosts", help=_HOSTS)] = None,
     after: Annotated[
         list[int] | None, typer.Option("--after", help="Start only after this task succeeded.")
     ] = None,
@@ -202,6 +216,7 @@ def add(
             seed=seed,
             max_running=max_running,
             outputs=outputs or [],
+            gpu_needs=(gpu_memory, gpu_type, min_gpu_memory),
         )
         if dry_run:
             _dry_run(batch, as_json)

@@ -90,6 +90,9 @@ class NewTask:
     after: tuple[int, ...] = ()
     max_running: int | None = None
     outputs: tuple[str, ...] = ()
+    gpu_memory: int | None = None
+    gpu_type: str | None = None
+    min_gpu_memory: int | None = None
 
 
 def sweep_key(name: str | None, batch: int | None) -> str:
@@ -132,6 +135,9 @@ class Task:
     batch: int | None = None  # the first id of the ``queue add`` that created the task
     max_running: int | None = None  # at most this many of the task's sweep run at once
     outputs: tuple[str, ...] = ()  # globs under the working directory, copied back after exit
+    gpu_memory: int | None = None  # bytes needed on each GPU; set: the GPU may be shared
+    gpu_type: str | None = None  # "A100|H100": substrings of the GPU's name, any one
+    min_gpu_memory: int | None = None  # bytes of total memory each of its GPUs must have
 
     @property
     def sweep(self) -> str:
@@ -169,6 +175,9 @@ class Task:
             "batch": self.batch,
             "max_running": self.max_running,
             "outputs": list(self.outputs),
+            "gpu_memory": self.gpu_memory,
+            "gpu_type": self.gpu_type,
+            "min_gpu_memory": self.min_gpu_memory,
         }
 
     def replace(self, **changes: Any) -> Task:

@@ -17,12 +17,14 @@ from typing import Any
 from dispatcher.core.sampling import from_table as random_axis
 from dispatcher.core.values import (
     DURATION_FORMS,
+    SIZE_FORMS,
     Axis,
     Path_,
     check_json,
     duration_seconds,
     parse_scalar,
     reject_constant,
+    size_bytes,
 )
 from dispatcher.errors import SweepError
 
@@ -43,6 +45,9 @@ SWEEP_KEYS = (
     "gpus",
     "max_running",
     "outputs",
+    "gpu_memory",
+    "gpu_type",
+    "min_gpu_memory",
 )
 
 
@@ -207,6 +212,9 @@ class SweepFile:
     gpus: int | None = None
     max_running: int | None = None
     outputs: tuple[str, ...] | None = None
+    gpu_memory: int | str | None = None  # checked with the CLI's values (batch.size_setting)
+    gpu_type: str | None = None
+    min_gpu_memory: int | str | None = None
 
 
 def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
@@ -259,6 +267,9 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
         gpus=_opt(doc, "gpus", int, source),
         max_running=_opt(doc, "max_running", int, source),
         outputs=None if outputs is None else tuple(outputs),
+        gpu_memory=_size(doc, "gpu_memory", source),
+        gpu_type=_opt(doc, "gpu_type", str, source),
+        min_gpu_memory=_size(doc, "min_gpu_memory", source),
     )
 
 
@@ -294,6 +305,16 @@ def _table(doc: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SweepError(f"{source}: {key!r} must be a table ([{key}])")
     return value
+
+
+def _size(doc: Mapping[str, Any], key: str, source: str) -> int | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    n = size_bytes(value)
+    if not n:
+        raise SweepError(f"{source}: {key!r} must be a positive size {SIZE_FORMS}, got {value!r}")
+    return n
 
 
 def _opt(doc: Mapping[str, Any], key: str, kind: type, source: str) -> Any:

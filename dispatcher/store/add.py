@@ -45,7 +45,7 @@ _CSV_ROWS = 2000
 #: The columns every staged source selects, in this order.
 STAGE_COLUMNS = (
     "idx, args, command, template, name, priority, max_attempts, timeout, gpus, after,"
-    " max_running, outputs"
+    " max_running, outputs, gpu_memory, gpu_type, min_gpu_memory"
 )
 
 
@@ -118,7 +118,8 @@ def stage_batch(batch: TaskBatch) -> Staged:
         "SELECT idx, args, command, ?::VARCHAR AS template, ?::VARCHAR AS name,"
         " ?::BIGINT AS priority, ?::INTEGER AS max_attempts, ?::DOUBLE AS timeout,"
         " ?::INTEGER AS gpus, ?::BIGINT[] AS after, ?::INTEGER AS max_running,"
-        " ?::VARCHAR[] AS outputs FROM (" + " UNION ALL ".join(sql for sql, _ in selects) + ")"
+        " ?::VARCHAR[] AS outputs, ?::BIGINT AS gpu_memory, ?::VARCHAR AS gpu_type,"
+        " ?::BIGINT AS min_gpu_memory FROM (" + " UNION ALL ".join(sql for sql, _ in selects) + ")"
     )
     staged.params = [
         batch.template,
@@ -130,6 +131,9 @@ def stage_batch(batch: TaskBatch) -> Staged:
         list(batch.after),
         batch.max_running,
         list(batch.outputs),
+        batch.gpu_memory,
+        batch.gpu_type,
+        batch.min_gpu_memory,
         *(p for _, ps in selects for p in ps),
     ]
     return staged
@@ -159,7 +163,7 @@ def _csv_select(staged: Staged, rows: Iterable[tuple[int, str, str]]) -> tuple[s
 
 def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
     """Stage fully formed tasks (each with its own settings) as one list-valued SELECT."""
-    cols: list[list[Any]] = [[] for _ in range(12)]
+    cols: list[list[Any]] = [[] for _ in range(15)]
     after: set[int] = set()
     for k, t in enumerate(tasks):
         check_settings(
@@ -170,18 +174,22 @@ def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
             name=t.name,
             max_running=t.max_running,
             outputs=t.outputs,
+            gpu_memory=t.gpu_memory,
+            gpu_type=t.gpu_type,
+            min_gpu_memory=t.min_gpu_memory,
         )
         if "\0" in t.command or "\0" in t.template:
             raise UsageError(f"task {k + 1}: its command contains a NUL character")
         args, command, template = _encode_args(t.args, k), t.command, t.template
         row = (k, _text(args, k), _text(command, k), _text(template, k), t.name, t.priority,
                t.max_attempts, t.timeout, t.gpus, list(t.after), t.max_running,
-               list(t.outputs))  # fmt: skip
+               list(t.outputs), t.gpu_memory, t.gpu_type, t.min_gpu_memory)  # fmt: skip
         for c, value in enumerate(row):
             cols[c].append(value)
         after.update(t.after)
     types = ("BIGINT", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "INTEGER", "DOUBLE",
-             "INTEGER", "BIGINT[]", "INTEGER", "VARCHAR[]")  # fmt: skip
+             "INTEGER", "BIGINT[]", "INTEGER", "VARCHAR[]",
+             "BIGINT", "VARCHAR", "BIGINT")  # fmt: skip
     names = STAGE_COLUMNS.split(", ")
     sql = "SELECT " + ", ".join(
         f"unnest(?::{t}[]) AS {n}" for t, n in zip(types, names, strict=True)
@@ -320,10 +328,11 @@ def _insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> 
         id_sql, where = "? + s.idx", ""
     con.execute(
         "INSERT INTO tasks (id, state, created_at, args, command, template, name, priority,"
-        " max_attempts, timeout, gpus, after, max_running, outputs, batch)"
+        " max_attempts, timeout, gpus, after, max_running, outputs, gpu_memory, gpu_type,"
+        " min_gpu_memory, batch)"
         f" SELECT {id_sql}, 'pending', ?::TIMESTAMP, s.args, s.command, s.template, s.name,"
         " s.priority, s.max_attempts, s.timeout, s.gpus, s.after, s.max_running, s.outputs,"
-        f" ?::BIGINT FROM ({staged.sql}) s{where}",
+        f" s.gpu_memory, s.gpu_type, s.min_gpu_memory, ?::BIGINT FROM ({staged.sql}) s{where}",
         [next_id, now, next_id, *staged.params],
     )
     return AddResult(list(range(next_id, next_id + added)), dups, len(dups) if skip else 0)

@@ -106,13 +106,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE IF NOT EXISTS host_status (host VARCHAR PRIMARY KEY,"
         " suspended_at TIMESTAMP NOT NULL, reason VARCHAR NOT NULL)",
     ),
+    # -> next: GPU needs (memory per GPU, shareable; card type; card size) and the GPUs each
+    # host's last probe found (for refusing at add what no GPU can ever take).
+    (
+        "ALTER TABLE tasks ADD COLUMN gpu_memory BIGINT",
+        "ALTER TABLE tasks ADD COLUMN gpu_type VARCHAR",
+        "ALTER TABLE tasks ADD COLUMN min_gpu_memory BIGINT",
+        "CREATE TABLE IF NOT EXISTS host_gpus (host VARCHAR NOT NULL, idx INTEGER NOT NULL,"
+        " name VARCHAR NOT NULL, memory_total BIGINT, seen_at TIMESTAMP NOT NULL)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 TASK_COLUMNS = (
     "id, state, args, template, command, name, priority, max_attempts, attempt, losses, timeout,"
     " gpus, host, gpu_ids, run_id, exit_code, result, created_at, started_at, finished_at,"
-    " reason, cancel_requested, after, batch, max_running, outputs"
+    " reason, cancel_requested, after, batch, max_running, outputs, gpu_memory, gpu_type,"
+    " min_gpu_memory"
 )
 
 
@@ -206,4 +216,7 @@ def task_from_row(row: Sequence[Any]) -> Task:
         batch=row[23],
         max_running=row[24],
         outputs=tuple(row[25] or ()),
+        gpu_memory=row[26],
+        gpu_type=row[27],
+        min_gpu_memory=row[28],
     )
