@@ -18,8 +18,9 @@ and keeper outlive the helper and its connection; a fork per task would cost mor
 Ops (request params -> reply fields; every reply also has "id" and "ok"):
   ping    {} -> {}
   gpus    {} -> {"gpus": [{index, uuid, name, memory_used_mib, memory_total_mib, utilization}],
-          "processes": [{gpu_uuid, pid, user, used_memory_mib, name}], "error": null | text}.
-          Values nvidia-smi reports as [N/A] are null; "No devices were found" gives no GPUs.
+          "processes": [{gpu_uuid, pid, user, used_memory_mib, name, run_id}], "error": null |
+          text}. Values nvidia-smi reports as [N/A] are null; "No devices were found" gives no
+          GPUs. run_id: the LABTASKER_RUN_ID in the process's environment, where readable.
   launch  {"run_id", "spec": {command, setup, workdir, env, timeout, kill_grace, task_id}}
           -> {"status": "started", "pid": keeper pid} | {"status": "exists", "run": REPORT}.
           The run dir is published with one rename (Spares), so one run_id never starts
@@ -73,7 +74,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 #: Must equal dispatcher.remote.protocol.PROTOCOL_VERSION (a unit test checks).
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 INLINE_LOG_LIMIT = 64 * 1024
 #: Bounds one reply's inline logs and results, so a probe of many runs stays a sane line.
 REPLY_INLINE_BUDGET = 1024 * 1024
@@ -1346,8 +1347,24 @@ def parse_apps(text: str) -> List[Dict[str, Any]]:
         pid = _smi_value(parts[1]) if len(parts) == 4 else None
         if isinstance(pid, int):  # skips blanks and "No running processes found"
             procs.append({"gpu_uuid": parts[0], "pid": pid, "user": pid_user(pid),
-                          "used_memory_mib": _smi_value(parts[2]), "name": parts[3]})  # fmt: skip
+                          "used_memory_mib": _smi_value(parts[2]), "name": parts[3],
+                          "run_id": pid_run(pid)})  # fmt: skip
     return procs
+
+
+def pid_run(pid: int) -> Optional[str]:
+    """The labtasker run a process belongs to: LABTASKER_RUN_ID in its environment (readable
+    for our own user's processes only), or None."""
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            env = f.read(READ_LIMIT)
+    except OSError:
+        return None
+    for item in env.split(b"\0"):
+        if item.startswith(b"LABTASKER_RUN_ID="):
+            run_id = item[len(b"LABTASKER_RUN_ID=") :].decode("ascii", "replace")
+            return run_id if _RUN_ID.fullmatch(run_id) else None
+    return None
 
 
 def _smi_value(text: str) -> Any:

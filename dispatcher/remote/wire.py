@@ -223,9 +223,31 @@ def _gpus(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dic
         if not isinstance(rows, list) or len(rows) > MAX_ENTRIES:
             raise violation(host, f"the reply to 'gpus' has a bad {key!r} list")
         out[key] = [_scalars(host, f"the reply to 'gpus': {key}", r) for r in rows]
+    where = "the reply to 'gpus'"
     for gpu in out["gpus"]:
-        _int(host, "the reply to 'gpus': a GPU index", gpu.get("index"), nullable=True, lo=0)
+        _int(host, f"{where}: a GPU index", gpu.get("index"), nullable=True, lo=0)
+        for key in ("memory_used_mib", "memory_total_mib"):
+            _mib(host, f"{where}: a GPU's {key}", gpu.get(key))
+        text(host, f"{where}: a GPU name", gpu.get("name"), 256)
+    for proc in out["processes"]:
+        _mib(host, f"{where}: a process's used_memory_mib", proc.get("used_memory_mib"))
+        run = proc.get("run_id")
+        if run is not None and (not isinstance(run, str) or not RUN_ID.fullmatch(run)):
+            raise violation(host, f"{where}: a process has a bad run_id {str(run)[:80]!r}")
     return out
+
+
+#: GPU memory beyond any card (1 PiB, in MiB): a reply claiming more is not nvidia-smi's.
+_MAX_MIB = 2**30
+
+
+def _mib(host: str, where: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise violation(host, f"{where} is {_kind(value)}, not a number")
+    if not 0 <= value <= _MAX_MIB:
+        raise violation(host, f"{where} is {value!r}, outside 0 to {_MAX_MIB}")
 
 
 def _flat(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, Any]:
