@@ -4,7 +4,7 @@ Turns a host's spec, its last nvidia-smi inventory and the tasks labtasker has a
 a ``scheduler.HostCapacity``. A GPU is free when no labtasker task holds or shares it (a launched
 task keeps its GPU from launch to exit, so two tasks never race for one) and its used memory is
 under the host's ``max_gpu_memory_used`` (memory above that belongs to someone else's
-processes). Its room for tasks that share GPUs by memory is worked out in ``_gpu_info``.
+processes). Its room for tasks that share GPUs by memory is worked out in ``gpu_info``.
 """
 
 from __future__ import annotations
@@ -63,12 +63,13 @@ def gpu_problem(spec: HostSpec, inventory: Mapping[str, Any] | None) -> str | No
     return None
 
 
-def _gpu_info(
+def gpu_info(
     spec: HostSpec,
     g: Mapping[str, Any] | None,
     idx: int,
     inventory: Mapping[str, Any] | None,
     ours: Mapping[int, list[Task]],
+    *,
     stale: bool,
 ) -> GpuInfo:
     """One GPU as the scheduler sees it: who holds or shares it, and the room left on it.
@@ -145,11 +146,11 @@ def host_capacity(
                 known = True  # no nvidia-smi and no GPUs asked for: a CPU-only host
         else:
             rows = [g for g in inventory.get("gpus") or [] if isinstance(g.get("index"), int)]
-            gpus = [_gpu_info(spec, g, g["index"], inventory, ours, g["index"] in released)
+            gpus = [gpu_info(spec, g, g["index"], inventory, ours, stale=g["index"] in released)
                     for g in rows]  # fmt: skip
     elif spec.gpus:
-        gpus = [_gpu_info(spec, by_index.get(i) if inventory else None, i, inventory, ours,
-                          i in released) for i in spec.gpus]  # fmt: skip
+        gpus = [gpu_info(spec, by_index.get(i) if inventory else None, i, inventory, ours,
+                         stale=i in released) for i in spec.gpus]  # fmt: skip
     # An unset `slots` on a host whose "auto" query found no GPU makes it a 1-slot CPU host.
     slots_total = spec.slots_for(len(gpus)) if known else spec.slots
     return HostCapacity(

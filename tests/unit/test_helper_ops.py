@@ -6,10 +6,10 @@ import ast
 import json
 import math
 import os
-import subprocess
 import py_compile
 import signal
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
