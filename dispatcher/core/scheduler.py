@@ -37,11 +37,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dispatcher.core.gpu_packing import GpuNeed, GpuSlot, choose, leftover, never_reason, take
-from dispatcher.core.reason_text import REASON_LIMIT
-from dispatcher.core.reason_text import clip as _clip
-from dispatcher.core.reason_text import plural as _plural
-from dispatcher.core.reason_text import summary as _summary
+from dispatcher.core.reason_text import REASON_LIMIT, clip, plural, summary
 from dispatcher.core.values import show_size
+
+_clip, _plural, _summary = clip, plural, summary
 
 
 @dataclass(frozen=True)
