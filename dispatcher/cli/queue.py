@@ -17,6 +17,7 @@ from dispatcher.cli.app import app
 from dispatcher.cli.common import AddCommand, StateOption, note, out, reported
 from dispatcher.cli.common import open_store as _store
 from dispatcher.cli.common import states as _states
+from dispatcher.cli.gpu_fleet import refuse_impossible_gpu_needs
 from dispatcher.core.models import TaskState
 from dispatcher.errors import SweepError, UsageError
 
@@ -221,15 +222,13 @@ def add(
         if dry_run:
             _dry_run(batch, as_json)
             return
-        result = _store(ctx).add_batch(batch, skip_existing=skip_existing)
+        store = _store(ctx)
+        refuse_impossible_gpu_needs(batch, store.path, hosts)
+        result = store.add_batch(batch, skip_existing=skip_existing)
         if result.duplicates and not skip_existing:
-            first = result.ids[0]
-            dup_ids = [first + i for i in result.duplicates]
-            what = (
-                "1 task duplicates an existing one"
-                if len(dup_ids) == 1
-                else (f"{len(dup_ids)} tasks duplicate existing ones")
-            )
+            dup_ids = [result.ids[0] + i for i in result.duplicates]
+            what = f"{len(dup_ids)} tasks duplicate existing ones"
+            what = "1 task duplicates an existing one" if len(dup_ids) == 1 else what
             note(f"{what} (ids {id_ranges(dup_ids)}); use --skip-existing to skip them")
         if as_json:
             sys.stdout.write(json.dumps(result.ids) + "\n")

@@ -106,14 +106,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE IF NOT EXISTS host_status (host VARCHAR PRIMARY KEY,"
         " suspended_at TIMESTAMP NOT NULL, reason VARCHAR NOT NULL)",
     ),
-    # -> next: GPU needs (memory per GPU, shareable; card type; card size) and the GPUs each
-    # host's last probe found (for refusing at add what no GPU can ever take).
+    # -> next: GPU needs: memory per GPU (the task may share its GPUs), card type, card size.
     (
         "ALTER TABLE tasks ADD COLUMN gpu_memory BIGINT",
         "ALTER TABLE tasks ADD COLUMN gpu_type VARCHAR",
         "ALTER TABLE tasks ADD COLUMN min_gpu_memory BIGINT",
-        "CREATE TABLE IF NOT EXISTS host_gpus (host VARCHAR NOT NULL, idx INTEGER NOT NULL,"
-        " name VARCHAR NOT NULL, memory_total BIGINT, seen_at TIMESTAMP NOT NULL)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

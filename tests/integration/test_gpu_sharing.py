@@ -208,6 +208,19 @@ def test_type_and_memory_constraints_wait_with_their_reasons(lab: Lab, gpus: Gpu
     assert lab.task(huge)["reason"] == "no GPU with at least 100 GiB"
     assert f"task {v100} cannot be placed: no GPU of type V100|T4" in done.stderr
     assert [lab.task(i)["state"] for i in (v100, huge)] == ["pending", "pending"]
+    # Now the dispatcher has seen every host's GPUs: queue add refuses what none could take.
+    refused = lab.run("queue", "add", "--hosts", str(hosts), "--gpu-type", "V100", "--", "true")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"{hosts}: no GPU of type V100 on any host" in refused.stderr
+    assert "H100 80GB HBM3 (80 GiB)" in refused.stderr
+    too_big = lab.run("queue", "add", "--hosts", str(hosts), "--gpu-memory", "90GiB", "--", "true")
+    assert "no GPU with at least 90 GiB on any host" in too_big.stderr
+    assert len(lab.tasks()) == 4  # nothing was added
+    lab.ok("queue", "add", "--hosts", str(hosts), "--gpu-type", "H100", "--", "true")
+    # A host the dispatcher never saw might have one: the task is added, and would wait.
+    (lab.root / "hosts.toml").write_text(hosts.read_text() + "\n[hosts.cpu]\ngpus = [0]\n")
+    lab.ok("queue", "add", "--gpu-type", "V100", "--", "true")  # ./hosts.toml by default
+    assert len(lab.tasks()) == 6
 
 
 def test_max_gpus_and_gpu_order(lab: Lab, gpus: GpuLab) -> None:
