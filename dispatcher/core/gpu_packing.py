@@ -139,3 +139,22 @@ def never_reason(gpus: Sequence[GpuSlot], need: GpuNeed) -> str | None:
         what = f" of type {need.gpu_type}" if need.gpu_type else ""
         return f"no GPU{what} with at least {show_size(floor)}"
     return None
+
+
+def oom_retry_needs(
+    memory: int | None, min_memory: int | None, held: int, free: int | None, total: int | None
+) -> dict[str, int]:
+    """The GPU needs of a retry after CUDA out-of-memory, so it lands only on a GPU with more
+    memory for it than the one it died on.
+
+    A task that declared ``memory``: its declaration grows to what it ``held`` when it died and
+    past the ``free`` memory it had there (total less other processes and other sharing tasks).
+    A task that had whole GPUs: ``min_memory`` grows past that card's ``total``. {} when the
+    facts are unknown (the retry then goes wherever the task fits).
+    """
+    if memory is not None:
+        grown = max(memory, held, (free or 0) + 2**20)
+        return {"gpu_memory": grown} if grown > memory else {}
+    if total is not None and total + 2**20 > (min_memory or 0):
+        return {"min_gpu_memory": total + 2**20}
+    return {}

@@ -41,7 +41,10 @@ A bad request gets {"ok": false, "error": text}; an unparsable line gets "id": n
 
 REPORT: {run_id, state: absent|starting|running|exited|lost, pid, started_at, finished_at,
 exit_code (-N for signal N), signal, timed_out, cancelled, error, result, result_error, log_size,
-log (base64, only when exited and log_size <= 64 KiB), boot_id, inline_omitted}. inline_omitted is
+log (base64, only when exited and log_size <= 64 KiB), boot_id, inline_omitted; when exited with
+a non-zero status also log_tail (its last 4 KiB of output as text) and oom_killed (whether the
+kernel's OOM killer killed a process of its cgroup while it ran; null where unknown)}.
+inline_omitted is
 true when log/result were left out to keep the reply under 1 MiB: probe that run alone or read it.
 "starting": no started.json yet and the keeper named in supervisor.json (written at publish) lives
 (a run dir without one, from an older helper: while under 60 s old); "lost": no exit.json and the
@@ -76,6 +79,8 @@ from typing import Any, Dict, List, Optional, Tuple
 #: Must equal dispatcher.remote.protocol.PROTOCOL_VERSION (a unit test checks).
 PROTOCOL_VERSION = 3
 INLINE_LOG_LIMIT = 64 * 1024
+#: Bytes of a failed run's output end sent with its report (what classifies the failure).
+LOG_TAIL = 4096
 #: Bounds one reply's inline logs and results, so a probe of many runs stays a sane line.
 REPLY_INLINE_BUDGET = 1024 * 1024
 RESULT_LIMIT = 256 * 1024
@@ -276,6 +281,11 @@ class Helper:
         rep.update((k, exit_info.get(k) or rep[k]) for k in ("started_at", "finished_at"))
         rep.update(state="exited", timed_out=bool(exit_info.get("timed_out")),
                    cancelled=bool(exit_info.get("cancelled")))  # fmt: skip
+        if rep["exit_code"] != 0:  # why it failed: its last output, and any OOM kill record
+            rep["log_tail"] = log_tail(os.path.join(d, "output.log"), size)
+            before = (started or {}).get("oom_kills")
+            now = oom_kills((started or {}).get("cgroup"))
+            rep["oom_killed"] = None if before is None or now is None else now > before
         result_size = file_size(os.path.join(d, "result.json"))
         if result_size > RESULT_LIMIT:
             rep["result_error"] = "result.json is %d bytes; the limit is %d" % (
@@ -1112,7 +1122,9 @@ class Keeper:
         task = proc_stat(pid)
         started = dict(self.me, pid=pid, pgid=pid, started_at=run.started_at, keeper=True,
                        boot_id=self.boot_id, hostname=self.host,
-                       task_start=task[2] if task else None)  # fmt: skip
+                       task_start=task[2] if task else None,
+                       cgroup=cgroup_of(pid))  # fmt: skip
+        started["oom_kills"] = oom_kills(started["cgroup"])
         try:
             write_file(run.path("started.json"), started, tmp=run.path("started.json.tmp"))
         except OSError as exc:  # e.g. disk full: the task still runs; exit.json will say so
@@ -1372,6 +1384,50 @@ def _smi_value(text: str) -> Any:
     for kind in (int, float):
         with contextlib.suppress(ValueError):
             return kind(text.strip())
+    return None
+
+
+def log_tail(path: str, size: int) -> Optional[str]:
+    """The last LOG_TAIL bytes of a run's output, as text (the reasons of a failure)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, size - LOG_TAIL))
+            return f.read(LOG_TAIL).decode("utf-8", "replace").replace("\0", " ")
+    except OSError:
+        return None
+
+
+def cgroup_of(pid: int) -> Optional[str]:
+    """The memory cgroup directory of ``pid``: cgroup v2's, else v1's memory controller's."""
+    try:
+        with open("/proc/%d/cgroup" % pid) as f:
+            lines = [x.strip().split(":", 2) for x in f]
+    except OSError:
+        return None
+    for parts in lines:
+        if len(parts) == 3 and "memory" in parts[1].split(","):
+            path = "/sys/fs/cgroup/memory" + parts[2]
+            return path if os.path.isdir(path) else "/sys/fs/cgroup/memory"
+    for parts in lines:
+        if len(parts) == 3 and parts[0] == "0" and not parts[1]:
+            return "/sys/fs/cgroup" + parts[2]
+    return None
+
+
+def oom_kills(cgroup: Optional[str]) -> Optional[int]:
+    """The kernel OOM killer's kills so far in ``cgroup`` (v2 memory.events, v1
+    memory.oom_control); None where it cannot be read."""
+    if not isinstance(cgroup, str) or not cgroup.startswith("/sys/fs/cgroup"):
+        return None
+    for name in ("memory.events", "memory.oom_control"):
+        try:
+            with open(os.path.join(cgroup, name)) as f:
+                for row in f:
+                    key, _, value = row.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
     return None
 
 

@@ -38,7 +38,7 @@ _LAUNCH_STATUS = frozenset({"started", "exists", "error"})
 _REPORT_KEYS = frozenset(
     ("run_id", "state", "pid", "exit_code", "log_size", "timed_out", "cancelled", "inline_omitted",
      "started_at", "finished_at", "signal", "boot_id", "error", "result_error", "log", "result",
-     "result_refused")
+     "result_refused", "log_tail", "oom_killed")
 )  # fmt: skip
 
 
@@ -145,6 +145,11 @@ def check_report(host: str, rep: Any, asked: Collection[str], where: str) -> dic
     for key in ("error", "result_error"):
         out[key] = text(host, f"{where}: {key}", rep.get(key))
     out["log"] = _inline_log(host, where, rep.get("log"))
+    out["log_tail"] = _lines(host, f"{where}: log_tail", rep.get("log_tail"))
+    oom = rep.get("oom_killed")
+    if oom is not None and not isinstance(oom, bool):
+        raise violation(host, f"{where}: oom_killed is {_kind(oom)}, not true/false/null")
+    out["oom_killed"] = oom
     out["result"], refused = _result(host, where, rep.get("result"))
     if refused is None and out["result_error"] and _HELPER_RESULT_LIMIT.search(out["result_error"]):
         refused = out["result_error"]
@@ -235,6 +240,18 @@ def _gpus(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dic
         if run is not None and (not isinstance(run, str) or not RUN_ID.fullmatch(run)):
             raise violation(host, f"{where}: a process has a bad run_id {str(run)[:80]!r}")
     return out
+
+
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def _lines(host: str, where: str, value: Any) -> str | None:
+    """A task's last output lines: at most 8192 characters; controls but newlines become spaces."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 8192:
+        raise violation(host, f"{where} is not a text of at most 8192 characters")
+    return _CONTROL_BUT_NEWLINE.sub(" ", value)
 
 
 #: GPU memory beyond any card (1 PiB, in MiB): a reply claiming more is not nvidia-smi's.

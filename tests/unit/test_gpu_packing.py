@@ -179,3 +179,20 @@ def test_no_gpu_is_ever_given_more_than_its_room(
         for name, new in opened.items():
             ours = [g for (h, _), g in infos.items() if h == name and (g.sharers or g.held_by_task)]
             assert len(new) <= max(0, max_gpus - len(ours))
+
+
+def test_a_cuda_oom_retry_asks_for_more_than_it_had() -> None:
+    from dispatcher.core.gpu_packing import oom_retry_needs
+
+    mib = 2**20
+    # Declared 10 GiB, held 20 when it died where 24 GiB were free for it: more than 24 next.
+    assert oom_retry_needs(10 * GIB, None, 20 * GIB, 24 * GIB, 80 * GIB) == {
+        "gpu_memory": 24 * GIB + mib
+    }
+    # Held more than was free (the reading lagged): at least what it held.
+    assert oom_retry_needs(10 * GIB, None, 30 * GIB, 24 * GIB, 80 * GIB) == {"gpu_memory": 30 * GIB}
+    # A whole-GPU task: a bigger card.
+    assert oom_retry_needs(None, None, 39 * GIB, 40 * GIB, 40 * GIB) == {
+        "min_gpu_memory": 40 * GIB + mib
+    }
+    assert oom_retry_needs(None, None, 0, None, None) == {}
