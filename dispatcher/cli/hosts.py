@@ -34,8 +34,6 @@ def describe_gpus(spec: HostSpec, inv: dict[str, Any]) -> tuple[bool, str]:
         used, total = g.get("memory_used_mib"), g.get("memory_total_mib")
         name = str(g.get("name") or "?").removeprefix("NVIDIA ")
         text = f"{g.get('index')}: {name} {used}/{total} MiB"
-        if isinstance(used, int | float) and isinstance(total, int | float):
-            text += f" ({total - used:g} free)"
         mine = [p for p in processes if p.get("gpu_uuid") and p.get("gpu_uuid") == g.get("uuid")]
         owners = [_owner(p) for p in mine]
         if foreign_use(g, processes, spec.max_gpu_memory_used):

@@ -155,3 +155,18 @@ def test_without_per_process_memory_declarations_alone_count() -> None:
 def test_host_settings_reach_the_scheduler() -> None:
     c = cap({"max_tasks_per_gpu": 3, "max_gpus": 1, "gpu_order": [1, 0]}, inventory(card(0)))
     assert (c.max_tasks_per_gpu, c.max_gpus, c.gpu_order) == (3, 1, (1, 0))
+
+
+def test_hosts_check_names_our_tasks_and_says_when_declarations_alone_count() -> None:
+    from dispatcher.cli.hosts import describe_gpus
+
+    spec = make_host("h", {})
+    inv = inventory(card(30 * 1024), procs=[proc(5, None, "t12-a1-x"), proc(6, None)])
+    ok, text = describe_gpus(spec, inv)
+    assert ok and text.startswith("0: H100 30720/81920 MiB busy by task 12 (pid 5), me (pid 6)")
+    assert text.endswith(
+        "nvidia-smi gives no per-process memory here: tasks sharing a GPU count as using what"
+        " they declared (--gpu-memory)"
+    )
+    _, known = describe_gpus(spec, inventory(card(0), procs=[proc(5, 100, "t12-a1-x")]))
+    assert "per-process" not in known
