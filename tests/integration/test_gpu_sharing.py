@@ -131,6 +131,25 @@ def test_small_tasks_pack_one_card_while_the_other_stays_whole(lab: Lab, gpus: G
     assert code == 0, (out, err)
 
 
+def test_a_card_never_holds_more_declared_memory_than_it_has(lab: Lab, gpus: GpuLab) -> None:
+    host = lab.hosts.gpu1
+    gpus.cards(host, (A100, 40))
+    hosts = lab.hosts_toml("gpu1")
+    journal = lab.shared / "journal.txt"
+    journal.touch()
+    journal.chmod(0o666)
+    cmd = f"echo s >> {journal}; sleep 0.3; echo e >> {journal}; true %{{i}}"
+    lab.add_cmd(cmd, "--gpu-memory", "10GiB", "--grid", "i=" + ",".join(map(str, range(12))))
+    done = lab.run("dispatch", "--hosts", str(hosts))
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert [t["gpus"] for t in lab.tasks()] == [[0]] * 12
+    at_once, most = 0, 0
+    for line in journal.read_text().split():  # the tasks' own order of starts and ends
+        at_once += 1 if line == "s" else -1
+        most = max(most, at_once)
+    assert 1 <= most <= 4  # 4 x 10 GiB fill the 40 GiB card: never a fifth
+
+
 def test_another_users_process_mid_sweep_leaves_no_room_until_it_ends(
     lab: Lab, gpus: GpuLab
 ) -> None:
