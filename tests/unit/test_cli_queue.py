@@ -107,6 +107,8 @@ def test_gpu_needs_are_sizes_on_the_cli_in_a_sweep_file_and_in_the_api(
     result = run(db, "queue", "add", "--file", str(sweep))
     assert result.exit_code == 2 and "'gpu_memory' must be a positive size" in result.stderr
     assert len(listed(db)) == 4
+    out = ok(db, "sql", "SELECT sum(gpu_memory) AS m, count(gpu_type) AS t FROM tasks", "-f", "csv")
+    assert out.splitlines() == ["m,t", f"{11 * 2**30 + 512 * 2**20},1"]
 
 
 def test_an_option_of_the_command_given_without_double_dash_gets_a_hint(db: Path) -> None:
