@@ -35,9 +35,11 @@ def _states(state: States) -> list[TaskState] | None:
 class Queue:
     """A labtasker queue file.
 
-    ``Queue()`` opens the queue the CLI uses here ($LABTASKER_DB, else
-    ``.labtasker/queue.duckdb`` in the current directory, resolved now); ``Queue(db=path)`` opens
-    (or creates) another. Every method is one transaction on the file.
+    ``Queue()`` opens the queue the CLI uses here ($LABTASKER_DB, else the nearest
+    ``.labtasker/queue.duckdb`` in the current directory or above it, resolved now);
+    ``Queue(db=path)`` opens another. Only ``add`` creates a missing queue (in the current
+    directory when none was found); every other method raises NoQueueError there. Every method
+    is one transaction on the file.
 
     >>> q = Queue()
     >>> ids = q.add("python train.py --lr %{lr} --seed %{seed}", grid={"lr": [0.1, 0.01],
@@ -45,9 +47,12 @@ class Queue:
     """
 
     def __init__(self, db: str | os.PathLike[str] | None = None) -> None:
+        from dispatcher.config.paths import locate_db
         from dispatcher.store.queue import Store
 
-        self._store: Store = Store.open_default(None if db is None else Path(db))
+        path, looked_in = locate_db(None if db is None else Path(db))
+        self._store: Store = Store(path, create=False)
+        self._store.looked_in = looked_in
 
     @property
     def path(self) -> Path:
@@ -74,6 +79,8 @@ class Queue:
         timeout: float | str | None = None,
         gpus: int | None = None,
         after: Sequence[int] = (),
+        after_any: Sequence[int] = (),
+        after_failed: Sequence[int] = (),
         skip_existing: bool = False,
         random: Mapping[str, Any] | None = None,
         samples: int | None = None,
@@ -93,13 +100,18 @@ class Queue:
         args. ``max_running`` caps how many of these tasks (of this ``name``) run at once;
         ``outputs`` are globs copied back after each run. ``gpu_memory`` (bytes or "10GiB", per
         GPU) lets the task share GPUs; ``gpu_type`` ("A100|H100") and ``min_gpu_memory`` limit
-        the cards it may take. ``skip_existing`` leaves out tasks
-        whose command is already pending, running or succeeded. Errors (bad template, missing
-        key) raise before anything is added.
+        the cards it may take. ``skip_existing`` leaves out tasks whose command is already
+        pending, running or succeeded. Dependencies name existing tasks: these start only after
+        every task of ``after`` succeeded, of ``after_any`` ended (any outcome) and of
+        ``after_failed`` failed or was cancelled (final outcomes: a failure with attempts left
+        still waits); a condition that can no longer hold cancels them ("dependency 5 failed"),
+        and retrying task 5 brings them back. Errors (bad template, missing key, unknown
+        dependency) raise before anything is added.
         """
         from dispatcher.core import sampling
         from dispatcher.core.batch import assemble
         from dispatcher.core.sweep import grid_from_mapping
+        from dispatcher.store.queue import Store
 
         if not isinstance(cmd, str) or not cmd.strip():
             raise UsageError(f"cmd must be a non-empty command template, got {cmd!r}")
@@ -116,11 +128,14 @@ class Queue:
             max_running=max_running,
             outputs=outputs,
             after=after,
+            after_any=after_any,
+            after_failed=after_failed,
             gpu_memory=gpu_memory,
             gpu_type=gpu_type,
             min_gpu_memory=min_gpu_memory,
         )
-        return self._store.add_batch(batch, skip_existing=skip_existing).ids
+        creating = Store.open_default(self.path, create=True)  # the one call that may create
+        return creating.add_batch(batch, skip_existing=skip_existing).ids
 
     def tasks(
         self, state: States = None, *, ids: Iterable[int] | None = None
@@ -132,7 +147,8 @@ class Queue:
     def cancel(self, ids: Iterable[int] | None = None, *, state: States = None) -> list[int]:
         """Cancel tasks: pending ones now, running ones by the dispatcher (which stops them).
 
-        Returns the ids cancelled or marked for stopping; finished tasks are left alone.
+        Returns the ids cancelled or marked for stopping; finished tasks are left alone. Tasks
+        that wait ``after`` a cancelled one are cancelled too ("dependency 5 cancelled").
         """
         result = self._store.cancel(None if ids is None else list(ids), states=_states(state))
         return sorted(result.cancelled + result.requested)
@@ -142,7 +158,8 @@ class Queue:
     ) -> list[int]:
         """Send failed, cancelled or lost tasks back to pending; the ids moved.
 
-        ``failed=True`` retries every failed task; ``state`` names other states to retry.
+        ``failed=True`` retries every failed task; ``state`` names other states to retry. The
+        tasks that their outcome cancelled (dependencies) come back too, and are in the ids.
         """
         states = _states(state) or []
         if failed:
@@ -151,15 +168,32 @@ class Queue:
             raise UsageError("name the tasks to retry: retry(ids), retry(failed=True) or state=")
         return self._store.retry(None if ids is None else list(ids), states=states or None)
 
-    def results(self, state: States = None) -> list[dict[str, Any]]:
+    def results(
+        self,
+        state: States = None,
+        *,
+        columns: str | None = None,
+        sort: str | None = None,
+        where: str | None = None,
+    ) -> list[dict[str, Any]]:
         """One dict per task, as ``labtasker results`` prints: id, name, state, host, gpus,
-        runtime, exit_code, then ``args.KEY`` and ``result.KEY`` (nested keys joined by dots)."""
+        runtime, exit_code, then ``args.KEY`` and ``result.KEY`` (nested keys joined by dots).
+        ``columns``, ``sort`` and ``where`` are those of ``labtasker results``."""
         from dispatcher.store import results
+        from dispatcher.store.selection import Selection
 
-        names, rows, _ = results.read(self._store, _states(state))
+        sel = Selection(columns, sort, where)
+        names, rows, _ = results.read(self._store, _states(state), sel=sel)
         return [dict(zip(names, row, strict=True)) for row in rows]
 
-    def results_df(self, state: States = None) -> Any:
+    def results_df(
+        self,
+        state: States = None,
+        *,
+        columns: str | None = None,
+        sort: str | None = None,
+        where: str | None = None,
+    ) -> Any:
         """``results`` as a pandas DataFrame (needs pandas). Nested values (lists, mixed types)
         are JSON text in the frame."""
         if importlib.util.find_spec("pandas") is None:
@@ -168,8 +202,9 @@ class Queue:
                 " or use Queue.results() for a list of dicts"
             )
         from dispatcher.store import results
+        from dispatcher.store.selection import Selection
 
-        return results.frame(self._store, _states(state))
+        return results.frame(self._store, _states(state), Selection(columns, sort, where))
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         """Rows of one read-only SELECT over the ``tasks`` and ``attempts`` views, as dicts."""

@@ -8,6 +8,7 @@
     │   ├── SweepError              bad --args / --grid / --file input
     │   └── TaskNotFoundError       an id that is not in the queue
     ├── StoreError                  the queue file cannot be used (exit 2)
+    │   ├── NoQueueError            no queue where one was looked for (exit 1)
     │   ├── StoreLockedError        another process held the file past the lock timeout
     │   ├── StoreVersionError       the file was written by a newer labtasker
     │   ├── IllegalTransitionError  a state change the lifecycle forbids
@@ -64,6 +65,12 @@ class StoreError(DispatcherError):
     """Raised when the queue file cannot be opened, read or written."""
 
     exit_code = 2
+
+
+class NoQueueError(StoreError):
+    """Raised when a command that only uses a queue finds none (only adding tasks creates one)."""
+
+    exit_code = 1
 
 
 class StoreLockedError(StoreError):

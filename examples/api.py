@@ -37,7 +37,7 @@ def main() -> int:
         gpus=0,  # CPU is enough for this toy; use gpus=1 for a real model
         skip_existing=True,  # running this script twice queues nothing new
     )
-    print(f"queued {len(ids)} new task(s) in {q.path}")
+    print(f"queued {len(ids)} new {'task' if len(ids) == 1 else 'tasks'} in {q.path}")
     if not opts.hosts:
         print("now run: labtasker dispatch --hosts hosts.toml")
         return 0
@@ -46,7 +46,7 @@ def main() -> int:
     done = subprocess.run([*argv, "--hosts", opts.hosts], check=False)
     failed = q.tasks(state="failed")
     if failed:
-        print(f"{len(failed)} task(s) failed; retrying them once")
+        print(f"{len(failed)} {'task' if len(failed) == 1 else 'tasks'} failed; retrying them once")
         q.retry(failed=True)
         subprocess.run([*argv, "--hosts", opts.hosts], check=False)
 

@@ -42,11 +42,13 @@ def reported() -> Iterator[None]:
         fail(err)
 
 
-def open_store(ctx: typer.Context) -> Store:
-    """The queue named by ``--db``, ``$LABTASKER_DB`` or the project default."""
+def open_store(ctx: typer.Context, *, create: bool = False) -> Store:
+    """The queue named by ``--db`` or ``$LABTASKER_DB``, else the nearest project queue; one
+    line and exit 1 when there is none, unless ``create`` (only ``queue add`` creates one)."""
     from dispatcher.store.queue import Store
 
-    return Store.open_default(db_option(ctx))
+    with reported():
+        return Store.open_default(db_option(ctx), create=create)
 
 
 def states(values: Sequence[str] | None) -> list[TaskState] | None:

@@ -47,7 +47,9 @@ def demo(
     console.print(f"Queued {len(added.ids)} tasks in {db}")
     console.print(f"[dim]$ labtasker --db {db} dispatch --hosts {hosts_file}[/]")
     reporter = ConsoleReporter(console)
-    engine = Dispatcher(store, load_hosts(hosts_file), reporter, logs_dir(db), DispatchOptions())
+    engine = Dispatcher(
+        store, load_hosts(hosts_file, db), reporter, logs_dir(db), DispatchOptions()
+    )
     try:
         code = asyncio.run(engine.run())
     finally:

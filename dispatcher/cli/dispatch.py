@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dispatcher.cli.app import app, db_option
+from dispatcher.cli.app import app
 from dispatcher.core.models import TaskState
+from dispatcher.core.words import id_ranges, resume_hint
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -80,13 +81,13 @@ def dispatch(
 
     from rich.console import Console
 
+    from dispatcher.cli.common import open_store
     from dispatcher.config.hosts import load_hosts
     from dispatcher.config.paths import logs_dir
     from dispatcher.dispatch.loop import Dispatcher, DispatchOptions
-    from dispatcher.store.queue import Store
 
-    config = load_hosts(hosts)
-    store = Store.open_default(db_option(ctx))
+    store = open_store(ctx)
+    config = load_hosts(hosts, store.path)
     console = Console(highlight=False, soft_wrap=True)
     reporter = ConsoleReporter(console)
     engine = Dispatcher(
@@ -117,17 +118,20 @@ def dispatch(
         reporter.close()
     running = len(engine.active)
     if interrupted:
+        one = running == 1
+        what = "1 task keeps running on its host" if one else f"{running} tasks keep running"
+        what += "" if one else " on their hosts"
         console.print(
-            f"[yellow]Stopped launching. {running} task(s) keep running on their hosts; "
-            "run `labtasker dispatch` again to collect them.[/]"
+            f"[yellow]Stopped launching. {what}; run `labtasker dispatch` again to collect"
+            f" {'it' if one else 'them'}.[/]"
         )
         raise typer.Exit(130)
     snap = engine.snapshot()
     console.print(
-        f"Done: {snap.succeeded} succeeded, {snap.failed} failed, "
+        f"Done: {snap.succeeded} succeeded, {snap.failed} failed, {snap.cancelled} cancelled, "
         f"{snap.counts.get(TaskState.PENDING, 0)} pending."
     )
-    if engine.unplaceable:
+    if engine.unplaceable or engine.command_faults:
         report_problems(engine)
     raise typer.Exit(code)
 
@@ -142,8 +146,22 @@ def report_problems(engine: Dispatcher) -> None:
     from rich.markup import escape
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    for line in [*host_problems(engine), *task_problems(engine.unplaceable)]:
+    faults = [fault_problem(why, ids) for why, ids in engine.command_faults.items()]
+    for line in [*faults, *host_problems(engine), *task_problems(engine.unplaceable)]:
         err.print(f"[bold red]Error:[/] {escape(line)}")
+
+
+def fault_problem(why: str, ids: list[int]) -> str:
+    """The line for tasks that failed the same way on every host: the command's fault."""
+    unique = sorted(set(ids))
+    label = (
+        f"task {unique[0]}" if len(unique) == 1 else f"{len(unique)} tasks ({id_ranges(unique)})"
+    )
+    return (
+        f"{label} failed the same way on every host ({why}): the command is the problem, not the"
+        f" hosts; `labtasker logs {unique[0]}` shows what it printed; fix the command, then"
+        " `labtasker queue retry --failed`"
+    )
 
 
 def host_problems(engine: Dispatcher) -> list[str]:
@@ -154,7 +172,7 @@ def host_problems(engine: Dispatcher) -> list[str]:
     for name, hs in engine.hosts.items():
         session = hs.session
         if hs.suspended:
-            lines.append(f"{name}: {hs.suspended}")
+            lines.append(f"{name}: {hs.suspended}; {resume_hint(name)}")
         elif session.status != "up":  # not ``session.up``: dispatch has closed every session
             # The transport's message names the host and says what to do next.
             lines.append(session.error or f"{name}: never connected; run `labtasker hosts check`")

@@ -12,12 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from dispatcher.config.hosts import load_hosts
+from dispatcher.config.paths import project_dir
 from dispatcher.core.batch import TaskBatch
 from dispatcher.core.gpu_packing import GpuNeed, GpuSlot, never_reason
 from dispatcher.dispatch.logs import read_status_file
 from dispatcher.errors import UsageError
 
 MIB = 2**20
+MEMORY_HELP = 'GPU memory each task needs per GPU, like "10GiB"; its GPUs may be shared.'
+TYPE_HELP = 'Only GPUs whose name has one of these, like "A100|H100".'
+MIN_MEMORY_HELP = 'Only GPUs with at least this much memory, like "40GiB".'
+HOSTS_HELP = "hosts.toml to check GPU needs against [default: as dispatch finds it]."
 #: hosts.toml when ``--hosts`` is not given: the dispatcher's own default.
 DEFAULT_HOSTS = Path("hosts.toml")
 
@@ -45,13 +50,17 @@ def known_gpus(hosts_path: Path, db_path: Path) -> list[GpuSlot] | None:
 def refuse_impossible_gpu_needs(batch: TaskBatch, db_path: Path, hosts: Path | None) -> None:
     """UsageError when no GPU of any host in hosts.toml could ever take the batch's tasks.
 
-    ``hosts``: ``--hosts PATH`` (must exist); None reads ./hosts.toml when it is there.
+    ``hosts``: ``--hosts PATH`` (must exist); None reads ./hosts.toml, else the one in the
+    queue's project directory, when there is one.
     """
     if batch.gpu_memory is None and batch.gpu_type is None and batch.min_gpu_memory is None:
         return
-    if hosts is None and not DEFAULT_HOSTS.is_file():
-        return
-    path = hosts or DEFAULT_HOSTS
+    path = hosts
+    if path is None:  # as dispatch finds it: here, else in the queue's project directory
+        found = [p for p in (DEFAULT_HOSTS, project_dir(db_path) / DEFAULT_HOSTS) if p.is_file()]
+        if not found:
+            return
+        path = found[0]
     gpus = known_gpus(path, db_path)
     if gpus is None:
         return

@@ -93,6 +93,7 @@ async def check_host(spec: HostSpec, accept_new: bool) -> HostCheck:
 
 @hosts_app.command("check")
 def check(
+    ctx: typer.Context,
     hosts: HostsOption = Path("hosts.toml"),
     accept_new_host_keys: Annotated[
         bool, typer.Option("--accept-new-host-keys", help="Record keys of never-seen hosts.")
@@ -106,10 +107,13 @@ def check(
 
     from rich.console import Console
 
+    from dispatcher.cli.app import db_option
     from dispatcher.config.hosts import load_hosts
+    from dispatcher.config.paths import resolve_db_path
     from dispatcher.ui.views import hosts_table
 
-    config = load_hosts(hosts)
+    # Local hosts are checked as this project's queue (found or to be made here) would use them.
+    config = load_hosts(hosts, resolve_db_path(db_option(ctx)))
     enabled = [h for h in config.hosts if h.enabled]
 
     async def run_all() -> list[HostCheck]:
@@ -126,12 +130,11 @@ def resume(
     names: Annotated[list[str], typer.Argument(help="Suspended host names (as in hosts.toml).")],
 ) -> None:
     """Place tasks on suspended hosts again (a running dispatcher sees it within a tick)."""
-    from dispatcher.cli.app import db_option
+    from dispatcher.cli.common import open_store
     from dispatcher.errors import UsageError
-    from dispatcher.store.queue import Store
     from dispatcher.store.suspensions import resume_hosts, suspended_hosts
 
-    store = Store.open_default(db_option(ctx))
+    store = open_store(ctx)
     with store.transaction() as tx:
         known = suspended_hosts(tx)
         resumed = resume_hosts(tx, names)

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dispatcher.cli import gpu_fleet
 from dispatcher.cli.app import app
 from dispatcher.cli.common import AddCommand, StateOption, note, out, reported
 from dispatcher.cli.common import open_store as _store
 from dispatcher.cli.common import states as _states
-from dispatcher.cli.gpu_fleet import refuse_impossible_gpu_needs
 from dispatcher.core.models import TaskState
+from dispatcher.core.words import EMPTY_QUEUE, id_ranges, ids_text, plural
 from dispatcher.errors import SweepError, UsageError
 
 if TYPE_CHECKING:
@@ -36,22 +37,6 @@ IdsArgument = Annotated[list[int] | None, typer.Argument(help="Task ids.", show_
 #: Rows the ``ls`` table shows unless --limit says otherwise.
 LS_DEFAULT_LIMIT = 200
 _JSON_PAGE = 10_000
-
-
-def id_ranges(ids: Sequence[int], limit: int = 8) -> str:
-    """``1-12, 15, 20-21``: sorted ids as ranges, at most ``limit`` ranges, then "…"."""
-    ranges: list[tuple[int, int]] = []
-    for i in sorted(ids):
-        if ranges and i == ranges[-1][1] + 1:
-            ranges[-1] = (ranges[-1][0], i)
-        else:
-            ranges.append((i, i))
-    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[:limit]]
-    return ", ".join(parts) + (", …" if len(ranges) > limit else "")
-
-
-def _tasks_word(n: int) -> str:
-    return f"{n} task" if n == 1 else f"{n} tasks"
 
 
 def _read(path: Path) -> str:
@@ -75,6 +60,8 @@ def build_batch(
     timeout: float | str | None,
     gpus: int | None,
     after: Sequence[int],
+    after_any: Sequence[int] = (),
+    after_failed: Sequence[int] = (),
     random: Sequence[str] = (),
     samples: int | None = None,
     seed: int | None = None,
@@ -126,16 +113,12 @@ def build_batch(
         max_running=max_running,
         outputs=outputs or None,
         after=after,
+        after_any=after_any,
+        after_failed=after_failed,
         gpu_memory=gpu_needs[0],
         gpu_type=gpu_needs[1],
         min_gpu_memory=gpu_needs[2],
     )
-
-
-_GPU_MEMORY = 'GPU memory each task needs per GPU, like "10GiB"; its GPUs may be shared.'
-_GPU_TYPE = 'Only GPUs whose name has one of these, like "A100|H100".'
-_MIN_GPU_MEMORY = 'Only GPUs with at least this much memory, like "40GiB".'
-_HOSTS = "hosts.toml to check GPU needs against [default: hosts.toml of the project]."
 
 
 @queue_app.command("add", cls=AddCommand)
@@ -165,12 +148,18 @@ def add(
         typer.Option(help='Time before a run is killed: seconds, or like "10m", "2h", "1h30m".'),
     ] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs each task needs.")] = None,
-    gpu_memory: Annotated[str | None, typer.Option(help=_GPU_MEMORY)] = None,
-    gpu_type: Annotated[str | None, typer.Option(help=_GPU_TYPE)] = None,
-    min_gpu_memory: Annotated[str | None, typer.Option(help=_MIN_GPU_MEMORY)] = None,
-    hosts: Annotated[Path | None, typer.Option("--hosts", help=_HOSTS)] = None,
+    gpu_memory: Annotated[str | None, typer.Option(help=gpu_fleet.MEMORY_HELP)] = None,
+    gpu_type: Annotated[str | None, typer.Option(help=gpu_fleet.TYPE_HELP)] = None,
+    min_gpu_memory: Annotated[str | None, typer.Option(help=gpu_fleet.MIN_MEMORY_HELP)] = None,
+    hosts: Annotated[Path | None, typer.Option("--hosts", help=gpu_fleet.HOSTS_HELP)] = None,
     after: Annotated[
         list[int] | None, typer.Option("--after", help="Start only after this task succeeded.")
+    ] = None,
+    after_any: Annotated[
+        list[int] | None, typer.Option("--after-any", help="Start only after this task ended.")
+    ] = None,
+    after_failed: Annotated[
+        list[int] | None, typer.Option("--after-failed", help="Start only if this task failed.")
     ] = None,
     random: Annotated[
         list[str] | None,
@@ -212,6 +201,8 @@ def add(
             timeout=timeout,
             gpus=gpus,
             after=after or [],
+            after_any=after_any or [],
+            after_failed=after_failed or [],
             random=random or [],
             samples=samples,
             seed=seed,
@@ -222,14 +213,14 @@ def add(
         if dry_run:
             _dry_run(batch, as_json)
             return
-        store = _store(ctx)
-        refuse_impossible_gpu_needs(batch, store.path, hosts)
+        store = _store(ctx, create=True)
+        gpu_fleet.refuse_impossible_gpu_needs(batch, store.path, hosts)
         result = store.add_batch(batch, skip_existing=skip_existing)
         if result.duplicates and not skip_existing:
             dup_ids = [result.ids[0] + i for i in result.duplicates]
             what = f"{len(dup_ids)} tasks duplicate existing ones"
             what = "1 task duplicates an existing one" if len(dup_ids) == 1 else what
-            note(f"{what} (ids {id_ranges(dup_ids)}); use --skip-existing to skip them")
+            note(f"{what} ({ids_text(dup_ids)}); use --skip-existing to skip them")
         if as_json:
             sys.stdout.write(json.dumps(result.ids) + "\n")
             return
@@ -240,7 +231,7 @@ def add(
         else:
             out(f"Added {len(result.ids)} tasks (ids {result.ids[0]}-{result.ids[-1]}).")
         if result.skipped:
-            note(f"Skipped {_tasks_word(result.skipped)} whose command is already queued.")
+            note(f"Skipped {plural(result.skipped, 'task')} whose command is already queued.")
 
 
 def _dry_run(batch: TaskBatch, as_json: bool) -> None:
@@ -276,7 +267,7 @@ def ls(
             total = tx.count(states=states) if len(tasks) >= shown else len(tasks)
         if not total:
             what = " in state " + ", ".join(states) if states else ""
-            out(f"[dim]No tasks{what}.[/]" if states else "[dim]The queue is empty.[/]")
+            out(f"[dim]No tasks{what}.[/]" if states else f"[dim]{EMPTY_QUEUE}[/]")
             return
         from rich.console import Console
 
@@ -336,6 +327,9 @@ def cancel(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = Non
                     "no dispatcher is running; the next `labtasker dispatch` stops them first"
                 )
         out("; ".join(parts) + ".")
+        if result.waiting:
+            note(f"Also cancelled {plural(len(result.waiting), 'task')} waiting for them"
+                 f" (--after): {ids_text(result.waiting)}.", style="dim")  # fmt: skip
         if result.skipped:
             shown = ", ".join(f"{i} ({s})" for i, s in result.skipped[:10])
             more = f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
@@ -358,9 +352,12 @@ def retry(
             raise UsageError("name the tasks to retry: task ids, --failed or --state")
         moved = _store(ctx).retry(ids or None, states=states or None)
         if moved:
-            out(f"Retrying {_tasks_word(len(moved))} (ids {id_ranges(moved)}): back to pending.")
+            out(f"Retrying {plural(len(moved), 'task')} ({ids_text(moved)}): back to pending.")
         else:
             out("No tasks to retry.")
+        again = sorted(set(ids or ()) - set(moved))  # another dependency still cannot hold
+        if again:
+            note(f"Cancelled again: {ids_text(again)}; see `labtasker queue show ID` for why.")
 
 
 @queue_app.command("update")
@@ -382,7 +379,7 @@ def update(
         if priority is None and args is None and cmd is None and name is None:
             raise UsageError("nothing to change: give --priority, --args, --cmd or --name")
         changed = _store(ctx).update(ids, priority=priority, args=args, template=cmd, name=name)
-        out(f"Updated {_tasks_word(len(changed))} (ids {id_ranges(changed)}).")
+        out(f"Updated {plural(len(changed), 'task')} ({ids_text(changed)}).")
 
 
 @queue_app.command("rm")
@@ -393,6 +390,6 @@ def rm(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = None) -
             raise UsageError("name the tasks to remove: task ids or --state")
         removed = _store(ctx).remove(ids or None, states=_states(state))
         if removed:
-            out(f"Removed {_tasks_word(len(removed))} (ids {id_ranges(removed)}).")
+            out(f"Removed {plural(len(removed), 'task')} ({ids_text(removed)}).")
         else:
             out("No tasks to remove.")

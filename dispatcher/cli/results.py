@@ -14,14 +14,20 @@ from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dispatcher.cli.app import app
 from dispatcher.cli.common import StateOption, note, open_store, reported
 from dispatcher.cli.common import states as parse_states
+from dispatcher.core.words import EMPTY_QUEUE
 from dispatcher.errors import UsageError
+
+if TYPE_CHECKING:
+    from dispatcher.core.models import TaskState
+    from dispatcher.store.queue import Store
+    from dispatcher.store.selection import Selection
 
 #: Rows the table view shows unless --limit says otherwise.
 TABLE_LIMIT = 50
@@ -55,22 +61,12 @@ LimitOption = Annotated[
 ]  # fmt: skip
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ", timespec="seconds")
-    if isinstance(value, list | dict):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return str(value)
-
-
 def _print_table(names: Sequence[str], rows: Sequence[Sequence[Any]], more: str | None) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from dispatcher.ui.table import cell_text
 
     console = Console(highlight=False)
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
@@ -78,7 +74,7 @@ def _print_table(names: Sequence[str], rows: Sequence[Sequence[Any]], more: str 
         # One line per row: a narrow terminal truncates cells (csv and json hold everything).
         table.add_column(name, no_wrap=True, overflow="ellipsis", min_width=min(len(name), 24))
     for row in rows:
-        table.add_row(*(_cell(v) for v in row), end_section=False)
+        table.add_row(*(cell_text(v) for v in row), end_section=False)
     from rich.measure import Measurement
 
     # Rich drops columns that do not fit; print wide lines instead (a pager can scroll them).
@@ -99,6 +95,29 @@ def _infer_format(output: Path) -> ResultsFormat:
     )
 
 
+ColumnsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--columns", "-c", show_default=False,
+        help="Columns to show, comma-separated: id,state,args.lr,result.acc (or bare lr,acc).",
+    ),
+]  # fmt: skip
+SortOption = Annotated[
+    str | None,
+    typer.Option(
+        "--sort", show_default=False,
+        help="Sort by these columns, comma-separated; -NAME descending: --sort -result.acc,id.",
+    ),
+]  # fmt: skip
+WhereOption = Annotated[
+    str | None,
+    typer.Option(
+        "--where", "-w", show_default=False,
+        help="Keep the rows where this SQL condition holds: --where 'result.acc > 0.9'.",
+    ),
+]  # fmt: skip
+
+
 @app.command()
 def results(
     ctx: typer.Context,
@@ -116,47 +135,84 @@ def results(
         typer.Option("--output", "-o", help="Write to this file instead of the terminal."),
     ] = None,
     state: StateOption = None,
+    columns: ColumnsOption = None,
+    sort: SortOption = None,
+    where: WhereOption = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Table: every column in full, however wide.")
+    ] = False,
     limit: LimitOption = None,
 ) -> None:
-    """One row per task: id, name, state, host, gpus, runtime, exit_code, args.KEY, result.KEY.
+    """One row per task: id, name, state, host, gpus, runtime, exit_code, reason, args.KEY,
+    result.KEY (the table shows reason only when some row has one).
 
-    Nested keys are joined by dots (result.val.loss). The table shows the first 50 rows (--limit);
-    csv, json and parquet hold every row. Example: labtasker results -s succeeded -o runs.parquet
+    Nested keys are joined by dots (result.val.loss). The table fits the terminal (args and
+    result first; --wide for all) and shows 50 rows (--limit); csv, json and parquet hold every
+    row. Example: labtasker results -w "state = 'succeeded'" --sort -acc -o runs.parquet
     """
     from dispatcher.store import results as res
+    from dispatcher.store.selection import Selection
 
     with reported():
         states = parse_states(state)
         chosen = fmt or (_infer_format(output) if output is not None else ResultsFormat.TABLE)
-        store = open_store(ctx)
-        if chosen is ResultsFormat.TABLE:
-            if output is not None:
-                raise UsageError("the table view prints to the terminal; for a file use --format"
-                                 " csv, json or parquet with --output")  # fmt: skip
-            shown = TABLE_LIMIT if limit is None else limit
-            names, rows, total = res.read(store, states, limit=shown)
-            if not total:
-                what = " in state " + ", ".join(states) if states else ""
-                note(f"No tasks{what}.", "dim")
-                return
-            more = None
-            if total > len(rows):
-                more = (
-                    f"Showing the first {len(rows):,} of {total:,} tasks;"
-                    " use --limit N, or --format csv|json|parquet for all."
-                )
-            _print_table(names, rows, more)
+        if chosen is ResultsFormat.TABLE and output is not None:
+            raise UsageError("the table view prints to the terminal; for a file use --format"
+                             " csv, json or parquet with --output")  # fmt: skip
+        if chosen is ResultsFormat.PARQUET and output is None:
+            raise UsageError("parquet is binary: give a file with --output FILE.parquet")
+        table = chosen is ResultsFormat.TABLE
+        sel = Selection(columns, sort, where, args_first=table)
+        store = open_store(ctx)  # after the usage checks: those need no queue
+        if table:
+            _show(store, states, sel, TABLE_LIMIT if limit is None else limit, wide=wide)
             return
         if output is not None:
-            n = res.write(store, chosen.value, output, states)
-            note(f"Wrote {n:,} rows to {output}.", "dim")
+            n = res.write(store, chosen.value, output, states, sel)
+            note(f"Wrote {n:,} {'row' if n == 1 else 'rows'} to {output}.", "dim")
             return
-        if chosen is ResultsFormat.PARQUET:
-            raise UsageError("parquet is binary: give a file with --output FILE.parquet")
         with tempfile.TemporaryDirectory(prefix="labtasker-results-") as tmp:
             path = Path(tmp) / f"results.{chosen.value}"
-            res.write(store, chosen.value, path, states)
+            res.write(store, chosen.value, path, states, sel)
             _copy_to_stdout(path)
+
+
+def _show(
+    store: Store, states: list[TaskState] | None, sel: Selection, shown: int, *, wide: bool
+) -> None:
+    """The results table: fitted to the terminal, or (``wide``) every column in full."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from dispatcher.store import results as res
+    from dispatcher.ui.table import fitted_table, hidden_note
+
+    names, rows, total = res.read(store, states, limit=shown, sel=sel)
+    if not total:
+        what = " in state " + ", ".join(states) if states else ""
+        where = " matching --where" if sel.where is not None else ""
+        note(f"No tasks{what}{where}." if what or where else EMPTY_QUEUE, "dim")
+        return
+    more = None
+    if total > len(rows):
+        more = (
+            f"Showing the first {len(rows):,} of {total:,} tasks;"
+            " use --limit N, or --format csv|json|parquet for all."
+        )
+    if sel.columns is None and "reason" in names:  # shown when some row has one
+        k = names.index("reason")
+        if not any(row[k] for row in rows):
+            names = [*names[:k], *names[k + 1 :]]
+            rows = [(*row[:k], *row[k + 1 :]) for row in rows]
+    if wide:
+        _print_table(names, rows, more)
+        return
+    console = Console(highlight=False)
+    table, plan = fitted_table(names, rows, console.width, wrap=("reason",))  # never cut
+    console.print(table)
+    for line in (more, hidden_note(plan.hidden, console.width) if plan.hidden else None):
+        if line:
+            console.print(f"[dim]{escape(line)}[/]")
 
 
 def _copy_to_stdout(path: Path) -> None:

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
-from dispatcher.cli.app import app, db_option
-from dispatcher.cli.common import reported
+from dispatcher.cli.app import app
+from dispatcher.cli.common import open_store, reported
 from dispatcher.cli.dispatch import HostsOption
 from dispatcher.core.models import ACTIVE_STATES, Task, TaskState
+from dispatcher.core.words import resume_hint
 from dispatcher.errors import DispatcherError, UsageError
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
     from dispatcher.store.queue import Store
 
+#: ``status`` shows the reasons of this many failed tasks, those that ended last.
+SHOW_FAILED = 5
 #: The shortest ``status --watch --interval`` accepted: below it the loop only burns a core.
 MIN_INTERVAL = 0.1
 
@@ -40,7 +43,14 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
     from dispatcher.config.paths import dispatcher_running
     from dispatcher.dispatch.logs import read_status_file
     from dispatcher.store.suspensions import suspended_hosts
-    from dispatcher.ui.views import counts_line, eta_text, freshness, gpu_table, running_table
+    from dispatcher.ui.views import (
+        counts_line,
+        eta_text,
+        failures_table,
+        freshness,
+        gpu_table,
+        running_table,
+    )
 
     with store.transaction() as tx:
         active = tx.tasks(states=ACTIVE_STATES)
@@ -48,6 +58,7 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
         suspended = suspended_hosts(tx)
         median = tx.median_runtime() if watch else None
         waiting = tx.pending_reasons() if counts[TaskState.PENDING] else []
+        failed, n_failed = tx.last_finished(TaskState.FAILED, SHOW_FAILED)
     written = read_status_file(store.path)
     running = dispatcher_running(store.path)
     parts: list[RenderableType] = []
@@ -67,12 +78,18 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
         parts.append(counts_line(counts))
     for reason, n in waiting:  # why the queue does not move, as the last plan saw it
         parts.append(Text(f"{n} pending: {reason}", style="yellow"))
+    if failed:  # why the last ones failed; every attempt of one: `queue show ID`
+        parts.append(failures_table(failed))
+        if n_failed > len(failed):
+            more = f"{n_failed - len(failed)} more failed: `labtasker queue ls --state failed`"
+            parts.append(Text(more, style="dim"))
     stale = freshness(written.written_at, time.time(), running=running)
     if stale is not None and active:  # the last lines shown may be old
         parts.append(stale)
     for s in suspended.values():  # persisted by the dispatcher; lifted by `hosts resume`
         at = s.suspended_at.strftime("%Y-%m-%d %H:%M:%S")
-        parts.append(Text(f"host {s.host} {s.reason} (since {at} UTC)", style="bold red"))
+        said = f"host {s.host} {s.reason} since {at} UTC; {resume_hint(s.host)}"
+        parts.append(Text(said, style="bold red"))
     return Group(*parts), active
 
 
@@ -95,12 +112,10 @@ def status(
     """
     from rich.console import Console
 
-    from dispatcher.store.queue import Store
-
     if not (math.isfinite(interval) and interval >= MIN_INTERVAL):
         with reported():
             raise UsageError(f"--interval must be at least {MIN_INTERVAL:g} s (got {interval:g})")
-    store = Store.open_default(db_option(ctx))
+    store = open_store(ctx)
     console = Console(highlight=False)
     if as_json:
         with store.transaction() as tx:
@@ -154,9 +169,8 @@ def logs(
     """Print a task's output: live from its host while it runs, from the local copy once done."""
     from dispatcher.config.paths import logs_dir
     from dispatcher.dispatch.logs import log_path
-    from dispatcher.store.queue import Store
 
-    store = Store.open_default(db_option(ctx))
+    store = open_store(ctx)
     with store.transaction() as tx:
         task = tx.get(task_id)
     if follow and task.state in _NOT_STARTED:
@@ -178,7 +192,7 @@ def logs(
     from dispatcher.config.hosts import load_hosts
     from dispatcher.remote.follow import stream_log
 
-    config = load_hosts(hosts)
+    config = load_hosts(hosts, store.path)
     spec = next((h for h in config.hosts if h.name == task.host), None)
     if spec is None:
         raise UsageError(f"task {task_id} runs on {task.host}, which {hosts} does not list")

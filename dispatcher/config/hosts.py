@@ -11,11 +11,12 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from dispatcher.config.paths import local_state_dir, project_dir
 from dispatcher.config.values import (
     ALIAS,
     boolean,
@@ -46,7 +47,7 @@ class HostSpec:
     gpus: Literal["auto"] | tuple[int, ...]  # () = CPU-only
     slots: int
     max_gpu_memory_used: int  # bytes
-    workdir: str | None  # None = the remote home
+    workdir: str | None  # None = the remote home (a local host: the queue's project, for_queue)
     setup: str | None
     python: str
     env: Mapping[str, str]  # with the values of ``secret_env`` names (see _secrets)
@@ -65,6 +66,7 @@ class HostSpec:
     # `gpus` was written in the file. An unwritten "auto" on a host without nvidia-smi means a
     # CPU-only host; a written one is an error to report (the user expects GPUs there).
     gpus_given: bool = True
+    state_dir_given: bool = True  # unset on a local host: beside the queue (see for_queue)
     outputs_max_size: int = GIB  # bytes of outputs copied back per task, at most
     max_log_size: int = 64 * 1024**2  # bytes of a task's log kept on the controller (head + tail)
     max_tasks_per_gpu: int | None = None  # tasks sharing one GPU by memory, at most
@@ -263,8 +265,24 @@ def _host(
         local=name == "local" or ssh is False,
         slots_given=slots_given,
         gpus_given="gpus" in own or "gpus" in defaults,
+        state_dir_given="state_dir" in own or "state_dir" in defaults,
         **merged,
     )
+
+
+def for_queue(config: HostsConfig, db_path: Path) -> HostsConfig:
+    """``config`` as the queue at ``db_path`` uses it: a local host without ``workdir`` runs
+    tasks in the queue's project directory, and one without ``state_dir`` keeps its helper and
+    run records beside the queue (``config.paths``), not in the home directory."""
+
+    def settled(spec: HostSpec) -> HostSpec:
+        if not spec.local:
+            return spec
+        workdir = spec.workdir if spec.workdir is not None else str(project_dir(db_path))
+        state = spec.state_dir if spec.state_dir_given else str(local_state_dir(db_path))
+        return replace(spec, workdir=workdir, state_dir=state, state_dir_given=True)
+
+    return replace(config, hosts=tuple(settled(h) for h in config.hosts))
 
 
 def hosts_from_mapping(
@@ -331,9 +349,18 @@ def parse_hosts_text(text: str, path: Path) -> HostsConfig:
     return hosts_from_mapping(data, path, text)
 
 
-def load_hosts(path: Path) -> HostsConfig:
-    """Read and check the hosts file at ``path``; every problem is a ``ConfigError``."""
-    shown = f"./{path}" if not path.is_absolute() and path.parent == Path() else str(path)
+def load_hosts(path: Path, queue: Path | None = None) -> HostsConfig:
+    """Read and check the hosts file at ``path``; every problem is a ``ConfigError``. With
+    ``queue`` (a queue file's path), local hosts take that queue's defaults (``for_queue``), and
+    a bare file name missing here is looked for in the queue's project directory too."""
+    bare = not path.is_absolute() and path.parent == Path()
+    shown = f"./{path}" if bare else str(path)
+    if bare and queue is not None and not path.exists():
+        other = project_dir(queue) / path
+        if other.exists():
+            path, shown = other, str(other)
+        elif other.parent != Path.cwd():
+            shown += f" (nor {other})"
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -347,4 +374,5 @@ def load_hosts(path: Path) -> HostsConfig:
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
-    return parse_hosts_text(text, path)
+    config = parse_hosts_text(text, path)
+    return config if queue is None else for_queue(config, queue)

@@ -1,8 +1,11 @@
 """Where the queue lives (and its logs), and the lock that marks a running dispatcher.
 
-The queue file is ``--db PATH``, else ``$LABTASKER_DB``, else ``.labtasker/queue.duckdb`` under the
-current directory (a project-local queue, like ``.git``). The dispatcher holds an ``fcntl.flock``
-on ``<db>.dispatch.lock`` while it runs; the lock dies with its process, so it is never stale.
+The queue file is ``--db PATH``, else ``$LABTASKER_DB``, else the first ``.labtasker/queue.duckdb``
+found in the current directory or above it (a project-local queue, found as git finds ``.git``);
+where there is none, ``queue add`` creates one in the current directory. The queue's project
+directory (the one holding ``.labtasker/``) is where the ``local`` host runs tasks, and its run
+records live beside the queue. The dispatcher holds an ``fcntl.flock`` on
+``<db>.dispatch.lock`` while it runs; the lock dies with its process, so it is never stale.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from dispatcher.errors import DispatcherRunningError, StoreError
+from dispatcher.errors import DispatcherRunningError, NoQueueError, StoreError
 
 DB_ENV = "LABTASKER_DB"
 DEFAULT_DIR = ".labtasker"
@@ -23,12 +26,50 @@ DEFAULT_NAME = "queue.duckdb"
 _PROBE_GRACE_S = 0.2
 
 
-def resolve_db_path(db: Path | None) -> Path:
-    """The queue file to use: ``db``, else ``$LABTASKER_DB``, else ``./.labtasker/queue.duckdb``."""
+def locate_db(db: Path | None) -> tuple[Path, str]:
+    """The queue file to use, and where it was looked for (for ``no_queue_message``).
+
+    ``db``, else ``$LABTASKER_DB``, else the nearest ``.labtasker/queue.duckdb`` in the current
+    directory or a parent; when there is none, the path ``queue add`` would create here.
+    """
     if db is None:
         env = os.environ.get(DB_ENV, "").strip()
-        db = Path(env) if env else Path.cwd() / DEFAULT_DIR / DEFAULT_NAME
-    return Path(os.path.abspath(db.expanduser()))
+        db = Path(env) if env else None
+    if db is not None:
+        path = Path(os.path.abspath(db.expanduser()))
+        return path, str(path)
+    here = Path(os.path.abspath(Path.cwd()))
+    for folder in (here, *here.parents):
+        found = folder / DEFAULT_DIR / DEFAULT_NAME
+        if found.is_file():
+            return found, str(found)
+    return here / DEFAULT_DIR / DEFAULT_NAME, f"{DEFAULT_DIR}/{DEFAULT_NAME} in {here} and above"
+
+
+def resolve_db_path(db: Path | None) -> Path:
+    """The queue file to use (see ``locate_db``)."""
+    return locate_db(db)[0]
+
+
+def no_queue(looked_in: str) -> NoQueueError:
+    """The one error for a command that needs a queue and finds none."""
+    return NoQueueError(
+        f"no queue here (looked in {looked_in}); add tasks with `labtasker queue add`, or pass --db"
+    )
+
+
+def project_dir(db_path: Path) -> Path:
+    """The directory a queue belongs to: the one holding its ``.labtasker/`` directory, else
+    (a ``--db`` file elsewhere) the directory holding the file."""
+    parent = db_path.parent
+    return parent.parent if parent.name == DEFAULT_DIR else parent
+
+
+def local_state_dir(db_path: Path) -> Path:
+    """Where the ``local`` host keeps its helper and run records for the queue at ``db_path``
+    (``queue.runs/`` beside ``queue.duckdb``): one stable place per queue, so a later
+    ``dispatch`` finds the runs an earlier one started."""
+    return db_path.with_name(db_path.stem + ".runs")
 
 
 def ensure_private_dir(directory: Path) -> None:

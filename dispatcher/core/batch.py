@@ -118,6 +118,8 @@ class TaskBatch:
     after: tuple[int, ...] = ()
     max_running: int | None = None
     outputs: tuple[str, ...] = ()
+    after_any: tuple[int, ...] = ()
+    after_failed: tuple[int, ...] = ()
     gpu_memory: int | None = None
     gpu_type: str | None = None
     min_gpu_memory: int | None = None
@@ -177,6 +179,8 @@ def assemble(
     max_running: int | None = None,
     outputs: Sequence[str] | None = None,
     after: Sequence[int] = (),
+    after_any: Sequence[int] = (),
+    after_failed: Sequence[int] = (),
     gpu_memory: int | str | None = None,
     gpu_type: str | None = None,
     min_gpu_memory: int | str | None = None,
@@ -216,9 +220,11 @@ def assemble(
         max_attempts=pick(max_attempts, file.max_attempts, 1),
         timeout=timeout_seconds(pick(timeout, file.timeout, None)),
         gpus=pick(gpus, file.gpus, None),
-        after=tuple(after),
+        after=tuple(after or file.after),
         max_running=pick(max_running, file.max_running, None),
         outputs=check_outputs(pick(outputs, file.outputs, ())),
+        after_any=tuple(after_any or file.after_any),
+        after_failed=tuple(after_failed or file.after_failed),
         gpu_memory=size_setting(pick(gpu_memory, file.gpu_memory, None), "gpu memory"),
         gpu_type=pick(gpu_type, file.gpu_type, None),
         min_gpu_memory=size_setting(

@@ -90,6 +90,8 @@ class NewTask:
     after: tuple[int, ...] = ()
     max_running: int | None = None
     outputs: tuple[str, ...] = ()
+    after_any: tuple[int, ...] = ()
+    after_failed: tuple[int, ...] = ()
     gpu_memory: int | None = None
     gpu_type: str | None = None
     min_gpu_memory: int | None = None
@@ -135,6 +137,10 @@ class Task:
     batch: int | None = None  # the first id of the ``queue add`` that created the task
     max_running: int | None = None  # at most this many of the task's sweep run at once
     outputs: tuple[str, ...] = ()  # globs under the working directory, copied back after exit
+    # Dependencies (core.deps): start after these succeeded / ended / failed.
+    after_any: list[int] = field(default_factory=list)
+    after_failed: list[int] = field(default_factory=list)
+    cancelled_by: int | None = None  # the dependency whose outcome cancelled this task
     gpu_memory: int | None = None  # bytes needed on each GPU; set: the GPU may be shared
     gpu_type: str | None = None  # "A100|H100": substrings of the GPU's name, any one
     min_gpu_memory: int | None = None  # bytes of total memory each of its GPUs must have
@@ -175,6 +181,9 @@ class Task:
             "batch": self.batch,
             "max_running": self.max_running,
             "outputs": list(self.outputs),
+            "after": list(self.after),
+            "after_any": list(self.after_any),
+            "after_failed": list(self.after_failed),
             "gpu_memory": self.gpu_memory,
             "gpu_type": self.gpu_type,
             "min_gpu_memory": self.min_gpu_memory,

@@ -82,6 +82,17 @@ def describe_exit(exit_code: int | None, sig: str | None) -> str:
     return f"exit {exit_code}"
 
 
+def exit_and_signal(exit_code: int | None) -> tuple[int | None, str | None]:
+    """A stored exit code as (exit code, signal name): a run killed by signal N is stored as
+    -N (as ``Popen.returncode``) and comes out as (None, "SIGN...")."""
+    if exit_code is None or exit_code >= 0:
+        return exit_code, None
+    try:
+        return None, signal.Signals(-exit_code).name
+    except ValueError:
+        return None, f"signal {-exit_code}"
+
+
 def without_host(host: str | None, text: str) -> str:
     """``text`` with each ``HOST: `` / ``HOST (ADDR): `` prefix (at its start or after a ``(``)
     cut to nothing / ``ADDR: ``: a reason that already names the host says it once."""

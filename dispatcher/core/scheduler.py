@@ -136,14 +136,19 @@ class _Host:
         self.free_slots = max(0, cap.slots_total - cap.slots_used) if placeable else 0
         self.cpu_only = cap.gpus_known and not cap.gpus
         if not cap.usable:
-            state = _clip(cap.unusable_reason or "unusable", 80)
+            state = cap.unusable_reason or "unusable"
             if not state.startswith((f"{cap.name} ", f"{cap.name}:")):  # don't name it twice
                 state = f"{cap.name} {state}"
-            self.gpu_detail = self.gpu_short = self.slot_text = state
+            # The short form drops the parenthesised detail, never cuts a word: "gpu-a
+            # unreachable", "gpu-a suspended after 5 failures in a row".
+            self.gpu_detail = self.slot_text = state
+            self.gpu_short = self.slot_short = state.partition(" (")[0]
         elif not cap.gpus_known:
-            self.gpu_detail = self.gpu_short = self.slot_text = f"{cap.name} not yet queried"
+            self.gpu_detail = self.gpu_short = f"{cap.name} not yet queried"
+            self.slot_text = self.slot_short = self.gpu_detail
         else:
             self.slot_text = f"{cap.name} {cap.slots_used}/{cap.slots_total} slots used"
+            self.slot_short = self.slot_text
             free = f"{len(self.free_gpus)} free" if self.free_gpus else ""
             held = sum(1 for g in busy.values() if g.held_by_task is not None or g.sharers)
             parts = [_busy_text(i, busy[i]) for i in sorted(busy)]
@@ -332,8 +337,10 @@ class _Planner:
             prefix = "no free GPU: " if n == 1 else f"needs {n} free GPUs on one host: "
             return _summary(prefix, [h.gpu_detail for h in gpu], [h.gpu_short for h in gpu])
         if kind == "slot":
-            texts = [h.slot_text for h in self.hosts if not h.known or h.slots_total]
-            return _summary("no free slot: ", texts, texts)
+            slot = [h for h in self.hosts if not h.known or h.slots_total]
+            return _summary(
+                "no free slot: ", [h.slot_text for h in slot], [h.slot_short for h in slot]
+            )
         detail, short = [], []
         for h in self.hosts:
             if not h.known or h.total_gpus:
@@ -341,7 +348,7 @@ class _Planner:
                 short.append(h.gpu_short)
             elif h.cpu_only and h.slots_total:
                 detail.append(h.slot_text)
-                short.append(h.slot_text)
+                short.append(h.slot_short)
         return _summary(f"no free {self.default_what}: ", detail, short)
 
 

@@ -45,6 +45,9 @@ SWEEP_KEYS = (
     "gpus",
     "max_running",
     "outputs",
+    "after",
+    "after_any",
+    "after_failed",
     "gpu_memory",
     "gpu_type",
     "min_gpu_memory",
@@ -212,6 +215,9 @@ class SweepFile:
     gpus: int | None = None
     max_running: int | None = None
     outputs: tuple[str, ...] | None = None
+    after: tuple[int, ...] = ()
+    after_any: tuple[int, ...] = ()
+    after_failed: tuple[int, ...] = ()
     gpu_memory: int | str | None = None  # checked with the CLI's values (batch.size_setting)
     gpu_type: str | None = None
     min_gpu_memory: int | str | None = None
@@ -267,10 +273,22 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
         gpus=_opt(doc, "gpus", int, source),
         max_running=_opt(doc, "max_running", int, source),
         outputs=None if outputs is None else tuple(outputs),
+        after=_task_ids(doc, "after", source),
+        after_any=_task_ids(doc, "after_any", source),
+        after_failed=_task_ids(doc, "after_failed", source),
         gpu_memory=_size(doc, "gpu_memory", source),
         gpu_type=_opt(doc, "gpu_type", str, source),
         min_gpu_memory=_size(doc, "min_gpu_memory", source),
     )
+
+
+def _task_ids(doc: dict[str, Any], key: str, source: str) -> tuple[int, ...]:
+    """A dependency key of a sweep file: one task id or a list of them."""
+    value = doc.get(key, [])
+    ids = value if isinstance(value, list) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids):
+        raise SweepError(f"{source}: {key!r} must be a task id or a list of them, got {value!r}")
+    return tuple(ids)
 
 
 def _listed(values: Any, where: str) -> list[Any]:

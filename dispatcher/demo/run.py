@@ -1,7 +1,8 @@
 """``labtasker demo``: queue a 3 x 3 grid and dispatch it on this machine, then show results.
 
-Everything lives in one folder (default ./labtasker-demo): the queue, a hosts.toml with the
-`local` host, the helper's state directory and the logs, so the demo touches nothing else.
+Everything lives in one folder (default ./labtasker-demo): the queue, a hosts.toml with a bare
+`local` host (which runs tasks in that folder, the queue's project, and keeps its run records
+beside the queue), and the logs, so the demo touches nothing else.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ DEMO_HOSTS = """\
 # The demo's hosts file: one host, this machine, reached without SSH.
 [hosts.local]
 slots = {slots}                 # tasks at once (a CPU-only host)
-state_dir = "{state}"           # where run directories live
-workdir = "{work}"
 """
 
 
@@ -29,7 +28,7 @@ def prepare(folder: Path, slots: int = 4) -> tuple[Path, Path]:
     script.write_bytes(resources.files("dispatcher.demo").joinpath("train.py").read_bytes())
     hosts = folder / "hosts.toml"
     hosts.write_text(
-        DEMO_HOSTS.format(slots=slots, state=folder / "remote-state", work=folder),
+        DEMO_HOSTS.format(slots=slots),
         encoding="utf-8",
     )
     return folder / ".labtasker" / "queue.duckdb", hosts

@@ -84,6 +84,7 @@ class HostCalls:
             "timeout": task.timeout,
             "kill_grace": spec.kill_grace,
             "task_id": task.id,
+            "host": task.host,  # messages from the host name it as hosts.toml does
         }
 
     async def _launch(self, host: str, tasks: list[Task]) -> None:

@@ -114,6 +114,10 @@ class Dispatcher:
     def unplaceable(self) -> dict[int, str]:
         return self.state.unplaceable
 
+    @property
+    def command_faults(self) -> dict[str, list[int]]:
+        return self.state.command_faults
+
     # -- public ----------------------------------------------------------------------------------
 
     async def run(self) -> int:
@@ -262,6 +266,8 @@ class Dispatcher:
         self.state.queue_changed = token != self._token
         launches: list[Task] = []
         with self.store.transaction() as tx:
+            if self._tally is None:  # first tick: a queue written by schema 3 may hold tasks
+                tx.settle(everything=True)  # waiting for what can no longer happen
             # The same attachment, next transaction: nobody else wrote since our last tick.
             continuous = tx.attachment == (self._attachment[0], self._attachment[1] + 1)
             reports = self.reports.take()
@@ -292,8 +298,10 @@ class Dispatcher:
                     self._merge_active(tx, tally)
             self.state.counts = _plus(base, tx.delta, seen)
             plain = not (tally.pending_after or tally.pending_throttled)
+            tx.waiters = bool(tally.pending_after)  # see _settled
             launches = self.placement.place(tx, plain=plain, reuse=reuse)
         self.state.counts = _plus(base, tx.delta, seen)
+        self._settled(tx)
         self._attachment = tx.attachment
         self._token = self.store.change_token()
         if launches:
@@ -305,6 +313,17 @@ class Dispatcher:
         if now - self._shown_at >= SHOW_EVERY:  # a live view redraws 4 times a second
             self._shown_at = now
             self.reporter.update(self.snapshot())
+
+    def _settled(self, tx: Txn) -> None:
+        """Name the tasks the store's dependency rule cancelled in the tick (``Txn.settle``).
+
+        The tick tells the store when no pending task had dependencies (``tx.waiters``): with
+        only our own moves since, a task that finishes has nobody waiting for it (a task we
+        requeued had its dependencies met already), so the rule looks only at requeued tasks.
+        """
+        for task_id, reason in tx.settled:
+            self.state.final[task_id] = S.CANCELLED
+            self.reporter.log(f"task {task_id} cancelled ({reason})", style="yellow")
 
     def _sync_suspensions(self, tx: Txn, now: float, *, continuous: bool) -> None:
         """Keep host suspensions and the queue file in step (``recovery.SuspensionSync``).
@@ -353,6 +372,7 @@ class Dispatcher:
             hosts.append((name, f"{desc}, {n} running" if hs.session.up else desc))
         ok = sum(1 for s in self.final.values() if s is S.SUCCEEDED)
         bad = sum(1 for s in self.final.values() if s in (S.FAILED, S.LOST))
+        cancelled = sum(1 for s in self.final.values() if s is S.CANCELLED)
         runtimes = self.state.runtimes
         runtime = statistics.median(runtimes) if runtimes else None
-        return Snapshot(dict(self.counts), hosts, ok, bad, runtime)
+        return Snapshot(dict(self.counts), hosts, ok, bad, cancelled, runtime)

@@ -141,7 +141,7 @@ class Placement:
         self._write_reasons(tx, result, by_id)
         state.unplaceable = dict(result.impossible)
         if not candidates and state.counts[S.PENDING]:
-            state.unplaceable = {0: "pending tasks wait for dependencies that will not succeed"}
+            state.unplaceable = {0: "pending tasks wait for other tasks; see `labtasker queue ls`"}
         elif not result.placements:
             state.unplaceable = {**result.waiting, **result.impossible}
         self.placed_last = bool(result.placements)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import deque
 from typing import Any
 
 from dispatcher.config.hosts import HostsConfig
 from dispatcher.core.models import Task, TaskState
 from dispatcher.core.outcome import Outcome, lost_outcome, outcome_of, parse_time, real_attempts
+from dispatcher.core.words import command_fault, plural, resume_hint
 from dispatcher.dispatch.hooks import HOOK_STATES, on_finish
 from dispatcher.dispatch.jobs import Jobs
 from dispatcher.dispatch.logs import LogCollector, SavedLog, log_path
@@ -212,7 +214,7 @@ class Reports:
             )
             if moved:
                 self.state.active.pop(task.id, None)
-                self._count_failure(hs, now=time.monotonic())
+                self._count_failure(hs, time.monotonic(), task.id, "launch failed")
 
     def _finish(self, tx: Txn, task: Task, outcome: Outcome) -> None:
         moved = tx.move(task.id, outcome.state, run_id=task.run_id, **outcome.fields)
@@ -226,7 +228,7 @@ class Reports:
             for idx in task.gpu_ids or []:
                 hs.released[idx] = now
             if outcome.counts_as_failure:
-                self._count_failure(hs, now)
+                self._count_failure(hs, now, task.id, str(outcome.fields.get("reason")))
             elif outcome.state is S.SUCCEEDED:
                 hs.failures.clear()
         final = outcome.state
@@ -285,19 +287,36 @@ class Reports:
                 total = info.total if total is None else min(total, info.total)
         return oom_retry_needs(task.gpu_memory, task.min_gpu_memory, held, free, total)
 
-    def _count_failure(self, hs: HostState, now: float) -> None:
+    def _count_failure(self, hs: HostState, now: float, task_id: int, why: str) -> None:
+        """Suspend a host after ``suspend_after_failures`` failures in a row, unless the tasks
+        fail the same way on every host: then the command is the problem, not the host."""
+        faults = self.state.command_faults
+        if why in faults:  # known to be the command's: no evidence against the host
+            faults[why].append(task_id)
+            return
         spec = hs.session.spec
         if spec.suspend_after_failures <= 0:
             return
-        hs.failures.append(now)
-        while hs.failures and now - hs.failures[0] > spec.failure_window:
+        hs.failures.append((now, why, task_id))
+        while hs.failures and now - hs.failures[0][0] > spec.failure_window:
             hs.failures.popleft()
-        if len(hs.failures) >= spec.suspend_after_failures and not hs.suspended:
-            hs.suspended = (
-                f"suspended after {len(hs.failures)} failures in a row; "
-                f"fix the host, then `labtasker hosts resume {spec.name}` or restart dispatch"
-            )
-            self.reporter.log(f"{spec.name}: {hs.suspended}", style="bold red")
+        if len(hs.failures) < spec.suspend_after_failures or hs.suspended:
+            return
+        others = [
+            o for o in self.state.hosts.values() if o is not hs and o.session.up and not o.suspended
+        ]
+        whys = {w for _, w, _ in hs.failures}
+        if whys == {why} and all(o.failures and o.failures[-1][1] == why for o in others):
+            seen = [f for o in self.state.hosts.values() for f in o.failures if f[1] == why]
+            faults[why] = [i for _, _, i in sorted(seen)]
+            for o in self.state.hosts.values():
+                o.failures = deque(f for f in o.failures if f[1] != why)
+            self.reporter.log(command_fault(why, faults[why][0]), style="bold red")
+            return
+        hs.suspended = f"suspended after {plural(len(hs.failures), 'failure')} in a row ({why})"
+        self.reporter.log(
+            f"{spec.name}: {hs.suspended}; {resume_hint(spec.name)}", style="bold red"
+        )
 
     def expire_unreachable(self, tx: Txn, now: float) -> None:
         """Tasks on a host unreachable past its grace period are lost and requeued elsewhere."""

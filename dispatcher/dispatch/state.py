@@ -41,6 +41,7 @@ class Snapshot:
     hosts: list[tuple[str, str]]
     succeeded: int = 0
     failed: int = 0
+    cancelled: int = 0
     median_runtime: float | None = None  # of tasks that succeeded in this run (for the ETA)
 
 
@@ -66,7 +67,7 @@ class HostState:
     refreshing: bool = False
     tailing: bool = False
     released: dict[int, float] = field(default_factory=dict)  # gpu index -> monotonic time
-    failures: deque[float] = field(default_factory=deque)
+    failures: deque[tuple[float, str, int]] = field(default_factory=deque)  # (time, why, task)
     suspended: str | None = None
     orphans: set[str] = field(default_factory=set)  # run ids fenced off after a loss
 
@@ -86,6 +87,9 @@ class LoopState:
     counts: dict[TaskState, int] = field(default_factory=_counts)  # the loop, each tick
     final: dict[int, TaskState] = field(default_factory=dict)  # tasks that ended in this run
     unplaceable: dict[int, str] = field(default_factory=dict)  # placement: why work waits
+    # Report handling: failures seen the same way on every host (the command's fault, not the
+    # hosts'): why -> the ids of the tasks that failed so.
+    command_faults: dict[str, list[int]] = field(default_factory=dict)
     last_lines: dict[int, str] = field(default_factory=dict)  # host calls: running tasks' tails
     runtimes: list[float] = field(default_factory=list)  # seconds, of tasks that succeeded
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # anyone: a tick may be due

@@ -734,9 +734,12 @@ def _spec(spec: Any) -> Dict[str, Any]:
         raise BadRequest("spec.task_id must be an integer or null")
     timeout = None if spec.get("timeout") is None else _number(spec, "timeout", 0)
     grace = _number(spec, "kill_grace", DEFAULT_GRACE)
+    host = spec.get("host")  # the controller's name for this host (hosts.toml), for messages
+    if not isinstance(host, (str, type(None))) or "\0" in (host or ""):
+        raise BadRequest("spec.host must be a string or null")
     return {"command": spec["command"], "setup": spec.get("setup") or None, "task_id": task_id,
             "workdir": spec.get("workdir"), "env": env, "timeout": timeout,
-            "kill_grace": grace}  # fmt: skip
+            "kill_grace": grace, "host": host}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1078,10 +1081,11 @@ class Keeper:
         with contextlib.suppress(OSError):  # no room even for this: finish() says the disk is full
             reserve(run.path("exit.reserve"))
         workdir = expand_dir(spec["workdir"])
+        host = spec.get("host") or self.host  # the name the user gave it, else the machine's
         try:
             os.makedirs(workdir, 0o700, exist_ok=True)
         except OSError as exc:
-            return self.fail(run, "cannot create workdir %s on %s: %s" % (workdir, self.host, exc))
+            return self.fail(run, "cannot create workdir %s on %s: %s" % (workdir, host, exc))
         if os.path.exists(run.path("cancel.json")):  # cancelled before it could start
             run.cancelled = True
             return self.finish(run, -signal.SIGTERM, "SIGTERM")
@@ -1113,9 +1117,9 @@ class Keeper:
         except (OSError, ValueError) as exc:
             if words and isinstance(exc, (FileNotFoundError, PermissionError)):
                 why = "%s: %s on %s" % (words[0], "command not found" if isinstance(
-                    exc, FileNotFoundError) else "permission denied", self.host)  # fmt: skip
+                    exc, FileNotFoundError) else "permission denied", host)  # fmt: skip
                 return self.fail(run, why, 127 if isinstance(exc, FileNotFoundError) else 126)
-            why = "cannot start the task in %s on %s: %s" % (workdir, self.host, exc)
+            why = "cannot start the task in %s on %s: %s" % (workdir, host, exc)
             return self.fail(run, why)
         run.proc = None if isinstance(got, int) else got
         run.pid = pid = got if isinstance(got, int) else got.pid

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from tempfile import TemporaryDirectory
 
 from dispatcher.core.batch import ArgGroup, TaskBatch, check_settings, render
+from dispatcher.core.deps import DepKind
 from dispatcher.core.models import DUPLICATE_STATES, NewTask
 from dispatcher.core.sweep import Grid
 from dispatcher.core.template import MISSING, Template, lookup
@@ -45,7 +46,7 @@ _CSV_ROWS = 2000
 #: The columns every staged source selects, in this order.
 STAGE_COLUMNS = (
     "idx, args, command, template, name, priority, max_attempts, timeout, gpus, after,"
-    " max_running, outputs, gpu_memory, gpu_type, min_gpu_memory"
+    " max_running, outputs, after_any, after_failed, gpu_memory, gpu_type, min_gpu_memory"
 )
 
 
@@ -65,7 +66,7 @@ class Staged:
     count: int
     sql: str
     params: list[Any]
-    after: set[int]
+    deps: dict[DepKind, set[int]]  # the tasks each kind of dependency names, to check
     axis_tables: list[tuple[str, list[list[Any]]]] = field(default_factory=list)
     tmpdir: TemporaryDirectory[str] | None = None
 
@@ -80,7 +81,8 @@ def stage_batch(batch: TaskBatch) -> Staged:
     """Render what Python must render (to a temporary CSV when many); no database access."""
     tpl = batch.check()
     total = len(batch)
-    staged = Staged(total, "", [], set(batch.after))
+    deps = {DepKind.AFTER: set(batch.after), DepKind.AFTER_ANY: set(batch.after_any)}
+    staged = Staged(total, "", [], {**deps, DepKind.AFTER_FAILED: set(batch.after_failed)})
     selects: list[tuple[str, list[Any]]] = []
     python_groups: list[tuple[int, ArgGroup]] = []
     offset = 0
@@ -118,8 +120,9 @@ def stage_batch(batch: TaskBatch) -> Staged:
         "SELECT idx, args, command, ?::VARCHAR AS template, ?::VARCHAR AS name,"
         " ?::BIGINT AS priority, ?::INTEGER AS max_attempts, ?::DOUBLE AS timeout,"
         " ?::INTEGER AS gpus, ?::BIGINT[] AS after, ?::INTEGER AS max_running,"
-        " ?::VARCHAR[] AS outputs, ?::BIGINT AS gpu_memory, ?::VARCHAR AS gpu_type,"
-        " ?::BIGINT AS min_gpu_memory FROM (" + " UNION ALL ".join(sql for sql, _ in selects) + ")"
+        " ?::VARCHAR[] AS outputs, ?::BIGINT[] AS after_any, ?::BIGINT[] AS after_failed,"
+        " ?::BIGINT AS gpu_memory, ?::VARCHAR AS gpu_type, ?::BIGINT AS min_gpu_memory"
+        " FROM (" + " UNION ALL ".join(sql for sql, _ in selects) + ")"
     )
     staged.params = [
         batch.template,
@@ -131,6 +134,8 @@ def stage_batch(batch: TaskBatch) -> Staged:
         list(batch.after),
         batch.max_running,
         list(batch.outputs),
+        list(batch.after_any),
+        list(batch.after_failed),
         batch.gpu_memory,
         batch.gpu_type,
         batch.min_gpu_memory,
@@ -163,8 +168,8 @@ def _csv_select(staged: Staged, rows: Iterable[tuple[int, str, str]]) -> tuple[s
 
 def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
     """Stage fully formed tasks (each with its own settings) as one list-valued SELECT."""
-    cols: list[list[Any]] = [[] for _ in range(15)]
-    after: set[int] = set()
+    cols: list[list[Any]] = [[] for _ in range(17)]
+    deps: dict[DepKind, set[int]] = {kind: set() for kind in DepKind}
     for k, t in enumerate(tasks):
         check_settings(
             priority=t.priority,
@@ -183,18 +188,20 @@ def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
         args, command, template = _encode_args(t.args, k), t.command, t.template
         row = (k, _text(args, k), _text(command, k), _text(template, k), t.name, t.priority,
                t.max_attempts, t.timeout, t.gpus, list(t.after), t.max_running,
-               list(t.outputs), t.gpu_memory, t.gpu_type, t.min_gpu_memory)  # fmt: skip
+               list(t.outputs), list(t.after_any), list(t.after_failed),
+               t.gpu_memory, t.gpu_type, t.min_gpu_memory)  # fmt: skip
         for c, value in enumerate(row):
             cols[c].append(value)
-        after.update(t.after)
+        for kind in DepKind:
+            deps[kind].update(getattr(t, kind.value))
     types = ("BIGINT", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "INTEGER", "DOUBLE",
-             "INTEGER", "BIGINT[]", "INTEGER", "VARCHAR[]",
+             "INTEGER", "BIGINT[]", "INTEGER", "VARCHAR[]", "BIGINT[]", "BIGINT[]",
              "BIGINT", "VARCHAR", "BIGINT")  # fmt: skip
     names = STAGE_COLUMNS.split(", ")
     sql = "SELECT " + ", ".join(
         f"unnest(?::{t}[]) AS {n}" for t, n in zip(types, names, strict=True)
     )
-    return Staged(len(tasks), sql, cols, after)
+    return Staged(len(tasks), sql, cols, deps)
 
 
 def _text(text: str, index: int) -> str:
@@ -282,15 +289,20 @@ def _grid_plan(
 
 def insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> AddResult:
     """Insert staged tasks as pending, in the caller's transaction."""
-    if staged.after:
+    for kind, named in staged.deps.items():
+        if not named:
+            continue
+        # Checked before the new rows go in: a task can depend only on tasks already there,
+        # so never on itself, and dependencies never form a cycle.
         missing = con.execute(
             "SELECT unnest(?::BIGINT[]) AS id EXCEPT SELECT id FROM tasks ORDER BY id",
-            [sorted(staged.after)],
+            [sorted(named)],
         ).fetchall()
         if missing:
             ids = ", ".join(str(r[0]) for r in missing)
             raise TaskNotFoundError(
-                f"--after names task(s) {ids}, not in the queue; see `labtasker queue ls`"
+                f"{kind.option} names {'task' if len(missing) == 1 else 'tasks'} {ids}, not in"
+                " the queue; see `labtasker queue ls`"
             )
     if staged.count == 0:
         return AddResult([], [], 0)
@@ -328,11 +340,12 @@ def _insert(con: Any, staged: Staged, *, now: datetime, skip_existing: bool) -> 
         id_sql, where = "? + s.idx", ""
     con.execute(
         "INSERT INTO tasks (id, state, created_at, args, command, template, name, priority,"
-        " max_attempts, timeout, gpus, after, max_running, outputs, gpu_memory, gpu_type,"
-        " min_gpu_memory, batch)"
+        " max_attempts, timeout, gpus, after, max_running, outputs, after_any, after_failed,"
+        " gpu_memory, gpu_type, min_gpu_memory, batch)"
         f" SELECT {id_sql}, 'pending', ?::TIMESTAMP, s.args, s.command, s.template, s.name,"
         " s.priority, s.max_attempts, s.timeout, s.gpus, s.after, s.max_running, s.outputs,"
-        f" s.gpu_memory, s.gpu_type, s.min_gpu_memory, ?::BIGINT FROM ({staged.sql}) s{where}",
+        " s.after_any, s.after_failed, s.gpu_memory, s.gpu_type, s.min_gpu_memory,"
+        f" ?::BIGINT FROM ({staged.sql}) s{where}",
         [next_id, now, next_id, *staged.params],
     )
     return AddResult(list(range(next_id, next_id + added)), dups, len(dups) if skip else 0)

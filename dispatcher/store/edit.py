@@ -61,7 +61,8 @@ def select(
         if missing:
             shown = ", ".join(str(r[0]) for r in missing[:10])
             raise TaskNotFoundError(
-                f"task(s) {shown} not in the queue {path}; see `labtasker queue ls`"
+                f"{'task' if len(missing) == 1 else 'tasks'} {shown} not in the queue {path};"
+                " see `labtasker queue ls`"
             )
     where, params = filters(states, id_list, None, None)
     con.execute(
@@ -144,19 +145,22 @@ def remove(
     con: Any, path: Path, ids: Iterable[int] | None, states: Iterable[TaskState] | None
 ) -> list[int]:
     """Delete the chosen tasks and their attempts. Launching/running tasks are refused, and so
-    is a task another pending task waits for (``after``), unless that one goes too."""
+    is a task another pending task waits for (any kind of dependency), unless that one goes
+    too."""
     select(con, path, ids, states)
     refuse(con, set(TaskState) - ACTIVE_STATES, "cancel it first (`labtasker queue cancel ID`)")
     waiting = con.execute(
-        "SELECT d.id, d.dep FROM (SELECT id, unnest(after) AS dep FROM tasks"
-        " WHERE state = 'pending' AND len(after) > 0) d"
+        "SELECT d.id, d.dep, d.kind FROM (SELECT id, unnest(after) AS dep, 'after' AS kind"
+        " FROM tasks WHERE state = 'pending' UNION ALL SELECT id, unnest(after_any),"
+        " 'after-any' FROM tasks WHERE state = 'pending' UNION ALL SELECT id,"
+        " unnest(after_failed), 'after-failed' FROM tasks WHERE state = 'pending') d"
         " WHERE d.dep IN (SELECT id FROM temp.labtasker_sel)"
         " AND d.id NOT IN (SELECT id FROM temp.labtasker_sel) ORDER BY d.id LIMIT 1"
     ).fetchone()
     if waiting is not None:
         raise UsageError(
             f"task {waiting[1]} cannot be removed: pending task {waiting[0]} waits for it"
-            f" (--after); remove or cancel task {waiting[0]} too"
+            f" (--{waiting[2]}); remove or cancel task {waiting[0]} too"
         )
     rows = con.execute(f"SELECT id FROM tasks WHERE {SELECTED} ORDER BY id").fetchall()
     con.execute(f"DELETE FROM attempts WHERE task_{SELECTED}")

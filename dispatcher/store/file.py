@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from dispatcher.config.paths import ensure_private_dir, resolve_db_path, wanted_path
+from dispatcher.config.paths import ensure_private_dir, locate_db, no_queue, wanted_path
 from dispatcher.errors import StoreError, StoreLockedError, StoreVersionError, UsageError
 from dispatcher.store import schema
 from dispatcher.store.schema import duckdb
@@ -98,18 +98,33 @@ class QueueFile:
 
     path: Path
 
-    def __init__(self, path: Path, *, lock_timeout: float | None = None) -> None:
+    def __init__(self, path: Path, *, lock_timeout: float | None = None, create: bool = True):
         self.path = Path(os.path.abspath(path))
+        self.create = create  # may a transaction create a missing file? (else NoQueueError)
+        self.looked_in = str(self.path)
         self.lock_timeout = lock_timeout_from_env() if lock_timeout is None else lock_timeout
         self._wishing = False  # a try_attach touched ``wanted_path`` and has not attached yet
         self.holder = "another process"  # who held the file at the last refused try_attach
 
     @classmethod
-    def open_default(cls, db: Path | None) -> Self:
-        """The store at ``db``, else $LABTASKER_DB, else ``.labtasker/queue.duckdb`` here."""
-        path = resolve_db_path(db)
-        ensure_private_dir(path.parent)
-        return cls(path)
+    def open_default(cls, db: Path | None, *, create: bool = False) -> Self:
+        """The store at ``db``, else $LABTASKER_DB, else the nearest ``.labtasker/queue.duckdb``
+        (``config.paths.locate_db``). Unless ``create``, a missing queue raises NoQueueError at
+        once and nothing is created; with it, the queue's directory is made now, the file at the
+        first transaction."""
+        path, looked_in = locate_db(db)
+        store = cls(path, create=create)
+        store.looked_in = looked_in
+        if create:
+            ensure_private_dir(path.parent)
+        else:
+            store.require()
+        return store
+
+    def require(self) -> None:
+        """Raise NoQueueError unless the queue file exists or may be created."""
+        if not self.create and not os.path.exists(self.path):
+            raise no_queue(self.looked_in)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"
@@ -137,7 +152,7 @@ class QueueFile:
                 txn.attachment = (attached.serial, attached.uses)
                 try:
                     yield txn
-                    txn.flush()
+                    txn.settle()
                 except BaseException:
                     with contextlib.suppress(duckdb.Error):
                         con.execute("ROLLBACK")
@@ -183,6 +198,7 @@ class QueueFile:
         """A new attachment (schema checked); None at once, unless ``wait``, while another
         process holds the file."""
         if not os.path.exists(self.path):
+            self.require()
             self._create()
         con = _connection()
         serial = next(_aliases)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dispatcher.core.deps import FINAL_STATES as DEP_FINAL
 from dispatcher.core.models import ACTIVE_STATES, Task, TaskState, check_transition
 from dispatcher.errors import IllegalTransitionError, StoreError, TaskNotFoundError
 from dispatcher.store.schema import (
@@ -74,6 +75,7 @@ _COL_TYPES = {
     "started_at": "TIMESTAMP",
     "finished_at": "TIMESTAMP",
     "cancel_requested": "BOOLEAN",
+    "cancelled_by": "BIGINT",
     "gpu_memory": "BIGINT",
     "min_gpu_memory": "BIGINT",
 }
@@ -100,7 +102,7 @@ def plan_move(task: Task, req: MoveRequest, now: datetime) -> _Planned | None:
     sets: dict[str, Any] = {"state": new.value}
     if new is S.PENDING:
         sets.update(dict.fromkeys(("host", "gpu_ids", "run_id", "started_at", "finished_at")))
-        sets["cancel_requested"] = False
+        sets.update(cancel_requested=False, cancelled_by=None)
     elif new is S.LAUNCHING:
         sets.update(dict.fromkeys(("exit_code", "result", "started_at", "finished_at", "reason")))
         sets["attempt"] = task.attempt + 1
@@ -157,6 +159,16 @@ class Mover:
         #: any of them entered pending: a caller that knows the counts before can skip a read.
         self.delta: dict[TaskState, int] = {}
         self.to_pending = False
+        #: Tasks that reached a final state or entered pending in this transaction: the
+        #: tasks waiting for the former, and the latter, are looked at again before commit
+        #: (``Txn.settle``, ``store.depends``).
+        self.finished: set[int] = set()
+        self.entered: set[int] = set()
+        #: (id, reason) of the tasks the dependency rule cancelled in this transaction.
+        self.settled: list[tuple[int, str]] = []
+        #: False: the caller knows that no pending task waits for a task that may finish in
+        #: this transaction, so ``Txn.settle`` looks only at the tasks that entered pending.
+        self.waiters = True
 
     @property
     def con(self) -> Any:
@@ -353,6 +365,10 @@ class Mover:
             self.delta[p.old.state] = self.delta.get(p.old.state, 0) - 1
             self.delta[p.task.state] = self.delta.get(p.task.state, 0) + 1
             self.to_pending = self.to_pending or p.task.state is TaskState.PENDING
+            if p.task.state in DEP_FINAL:
+                self.finished.add(p.task.id)
+            elif p.task.state is TaskState.PENDING:
+                self.entered.add(p.task.id)
         attempts = [row for p in planned for row in p.attempt_rows]
         if attempts:
             self._con.execute(

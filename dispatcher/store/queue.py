@@ -32,20 +32,20 @@ class Store(QueueFile):
 
     def add(self, tasks: Sequence[NewTask], *, skip_existing: bool = False) -> AddResult:
         """Add fully formed tasks as pending; see ``Txn.add``."""
-        from dispatcher.store.add import insert, stage_tasks
+        from dispatcher.store.add import stage_tasks
 
         staged = stage_tasks(tasks)
         with self.transaction() as txn:
-            return insert(txn.con, staged, now=txn.now(), skip_existing=skip_existing)
+            return txn.insert(staged, skip_existing=skip_existing)
 
     def add_batch(self, batch: TaskBatch, *, skip_existing: bool = False) -> AddResult:
         """Render ``batch`` (before taking the lock), then add it in one transaction."""
-        from dispatcher.store.add import insert, stage_batch
+        from dispatcher.store.add import stage_batch
 
         staged = stage_batch(batch)
         try:
             with self.transaction() as txn:
-                return insert(txn.con, staged, now=txn.now(), skip_existing=skip_existing)
+                return txn.insert(staged, skip_existing=skip_existing)
         finally:
             staged.cleanup()
 

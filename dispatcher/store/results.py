@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from dispatcher.core.models import TaskState
 from dispatcher.errors import UsageError
 from dispatcher.store.edit import sql_in
 from dispatcher.store.schema import duckdb
+from dispatcher.store.selection import Column, Query, Selection, build, quote_ident, quote_literal
 
 if TYPE_CHECKING:
     from dispatcher.store.queue import Store
@@ -30,7 +30,7 @@ COPY_FORMATS: Mapping[str, str] = {
     "parquet": "FORMAT parquet",
 }
 #: The fixed columns of a results row, before the args.* and result.* ones.
-BASE_COLUMNS = ("id", "name", "state", "host", "gpus", "runtime", "exit_code")
+BASE_COLUMNS = ("id", "name", "state", "host", "gpus", "runtime", "exit_code", "reason")
 #: JSON structure types kept as typed columns; any other (mixed, arrays) stays JSON text.
 _TYPED = frozenset({"BOOLEAN", "BIGINT", "UBIGINT", "HUGEINT", "DOUBLE", "VARCHAR"})
 #: The views ``sql`` queries see; the table columns behind them keep their storage names.
@@ -39,30 +39,11 @@ VIEWS_SQL = (
     " priority, attempt, max_attempts, losses, timeout, gpus AS gpus_requested, host,"
     " gpu_ids AS gpus, run_id, exit_code, result::JSON AS result, created_at, started_at,"
     " finished_at, epoch(finished_at - started_at) AS runtime, reason, cancel_requested, after,"
-    " gpu_memory, gpu_type, min_gpu_memory FROM {db}.main.tasks",
+    " after_any, after_failed, gpu_memory, gpu_type, min_gpu_memory FROM {db}.main.tasks",
     "CREATE TEMP VIEW attempts AS SELECT task_id, attempt, run_id, host, gpu_ids AS gpus,"
     " outcome, exit_code, result::JSON AS result, started_at, finished_at,"
     " epoch(finished_at - started_at) AS runtime, reason FROM {db}.main.attempts",
 )
-
-
-@dataclass(frozen=True)
-class Column:
-    """One output column: its name and the SQL expression over the ``tasks`` table."""
-
-    name: str
-    sql: str
-    is_json: bool = False
-
-
-def quote_ident(name: str) -> str:
-    """``name`` as a double-quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(text: str) -> str:
-    """``text`` as a single-quoted SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _where(states: Iterable[TaskState] | None) -> str:
@@ -123,6 +104,7 @@ def columns(con: Any, states: Iterable[TaskState] | None = None, *, now: datetim
             f"round(epoch(coalesce(finished_at, TIMESTAMP {stamp}) - started_at), 3)",
         ),
         Column("exit_code", "exit_code"),
+        Column("reason", "reason"),
     ]
     seen = {c.name.lower() for c in cols}
     args_structure, result_structure = _structures(con, where)
@@ -136,12 +118,13 @@ def columns(con: Any, states: Iterable[TaskState] | None = None, *, now: datetim
                 unique = f"{name}#{n}"
             seen.add(unique.lower())
             target = quote_literal(_json_path(path))
+            key = (source, *path)
             if kind == "JSON":
-                cols.append(Column(unique, f"json_extract({source}, {target})", is_json=True))
+                cols.append(Column(unique, f"json_extract({source}, {target})", True, key))
             elif kind == "VARCHAR":
-                cols.append(Column(unique, f"{source} ->> {target}"))
+                cols.append(Column(unique, f"{source} ->> {target}", path=key))
             else:
-                cols.append(Column(unique, f"TRY_CAST({source} ->> {target} AS {kind})"))
+                cols.append(Column(unique, f"TRY_CAST({source} ->> {target} AS {kind})", path=key))
     return cols
 
 
@@ -180,11 +163,6 @@ def _decode(row: tuple[Any, ...], json_cols: Sequence[int]) -> tuple[Any, ...]:
         if out[i] is not None:
             out[i] = json.loads(out[i])
     return tuple(out)
-
-
-def count(con: Any, states: Iterable[TaskState] | None = None) -> int:
-    """How many tasks are in ``states`` (all when None)."""
-    return int(con.execute(f"SELECT count(*) FROM tasks{_where(states)}").fetchone()[0])
 
 
 def open_views(con: Any) -> None:
@@ -242,31 +220,84 @@ def _first_line(err: BaseException) -> str:
 # Whole operations on a store, each one transaction.
 
 
+def selected(
+    con: Any, states: Iterable[TaskState] | None, sel: Selection, *, now: datetime
+) -> Query:
+    """The queries of ``sel`` over the tasks in ``states``; a ``--where`` that is not one plain
+    condition, or that DuckDB cannot bind, is a one-line UsageError here, before any row is read."""
+    query = build(columns(con, states, now=now), f"tasks{_where(states)}", sel)
+    if sel.where is not None:
+        if not sel.where.strip():
+            raise UsageError("--where is empty; give a condition, e.g. --where 'result.acc > 0.9'")
+        try:
+            check_read_only(con, query.count)
+        except UsageError as err:
+            if str(err).startswith("SQL syntax error"):
+                raise UsageError(f"--where {sel.where!r}: {err}") from None
+            raise UsageError(
+                f"--where {sel.where!r} is not one SQL condition; e.g. --where"
+                " \"state = 'succeeded' AND args.lr < 0.1\""
+            ) from None
+    return query
+
+
+def _counted(con: Any, query: Query, sel: Selection) -> int:
+    """How many rows ``query`` selects; DuckDB's errors (a bad ``--where``) as one line."""
+    try:
+        return int(con.execute(query.count).fetchone()[0])
+    except duckdb.Error as err:
+        if sel.where is None:
+            raise
+        raise UsageError(f"--where {sel.where!r}: {_first_line(err)}") from None
+
+
 def read(
-    store: Store, states: Iterable[TaskState] | None = None, *, limit: int | None = None
+    store: Store,
+    states: Iterable[TaskState] | None = None,
+    *,
+    limit: int | None = None,
+    sel: Selection | None = None,
 ) -> tuple[list[str], list[tuple[Any, ...]], int]:
-    """Results rows (at most ``limit``), their column names, and how many tasks match in all."""
+    """Results rows (at most ``limit``), their column names, and how many rows match in all."""
+    sel = sel or Selection()
     with store.transaction() as txn:
-        query = select_sql(columns(txn.con, states, now=txn.now()), states)
-        if limit is not None:
-            query += f" LIMIT {max(0, int(limit))}"
-        names, rows = fetch(txn.con, query)
-        total = len(rows) if limit is None or len(rows) < limit else count(txn.con, states)
-    return names, rows, total
+        query = selected(txn.con, states, sel, now=txn.now())
+        total = _counted(txn.con, query, sel)
+        rows = query.rows if limit is None else f"{query.rows} LIMIT {max(0, int(limit))}"
+        try:
+            names, found = fetch(txn.con, rows)
+        except duckdb.Error as err:
+            if sel.where is None:
+                raise
+            raise UsageError(f"--where {sel.where!r}: {_first_line(err)}") from None
+    return names, found, total
 
 
-def frame(store: Store, states: Iterable[TaskState] | None = None) -> Any:
+def frame(
+    store: Store, states: Iterable[TaskState] | None = None, sel: Selection | None = None
+) -> Any:
     """Every matching task's results row as a pandas DataFrame (the caller checks for pandas)."""
+    sel = sel or Selection()
     with store.transaction() as txn:
-        return txn.con.execute(select_sql(columns(txn.con, states, now=txn.now()), states)).df()
+        query = selected(txn.con, states, sel, now=txn.now())
+        _counted(txn.con, query, sel)
+        return txn.con.execute(query.rows).df()
 
 
-def write(store: Store, fmt: str, dest: Path, states: Iterable[TaskState] | None = None) -> int:
+def write(
+    store: Store,
+    fmt: str,
+    dest: Path,
+    states: Iterable[TaskState] | None = None,
+    sel: Selection | None = None,
+) -> int:
     """Write every matching task's results row to ``dest`` in ``fmt``; returns the row count."""
+    sel = sel or Selection()
     with store.transaction() as txn:
-        cols = columns(txn.con, states, now=txn.now())
-        export(txn.con, select_sql(cols, states), fmt, dest)
-        return count(txn.con, states)
+        query = selected(txn.con, states, sel, now=txn.now())
+        total = _counted(txn.con, query, sel)
+        export(txn.con, query.rows, fmt, dest)
+        return total
 
 
 class _Rollback(Exception):

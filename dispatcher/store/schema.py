@@ -106,7 +106,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE IF NOT EXISTS host_status (host VARCHAR PRIMARY KEY,"
         " suspended_at TIMESTAMP NOT NULL, reason VARCHAR NOT NULL)",
     ),
-    # -> next: GPU needs: memory per GPU (the task may share its GPUs), card type, card size.
+    # 3 -> 4: the other two kinds of dependency (core.deps), and which dependency's outcome
+    # cancelled a task (so that retrying that one brings it back).
+    (
+        "ALTER TABLE tasks ADD COLUMN after_any BIGINT[] NOT NULL DEFAULT []",
+        "ALTER TABLE tasks ADD COLUMN after_failed BIGINT[] NOT NULL DEFAULT []",
+        "ALTER TABLE tasks ADD COLUMN cancelled_by BIGINT",
+    ),
+    # 4 -> 5: GPU needs: memory per GPU (the task may share its GPUs), card type, card size.
     (
         "ALTER TABLE tasks ADD COLUMN gpu_memory BIGINT",
         "ALTER TABLE tasks ADD COLUMN gpu_type VARCHAR",
@@ -118,8 +125,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 TASK_COLUMNS = (
     "id, state, args, template, command, name, priority, max_attempts, attempt, losses, timeout,"
     " gpus, host, gpu_ids, run_id, exit_code, result, created_at, started_at, finished_at,"
-    " reason, cancel_requested, after, batch, max_running, outputs, gpu_memory, gpu_type,"
-    " min_gpu_memory"
+    " reason, cancel_requested, after, batch, max_running, outputs, after_any, after_failed,"
+    " cancelled_by, gpu_memory, gpu_type, min_gpu_memory"
 )
 
 
@@ -213,7 +220,10 @@ def task_from_row(row: Sequence[Any]) -> Task:
         batch=row[23],
         max_running=row[24],
         outputs=tuple(row[25] or ()),
-        gpu_memory=row[26],
-        gpu_type=row[27],
-        min_gpu_memory=row[28],
+        after_any=row[26],
+        after_failed=row[27],
+        cancelled_by=row[28],
+        gpu_memory=row[29],
+        gpu_type=row[30],
+        min_gpu_memory=row[31],
     )

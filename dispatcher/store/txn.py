@@ -8,25 +8,35 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from dispatcher.core.deps import READY_STATES, DepKind
 from dispatcher.core.models import ACTIVE_STATES, NewTask, TaskState
+from dispatcher.store import depends
 from dispatcher.store import edit as store_edit
+from dispatcher.store.depends import HAS_DEPS
 from dispatcher.store.edit import SELECTED, filters, sql_in
 from dispatcher.store.move import Mover, MoveRequest, plan_move
 from dispatcher.store.schema import TASK_COLUMNS, from_db_time, task_from_row
 
 if TYPE_CHECKING:
     from dispatcher.core.models import Task
-    from dispatcher.store.add import AddResult, TaskBatch
+    from dispatcher.store.add import AddResult, Staged, TaskBatch
 
 __all__ = ["Attempt", "CancelResult", "MoveRequest", "Tally", "Txn", "plan_move"]
 
 S = TaskState
 _RETRYABLE = frozenset({S.FAILED, S.CANCELLED, S.LOST})
 _CANCELLABLE = ACTIVE_STATES | {S.PENDING}
+#: SQL condition on a dependency ``d`` (kind 0, 1, 2: after, after_any, after_failed) and the
+#: task ``s`` it names: ``core.deps.READY_STATES``.
+_DEP_HOLDS = " OR ".join(
+    f"(d.kind = {n} AND s.state IN ({sql_in(READY_STATES[kind])}))"
+    for n, kind in enumerate(DepKind)
+)
+_DEP_HOLDS = f"({_DEP_HOLDS})"
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class CancelResult:
     cancelled: list[int]
     requested: list[int]
     skipped: list[tuple[int, TaskState]]
+    waiting: list[int] = field(default_factory=list)  # cancelled as they waited (--after)
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,16 @@ class Txn(Mover):
             out[TaskState(state)] = n
         return out
 
+    def last_finished(self, state: TaskState, limit: int) -> tuple[list[Task], int]:
+        """The ``limit`` tasks in ``state`` that finished last (latest first), and how many
+        tasks are in that state."""
+        rows = self.con.execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE state = ?"
+            " ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT ?",
+            [state.value, max(0, limit)],
+        ).fetchall()
+        return [task_from_row(r) for r in rows], self.count(states=[state])
+
     def median_runtime(self) -> float | None:
         """Median seconds from start to finish of the succeeded tasks (None: none yet)."""
         row = self.con.execute(
@@ -148,7 +169,7 @@ class Txn(Mover):
         after = throttled = 0
         cancels: set[int] = set()
         for state, n, deps, limited, flagged in self.con.execute(
-            "SELECT state, count(*), count(*) FILTER (WHERE len(after) > 0),"
+            f"SELECT state, count(*), count(*) FILTER (WHERE {HAS_DEPS}),"
             " count(*) FILTER (WHERE max_running IS NOT NULL),"
             " list(id) FILTER (WHERE cancel_requested) FROM tasks GROUP BY state"
         ).fetchall():
@@ -160,9 +181,10 @@ class Txn(Mover):
         return Tally(counts, after, throttled, frozenset(cancels))
 
     def pending_candidates(self, limit: int, *, plain: bool = False) -> list[Task]:
-        """Pending tasks whose ``after`` tasks all succeeded, at most ``max_running`` of each
-        throttled sweep: priority high first, then id. ``plain``: the caller knows (``tally``)
-        that no pending task has dependencies or a throttle, so a plain top-N does."""
+        """Pending tasks whose dependencies all hold (``core.deps.READY_STATES``), at most
+        ``max_running`` of each throttled sweep: priority high first, then id. ``plain``: the
+        caller knows (``tally``) that no pending task has dependencies or a throttle, so a
+        plain top-N does."""
         if plain:
             rows = self.con.execute(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT id FROM tasks"
@@ -172,17 +194,20 @@ class Txn(Mover):
             ).fetchall()
             return [task_from_row(r) for r in rows]
         # Pick the ids first and fetch whole rows only for them (a top-N over every column of a
-        # million pending rows is several times slower). `ready`: pending, every `after` task
-        # succeeded. max_running = K: at most the first K *ready* tasks of a sweep
-        # (models.sweep_key) can start now, so the rest must not crowd other sweeps' tasks out
-        # of the LIMIT; counting only ready ones keeps a sweep moving past tasks whose
-        # dependencies failed.
+        # million pending rows is several times slower). `ready`: pending, every dependency
+        # holds (core.deps.READY_STATES, as SQL below). max_running = K: at most the first K
+        # *ready* tasks of a sweep (models.sweep_key) can start now, so the rest must not crowd
+        # other sweeps' tasks out of the LIMIT; counting only ready ones keeps a sweep moving
+        # past tasks that wait.
         rows = self.con.execute(
-            "WITH ready AS (SELECT id, priority, name, batch, max_running FROM tasks"
-            " WHERE state = 'pending' AND (len(after) = 0 OR id NOT IN (SELECT d.id FROM"
-            " (SELECT id, unnest(after) AS dep FROM tasks WHERE state = 'pending'"
-            " AND len(after) > 0) d LEFT JOIN tasks s ON s.id = d.dep AND s.state = 'succeeded'"
-            " WHERE s.id IS NULL))),"
+            "WITH deps AS (SELECT id, unnest(after) AS dep, 0 AS kind FROM tasks"
+            f" WHERE state = 'pending' AND {HAS_DEPS} UNION ALL"
+            f" SELECT id, unnest(after_any), 1 FROM tasks WHERE state = 'pending' AND {HAS_DEPS}"
+            " UNION ALL SELECT id, unnest(after_failed), 2 FROM tasks WHERE state = 'pending'"
+            f" AND {HAS_DEPS}),"
+            " ready AS (SELECT id, priority, name, batch, max_running FROM tasks"
+            f" WHERE state = 'pending' AND (NOT {HAS_DEPS} OR id NOT IN (SELECT d.id FROM deps d"
+            f" LEFT JOIN tasks s ON s.id = d.dep AND {_DEP_HOLDS} WHERE s.id IS NULL))),"
             " capped AS (SELECT id FROM (SELECT id, max_running, row_number() OVER (PARTITION BY"
             " coalesce(name, 'batch ' || batch) ORDER BY priority DESC, id) AS rn FROM ready"
             " WHERE max_running IS NOT NULL) WHERE rn <= max_running)"
@@ -284,13 +309,16 @@ class Txn(Mover):
         skipped: list[tuple[int, TaskState]] = sorted(
             (i, s) for s, found in by_state.items() if s not in _CANCELLABLE for i in found
         )
-        return CancelResult(by_state.get(S.PENDING, []), requested, skipped)
+        waiting = [i for i, _ in self.settle()]  # those that waited `after` a cancelled task
+        return CancelResult(by_state.get(S.PENDING, []), requested, skipped, waiting)
 
     def retry(
         self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None
     ) -> list[int]:
         """Send selected failed, cancelled or lost tasks back to pending (attempt count kept,
-        losses reset, outcome cleared; history stays in ``attempts``). Others are refused."""
+        losses reset, outcome cleared; history stays in ``attempts``), with the tasks their
+        outcome cancelled (``store.depends``); the ids left pending (one whose other dependency
+        can no longer hold is cancelled again). Others are refused."""
         store_edit.select(self.con, self.path, ids, states)
         store_edit.refuse(
             self.con, _RETRYABLE, "only failed, cancelled or lost tasks can be retried"
@@ -298,23 +326,46 @@ class Txn(Mover):
         fields = {"exit_code": None, "result": None, "reason": None, "losses": 0}
         found = self.con.execute(f"SELECT id FROM tasks WHERE {SELECTED} ORDER BY id").fetchall()
         moved = [r[0] for r in found]
+        # With them, the tasks their outcome cancelled (``store.depends``), down the chains.
+        moved += depends.brought_back(self, moved)
         self.move_many([MoveRequest(i, S.PENDING, None, fields) for i in moved])
-        return moved
+        again = {i for i, _ in self.settle()}  # another dependency still cannot hold
+        return [i for i in moved if i not in again]
+
+    def settle(self, *, everything: bool = False) -> list[tuple[int, str]]:
+        """Write deferred moves, then apply the dependency rule to the tasks they (and this
+        transaction's other moves and adds) concern; called before every commit. Returns the
+        (id, reason) of the tasks it cancelled. ``everything``: every pending task with
+        dependencies, as after an upgrade from a queue that had no such rule."""
+        self.flush()
+        cancelled = depends.settle(self, everything=everything)
+        self.settled += cancelled
+        return cancelled
 
     def add(self, tasks: Sequence[NewTask], *, skip_existing: bool = False) -> AddResult:
         """Add fully formed tasks as pending. Ids are new (never reused) and contiguous;
         ``duplicates`` lists input indexes whose command equals a pending, launching, running or
         succeeded task's; ``skip_existing`` leaves those out."""
-        from dispatcher.store.add import insert, stage_tasks
+        from dispatcher.store.add import stage_tasks
 
-        return insert(self.con, stage_tasks(tasks), now=self.now(), skip_existing=skip_existing)
+        return self.insert(stage_tasks(tasks), skip_existing=skip_existing)
 
     def add_batch(self, batch: TaskBatch, *, skip_existing: bool = False) -> AddResult:
         """Add a rendered-on-the-fly batch (``queue add``); see ``add`` for the result."""
-        from dispatcher.store.add import insert, stage_batch
+        from dispatcher.store.add import stage_batch
 
         staged = stage_batch(batch)
         try:
-            return insert(self.con, staged, now=self.now(), skip_existing=skip_existing)
+            return self.insert(staged, skip_existing=skip_existing)
         finally:
             staged.cleanup()
+
+    def insert(self, staged: Staged, *, skip_existing: bool = False) -> AddResult:
+        """Insert staged tasks (``store.add``); those with dependencies are settled before
+        commit (``store.depends``): they wait for a task, or are cancelled at once."""
+        from dispatcher.store.add import insert
+
+        result = insert(self.con, staged, now=self.now(), skip_existing=skip_existing)
+        if any(staged.deps.values()):
+            self.entered.update(result.ids)
+        return result

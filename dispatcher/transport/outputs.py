@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dispatcher.core.globs import glob_problem
+from dispatcher.core.words import plural
 
 #: Default cap on the bytes copied back per task (hosts.toml ``outputs_max_size``).
 DEFAULT_MAX_BYTES = 1024**3
@@ -252,4 +253,4 @@ def describe(report: FetchReport, limit: int) -> str | None:
         f"; +{len(report.skipped) - 3} more" if len(report.skipped) > 3 else ""
     )
     cap = f" (cap {limit // 1024**2} MiB: raise outputs_max_size)" if report.over_limit else ""
-    return f"left out {len(report.skipped)} output(s){cap}: {shown}"
+    return f"left out {plural(len(report.skipped), 'output')}{cap}: {shown}"

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dispatcher.core.models import Task, TaskState
+from dispatcher.core.words import EMPTY_QUEUE
 
 if TYPE_CHECKING:
     from dispatcher.dispatch.loop import Snapshot
@@ -90,7 +91,7 @@ def counts_line(counts: Mapping[TaskState, int]) -> Text:
             text.append(" · ", style="dim")
         text.append(f"{counts[state]} {state}", style=STATE_STYLE[state])
     if not shown:
-        text.append("the queue is empty", style="dim")
+        text.append(EMPTY_QUEUE, style="dim")
     return text
 
 
@@ -281,6 +282,30 @@ def hosts_table(rows: Sequence[HostCheck]) -> Table:
     return table
 
 
+def add_reason_column(table: Table) -> None:
+    """The reason column: wrapped, never cut, and never squeezed below a readable width."""
+    table.add_column("reason", overflow="fold", min_width=24)
+
+
+def failures_table(tasks: Sequence[Task], *, now: datetime | None = None) -> Table:
+    """The failed tasks ``labtasker status`` lists under the running ones: where each ran,
+    when it ended and why (``labtasker queue show ID`` has every attempt)."""
+    table = Table(box=None, header_style="bold", pad_edge=False, title_justify="left")
+    table.add_column("failed", justify="right", no_wrap=True)
+    has_name = any(t.name for t in tasks)
+    if has_name:
+        table.add_column("name", no_wrap=True)
+    table.add_column("host", no_wrap=True)
+    table.add_column("ended", justify="right", no_wrap=True)
+    add_reason_column(table)
+    for t in tasks:
+        row = [str(t.id), *([t.name or ""] if has_name else []), t.host or ""]
+        ago = since(t.finished_at, now)
+        row += ["" if ago is None else f"{format_duration(ago)} ago", t.reason or ""]
+        table.add_row(*row)
+    return table
+
+
 def ls_table(tasks: Sequence[Task]) -> Table:
     """The ``queue ls`` table; name, priority, host:gpus and attempt appear only when needed."""
     table = Table(box=None, header_style="bold", pad_edge=False)
@@ -296,9 +321,13 @@ def ls_table(tasks: Sequence[Task]) -> Table:
     if any(t.attempt for t in tasks):
         columns.append(("attempt", lambda t: f"{t.attempt}/{t.max_attempts}" if t.attempt else ""))
     columns.append(("age", lambda t: format_duration(since(t.created_at))))
+    if any(t.reason for t in tasks):
+        columns.append(("reason", lambda t: t.reason or ""))
     for title, _ in columns:
-        if title == "args":  # the one column that may be long: cut it, never wrap rows
+        if title == "args":  # a long one that may be cut: args are in `queue show`
             table.add_column(title, overflow="ellipsis", no_wrap=True, max_width=50)
+        elif title == "reason":
+            add_reason_column(table)
         else:
             right = title in ("id", "priority", "attempt", "age")
             table.add_column(title, justify="right" if right else "left", no_wrap=True)

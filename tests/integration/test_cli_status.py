@@ -6,6 +6,7 @@ import json
 import re
 
 from dispatcher.core.models import TaskState
+from dispatcher.core.words import EMPTY_QUEUE
 from dispatcher.store.queue import Store
 from tests.integration.conftest import Lab, finish, wait
 
@@ -19,7 +20,8 @@ def normalise(text: str) -> str:
 
 def test_status_shows_running_tasks_with_their_last_output(lab: Lab) -> None:
     hosts = lab.hosts_toml("gpu2", "cpu")
-    assert normalise(lab.ok("status")) == "Nothing is running.\nthe queue is empty"
+    Store(lab.db).counts()  # a queue without tasks
+    assert normalise(lab.ok("status")) == f"Nothing is running.\n{EMPTY_QUEUE}"
     # --gpus 0 needs a slot: only cpu has slots, so the placement does not depend on which host
     # connects first.
     (named,) = lab.add(

@@ -119,7 +119,7 @@ def test_forever_waits_for_new_tasks_and_ctrl_c_leaves_them_running(lab: Lab) ->
     proc.send_signal(signal.SIGINT)
     code, out, err = finish(proc)
     assert code == 130, (out, err)
-    assert "Stopped launching. 1 task(s) keep running on their hosts" in out
+    assert "Stopped launching. 1 task keeps running on its host" in out
     assert lab.task(long)["state"] == "running"
     runs = lab.hosts.gpu1.home / ".labtasker" / "runs" / lab.task(long)["run_id"]
     assert (runs / "started.json").exists() and not (runs / "exit.json").exists()

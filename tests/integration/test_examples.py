@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -159,10 +160,10 @@ def test_api_example_queues_dispatches_and_reports(local: Local) -> None:
     argv = [sys.executable, str(EXAMPLES / "api.py"), "--db", str(local.db)]
     done = local.run([*argv, "--hosts", str(local.hosts)])
     assert done.returncode == 0, (done.stdout, done.stderr)
-    assert "queued 7 new task(s)" in done.stdout and "7 succeeded; best: task" in done.stdout
+    assert "queued 7 new tasks" in done.stdout and "7 succeeded; best: task" in done.stdout
     assert re.search(r"lr=0\.5 +mean val loss [0-9.]+ over 1 run", done.stdout), done.stdout
     again = local.run(argv)
-    assert "queued 0 new task(s)" in again.stdout and "labtasker dispatch" in again.stdout
+    assert "queued 0 new tasks" in again.stdout and "labtasker dispatch" in again.stdout
 
 
 def test_hosts_jump_toml_loads_and_matches_its_ssh_config() -> None:
@@ -188,3 +189,23 @@ def test_hosts_jump_toml_loads_and_matches_its_ssh_config() -> None:
                 blocks[name][key] = value.strip()
     assert blocks["gpu-a"]["ProxyJump"] == blocks["gpu-b"]["ProxyJump"] == "lab-gw"
     assert "ProxyJump" not in blocks["lab-gw"] and "HostName" in blocks["lab-gw"]
+
+
+def test_sweep_toml_runs_train_py(local: Local) -> None:
+    """examples/sweep.toml with examples/train.py in the workdir: 24 tasks succeed (as CPU
+    tasks: flags on the command line win over the file's gpus = 1), each with its result and
+    its out/*.json copied back."""
+    shutil.copy(EXAMPLES / "train.py", local.root / "work" / "train.py")
+    preview = local.ok("queue", "add", "--file", str(EXAMPLES / "sweep.toml"), "--dry-run")
+    assert preview.count("python train.py --lr ") == 24, preview
+    local.ok("queue", "add", "--file", str(EXAMPLES / "sweep.toml"), "--gpus", "0")
+    done = local.cli("dispatch", "--hosts", str(local.hosts))
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    rows = local.results()
+    assert len(rows) == 24 and {r["state"] for r in rows} == {"succeeded"}
+    points = {(r["args.lr"], r["args.seed"], r["args.model"], r["args.repeat"]) for r in rows}
+    assert len(points) == 24 and {r["args.epochs"] for r in rows} == {10}
+    assert all(0 < r["result.acc"] < 1 and r["result.val.loss"] > 0 for r in rows)
+    outputs = local.root / "queue.outputs"
+    for r in rows:
+        assert (outputs / str(r["id"]) / "out" / f"{r['id']}.json").is_file(), r["id"]

@@ -97,7 +97,7 @@ def test_the_python_api_refuses_an_unsafe_command(lab: Lab) -> None:
     q = Queue(lab.db)
     with pytest.raises(UnsafeTemplateError, match=r"inside \$\(\.\.\.\)"):
         q.add(UNSAFE, args=[{"x": 1}])
-    assert q.tasks() == []
+    assert not q.path.exists()  # refused before anything was created
     assert q.add("echo '%{x}'", args=[{"x": "a'b"}]) == [1]
     assert q.tasks()[0]["command"] == "echo 'a'\\''b'"
 

@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 from dispatcher import Queue
 from dispatcher.cli import _register, app
 from dispatcher.core.models import TaskState
-from dispatcher.errors import IllegalTransitionError, SweepError, TemplateError, UsageError
+from dispatcher.errors import (
+    IllegalTransitionError,
+    NoQueueError,
+    SweepError,
+    TemplateError,
+    UsageError,
+)
 
 S = TaskState
 _register()
@@ -45,7 +51,9 @@ def test_default_queue_is_the_clis(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert [t["id"] for t in listed] == ids
     monkeypatch.setenv("LABTASKER_DB", str(tmp_path / "env.duckdb"))
     assert Queue().path == tmp_path / "env.duckdb"
-    assert Queue().tasks() == []
+    with pytest.raises(NoQueueError, match="no queue here"):  # only add creates a queue
+        Queue().tasks()
+    assert not (tmp_path / "env.duckdb").exists()
 
 
 def test_add_grid_args_and_settings(q: Queue) -> None:
@@ -99,7 +107,7 @@ def test_add_errors_add_nothing(
 ) -> None:
     with pytest.raises(error, match=message):
         q.add("run %{lr}", **kwargs)
-    assert q.tasks() == []
+    assert not q.path.exists() or q.tasks() == []
 
 
 def test_empty_command_is_refused(q: Queue) -> None:
@@ -201,4 +209,4 @@ def test_bad_random_throttle_or_outputs_add_nothing(
 ) -> None:
     with pytest.raises(UsageError, match=message):
         q.add("run %{lr}", grid={"lr": [1]} if "random" not in kwargs else None, **kwargs)
-    assert q.tasks() == []
+    assert not q.path.exists() or q.tasks() == []

@@ -1,6 +1,8 @@
 """The readiness and per-sweep throttle rules exist twice: in SQL (``pending_candidates``, which
-picks what placement sees) and in Python (``models.sweep_key``, the group the scheduler counts
-active tasks in). This test holds the two equal on generated queues in real DuckDB files."""
+picks what placement sees) and in Python (``core.deps.verdict``, the dependency rule the store
+applies, and ``models.sweep_key``, the group the scheduler counts active tasks in). This test
+holds the two equal on generated queues in real DuckDB files, with all three kinds of
+dependency on tasks in every state."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dispatcher.core.deps import deps_of, verdict
 from dispatcher.core.models import NewTask, Task, TaskState, sweep_key
 from dispatcher.store.queue import Store
 
@@ -21,8 +24,12 @@ task_spec = st.fixed_dictionaries(
         "name": st.sampled_from([None, "a", "b"]),
         "priority": st.integers(-1, 1),
         "max_running": st.sampled_from([None, 1, 2]),
-        "state": st.sampled_from(["pending", "pending", "pending", "succeeded", "failed"]),
+        "state": st.sampled_from(
+            ["pending", "pending", "pending", "succeeded", "failed", "cancelled", "running"]
+        ),
         "deps": st.lists(st.integers(0, 11), max_size=2),
+        "deps_any": st.lists(st.integers(0, 11), max_size=2),
+        "deps_failed": st.lists(st.integers(0, 11), max_size=1),
     }
 )
 queues = st.lists(st.lists(task_spec, min_size=1, max_size=4), min_size=1, max_size=4)
@@ -30,12 +37,12 @@ queues = st.lists(st.lists(task_spec, min_size=1, max_size=4), min_size=1, max_s
 
 def expected(tasks: list[Task], limit: int) -> list[int]:
     """The rule as the docs state it, in plain Python over the rows."""
-    by_id = {t.id: t for t in tasks}
+    states = {t.id: t.state for t in tasks}
     ready = [
         t
         for t in tasks
         if t.state is TaskState.PENDING
-        and all(d in by_id and by_id[d].state is TaskState.SUCCEEDED for d in t.after)
+        and verdict(deps_of(t.after, t.after_any, t.after_failed), states).ready
     ]
     ready.sort(key=lambda t: (-t.priority, t.id))
     seen: dict[str, int] = {}
@@ -64,7 +71,10 @@ def test_sql_candidates_follow_the_python_rule(
             news: list[NewTask] = []
             first = next_id
             for spec in add:
-                deps = tuple(d for d in spec["deps"] if isinstance(d, int) and 0 < d < first)
+                deps, deps_any, deps_failed = (
+                    tuple(d for d in spec[key] if isinstance(d, int) and 0 < d < first)
+                    for key in ("deps", "deps_any", "deps_failed")
+                )
                 news.append(
                     NewTask(
                         args={"i": next_id},
@@ -74,6 +84,8 @@ def test_sql_candidates_follow_the_python_rule(
                         priority=spec["priority"],
                         max_running=spec["max_running"],
                         after=deps,
+                        after_any=deps_any,
+                        after_failed=deps_failed,
                     )
                 )
                 states[next_id] = str(spec["state"])

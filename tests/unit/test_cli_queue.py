@@ -188,13 +188,17 @@ def test_duplicates_warn_and_can_be_skipped(db: Path) -> None:
 
 
 def test_ls_table_filters_and_footer(db: Path) -> None:
-    assert ok(db, "queue", "ls") == "The queue is empty.\n"
+    Store(db).counts()  # a queue without tasks
+    assert ok(db, "queue", "ls") == "The queue is empty; add tasks with `labtasker queue add`.\n"
     ok(db, "queue", "add", "--grid", "seed=1,2,3,4,5", "--cmd", "x %{seed}", "--name", "nm")
     Store(db).cancel([2])
     out = ok(db, "queue", "ls", "--limit", "3")
     lines = out.splitlines()
-    assert lines[0].split() == ["id", "name", "state", "args", "age"]
+    assert lines[0].split() == ["id", "name", "state", "args", "age", "reason"]
     assert lines[1].split()[:4] == ["1", "nm", "pending", "seed=1"]
+    assert lines[2].split()[-3:] == ["cancelled", "by", "user"]
+    out = ok(db, "queue", "ls", "--state", "pending")
+    assert out.splitlines()[0].split() == ["id", "name", "state", "args", "age"]  # no reasons
     assert lines[-1] == "… 2 more not shown (use --limit N, --state, or --json for all)"
     out = ok(db, "queue", "ls", "--state", "cancelled")
     assert [line.split()[0] for line in out.splitlines()[1:]] == ["2"]
@@ -242,7 +246,7 @@ def test_retry_update_and_rm(db: Path) -> None:
         2,
         "Error: task 2 is running; cancel it first (`labtasker queue cancel ID`)\n",
     )
-    assert ok(db, "queue", "rm", "3") == "Removed 1 task (ids 3).\n"
+    assert ok(db, "queue", "rm", "3") == "Removed 1 task (id 3).\n"
     assert ok(db, "queue", "retry", "--failed") == "No tasks to retry.\n"
 
 
@@ -253,13 +257,13 @@ BAD_INPUTS = [
     (["queue", "add", "--cmd", "x %{lr"], "has no closing '}'"),
     (["queue", "add", "--cmd", "x", "--", "y"], "either --cmd TEXT or words after --"),
     (["queue", "add", "--grid", "a=1"], "no command given"),
-    (["queue", "add", "--cmd", "x", "--after", "99"], "--after names task(s) 99"),
+    (["queue", "add", "--cmd", "x", "--after", "99"], "--after names task 99"),
     (["queue", "add", "--cmd", "x", "--file", "nope.jsonl"], "cannot read nope.jsonl"),
     (["queue", "add", "--cmd", "x", "--timeout", "-1"], "timeout must be a positive"),
     (["queue", "add", "--cmd", "x", "--timeout", "10x"], 'positive duration like 30, "30s"'),
     (["queue", "add", "--cmd", "x", "--grid", "lr=1,,2"], "--grid 'lr=1,,2': empty value"),
     (["queue", "add", "--cmd", "x", "--grid", "lr=1,"], "a grid value cannot be empty"),
-    (["queue", "cancel", "1", "99"], "task(s) 99 not in the queue"),
+    (["queue", "cancel", "1", "99"], "task 99 not in the queue"),
     (["queue", "cancel"], "name the tasks to cancel"),
     (["queue", "ls", "--state", "runing"], "unknown state 'runing'; valid states: pending"),
     (["queue", "update", "1"], "nothing to change"),
@@ -313,7 +317,7 @@ def test_end_to_end_through_the_entry_point(tmp_path: Path) -> None:
     assert [t["command"] for t in json.loads(listing.stdout)] == ["echo 1", "echo 2"]
     bad = cli("queue", "cancel", "7", env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert bad.stderr.startswith("Error: task(s) 7 not in the queue")
+    assert bad.stderr.startswith("Error: task 7 not in the queue")
 
 
 @pytest.fixture
@@ -378,7 +382,8 @@ def test_a_read_only_directory_is_a_clear_error(locked: Path, unprivileged: list
     assert existing.returncode == 2 and "Traceback" not in existing.stderr
     assert existing.stderr.startswith(f"Error: cannot write the queue file {db}")
     assert Store(db).tasks() == []
-    assert as_user("queue", "ls").stdout == "The queue is empty.\n"  # reading still works
+    listing = as_user("queue", "ls").stdout  # reading still works
+    assert listing == "The queue is empty; add tasks with `labtasker queue add`.\n"
 
 
 def test_random_max_running_and_outputs_from_flags(db: Path) -> None:
@@ -401,7 +406,7 @@ def test_edited_random_sweep_resubmits_only_new_points(db: Path, tmp_path: Path)
     body += "lr = { uniform = [0, 1] }\nn = { randint = [1, 1000000] }\n"
     sweep.write_text(body + "samples = 4\n")
     preview = ok(db, "queue", "add", "--file", str(sweep), "--dry-run").splitlines()
-    assert len(preview) == 4 and listed(db) == []
+    assert len(preview) == 4 and not db.exists()  # a preview creates no queue
     ok(db, "queue", "add", "--file", str(sweep))
     assert [t["command"] for t in listed(db)] == preview
     sweep.write_text(body + "samples = 6\n")

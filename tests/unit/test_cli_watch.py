@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher.core.words import EMPTY_QUEUE
+from dispatcher.store.queue import Store
 from tests.loop_lab import DEADLINE, REPO
 
 
@@ -38,6 +40,7 @@ def test_watch_refuses_an_interval_under_a_tenth_of_a_second(tmp_path: Path, int
 
 
 def test_watch_into_a_pipe_prints_a_frame_each_interval_until_sigint(tmp_path: Path) -> None:
+    Store(tmp_path / "queue.duckdb").counts()  # a queue without tasks
     argv = [sys.executable, "-m", "dispatcher", "--db", str(tmp_path / "queue.duckdb")]
     proc = subprocess.Popen(
         [*argv, "status", "--watch", "--interval", "0.2"], cwd=tmp_path, env=cli_env(),
@@ -65,5 +68,5 @@ def test_watch_into_a_pipe_prints_a_frame_each_interval_until_sigint(tmp_path: P
     assert seen.count(b"Nothing is running.") >= 2, (out, err)
     assert proc.returncode == 0, (out, err)
     frames = out.split("-- ")[1:]
-    assert len(frames) >= 2 and all("the queue is empty" in f for f in frames), out
+    assert len(frames) >= 2 and all(EMPTY_QUEUE in f for f in frames), out
     assert "\x1b[" not in out  # plain text: no colours, no cursor moves

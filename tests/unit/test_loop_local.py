@@ -155,7 +155,7 @@ async def test_a_restarted_controller_adopts_its_tasks_and_starts_none_twice(
     assert lab.running_pids() == []
 
 
-async def test_after_waits_for_success_and_a_failed_dependency_never_runs(
+async def test_after_waits_for_success_and_a_failed_dependency_cancels_its_waiter(
     make_lab: MakeLab,
 ) -> None:
     lab = make_lab({"a": 2, "b": 2})
@@ -164,12 +164,13 @@ async def test_after_waits_for_success_and_a_failed_dependency_never_runs(
     (broken,) = lab.add(1, exit_code=2)
     (blocked,) = lab.add(1, options=("--after", str(broken)))
     code, _ = await lab.dispatch()
-    assert code == 1  # one failed, one can never start
+    assert code == 1  # one failed; the one waiting for it can never start
     journal = [(e.event, e.task) for e in lab.journal()]
     assert journal.index(("start", second)) > journal.index(("end", first)), journal
     assert_ran_once(lab, [first, second])
     tasks = lab.tasks()
-    assert tasks[broken].state == "failed" and tasks[blocked].state == "pending"
+    assert tasks[broken].state == "failed" and tasks[blocked].state == "cancelled"
+    assert tasks[blocked].reason == f"dependency {broken} failed"
     assert lab.start_counts()[blocked] == 0
 
 

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from dispatcher.cli import _register, app
 from dispatcher.core.models import NewTask, TaskState
+from dispatcher.core.words import EMPTY_QUEUE
 from dispatcher.errors import UsageError
 from dispatcher.store import results
 from dispatcher.store.queue import Store
@@ -85,7 +86,7 @@ def test_columns_flatten_args_and_nested_results(store: Store) -> None:
     names, _, total = results.read(store)
     assert total == 3
     assert names == [
-        "id", "name", "state", "host", "gpus", "runtime", "exit_code",
+        "id", "name", "state", "host", "gpus", "runtime", "exit_code", "reason",
         "args.lr", "args.model.depth", "args.model.act",
         "result.acc", "result.val.loss", "result.val.top5", "result.tags",
     ]  # fmt: skip
@@ -130,7 +131,7 @@ def test_state_filter_limits_rows_and_keys(store: Store) -> None:
     assert total == 1 and [r[0] for r in rows] == [ok]
     assert "result.acc" in names and "result.traceback_lines" not in names
     names, rows, total = results.read(store, [S.PENDING])
-    assert (rows, total) == ([], 0) and names[-1] == "exit_code"
+    assert (rows, total) == ([], 0) and names[-1] == "reason"
 
 
 def test_key_case_clash_gets_a_distinct_column(store: Store) -> None:
@@ -189,7 +190,7 @@ def test_every_leaf_comes_back_in_its_column(memory_con: Any, result: dict[str, 
     # Keys differing only in case share a name; the clash gets a suffix (tested above).
     if len({k.lower() for k in expected}) == len(expected):
         assert {k: row[k] for k in expected} == expected
-    assert len(names) == 7 + len(expected)
+    assert len(names) == len(results.BASE_COLUMNS) + len(expected)
 
 
 def results_now() -> Any:
@@ -268,8 +269,9 @@ def test_results_usage_errors_exit_2(db: Path, args: list[str], message: str) ->
 
 
 def test_results_on_an_empty_queue_and_unwritable_output(db: Path, tmp_path: Path) -> None:
+    Store(db).counts()  # a queue without tasks
     done = run(db, "results")
-    assert done.exit_code == 0 and "No tasks." in done.output
+    assert done.exit_code == 0 and EMPTY_QUEUE in done.output
     done = run(db, "results", "-o", str(tmp_path / "missing-dir" / "r.csv"))
     assert done.exit_code == 2 and "cannot write" in done.output and "missing-dir" in done.output
 
@@ -405,7 +407,8 @@ def test_real_entry_point(sweep: Store) -> None:
         capture_output=True, text=True, cwd=REPO, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("id,name,state,host,gpus,runtime,exit_code,args.size,args.lr")
+    head = "id,name,state,host,gpus,runtime,exit_code,reason,args.size,args.lr"
+    assert done.stdout.startswith(head)
     assert len(done.stdout.splitlines()) == 13
     done = subprocess.run(
         [*argv, "sql", "DELETE FROM tasks"], capture_output=True, text=True, cwd=REPO, check=False

@@ -221,11 +221,17 @@ def test_many_hosts_are_summarised_under_200_chars() -> None:
     assert p.waiting[3] == "no free slot: x suspended: 5 failures in a row"
 
 
-def test_long_foreign_texts_and_reasons_are_clipped() -> None:
+def test_long_foreign_texts_and_reasons_are_summarised_not_cut() -> None:
     hosts = [host("a", 1, foreign={0: "x" * 500}), host("b", 1, usable=False, reason="y" * 500)]
     why = plan([task(1)], hosts).waiting[1]
-    assert len(why) < 200
-    assert why.startswith("no free GPU: a GPU 0: xxx") and "..." in why
+    assert why == "no free GPU: a 1/1 GPUs busy (1 by others); +1 more hosts"
+
+
+def test_an_unusable_hosts_detail_is_dropped_whole_never_cut() -> None:
+    reason = "suspended after 5 failures in a row (" + "could not start: " + "z" * 300 + ")"
+    hosts = [host("a", slots=1, usable=False, reason=reason)]
+    why = plan([task(1, gpus=0)], hosts).waiting[1]
+    assert why == "no free slot: a suspended after 5 failures in a row"
 
 
 def test_an_id_given_twice_is_decided_once() -> None:

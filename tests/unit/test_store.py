@@ -71,13 +71,13 @@ def sql(store: Store, query: str) -> list[tuple[Any, ...]]:
 
 
 def test_new_file_is_private_and_versioned(tmp_path: Path) -> None:
-    store = Store.open_default(tmp_path / "sub" / "q.duckdb")
+    store = Store.open_default(tmp_path / "sub" / "q.duckdb", create=True)
     assert store.counts() == dict.fromkeys(TaskState, 0)
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
     meta = sql(store, "SELECT key, value FROM meta ORDER BY key")
     assert meta[0] == ("next_id", 1) and meta[2] == ("schema_version", SCHEMA_VERSION)
     assert meta[1][0] == "queue_id" and meta[1][1] == store.queue_id() > 0
-    other = Store.open_default(tmp_path / "other.duckdb")
+    other = Store.open_default(tmp_path / "other.duckdb", create=True)
     assert other.queue_id() != store.queue_id()  # random: 52 bits
     assert sorted(os.listdir(tmp_path / "sub")) == ["q.duckdb"]  # no temp leftovers
 
@@ -86,7 +86,7 @@ def test_default_location_is_a_private_dot_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    store = Store.open_default(None)
+    store = Store.open_default(None, create=True)
     add(store)
     assert store.path == tmp_path / ".labtasker" / "queue.duckdb"
     assert stat.S_IMODE(os.stat(tmp_path / ".labtasker").st_mode) == 0o700

@@ -1,0 +1,123 @@
+"""Where the queue is: found upward from the current directory as git finds ``.git``; only adding
+tasks creates one; ``--db`` and ``$LABTASKER_DB`` win; a command that only uses a queue and finds
+none says so in one line and creates nothing (docs/queue.md "Where the queue lives")."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from dispatcher import Queue
+from dispatcher.cli import _register, app
+from dispatcher.errors import NoQueueError
+
+_register()
+
+#: Every command that uses a queue without adding tasks (``dispatch`` gets a hosts file).
+READERS: list[list[str]] = [
+    ["queue", "ls"],
+    ["queue", "ls", "--json"],
+    ["status"],
+    ["status", "--json"],
+    ["results"],
+    ["results", "--format", "csv"],
+    ["sql", "SELECT 1"],
+    ["logs", "1"],
+    ["queue", "cancel", "1"],
+    ["queue", "retry", "--failed"],
+    ["queue", "update", "1", "--priority", "2"],
+    ["queue", "rm", "1"],
+    ["hosts", "resume", "gpu-a"],
+]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path/proj`` with a subdirectory ``a/b``; no LABTASKER_DB; cwd unchanged."""
+    monkeypatch.delenv("LABTASKER_DB", raising=False)
+    (tmp_path / "proj" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "hosts.toml").write_text("[hosts.local]\n")
+    return tmp_path / "proj"
+
+
+def cli(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+def files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def no_queue(looked_in: str) -> str:
+    return (
+        f"Error: no queue here (looked in {looked_in}); add tasks with `labtasker queue add`,"
+        " or pass --db\n"
+    )
+
+
+def test_commands_that_only_use_a_queue_find_none_and_create_nothing(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = project / "a" / "b"
+    monkeypatch.chdir(here)
+    before = files(project.parent)
+    hosts = str(project.parent / "hosts.toml")
+    for argv in [*READERS, ["dispatch", "--hosts", hosts]]:
+        result = cli(*argv)
+        message = no_queue(f".labtasker/queue.duckdb in {here} and above")
+        assert (result.exit_code, result.stdout, result.stderr) == (1, "", message), argv
+    assert files(project.parent) == before  # no .labtasker anywhere
+
+
+def test_a_missing_db_or_env_path_is_named_and_nothing_is_created(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(project)
+    missing = project / "nonexistent" / "dir" / "q.duckdb"
+    before = files(project.parent)
+    for argv in READERS:
+        result = cli("--db", str(missing), *argv)
+        assert (result.exit_code, result.stderr) == (1, no_queue(str(missing))), argv
+    monkeypatch.setenv("LABTASKER_DB", str(missing))
+    result = cli("status")
+    assert (result.exit_code, result.stderr) == (1, no_queue(str(missing)))
+    assert files(project.parent) == before
+
+
+def test_the_queue_of_a_parent_directory_is_found_like_git(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(project)
+    assert cli("queue", "add", "--", "echo", "top").exit_code == 0
+    assert files(project) == [".labtasker", ".labtasker/queue.duckdb", "a", "a/b"]
+    monkeypatch.chdir(project / "a" / "b")
+    added = cli("queue", "add", "--", "echo", "deep")  # into the queue found above
+    assert added.stdout == "Added 1 task (id 2).\n"
+    listed = json.loads(cli("queue", "ls", "--json").stdout)
+    assert [t["command"] for t in listed] == ["echo top", "echo deep"]
+    assert not (project / "a" / "b" / ".labtasker").exists()
+    assert Queue().path == project / ".labtasker" / "queue.duckdb"  # the API finds it too
+    # --db and $LABTASKER_DB win over the search; adding to them creates them.
+    other = project.parent / "other.duckdb"
+    assert cli("--db", str(other), "queue", "add", "--", "echo", "elsewhere").exit_code == 0
+    monkeypatch.setenv("LABTASKER_DB", str(other))
+    assert [t["command"] for t in json.loads(cli("queue", "ls", "--json").stdout)] == [
+        "echo elsewhere"
+    ]
+
+
+def test_add_creates_the_queue_where_none_is_found(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(project / "a")
+    with pytest.raises(NoQueueError, match="no queue here"):  # the API reads nothing either
+        Queue().tasks()
+    assert files(project) == ["a", "a/b"]
+    assert Queue().add("echo %{x}", grid={"x": [1]}) == [1]
+    assert files(project / "a") == [".labtasker", ".labtasker/queue.duckdb", "b"]
+    assert os.stat(project / "a" / ".labtasker").st_mode & 0o777 == 0o700
