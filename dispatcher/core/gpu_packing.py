@@ -126,6 +126,19 @@ def leftover(chosen: Sequence[GpuSlot], need: GpuNeed) -> int:
     return sum((g.room or 0) - need.memory for g in chosen if not g.whole)
 
 
+def waiting_prefix(need: GpuNeed) -> str:
+    """How a waiting reason for ``need`` starts: "no GPU with 10 GiB free (type A100): "."""
+    from dispatcher.core.values import show_size
+
+    if need.memory is not None:
+        prefix = f"no GPU with {show_size(need.memory)} free"
+    else:
+        prefix = "no free GPU" if need.count == 1 else f"needs {need.count} free GPUs"
+    wants = [f"type {need.gpu_type}"] if need.gpu_type else []
+    wants += [f"at least {show_size(need.min_memory)}"] if need.min_memory else []
+    return prefix + (f" ({', '.join(wants)}): " if wants else ": ")
+
+
 def never_reason(gpus: Sequence[GpuSlot], need: GpuNeed) -> str | None:
     """Why no GPU of this fleet could ever take ``need`` (every GPU's name and size known), or
     None: "no GPU of type A100|H100", "no GPU with at least 40 GiB"."""

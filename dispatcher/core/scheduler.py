@@ -36,7 +36,8 @@ import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from dispatcher.core.gpu_packing import GpuNeed, GpuSlot, choose, leftover, never_reason, take
+from dispatcher.core import gpu_packing as packing
+from dispatcher.core.gpu_packing import GpuNeed, GpuSlot
 from dispatcher.core.reason_text import REASON_LIMIT, clip, plural, summary
 from dispatcher.core.values import show_size
 
@@ -165,13 +166,13 @@ class _Host:
 
     def take_gpus(self, n: int) -> tuple[int, ...]:
         taken, self.free_gpus = self.free_gpus[:n], self.free_gpus[n:]
-        take([self.slots[i] for i in taken], GpuNeed(n))
+        packing.take([self.slots[i] for i in taken], GpuNeed(n))
         self.budget = None if self.budget is None else self.budget - n
         return tuple(taken)
 
     def take_fit(self, chosen: tuple[GpuSlot, ...], need: GpuNeed) -> tuple[int, ...]:
         opened = sum(1 for g in chosen if g.sharers == 0)
-        take(chosen, need)
+        packing.take(chosen, need)
         self.free_gpus = [i for i in self.free_gpus if self.slots[i].whole]
         self.budget = None if self.budget is None else self.budget - opened
         return tuple(g.index for g in chosen)
@@ -263,12 +264,12 @@ class _Planner:
         for h in self.hosts:
             if not h.placeable:
                 continue
-            chosen = choose(list(h.slots.values()), need, max_sharers=h.max_sharers,
+            chosen = packing.choose(list(h.slots.values()), need, max_sharers=h.max_sharers,
                             budget=h.budget)  # fmt: skip
             if chosen is None:
                 continue
             opened = [g for g in chosen if g.whole]
-            score = (len(opened), leftover(chosen, need), -sum(g.room or 0 for g in opened),
+            score = (len(opened), packing.leftover(chosen, need), -sum(g.room or 0 for g in opened),
                      -h.free_count(), *h.rank[:2])  # fmt: skip
             if best is None or score < best[0]:
                 best = (score, h, chosen)  # type: ignore[assignment]
@@ -281,18 +282,12 @@ class _Planner:
         gpus = [g for h in self.hosts for g in h.slots.values()]
         if not self.all_known or not gpus or any(not g.name or g.total is None for g in gpus):
             return None
-        return never_reason(gpus, need)
+        return packing.never_reason(gpus, need)
 
     def fit_blocked(self, need: GpuNeed) -> str:
         """Why a task with GPU needs waits: the start state of the hosts with GPUs."""
-        if need.memory is not None:
-            prefix = f"no GPU with {show_size(need.memory)} free"
-        else:
-            prefix = "no free GPU" if need.count == 1 else f"needs {need.count} free GPUs"
-        wants = [f"type {need.gpu_type}"] if need.gpu_type else []
-        wants += [f"at least {show_size(need.min_memory)}"] if need.min_memory else []
-        prefix += f" ({', '.join(wants)}): " if wants else ": "
         hosts = [h for h in self.hosts if not h.known or h.total_gpus >= need.count]
+        prefix = packing.waiting_prefix(need)
         return _summary(prefix, [h.gpu_detail for h in hosts], [h.gpu_short for h in hosts])
 
     def impossible(self, kind: str, n: int) -> str | None:
@@ -389,18 +384,14 @@ def plan(
         if limit is not None and group is not None and running.get(group, 0) >= limit:
             waiting[c.id] = _clip(f"sweep {group} at its limit of {limit} running", REASON_LIMIT)
             continue
-        if need.constrained:
-            placement = planner.place_fit(c.id, need)
-        else:
-            placement = planner.place(c.id, kind, n)
+        fit = need.constrained
+        placement = planner.place_fit(c.id, need) if fit else planner.place(c.id, kind, n)
         if placement is not None:
             placements.append(placement)
             if c.group is not None:
                 running[c.group] = running.get(c.group, 0) + 1
         else:
-            waiting[c.id] = (
-                planner.fit_blocked(need) if need.constrained else planner.waiting(kind, n)
-            )
+            waiting[c.id] = planner.fit_blocked(need) if fit else planner.waiting(kind, n)
         taken = ("gpu" if placement.gpu_ids else "slot") if placement else kind
         planner.ahead["either" if taken == "default" else taken] += 1
     return Plan(tuple(placements), waiting, impossible)

@@ -124,23 +124,11 @@ def stage_batch(batch: TaskBatch) -> Staged:
         " ?::BIGINT AS gpu_memory, ?::VARCHAR AS gpu_type, ?::BIGINT AS min_gpu_memory"
         " FROM (" + " UNION ALL ".join(sql for sql, _ in selects) + ")"
     )
-    staged.params = [
-        batch.template,
-        batch.name,
-        batch.priority,
-        batch.max_attempts,
-        batch.timeout,
-        batch.gpus,
-        list(batch.after),
-        batch.max_running,
-        list(batch.outputs),
-        list(batch.after_any),
-        list(batch.after_failed),
-        batch.gpu_memory,
-        batch.gpu_type,
-        batch.min_gpu_memory,
-        *(p for _, ps in selects for p in ps),
-    ]
+    b = batch
+    staged.params = [b.template, b.name, b.priority, b.max_attempts, b.timeout, b.gpus,
+                     list(b.after), b.max_running, list(b.outputs), list(b.after_any),
+                     list(b.after_failed), b.gpu_memory, b.gpu_type, b.min_gpu_memory,
+                     *(p for _, ps in selects for p in ps)]  # fmt: skip
     return staged
 
 

@@ -223,7 +223,7 @@ async def test_a_schema_3_queue_is_upgraded_and_its_stuck_task_cancelled(lab: Lo
     con = duckdb.connect(str(lab.db))
     version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     con.close()
-    assert version == (schema.SCHEMA_VERSION,) == (4,)
+    assert version == (schema.SCHEMA_VERSION,) == (5,)
     code, lines = await lab.dispatch()  # its first round applies the rule to every task
     assert code == 0
     assert listed(lab.db)[2]["reason"] == "dependency 1 failed"
