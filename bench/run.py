@@ -35,6 +35,7 @@ BENCHMARKS = (
     "startup",
     "controller",
     "store_ops",
+    "gpu_packing",
 )
 DOC = REPO / "docs" / "benchmarks.md"
 

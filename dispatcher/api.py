@@ -88,6 +88,9 @@ class Queue:
         max_running: int | None = None,
         outputs: Sequence[str] = (),
         hosts: str | os.PathLike[str] | None = None,
+        gpu_memory: int | str | None = None,
+        gpu_type: str | None = None,
+        min_gpu_memory: int | str | None = None,
     ) -> list[int]:
         """Add tasks running ``cmd`` (a template with ``%{key}`` placeholders); the new ids.
 
@@ -98,7 +101,9 @@ class Queue:
         points once per dict; a key also set by the points raises SweepError); without, each
         dict is one task; neither gives one task with no args. A point repeating an earlier
         one is dropped. ``max_running`` caps how many of these tasks (of this ``name``) run at
-        once; ``outputs`` are globs copied back after each run. ``skip_existing`` leaves out
+        once; ``outputs`` are globs copied back after each run. ``gpu_memory`` (bytes or "10GiB",
+        per GPU) lets the task share GPUs; ``gpu_type`` ("A100|H100") and ``min_gpu_memory`` limit
+        the cards it may take. ``skip_existing`` leaves out
         tasks with the same template and args as a pending, running or succeeded one.
         Dependencies name existing tasks: these start only after every task of ``after``
         succeeded, of ``after_any`` ended (any outcome) and of ``after_failed`` failed or was
@@ -131,6 +136,9 @@ class Queue:
             after=after,
             after_any=after_any,
             after_failed=after_failed,
+            gpu_memory=gpu_memory,
+            gpu_type=gpu_type,
+            min_gpu_memory=min_gpu_memory,
         )
         creating = Store.open_default(self.path, create=True)  # the one call that may create
         hosts_path = None if hosts is None else Path(hosts)

@@ -281,7 +281,8 @@ class SshdHost:
 
     @property
     def fake_bin(self) -> Path:
-        """First on the remote PATH; holds this host's nvidia-smi, gpus.csv and apps.csv."""
+        """First on the remote PATH; holds this host's nvidia-smi, gpus.csv, apps.csv and
+        live.csv (rows the tasks append: "GPU_INDEX, PID, MIB")."""
         return self.dir / "fake_bin"
 
     @property
@@ -519,6 +520,9 @@ class SshdHost:
         if self.gpus is not None:
             self._write("gpus.csv", [g.row() for g in self.default_gpus()])
             self._write("apps.csv", [])
+            live = self.fake_bin / "live.csv"
+            live.write_text("")
+            live.chmod(0o666)  # the tasks, running as the host's user, append their own rows
             self.set_gpu_error(None)
         self.gpus_changed = False
 

@@ -54,6 +54,17 @@ def dry_run(ctx: typer.Context, batch: TaskBatch, as_json: bool, skip_existing: 
         )
 
 
+def duplicates_note(dup_ids: Sequence[int]) -> None:
+    """The warning for added tasks that duplicate tasks already queued (no --skip-existing)."""
+    if dup_ids:
+        what = (
+            "1 task duplicates an existing one"
+            if len(dup_ids) == 1
+            else f"{len(dup_ids)} tasks duplicate existing ones"
+        )
+        note(f"{what} ({ids_text(dup_ids)}); use --skip-existing to skip them")
+
+
 def outputs_note(globs: Sequence[str]) -> None:
     """Warn about output globs that name no task: in a working directory that tasks share
     (every task of a host shares its ``workdir``), each would copy the others' files too."""

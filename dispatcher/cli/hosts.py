@@ -32,18 +32,29 @@ def describe_gpus(spec: HostSpec, inv: dict[str, Any]) -> tuple[bool, str]:
     processes = inv.get("processes") or []
     for g in gpus:
         used, total = g.get("memory_used_mib"), g.get("memory_total_mib")
-        text = f"{g.get('index')}: {used}/{total} MiB"
-        owners = [
-            f"{p.get('user') or '?'} (pid {p.get('pid')})"
-            for p in processes
-            if p.get("gpu_uuid") and p.get("gpu_uuid") == g.get("uuid")
-        ]
+        name = str(g.get("name") or "?").removeprefix("NVIDIA ")
+        text = f"{g.get('index')}: {name} {used}/{total} MiB"
+        mine = [p for p in processes if p.get("gpu_uuid") and p.get("gpu_uuid") == g.get("uuid")]
+        owners = [_owner(p) for p in mine]
         if foreign_use(g, processes, spec.max_gpu_memory_used):
             text += " busy"
         if owners:
             text += " by " + ", ".join(owners)
         parts.append(text)
+    if any(not isinstance(p.get("used_memory_mib"), int | float) for p in processes):
+        parts.append(
+            "nvidia-smi gives no per-process memory here: tasks sharing a GPU count as using"
+            " what they declared (--gpu-memory)"
+        )
     return True, "; ".join(parts)
+
+
+def _owner(p: dict[str, Any]) -> str:
+    """A GPU process as ``hosts check`` names it: a labtasker task, or a user and pid."""
+    run = str(p.get("run_id") or "")
+    if run.startswith("t") and run[1:].partition("-")[0].isdigit():
+        return f"task {run[1:].partition('-')[0]} (pid {p.get('pid')})"
+    return f"{p.get('user') or '?'} (pid {p.get('pid')})"
 
 
 async def check_host(spec: HostSpec, accept_new: bool) -> HostCheck:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dispatcher.cli import gpu_fleet
 from dispatcher.cli.add_notes import dry_run as _dry_run
-from dispatcher.cli.add_notes import outputs_note
+from dispatcher.cli.add_notes import duplicates_note, outputs_note
 from dispatcher.cli.add_notes import repeated_note as _repeated_note
 from dispatcher.cli.app import app
 from dispatcher.cli.common import AddCommand, StateOption, note, out, reported
@@ -70,6 +71,7 @@ def build_batch(
     seed: int | None = None,
     max_running: int | None = None,
     outputs: Sequence[str] = (),
+    gpu_needs: tuple[str | None, str | None, str | None] = (None, None, None),
 ) -> TaskBatch:
     """Parse ``queue add`` options and files; ``core.batch.assemble`` builds the batch."""
     from dispatcher.core import sampling
@@ -117,6 +119,9 @@ def build_batch(
         after=after,
         after_any=after_any,
         after_failed=after_failed,
+        gpu_memory=gpu_needs[0],
+        gpu_type=gpu_needs[1],
+        min_gpu_memory=gpu_needs[2],
     )
 
 
@@ -148,6 +153,9 @@ def add(
         typer.Option(help='Time before a run is killed: seconds, or like "10m", "2h", "1h30m".'),
     ] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs each task needs.")] = None,
+    gpu_memory: Annotated[str | None, typer.Option(help=gpu_fleet.MEMORY_HELP)] = None,
+    gpu_type: Annotated[str | None, typer.Option(help=gpu_fleet.TYPE_HELP)] = None,
+    min_gpu_memory: Annotated[str | None, typer.Option(help=gpu_fleet.MIN_MEMORY_HELP)] = None,
     after: Annotated[
         list[int] | None, typer.Option("--after", help="Start only after this task succeeded.")
     ] = None,
@@ -208,22 +216,17 @@ def add(
             seed=seed,
             max_running=max_running,
             outputs=outputs or [],
+            gpu_needs=(gpu_memory, gpu_type, min_gpu_memory),
         )
         outputs_note(batch.outputs)
         if dry_run:
             _dry_run(ctx, batch, as_json, skip_existing)
             return
         store = _store(ctx, create=True)
+        gpu_fleet.refuse_impossible_gpu_needs(batch, store.path, hosts)
         result, snapshot = add_snapshotted(store, batch, hosts, skip_existing=skip_existing)
         _repeated_note(result.repeated)
-        if result.duplicates:
-            dup_ids = result.duplicates
-            what = (
-                "1 task duplicates an existing one"
-                if len(dup_ids) == 1
-                else (f"{len(dup_ids)} tasks duplicate existing ones")
-            )
-            note(f"{what} ({ids_text(dup_ids)}); use --skip-existing to skip them")
+        duplicates_note(result.duplicates)
         if as_json:
             sys.stdout.write(json.dumps(result.ids) + "\n")
             return

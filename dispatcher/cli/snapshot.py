@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 AddHostsOption = Annotated[
     Path | None,
     typer.Option(
-        "--hosts", "-H", help="Hosts file whose [sync] table shapes the project snapshot"
-        " [default: hosts.toml here, else in the queue's project directory].",
+        "--hosts", "-H", help="Hosts file: its [sync] table shapes the project snapshot, its"
+        " GPUs check GPU needs [default: hosts.toml here, else in the queue's project directory].",
         show_default=False,
     ),
 ]  # fmt: skip

@@ -25,6 +25,7 @@ from dispatcher.config.values import (
     env_names,
     env_table,
     globs,
+    gpu_indices,
     gpu_list,
     integer,
     show,
@@ -69,6 +70,9 @@ class HostSpec:
     state_dir_given: bool = True  # unset on a local host: beside the queue (see for_queue)
     outputs_max_size: int = GIB  # bytes of outputs copied back per task, at most
     max_log_size: int = 64 * 1024**2  # bytes of a task's log kept on the controller (head + tail)
+    max_tasks_per_gpu: int | None = None  # tasks sharing one GPU by memory, at most
+    max_gpus: int | None = None  # GPUs our tasks use at once, at most (the rest: colleagues')
+    gpu_order: tuple[int, ...] = ()  # the order GPUs are taken in; unlisted ones after
 
     def slots_for(self, gpu_count: int) -> int:
         """Slots offered once the host's GPU count is known: an unset ``slots`` is 1 without GPUs.
@@ -118,6 +122,9 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "outputs_max_size": (size, GIB),
     "max_log_size": (size, 64 * 1024**2),
     "enabled": (boolean, True),
+    "max_tasks_per_gpu": (integer(1), None),
+    "max_gpus": (integer(0), None),
+    "gpu_order": (gpu_indices, ()),
 }
 HOST_KEYS: tuple[str, ...] = tuple(_KEYS)
 DEFAULTS_KEYS: tuple[str, ...] = tuple(k for k in _KEYS if k != "ssh")  # ssh is one host's address

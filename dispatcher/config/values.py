@@ -8,14 +8,13 @@ file, line and host. Messages show values short (``show``) and never show env va
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 import reprlib
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NoReturn
 
 from dispatcher.core.globs import glob_problem
-from dispatcher.core.values import DURATION_FORMS, duration_seconds
+from dispatcher.core.values import DURATION_FORMS, duration_seconds, size_bytes
 from dispatcher.errors import ConfigError
 
 _REPR = reprlib.Repr()
@@ -56,20 +55,22 @@ def boolean(v: Any) -> bool:
     return v
 
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-_SIZE_UNITS |= {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
 def size(v: Any) -> int:
-    what = 'a byte count or a size like "500MiB", "1GiB", "2GB"'
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v if v >= 0 else _fail(what, v)
-    m = _SIZE.fullmatch(v.strip()) if isinstance(v, str) else None
-    n = float(m[1]) * _SIZE_UNITS[(m[2] or "").lower()] if m else math.inf
-    if not math.isfinite(n):  # no match, or too many digits for a float
-        _fail(what, v)
-    return int(n)
+    n = size_bytes(v)
+    if n is None:  # no match, a negative count, or too many digits for a float
+        _fail('a byte count or a size like "500MiB", "1GiB", "2GB"', v)
+    return n
+
+
+def gpu_indices(v: Any) -> tuple[int, ...]:
+    """A list of distinct GPU indices (``gpu_order``)."""
+    if not isinstance(v, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v
+    ):
+        _fail("a list of GPU indices like [2, 3, 0, 1]", v)
+    if len(set(v)) != len(v):
+        _fail("a list of distinct GPU indices", v)
+    return tuple(v)
 
 
 def duration(positive: bool) -> Callable[[Any], float]:

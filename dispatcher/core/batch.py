@@ -15,7 +15,7 @@ from typing import Any
 from dispatcher.core.globs import expand_glob, glob_problem
 from dispatcher.core.sweep import Grid, SweepFile, merge, overlap, with_axis, with_fixed
 from dispatcher.core.template import Template, compile_template, split
-from dispatcher.core.values import DURATION_FORMS, Axis, duration_seconds
+from dispatcher.core.values import DURATION_FORMS, SIZE_FORMS, Axis, duration_seconds, size_bytes
 from dispatcher.errors import SweepError, TemplateError, UsageError
 
 _INT64 = 2**63
@@ -47,6 +47,33 @@ def timeout_seconds(value: float | str | None) -> float | None:
     return seconds
 
 
+def size_setting(value: int | str | None, what: str) -> int | None:
+    """GPU memory in bytes from a count or a size like ``"10GiB"``; UsageError if bad or 0."""
+    if value is None:
+        return None
+    n = size_bytes(value)
+    if not n or n >= _INT64:
+        raise UsageError(f"{what} must be a positive size {SIZE_FORMS}, got {value!r}")
+    return n
+
+
+def check_gpu_needs(
+    gpus: int | None, memory: int | None, gpu_type: str | None, min_memory: int | None
+) -> None:
+    """UsageError for GPU needs the scheduler cannot honour (a GPU need on a slot task, ...)."""
+    for what, n in (("gpu memory", memory), ("min gpu memory", min_memory)):
+        if n is not None and not 0 < n < _INT64:
+            raise UsageError(f"{what} must be a positive size {SIZE_FORMS}, got {n}")
+    if gpu_type is not None and (
+        not isinstance(gpu_type, str) or not all(p.strip() for p in gpu_type.split("|"))
+    ):
+        raise UsageError(
+            f'gpu type must be names like "A100" or "A100|H100" (any one), got {gpu_type!r}'
+        )
+    if gpus == 0 and (memory or gpu_type or min_memory):
+        raise UsageError("--gpus 0 asks for a slot without a GPU; drop it to state GPU needs")
+
+
 def check_settings(
     *,
     priority: int,
@@ -56,8 +83,12 @@ def check_settings(
     name: str | None,
     max_running: int | None = None,
     outputs: Sequence[str] = (),
+    gpu_memory: int | None = None,
+    gpu_type: str | None = None,
+    min_gpu_memory: int | None = None,
 ) -> None:
     """Raise UsageError for a task setting the queue cannot hold or the dispatcher cannot honour."""
+    check_gpu_needs(gpus, gpu_memory, gpu_type, min_gpu_memory)
     if not -_INT64 <= priority < _INT64:
         raise UsageError(f"priority {priority} is out of range (64-bit integer)")
     if not 1 <= max_attempts < 2**31:
@@ -91,6 +122,9 @@ class TaskBatch:
     outputs: tuple[str, ...] = ()
     after_any: tuple[int, ...] = ()
     after_failed: tuple[int, ...] = ()
+    gpu_memory: int | None = None
+    gpu_type: str | None = None
+    min_gpu_memory: int | None = None
 
     def __len__(self) -> int:
         return sum(len(g) for g in self.groups)
@@ -105,6 +139,9 @@ class TaskBatch:
             name=self.name,
             max_running=self.max_running,
             outputs=self.outputs,
+            gpu_memory=self.gpu_memory,
+            gpu_type=self.gpu_type,
+            min_gpu_memory=self.min_gpu_memory,
         )
         tpl = compile_template(self.template)
         self._check_output_values()
@@ -164,6 +201,9 @@ def assemble(
     after: Sequence[int] = (),
     after_any: Sequence[int] = (),
     after_failed: Sequence[int] = (),
+    gpu_memory: int | str | None = None,
+    gpu_type: str | None = None,
+    min_gpu_memory: int | str | None = None,
 ) -> TaskBatch:
     """The batch of one add. The points in order: ``grid`` crossed with the ``random`` points,
     then the file's (a sweep file's points or JSONL ``rows``). With points, every ``args`` dict
@@ -204,6 +244,11 @@ def assemble(
         outputs=check_outputs(pick(outputs, file.outputs, ())),
         after_any=tuple(after_any or file.after_any),
         after_failed=tuple(after_failed or file.after_failed),
+        gpu_memory=size_setting(pick(gpu_memory, file.gpu_memory, None), "gpu memory"),
+        gpu_type=pick(gpu_type, file.gpu_type, None),
+        min_gpu_memory=size_setting(
+            pick(min_gpu_memory, file.min_gpu_memory, None), "min gpu memory"
+        ),
     )
 
 

@@ -92,6 +92,9 @@ class NewTask:
     outputs: tuple[str, ...] = ()
     after_any: tuple[int, ...] = ()
     after_failed: tuple[int, ...] = ()
+    gpu_memory: int | None = None
+    gpu_type: str | None = None
+    min_gpu_memory: int | None = None
 
 
 def sweep_key(name: str | None, batch: int | None) -> str:
@@ -141,6 +144,9 @@ class Task:
     snapshot: str | None = None  # the project snapshot recorded at `queue add` (its sha256)
     git_commit: str | None = None  # the project's git HEAD then, if it was a git work tree
     git_dirty: bool | None = None  # whether that work tree had changes not committed
+    gpu_memory: int | None = None  # bytes needed on each GPU; set: the GPU may be shared
+    gpu_type: str | None = None  # "A100|H100": substrings of the GPU's name, any one
+    min_gpu_memory: int | None = None  # bytes of total memory each of its GPUs must have
 
     @property
     def sweep(self) -> str:
@@ -184,6 +190,9 @@ class Task:
             "snapshot": self.snapshot,
             "git_commit": self.git_commit,
             "git_dirty": self.git_dirty,
+            "gpu_memory": self.gpu_memory,
+            "gpu_type": self.gpu_type,
+            "min_gpu_memory": self.min_gpu_memory,
         }
 
     def replace(self, **changes: Any) -> Task:

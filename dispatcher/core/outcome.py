@@ -24,6 +24,31 @@ class Outcome:
     requeue_reason: str | None = None  # set: move on to pending with this reason
     fail_after_loss: str | None = None  # set: a lost task that used up its losses -> failed
     counts_as_failure: bool = False  # for host suspension
+    cuda_oom: bool = False  # died of CUDA out-of-memory: a retry wants a GPU with more memory
+
+
+#: How frameworks report that the GPU ran out of memory (PyTorch, CUDA, cuBLAS, JAX/XLA).
+_CUDA_OOM = re.compile(
+    r"CUDA out of memory|CUDA error: out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED"
+    r"|RESOURCE_EXHAUSTED: Out of memory"
+)
+_MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([^'\s]{1,200})'")
+
+
+def failure_kind(report: dict[str, Any]) -> str | None:
+    """What a failed run died of, from its exit and its output's last lines: "killed by the
+    OOM killer" (SIGKILL with an OOM kill recorded in its cgroup), "CUDA out of memory",
+    "missing module NAME"; None when none of these."""
+    code, tail = report.get("exit_code"), report.get("log_tail")
+    if not isinstance(tail, str):
+        tail = ""
+    lines = "\n".join(tail.splitlines()[-40:])  # the last lines: not an old, handled error
+    if report.get("oom_killed") and (code == -9 or report.get("signal") == "SIGKILL"):
+        return "killed by the OOM killer"
+    if _CUDA_OOM.search(lines):
+        return "CUDA out of memory"
+    missing = _MISSING_MODULE.findall(lines)
+    return f"missing module {missing[-1]}" if missing else None
 
 
 def parse_time(text: Any) -> datetime | None:
@@ -113,6 +138,8 @@ def outcome_of(report: dict[str, Any], task: Task) -> Outcome:
         notes = [f"{refused}: write a smaller result to LABTASKER_RESULT"]
     else:
         reason = describe_exit(code, report.get("signal"))
+    kind = None if report.get("timed_out") else failure_kind(report)
+    reason = f"{kind} ({reason})" if kind else reason
     reason = "; ".join([reason, *notes])
     done = real_attempts(task)
     requeue = None
@@ -123,6 +150,7 @@ def outcome_of(report: dict[str, Any], task: Task) -> Outcome:
         {**base, "reason": reason},
         requeue_reason=requeue,
         counts_as_failure=True,
+        cuda_oom=kind == "CUDA out of memory",
     )
 
 

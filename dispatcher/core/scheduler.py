@@ -6,11 +6,12 @@
 2. Need: ``gpus=N`` (N >= 1) needs N free GPUs on ONE host; ``gpus=0`` needs one free slot on any
    host that offers slots; ``gpus=None`` (the default) needs one GPU on a GPU host or, when no GPU
    is free anywhere, one slot on a CPU-only host. Mixed pools: pass --gpus to be explicit.
-3. A GPU is free when no labtasker task holds it (reserved from launch until exit) and no foreign
-   process uses more memory on it than the host's ``max_gpu_memory_used``.
+3. A GPU is free (whole) when no labtasker task holds or shares it (reserved from launch until
+   exit) and no foreign process uses more memory on it than the host's ``max_gpu_memory_used``.
 4. Only usable hosts (connected, not suspended, enabled) whose GPUs are known take tasks. Among
    those that fit, the host with the most free units of the needed kind wins (spreads load), then
-   the lower ``order`` (position in hosts.toml), then the name. GPUs: lowest free indices first.
+   the lower ``order`` (position in hosts.toml), then the name. GPUs: the smallest free cards
+   first, then ``gpu_order``, then index.
 5. Greedy backfill: a task that does not fit does not block lower-priority tasks that do. The
    trade-off: a task wanting many GPUs on one host may wait behind a stream of small ones.
 6. Impossible: no configured host could EVER take the task (more GPUs than the largest host has,
@@ -20,7 +21,11 @@
    sweep) are active, counting those already running (``active``) and those placed earlier in
    this plan; the reason says "sweep NAME at its limit of K running". It takes no capacity and
    is not counted as a task ahead of others.
-8. Every other unplaced task waits with a short reason (< 200 chars), like squeue's: the busy
+8. GPU needs (``gpu_memory``, ``gpu_type``, ``min_gpu_memory``, see ``gpu_packing``): such a
+   task goes to the host whose choice opens the fewest whole GPUs, leaves the least room (best
+   fit), then by rank; impossible when every GPU's name and size are known and none matches
+   ("no GPU of type A100|H100", "no GPU with at least 40 GiB"). ``max_gpus`` caps new GPUs.
+9. Every other unplaced task waits with a short reason (< 200 chars), like squeue's: the busy
    GPUs and down hosts, or "waiting for a free GPU (N tasks ahead)" when capacity existed at the
    start of this plan but tasks ahead of it took it. Host summaries are built once per plan.
 """
@@ -31,8 +36,12 @@ import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-#: Longest waiting or impossible reason; longer host lists are summarised.
-REASON_LIMIT = 199
+from dispatcher.core import gpu_packing as packing
+from dispatcher.core.gpu_packing import GpuNeed, GpuSlot
+from dispatcher.core.reason_text import REASON_LIMIT, clip, plural, summary
+from dispatcher.core.values import show_size
+
+_clip, _plural, _summary = clip, plural, summary
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,9 @@ class Candidate:
     gpus: int | None  # None = 1 GPU on a GPU host, else 1 slot; 0 = one slot; N = N GPUs
     group: str | None = None  # the sweep it belongs to (rule 7)
     max_running: int | None = None  # at most this many of ``group`` active at once
+    gpu_memory: int | None = None  # bytes per GPU: shareable (rule 8)
+    gpu_type: str | None = None
+    min_gpu_memory: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,10 @@ class GpuInfo:
     index: int
     held_by_task: int | None  # the labtasker task holding it, from launch until exit
     foreign: str | None  # who else uses it, when its used memory is over the host's threshold
+    name: str = ""  # as nvidia-smi names it
+    total: int | None = None  # bytes
+    room: int | None = None  # bytes a sharing task may still declare (gpu_packing rule 3)
+    sharers: tuple[int, ...] = ()  # our tasks sharing it by memory
 
 
 @dataclass(frozen=True)
@@ -62,13 +78,14 @@ class HostCapacity:
     name: str
     order: int  # position in hosts.toml
     usable: bool  # connected, not suspended, enabled
-    unusable_reason: (
-        str | None
-    )  # "unreachable since 12:03 (connection refused)"; may start with name
+    unusable_reason: str | None  # "unreachable since 12:03 (...)"; may start with name
     gpus: tuple[GpuInfo, ...]  # () for a CPU-only host or while unknown
     slots_total: int
     slots_used: int
     gpus_known: bool  # False while "auto" GPUs were never queried
+    max_tasks_per_gpu: int | None = None  # sharing tasks on one GPU, at most
+    max_gpus: int | None = None  # GPUs our tasks use at once, at most
+    gpu_order: tuple[int, ...] = ()  # the order GPUs are taken in (others after, by index)
 
 
 @dataclass(frozen=True)
@@ -97,14 +114,25 @@ class _Host:
         self.rank = (cap.order, cap.name, position)
         self.known = cap.gpus_known
         placeable = cap.usable and cap.gpus_known
+        self.placeable = placeable
         busy: dict[int, GpuInfo] = {}
-        indices: set[int] = set()
+        rank = {i: k for k, i in enumerate(cap.gpu_order)}
+        self.slots: dict[int, GpuSlot] = {}
         for gpu in cap.gpus:  # an index listed twice is free only if every entry says so
-            indices.add(gpu.index)
-            if gpu.held_by_task is not None or gpu.foreign is not None:
+            new = GpuSlot(gpu.index, gpu.name, gpu.total, gpu.room, rank=rank.get(gpu.index, 99))
+            slot = self.slots.setdefault(gpu.index, new)
+            if gpu.held_by_task is not None or gpu.foreign is not None or gpu.sharers:
                 busy.setdefault(gpu.index, gpu)
-        self.total_gpus = len(indices)
-        self.free_gpus = sorted(indices - set(busy)) if placeable else []
+                slot.whole = False
+            slot.held = slot.held or gpu.held_by_task is not None
+            slot.sharers = max(slot.sharers, len(gpu.sharers))
+        self.total_gpus = len(self.slots)
+        whole = [g for g in self.slots.values() if g.whole] if placeable else []
+        whole.sort(key=lambda g: (g.total or 0, g.rank, g.index))
+        self.free_gpus = [g.index for g in whole]
+        ours = sum(1 for g in self.slots.values() if g.held or g.sharers)
+        self.budget = None if cap.max_gpus is None else max(0, cap.max_gpus - ours)
+        self.max_sharers = cap.max_tasks_per_gpu
         self.slots_total = cap.slots_total
         self.free_slots = max(0, cap.slots_total - cap.slots_used) if placeable else 0
         self.cpu_only = cap.gpus_known and not cap.gpus
@@ -123,7 +151,7 @@ class _Host:
             self.slot_text = f"{cap.name} {cap.slots_used}/{cap.slots_total} slots used"
             self.slot_short = self.slot_text
             free = f"{len(self.free_gpus)} free" if self.free_gpus else ""
-            held = sum(1 for g in busy.values() if g.held_by_task is not None)
+            held = sum(1 for g in busy.values() if g.held_by_task is not None or g.sharers)
             parts = [_busy_text(i, busy[i]) for i in sorted(busy)]
             self.gpu_detail = _clip(f"{cap.name} {', '.join(p for p in [*parts, free] if p)}", 140)
             others = len(busy) - held
@@ -132,38 +160,32 @@ class _Host:
             self.gpu_short += f" ({', '.join(split)})" if split else ""
             self.gpu_short += f", {free}" if free else ""
 
+    def free_count(self) -> int:  # whole GPUs an exclusive task may take now, max_gpus counted
+        n = len(self.free_gpus)
+        return n if self.budget is None else min(n, self.budget)
+
     def take_gpus(self, n: int) -> tuple[int, ...]:
         taken, self.free_gpus = self.free_gpus[:n], self.free_gpus[n:]
+        packing.take([self.slots[i] for i in taken], GpuNeed(n))
+        self.budget = None if self.budget is None else self.budget - n
         return tuple(taken)
+
+    def take_fit(self, chosen: tuple[GpuSlot, ...], need: GpuNeed) -> tuple[int, ...]:
+        opened = sum(1 for g in chosen if g.sharers == 0)
+        packing.take(chosen, need)
+        self.free_gpus = [i for i in self.free_gpus if self.slots[i].whole]
+        self.budget = None if self.budget is None else self.budget - opened
+        return tuple(g.index for g in chosen)
 
 
 def _busy_text(index: int, gpu: GpuInfo) -> str:
+    if gpu.sharers and gpu.held_by_task is None:
+        ids = ", ".join(map(str, gpu.sharers[:4])) + (" ..." if len(gpu.sharers) > 4 else "")
+        free = f", {show_size(gpu.room)} free" if gpu.room is not None else ""
+        return f"GPU {index} shared by {_plural(len(gpu.sharers), 'task')[2:]} {ids}{free}"
     if gpu.held_by_task is not None:
         return f"GPU {index} held by task {gpu.held_by_task}"
     return f"GPU {index}: {_clip(gpu.foreign or 'busy', 60)}"
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _summary(prefix: str, detail: list[str], short: list[str]) -> str:
-    """``prefix`` and per-host texts, shortened step by step to stay within REASON_LIMIT."""
-    for texts in (detail, short):
-        if len(text := prefix + "; ".join(texts)) <= REASON_LIMIT:
-            return text
-    shown: list[str] = []
-    for part in short:
-        rest = len(short) - len(shown) - 1
-        if len(prefix + "; ".join([*shown, part]) + f"; +{rest} more hosts") > REASON_LIMIT:
-            break
-        shown.append(part)
-    more = f"+{len(short) - len(shown)} more hosts"
-    return _clip(prefix + "; ".join([*shown, more]), REASON_LIMIT)
 
 
 class _Pool:
@@ -200,7 +222,7 @@ class _Planner:
 
     def __init__(self, hosts: Sequence[HostCapacity]) -> None:
         self.hosts = sorted((_Host(h, i) for i, h in enumerate(hosts)), key=lambda h: h.rank)
-        self.gpus = _Pool(self.hosts, lambda h: len(h.free_gpus))
+        self.gpus = _Pool(self.hosts, lambda h: h.free_count())
         self.slots = _Pool(self.hosts, lambda h: h.free_slots)
         self.cpu_slots = _Pool(self.hosts, lambda h: h.free_slots if h.cpu_only else 0)
         self.all_known = all(h.known for h in self.hosts)
@@ -235,6 +257,38 @@ class _Planner:
             return None
         host.free_slots -= 1
         return Placement(task_id, host.name, ())
+
+    def place_fit(self, task_id: int, need: GpuNeed) -> Placement | None:
+        """Rule 8: the host whose choice opens fewest whole GPUs, leaves least room, ranks first."""
+        best: tuple[tuple[int, ...], _Host, tuple[GpuSlot, ...]] | None = None
+        for h in self.hosts:
+            if not h.placeable:
+                continue
+            chosen = packing.choose(list(h.slots.values()), need, max_sharers=h.max_sharers,
+                            budget=h.budget)  # fmt: skip
+            if chosen is None:
+                continue
+            opened = [g for g in chosen if g.whole]
+            score = (len(opened), packing.leftover(chosen, need), -sum(g.room or 0 for g in opened),
+                     -h.free_count(), *h.rank[:2])  # fmt: skip
+            if best is None or score < best[0]:
+                best = (score, h, chosen)  # type: ignore[assignment]
+        if best is None:
+            return None
+        return Placement(task_id, best[1].name, best[1].take_fit(best[2], need))
+
+    def never_fits(self, need: GpuNeed) -> str | None:
+        """Rule 8's impossible: every GPU's name and size known, and none could take ``need``."""
+        gpus = [g for h in self.hosts for g in h.slots.values()]
+        if not self.all_known or not gpus or any(not g.name or g.total is None for g in gpus):
+            return None
+        return packing.never_reason(gpus, need)
+
+    def fit_blocked(self, need: GpuNeed) -> str:
+        """Why a task with GPU needs waits: the start state of the hosts with GPUs."""
+        hosts = [h for h in self.hosts if not h.known or h.total_gpus >= need.count]
+        prefix = packing.waiting_prefix(need)
+        return _summary(prefix, [h.gpu_detail for h in hosts], [h.gpu_short for h in hosts])
 
     def impossible(self, kind: str, n: int) -> str | None:
         """Why no configured host could ever take this need (rule 6), or None."""
@@ -317,7 +371,12 @@ def plan(
         decided.add(c.id)
         kind = "default" if c.gpus is None else "slot" if c.gpus == 0 else "gpu"
         n = 1 if c.gpus is None else c.gpus
+        need = GpuNeed(n, c.gpu_memory, c.gpu_type, c.min_gpu_memory)
+        if need.constrained:
+            kind = "gpu"
         never = planner.impossible(kind, n)
+        if never is None and need.constrained:
+            never = planner.never_fits(need)
         if never is not None:
             impossible[c.id] = never
             continue
@@ -325,13 +384,14 @@ def plan(
         if limit is not None and group is not None and running.get(group, 0) >= limit:
             waiting[c.id] = _clip(f"sweep {group} at its limit of {limit} running", REASON_LIMIT)
             continue
-        placement = planner.place(c.id, kind, n)
+        fit = need.constrained
+        placement = planner.place_fit(c.id, need) if fit else planner.place(c.id, kind, n)
         if placement is not None:
             placements.append(placement)
             if c.group is not None:
                 running[c.group] = running.get(c.group, 0) + 1
         else:
-            waiting[c.id] = planner.waiting(kind, n)
+            waiting[c.id] = planner.fit_blocked(need) if fit else planner.waiting(kind, n)
         taken = ("gpu" if placement.gpu_ids else "slot") if placement else kind
         planner.ahead["either" if taken == "default" else taken] += 1
     return Plan(tuple(placements), waiting, impossible)

@@ -17,12 +17,14 @@ from typing import Any
 from dispatcher.core.sampling import from_table as random_axis
 from dispatcher.core.values import (
     DURATION_FORMS,
+    SIZE_FORMS,
     Axis,
     Path_,
     check_json,
     duration_seconds,
     parse_scalar,
     reject_constant,
+    size_bytes,
 )
 from dispatcher.errors import SweepError
 
@@ -46,6 +48,9 @@ SWEEP_KEYS = (
     "after",
     "after_any",
     "after_failed",
+    "gpu_memory",
+    "gpu_type",
+    "min_gpu_memory",
 )
 
 
@@ -250,6 +255,9 @@ class SweepFile:
     after: tuple[int, ...] = ()
     after_any: tuple[int, ...] = ()
     after_failed: tuple[int, ...] = ()
+    gpu_memory: int | str | None = None  # checked with the CLI's values (batch.size_setting)
+    gpu_type: str | None = None
+    min_gpu_memory: int | str | None = None
 
 
 def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
@@ -305,6 +313,9 @@ def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
         after=_task_ids(doc, "after", source),
         after_any=_task_ids(doc, "after_any", source),
         after_failed=_task_ids(doc, "after_failed", source),
+        gpu_memory=_size(doc, "gpu_memory", source),
+        gpu_type=_opt(doc, "gpu_type", str, source),
+        min_gpu_memory=_size(doc, "min_gpu_memory", source),
     )
 
 
@@ -349,6 +360,16 @@ def _table(doc: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SweepError(f"{source}: {key!r} must be a table ([{key}])")
     return value
+
+
+def _size(doc: Mapping[str, Any], key: str, source: str) -> int | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    n = size_bytes(value)
+    if not n:
+        raise SweepError(f"{source}: {key!r} must be a positive size {SIZE_FORMS}, got {value!r}")
+    return n
 
 
 def _opt(doc: Mapping[str, Any], key: str, kind: type, source: str) -> Any:

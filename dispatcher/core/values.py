@@ -64,3 +64,29 @@ def duration_seconds(value: Any) -> float | None:
         parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text)
         seconds = sum(float(n) * _SECONDS[unit] for n, unit in parts)
     return seconds if 0 <= seconds < math.inf else None
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_SIZE_UNITS |= {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+#: How a size may be written, for error messages.
+SIZE_FORMS = 'like 1073741824, "512MiB", "10GiB", "10G" (k/M/G/T: 1000-based; KiB/MiB/GiB/TiB)'
+
+
+def size_bytes(value: Any) -> int | None:
+    """Bytes in ``value``: a count, or text like ``"512MiB"``, ``"10GiB"``, ``"10G"``, ``"2GB"``;
+    None when it is neither (a bool, a negative number, other text). The one size parser:
+    hosts.toml settings and GPU memory (CLI, sweep files, API)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    m = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    n = float(m[1]) * _SIZE_UNITS[(m[2] or "").lower()] if m else math.inf
+    return int(n) if math.isfinite(n) else None
+
+
+def show_size(n: int) -> str:
+    """Bytes as people read GPU memory: "40 GiB", "512 MiB", "1.5 GiB"."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} B"

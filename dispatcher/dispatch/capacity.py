@@ -1,9 +1,10 @@
 """What each host can take right now, as the scheduler sees it. Pure: no I/O, no clock of its own.
 
 Turns a host's spec, its last nvidia-smi inventory and the tasks labtasker has active there into
-a ``scheduler.HostCapacity``. A GPU is free when no labtasker task holds it (a launched task keeps
-its GPU from launch to exit, so two tasks never race for one) and its used memory is under the
-host's ``max_gpu_memory_used`` (memory above that belongs to someone else's processes).
+a ``scheduler.HostCapacity``. A GPU is free when no labtasker task holds or shares it (a launched
+task keeps its GPU from launch to exit, so two tasks never race for one) and its used memory is
+under the host's ``max_gpu_memory_used`` (memory above that belongs to someone else's
+processes). Its room for tasks that share GPUs by memory is worked out in ``gpu_info``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,52 @@ def gpu_problem(spec: HostSpec, inventory: Mapping[str, Any] | None) -> str | No
     return None
 
 
+def gpu_info(
+    spec: HostSpec,
+    g: Mapping[str, Any] | None,
+    idx: int,
+    inventory: Mapping[str, Any] | None,
+    ours: Mapping[int, list[Task]],
+    *,
+    stale: bool,
+) -> GpuInfo:
+    """One GPU as the scheduler sees it: who holds or shares it, and the room left on it.
+
+    Room: total memory, less what processes outside our tasks use, less what each sharing task
+    declared or uses (the larger). Where nvidia-smi gives no per-process memory, our tasks are
+    taken to use what they declared. ``stale``: our task just left it, so its memory reading
+    says nothing about other users.
+    """
+    tasks = ours.get(idx, [])
+    holder = next((t.id for t in tasks if t.gpu_memory is None), None)
+    sharers = [t for t in tasks if t.gpu_memory is not None]
+    if g is None:
+        return GpuInfo(idx, holder, None, sharers=tuple(t.id for t in sharers))
+    uuid = g.get("uuid")
+    procs = [p for p in (inventory or {}).get("processes") or [] if p.get("gpu_uuid") == uuid]
+    runs = {t.run_id: t for t in sharers if t.run_id}
+    per_run: dict[str, int] = {}
+    known = all(isinstance(p.get("used_memory_mib"), int | float) for p in procs)
+    for p in procs:
+        if p.get("run_id") in runs and known:
+            per_run[p["run_id"]] = per_run.get(p["run_id"], 0) + int(p["used_memory_mib"] * MIB)
+    used, total = _bytes(g.get("memory_used_mib")), _bytes(g.get("memory_total_mib"))
+    # Where nvidia-smi gives no per-process memory, declarations alone count.
+    ours_used = sum(per_run.values()) if known else sum(t.gpu_memory or 0 for t in sharers)
+    foreign_used = 0 if stale or used is None else max(0, used - ours_used)
+    reserved = sum(max(t.gpu_memory or 0, per_run.get(t.run_id or "", 0)) for t in sharers)
+    room = None if total is None else max(0, total - foreign_used - reserved)
+    foreign = None
+    if holder is None and not sharers and not stale:
+        foreign = foreign_use(g, procs, spec.max_gpu_memory_used)
+    return GpuInfo(idx, holder, foreign, str(g.get("name") or ""), total, room,
+                   tuple(t.id for t in sharers))  # fmt: skip
+
+
+def _bytes(mib: Any) -> int | None:
+    return int(mib * MIB) if isinstance(mib, int | float) and not isinstance(mib, bool) else None
+
+
 def host_capacity(
     spec: HostSpec,
     *,
@@ -78,20 +125,19 @@ def host_capacity(
     ``recently_released`` were freed by our own tasks after the inventory was taken, so their
     memory reading is stale and is not held against them.
     """
-    held: dict[int, int] = {}
+    ours: dict[int, list[Task]] = {}
     slots_used = 0
     for task in active:
-        if task.gpu_ids:
-            for idx in task.gpu_ids:
-                held[idx] = task.id
-        else:
-            slots_used += 1
+        for idx in task.gpu_ids or ():
+            ours.setdefault(idx, []).append(task)
+        slots_used += not task.gpu_ids
     problem = gpu_problem(spec, inventory)
     if problem:
         usable, unusable_reason = False, f"{spec.name}: {problem}"
     released = set(recently_released)
     gpus: list[GpuInfo] = []
     known = True
+    by_index = {g.get("index"): g for g in (inventory or {}).get("gpus") or []}
     if spec.gpus == "auto":
         if inventory is None or inventory.get("error"):
             known = inventory is not None
@@ -99,24 +145,12 @@ def host_capacity(
             if no_smi and not spec.gpus_given:
                 known = True  # no nvidia-smi and no GPUs asked for: a CPU-only host
         else:
-            for g in inventory.get("gpus") or []:
-                idx = g.get("index")
-                if not isinstance(idx, int):
-                    continue
-                foreign = None
-                if idx not in held and idx not in released:
-                    foreign = foreign_use(
-                        g, inventory.get("processes") or [], spec.max_gpu_memory_used
-                    )
-                gpus.append(GpuInfo(index=idx, held_by_task=held.get(idx), foreign=foreign))
+            rows = [g for g in inventory.get("gpus") or [] if isinstance(g.get("index"), int)]
+            gpus = [gpu_info(spec, g, g["index"], inventory, ours, stale=g["index"] in released)
+                    for g in rows]  # fmt: skip
     elif spec.gpus:
-        by_index = {g.get("index"): g for g in (inventory or {}).get("gpus") or []}
-        for idx in spec.gpus:
-            foreign = None
-            g = by_index.get(idx)
-            if g is not None and idx not in held and idx not in released and inventory:
-                foreign = foreign_use(g, inventory.get("processes") or [], spec.max_gpu_memory_used)
-            gpus.append(GpuInfo(index=idx, held_by_task=held.get(idx), foreign=foreign))
+        gpus = [gpu_info(spec, by_index.get(i) if inventory else None, i, inventory, ours,
+                         stale=i in released) for i in spec.gpus]  # fmt: skip
     # An unset `slots` on a host whose "auto" query found no GPU makes it a 1-slot CPU host.
     slots_total = spec.slots_for(len(gpus)) if known else spec.slots
     return HostCapacity(
@@ -128,4 +162,7 @@ def host_capacity(
         slots_total=slots_total,
         slots_used=slots_used,
         gpus_known=known,
+        max_tasks_per_gpu=spec.max_tasks_per_gpu,
+        max_gpus=spec.max_gpus,
+        gpu_order=spec.gpu_order,
     )

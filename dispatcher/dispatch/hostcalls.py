@@ -208,7 +208,7 @@ class HostCalls:
         # Written every interval, changed or not: its time stamp tells `status` we are alive.
         state = self.state
         state.last_lines = {k: v for k, v in state.last_lines.items() if k in state.active}
-        self._write_tails()
+        self.write_status()
 
     async def _tail_one(self, hs: HostState, runs: dict[str, int]) -> None:
         try:
@@ -221,9 +221,10 @@ class HostCalls:
             task_id = runs.get(run_id)
             if task_id in self.state.active and isinstance(line, str):
                 self.state.last_lines[task_id] = line
-        self._write_tails()
+        self.write_status()
 
-    def _write_tails(self) -> None:
+    def write_status(self) -> None:
+        """Rewrite the status file: last output lines and each host's GPU view."""
         try:
             sessions = (h.session for h in self.state.hosts.values())
             views = gpu_views(sessions, self.state.active.values(), time.monotonic())

@@ -146,6 +146,7 @@ class Dispatcher:
         try:
             await self._loop()
             self.reporter.update(self.snapshot())  # the last state, whenever the last one was
+            self.calls.write_status()  # its GPU views are what `queue add` checks needs against
         finally:
             self.store.release()
             self.jobs.cancel()

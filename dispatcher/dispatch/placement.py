@@ -106,7 +106,7 @@ class Placement:
             return []
         caps = [self.capacity(name) for name in state.hosts]
         free = sum(
-            len([g for g in c.gpus if g.held_by_task is None and g.foreign is None])
+            len([g for g in c.gpus if g.held_by_task is None and (g.foreign is None or g.room)])
             + max(c.slots_total - c.slots_used, 0)
             for c in caps
             if c.usable
@@ -121,7 +121,19 @@ class Placement:
         running: dict[str, int] = {}  # active tasks per sweep, for max_running
         for t in state.active.values():
             running[t.sweep] = running.get(t.sweep, 0) + 1
-        wanted = [Candidate(t.id, t.priority, t.gpus, t.sweep, t.max_running) for t in candidates]
+        wanted = [
+            Candidate(
+                t.id,
+                t.priority,
+                t.gpus,
+                t.sweep,
+                t.max_running,
+                t.gpu_memory,
+                t.gpu_type,
+                t.min_gpu_memory,
+            )
+            for t in candidates
+        ]
         result = plan(wanted, caps, running)
         by_id = {t.id: t for t in candidates}
         tx.hold(by_id)  # written with the round's other moves

@@ -26,6 +26,7 @@ from dispatcher.dispatch.logs import LogCollector, SavedLog, log_path
 from dispatcher.dispatch.state import HostState, Log, LoopState
 from dispatcher.errors import DispatcherError, ProtocolViolationError
 from dispatcher.remote.session import HostSession
+from dispatcher.store.move import UNSET
 from dispatcher.store.queue import Store, Txn
 from dispatcher.transport.outputs import describe, task_outputs_dir
 
@@ -241,7 +242,10 @@ class Reports:
             moved = tx.move(task.id, S.FAILED, reason=outcome.fail_after_loss) or moved
             final = S.FAILED
         elif outcome.requeue_reason:
-            tx.move(task.id, S.PENDING, reason=outcome.requeue_reason)
+            bigger = self._oom_needs(task) if outcome.cuda_oom else {}
+            memory, floor = bigger.get("gpu_memory", UNSET), bigger.get("min_gpu_memory", UNSET)
+            tx.move(task.id, S.PENDING, reason=outcome.requeue_reason, gpu_memory=memory,
+                    min_gpu_memory=floor)  # fmt: skip
             final = S.PENDING
         self.state.final[task.id] = final
         if final is S.SUCCEEDED and moved.started_at and moved.finished_at:
@@ -257,6 +261,37 @@ class Reports:
         if task.max_attempts > 1 and outcome.counts_as_failure:  # which try of a retried task
             note = f", attempt {real_attempts(task)}/{task.max_attempts}{note}"
         self.reporter.log(f"task {task.id} {outcome.state} on {task.host}{note}", style=word)
+
+    def _oom_needs(self, task: Task) -> dict[str, int]:
+        """GPU needs that send a CUDA out-of-memory retry to a GPU with more memory for it,
+        from the host's last GPU reading (what the task held, what was free for it)."""
+        from dispatcher.core.gpu_packing import oom_retry_needs
+        from dispatcher.dispatch.capacity import MIB, gpu_info
+
+        hs = self.state.hosts.get(task.host or "")
+        if hs is None or hs.session.inventory is None or not task.gpu_ids:
+            return {}
+        inv = hs.session.inventory
+        others: dict[int, list[Task]] = {}
+        for t in self.state.active.values():
+            for i in t.gpu_ids or [] if t.host == task.host and t.id != task.id else []:
+                others.setdefault(i, []).append(t)
+        mine = [p for p in inv.processes if p.get("run_id") == task.run_id]
+        inventory = {"gpus": inv.gpus, "processes": [p for p in inv.processes if p not in mine]}
+        held, free, total = 0, None, None  # over its GPUs: the most it held, the least room
+        for g in inv.gpus:
+            if g.get("index") not in task.gpu_ids:
+                continue
+            on = [p.get("used_memory_mib") for p in mine if p.get("gpu_uuid") == g.get("uuid")]
+            used = int(sum(m for m in on if isinstance(m, int | float)) * MIB)
+            info = gpu_info(hs.session.spec, g, g["index"], inventory, others, stale=False)
+            held = max(held, used)
+            if info.room is not None:  # its own use counted as someone else's: give it back
+                room = min(info.room + used, info.total or info.room + used)
+                free = room if free is None else min(free, room)
+            if info.total is not None:
+                total = info.total if total is None else min(total, info.total)
+        return oom_retry_needs(task.gpu_memory, task.min_gpu_memory, held, free, total)
 
     def _count_failure(self, hs: HostState, now: float, task_id: int, why: str) -> None:
         """Suspend a host after ``suspend_after_failures`` failures in a row, unless the tasks

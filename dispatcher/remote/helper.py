@@ -18,8 +18,9 @@ and keeper outlive the helper and its connection; a fork per task would cost mor
 Ops (request params -> reply fields; every reply also has "id" and "ok"):
   ping    {} -> {}
   gpus    {} -> {"gpus": [{index, uuid, name, memory_used_mib, memory_total_mib, utilization}],
-          "processes": [{gpu_uuid, pid, user, used_memory_mib, name}], "error": null | text}.
-          Values nvidia-smi reports as [N/A] are null; "No devices were found" gives no GPUs.
+          "processes": [{gpu_uuid, pid, user, used_memory_mib, name, run_id}], "error": null |
+          text}. Values nvidia-smi reports as [N/A] are null; "No devices were found" gives no
+          GPUs. run_id: the LABTASKER_RUN_ID in the process's environment, where readable.
   launch  {"run_id", "spec": {command, setup, workdir, env, timeout, kill_grace, task_id}}
           -> {"status": "started", "pid": keeper pid} | {"status": "exists", "run": REPORT}.
           The run dir is published with one rename (Spares), so one run_id never starts
@@ -40,7 +41,10 @@ A bad request gets {"ok": false, "error": text}; an unparsable line gets "id": n
 
 REPORT: {run_id, state: absent|starting|running|exited|lost, pid, started_at, finished_at,
 exit_code (-N for signal N), signal, timed_out, cancelled, error, result, result_error, log_size,
-log (base64, only when exited and log_size <= 64 KiB), boot_id, inline_omitted}. inline_omitted is
+log (base64, only when exited and log_size <= 64 KiB), boot_id, inline_omitted; when exited with
+a non-zero status also log_tail (its last 4 KiB of output as text) and oom_killed (whether the
+kernel's OOM killer killed a process of its cgroup while it ran; null where unknown)}.
+inline_omitted is
 true when log/result were left out to keep the reply under 1 MiB: probe that run alone or read it.
 "starting": no started.json yet and the keeper named in supervisor.json (written at publish) lives
 (a run dir without one, from an older helper: while under 60 s old); "lost": no exit.json and the
@@ -73,8 +77,10 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 #: Must equal dispatcher.remote.protocol.PROTOCOL_VERSION (a unit test checks).
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 INLINE_LOG_LIMIT = 64 * 1024
+#: Bytes of a failed run's output end sent with its report (what classifies the failure).
+LOG_TAIL = 4096
 #: Bounds one reply's inline logs and results, so a probe of many runs stays a sane line.
 REPLY_INLINE_BUDGET = 1024 * 1024
 RESULT_LIMIT = 256 * 1024
@@ -275,6 +281,11 @@ class Helper:
         rep.update((k, exit_info.get(k) or rep[k]) for k in ("started_at", "finished_at"))
         rep.update(state="exited", timed_out=bool(exit_info.get("timed_out")),
                    cancelled=bool(exit_info.get("cancelled")))  # fmt: skip
+        if rep["exit_code"] != 0:  # why it failed: its last output, and any OOM kill record
+            rep["log_tail"] = log_tail(os.path.join(d, "output.log"), size)
+            before = (started or {}).get("oom_kills")
+            now = oom_kills((started or {}).get("cgroup"))
+            rep["oom_killed"] = None if before is None or now is None else now > before
         result_size = file_size(os.path.join(d, "result.json"))
         if result_size > RESULT_LIMIT:
             rep["result_error"] = "result.json is %d bytes; the limit is %d" % (
@@ -1115,7 +1126,9 @@ class Keeper:
         task = proc_stat(pid)
         started = dict(self.me, pid=pid, pgid=pid, started_at=run.started_at, keeper=True,
                        boot_id=self.boot_id, hostname=self.host,
-                       task_start=task[2] if task else None)  # fmt: skip
+                       task_start=task[2] if task else None,
+                       cgroup=cgroup_of(pid))  # fmt: skip
+        started["oom_kills"] = oom_kills(started["cgroup"])
         try:
             write_file(run.path("started.json"), started, tmp=run.path("started.json.tmp"))
         except OSError as exc:  # e.g. disk full: the task still runs; exit.json will say so
@@ -1350,8 +1363,24 @@ def parse_apps(text: str) -> List[Dict[str, Any]]:
         pid = _smi_value(parts[1]) if len(parts) == 4 else None
         if isinstance(pid, int):  # skips blanks and "No running processes found"
             procs.append({"gpu_uuid": parts[0], "pid": pid, "user": pid_user(pid),
-                          "used_memory_mib": _smi_value(parts[2]), "name": parts[3]})  # fmt: skip
+                          "used_memory_mib": _smi_value(parts[2]), "name": parts[3],
+                          "run_id": pid_run(pid)})  # fmt: skip
     return procs
+
+
+def pid_run(pid: int) -> Optional[str]:
+    """The labtasker run a process belongs to: LABTASKER_RUN_ID in its environment (readable
+    for our own user's processes only), or None."""
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            env = f.read(READ_LIMIT)
+    except OSError:
+        return None
+    for item in env.split(b"\0"):
+        if item.startswith(b"LABTASKER_RUN_ID="):
+            run_id = item[len(b"LABTASKER_RUN_ID=") :].decode("ascii", "replace")
+            return run_id if _RUN_ID.fullmatch(run_id) else None
+    return None
 
 
 def _smi_value(text: str) -> Any:
@@ -1359,6 +1388,50 @@ def _smi_value(text: str) -> Any:
     for kind in (int, float):
         with contextlib.suppress(ValueError):
             return kind(text.strip())
+    return None
+
+
+def log_tail(path: str, size: int) -> Optional[str]:
+    """The last LOG_TAIL bytes of a run's output, as text (the reasons of a failure)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, size - LOG_TAIL))
+            return f.read(LOG_TAIL).decode("utf-8", "replace").replace("\0", " ")
+    except OSError:
+        return None
+
+
+def cgroup_of(pid: int) -> Optional[str]:
+    """The memory cgroup directory of ``pid``: cgroup v2's, else v1's memory controller's."""
+    try:
+        with open("/proc/%d/cgroup" % pid) as f:
+            lines = [x.strip().split(":", 2) for x in f]
+    except OSError:
+        return None
+    for parts in lines:
+        if len(parts) == 3 and "memory" in parts[1].split(","):
+            path = "/sys/fs/cgroup/memory" + parts[2]
+            return path if os.path.isdir(path) else "/sys/fs/cgroup/memory"
+    for parts in lines:
+        if len(parts) == 3 and parts[0] == "0" and not parts[1]:
+            return "/sys/fs/cgroup" + parts[2]
+    return None
+
+
+def oom_kills(cgroup: Optional[str]) -> Optional[int]:
+    """The kernel OOM killer's kills so far in ``cgroup`` (v2 memory.events, v1
+    memory.oom_control); None where it cannot be read."""
+    if not isinstance(cgroup, str) or not cgroup.startswith("/sys/fs/cgroup"):
+        return None
+    for name in ("memory.events", "memory.oom_control"):
+        try:
+            with open(os.path.join(cgroup, name)) as f:
+                for row in f:
+                    key, _, value = row.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
     return None
 
 

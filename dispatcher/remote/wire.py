@@ -38,7 +38,7 @@ _LAUNCH_STATUS = frozenset({"started", "exists", "error"})
 _REPORT_KEYS = frozenset(
     ("run_id", "state", "pid", "exit_code", "log_size", "timed_out", "cancelled", "inline_omitted",
      "started_at", "finished_at", "signal", "boot_id", "error", "result_error", "log", "result",
-     "result_refused")
+     "result_refused", "log_tail", "oom_killed")
 )  # fmt: skip
 
 
@@ -145,6 +145,11 @@ def check_report(host: str, rep: Any, asked: Collection[str], where: str) -> dic
     for key in ("error", "result_error"):
         out[key] = text(host, f"{where}: {key}", rep.get(key))
     out["log"] = _inline_log(host, where, rep.get("log"))
+    out["log_tail"] = _lines(host, f"{where}: log_tail", rep.get("log_tail"))
+    oom = rep.get("oom_killed")
+    if oom is not None and not isinstance(oom, bool):
+        raise violation(host, f"{where}: oom_killed is {_kind(oom)}, not true/false/null")
+    out["oom_killed"] = oom
     out["result"], refused = _result(host, where, rep.get("result"))
     if refused is None and out["result_error"] and _HELPER_RESULT_LIMIT.search(out["result_error"]):
         refused = out["result_error"]
@@ -223,9 +228,43 @@ def _gpus(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dic
         if not isinstance(rows, list) or len(rows) > MAX_ENTRIES:
             raise violation(host, f"the reply to 'gpus' has a bad {key!r} list")
         out[key] = [_scalars(host, f"the reply to 'gpus': {key}", r) for r in rows]
+    where = "the reply to 'gpus'"
     for gpu in out["gpus"]:
-        _int(host, "the reply to 'gpus': a GPU index", gpu.get("index"), nullable=True, lo=0)
+        _int(host, f"{where}: a GPU index", gpu.get("index"), nullable=True, lo=0)
+        for key in ("memory_used_mib", "memory_total_mib"):
+            _mib(host, f"{where}: a GPU's {key}", gpu.get(key))
+        text(host, f"{where}: a GPU name", gpu.get("name"), 256)
+    for proc in out["processes"]:
+        _mib(host, f"{where}: a process's used_memory_mib", proc.get("used_memory_mib"))
+        run = proc.get("run_id")
+        if run is not None and (not isinstance(run, str) or not RUN_ID.fullmatch(run)):
+            raise violation(host, f"{where}: a process has a bad run_id {str(run)[:80]!r}")
     return out
+
+
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def _lines(host: str, where: str, value: Any) -> str | None:
+    """A task's last output lines: at most 8192 characters; controls but newlines become spaces."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 8192:
+        raise violation(host, f"{where} is not a text of at most 8192 characters")
+    return _CONTROL_BUT_NEWLINE.sub(" ", value)
+
+
+#: GPU memory beyond any card (1 PiB, in MiB): a reply claiming more is not nvidia-smi's.
+_MAX_MIB = 2**30
+
+
+def _mib(host: str, where: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise violation(host, f"{where} is {_kind(value)}, not a number")
+    if not 0 <= value <= _MAX_MIB:
+        raise violation(host, f"{where} is {value!r}, outside 0 to {_MAX_MIB}")
 
 
 def _flat(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, Any]:

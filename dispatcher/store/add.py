@@ -49,7 +49,7 @@ _NO_ROWS = "0::BIGINT AS idx, '' AS args, '' AS command, '' AS canon"
 #: The columns every staged source selects, in this order.
 STAGE_COLUMNS = (
     "idx, args, command, canon, template, name, priority, max_attempts, timeout, gpus, after,"
-    " max_running, outputs, after_any, after_failed"
+    " max_running, outputs, after_any, after_failed, gpu_memory, gpu_type, min_gpu_memory"
 )
 
 
@@ -127,23 +127,15 @@ def stage_batch(batch: TaskBatch) -> Staged:
         "SELECT idx, args, command, canon, ?::VARCHAR AS template, ?::VARCHAR AS name,"
         " ?::BIGINT AS priority, ?::INTEGER AS max_attempts, ?::DOUBLE AS timeout,"
         " ?::INTEGER AS gpus, ?::BIGINT[] AS after, ?::INTEGER AS max_running,"
-        " ?::VARCHAR[] AS outputs, ?::BIGINT[] AS after_any, ?::BIGINT[] AS after_failed"
+        " ?::VARCHAR[] AS outputs, ?::BIGINT[] AS after_any, ?::BIGINT[] AS after_failed,"
+        " ?::BIGINT AS gpu_memory, ?::VARCHAR AS gpu_type, ?::BIGINT AS min_gpu_memory"
         " FROM (" + " UNION ALL ".join(sql for sql, _ in selects) + ")"
     )
-    staged.params = [
-        batch.template,
-        batch.name,
-        batch.priority,
-        batch.max_attempts,
-        batch.timeout,
-        batch.gpus,
-        list(batch.after),
-        batch.max_running,
-        list(batch.outputs),
-        list(batch.after_any),
-        list(batch.after_failed),
-        *(p for _, ps in selects for p in ps),
-    ]
+    b = batch
+    staged.params = [b.template, b.name, b.priority, b.max_attempts, b.timeout, b.gpus,
+                     list(b.after), b.max_running, list(b.outputs), list(b.after_any),
+                     list(b.after_failed), b.gpu_memory, b.gpu_type, b.min_gpu_memory,
+                     *(p for _, ps in selects for p in ps)]  # fmt: skip
     return staged
 
 
@@ -173,7 +165,7 @@ def _csv_select(staged: Staged, rows: Iterable[tuple[int, str, str, str]]) -> tu
 def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
     """Stage fully formed tasks (each with its own settings) as one list-valued SELECT; all of
     them are added, repeats too (``Store.add``: the caller chose each task)."""
-    cols: list[list[Any]] = [[] for _ in range(15)]
+    cols: list[list[Any]] = [[] for _ in range(18)]
     deps: dict[DepKind, set[int]] = {kind: set() for kind in DepKind}
     for k, t in enumerate(tasks):
         check_settings(
@@ -184,6 +176,9 @@ def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
             name=t.name,
             max_running=t.max_running,
             outputs=t.outputs,
+            gpu_memory=t.gpu_memory,
+            gpu_type=t.gpu_type,
+            min_gpu_memory=t.min_gpu_memory,
         )
         if "\0" in t.command or "\0" in t.template:
             raise UsageError(f"task {k + 1}: its command contains a NUL character")
@@ -191,14 +186,14 @@ def stage_tasks(tasks: Sequence[NewTask]) -> Staged:
         row = (k, _text(args, k), _text(command, k), canonical_args(t.args), _text(template, k),
                t.name, t.priority, t.max_attempts, t.timeout, t.gpus, list(t.after),
                t.max_running, list(t.outputs), list(t.after_any),
-               list(t.after_failed))  # fmt: skip
+               list(t.after_failed), t.gpu_memory, t.gpu_type, t.min_gpu_memory)  # fmt: skip
         for c, value in enumerate(row):
             cols[c].append(value)
         for kind in DepKind:
             deps[kind].update(getattr(t, kind.value))
     types = ("BIGINT", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "INTEGER",
              "DOUBLE", "INTEGER", "BIGINT[]", "INTEGER", "VARCHAR[]", "BIGINT[]",
-             "BIGINT[]")  # fmt: skip
+             "BIGINT[]", "BIGINT", "VARCHAR", "BIGINT")  # fmt: skip
     names = STAGE_COLUMNS.split(", ")
     sql = "SELECT " + ", ".join(
         f"unnest(?::{t}[]) AS {n}" for t, n in zip(types, names, strict=True)
@@ -353,10 +348,11 @@ def _insert(con: Any, staged: Staged, counts: Counts, *, now: datetime, code: Co
     con.execute(
         "INSERT INTO tasks (id, state, created_at, args, command, template, name, priority,"
         " max_attempts, timeout, gpus, after, max_running, outputs, after_any, after_failed,"
-        " ident, batch, snapshot, git_commit, git_dirty)"
+        " gpu_memory, gpu_type, min_gpu_memory, ident, batch, snapshot, git_commit, git_dirty)"
         " SELECT ? + k.pos, 'pending', ?::TIMESTAMP, s.args, s.command, s.template, s.name,"
         " s.priority, s.max_attempts, s.timeout, s.gpus, s.after, s.max_running, s.outputs,"
-        " s.after_any, s.after_failed, k.ident, ?::BIGINT, ?::VARCHAR, ?::VARCHAR, ?::BOOLEAN"
+        " s.after_any, s.after_failed, s.gpu_memory, s.gpu_type, s.min_gpu_memory, k.ident,"
+        " ?::BIGINT, ?::VARCHAR, ?::VARCHAR, ?::BOOLEAN"
         f" FROM ({staged.sql}) s JOIN {counts.table} k ON s.idx = k.idx",
         [next_id, now, next_id, code.snapshot, code.git_commit, code.git_dirty, *staged.params],
     )

@@ -76,6 +76,8 @@ _COL_TYPES = {
     "finished_at": "TIMESTAMP",
     "cancel_requested": "BOOLEAN",
     "cancelled_by": "BIGINT",
+    "gpu_memory": "BIGINT",
+    "min_gpu_memory": "BIGINT",
 }
 _ATTEMPT_COLS: tuple[str, ...] = ("task_id", "attempt", "run_id", "host", "gpu_ids", "outcome")
 _ATTEMPT_COLS += ("exit_code", "result", "started_at", "finished_at", "reason")
@@ -196,6 +198,8 @@ class Mover:
         started_at: datetime | None = UNSET,
         finished_at: datetime | None = UNSET,
         cancel_requested: bool = UNSET,
+        gpu_memory: int | None = UNSET,
+        min_gpu_memory: int | None = UNSET,
     ) -> Task | None:
         """Move one task to ``new`` (THE state-changing function); returns the updated task.
 
@@ -221,6 +225,8 @@ class Mover:
             "started_at": started_at,
             "finished_at": finished_at,
             "cancel_requested": cancel_requested,
+            "gpu_memory": gpu_memory,  # a CUDA out-of-memory retry asks for a bigger GPU
+            "min_gpu_memory": min_gpu_memory,
         }
         req = MoveRequest(task_id, new, run_id, {k: v for k, v in given.items() if v is not UNSET})
         if self._deferred is not None and task is None:

@@ -39,7 +39,8 @@ VIEWS_SQL = (
     " priority, attempt, max_attempts, losses, timeout, gpus AS gpus_requested, host,"
     " gpu_ids AS gpus, run_id, exit_code, result::JSON AS result, created_at, started_at,"
     " finished_at, epoch(finished_at - started_at) AS runtime, reason, cancel_requested, after,"
-    " after_any, after_failed, snapshot, git_commit, git_dirty FROM {db}.main.tasks",
+    " after_any, after_failed, snapshot, git_commit, git_dirty, gpu_memory, gpu_type,"
+    " min_gpu_memory FROM {db}.main.tasks",
     "CREATE TEMP VIEW attempts AS SELECT task_id, attempt, run_id, host, gpu_ids AS gpus,"
     " outcome, exit_code, result::JSON AS result, started_at, finished_at,"
     " epoch(finished_at - started_at) AS runtime, reason FROM {db}.main.attempts",

@@ -123,6 +123,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN git_commit VARCHAR",
         "ALTER TABLE tasks ADD COLUMN git_dirty BOOLEAN",
     ),
+    # 6 -> 7: GPU needs: memory per GPU (the task may share its GPUs), card type, card size.
+    (
+        "ALTER TABLE tasks ADD COLUMN gpu_memory BIGINT",
+        "ALTER TABLE tasks ADD COLUMN gpu_type VARCHAR",
+        "ALTER TABLE tasks ADD COLUMN min_gpu_memory BIGINT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -130,7 +136,7 @@ TASK_COLUMNS = (
     "id, state, args, template, command, name, priority, max_attempts, attempt, losses, timeout,"
     " gpus, host, gpu_ids, run_id, exit_code, result, created_at, started_at, finished_at,"
     " reason, cancel_requested, after, batch, max_running, outputs, after_any, after_failed,"
-    " cancelled_by, snapshot, git_commit, git_dirty"
+    " cancelled_by, snapshot, git_commit, git_dirty, gpu_memory, gpu_type, min_gpu_memory"
 )
 
 
@@ -249,4 +255,7 @@ def task_from_row(row: Sequence[Any]) -> Task:
         snapshot=row[29],
         git_commit=row[30],
         git_dirty=row[31],
+        gpu_memory=row[32],
+        gpu_type=row[33],
+        min_gpu_memory=row[34],
     )

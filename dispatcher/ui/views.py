@@ -166,12 +166,16 @@ def _gib(mib: Any) -> str:
 
 
 def gpu_table(hosts: Mapping[str, Mapping[str, Any]]) -> Table | None:
-    """Per host and GPU: held by our task N, used by someone else (who), or free; None if no GPU.
+    """Per host and GPU: memory used/total, declared by our sharing tasks, free for them, and
+    who uses it: our task N, our tasks sharing it, someone else (who), or free; None if no GPU.
 
-    ``hosts`` is the dispatcher's view from the status file (``collect.gpu_views``).
+    ``hosts`` is the dispatcher's view from the status file (``logs.gpu_views``). The
+    "declared" column appears only when some GPU is shared.
     """
+    shared = any(g.get("shared_by") for v in hosts.values() for g in v.get("gpus") or [])
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for title in ("host", "gpu", "memory (GiB)", "used by"):
+    titles = ["host", "gpu", "memory (GiB)", *["declared"] * shared, "free", "used by"]
+    for title in titles:
         table.add_column(title)
     rows = 0
     for name, view in hosts.items():
@@ -181,19 +185,31 @@ def gpu_table(hosts: Mapping[str, Mapping[str, Any]]) -> Table | None:
         if isinstance(age, int | float) and age >= 10:  # an old reading: say how old
             label.append(f" {format_duration(age)} ago", style="dim")
         if view.get("error") and not gpus:
-            table.add_row(label, "", "", Text(str(view["error"]), style="yellow"))
+            table.add_row(
+                label, *[""] * (len(titles) - 2), Text(str(view["error"]), style="yellow")
+            )
             rows += 1
         for g in gpus:
             mem = f"{_gib(g.get('used_mib'))}/{_gib(g.get('total_mib'))}"
-            if g.get("task") is not None:
-                who = Text(f"task {g['task']}", style="bold blue")
-            elif g.get("other"):
-                who = Text(str(g["other"]), style="yellow")
-            else:
-                who = Text("free", style="green")
-            table.add_row(label, str(g.get("index")), mem, who)
+            cells: list[RenderableType] = [label, str(g.get("index")), mem]
+            if shared:
+                cells.append(_gib(g["declared_mib"]) if g.get("declared_mib") is not None else "")
+            cells += [_gib(g.get("free_mib")), _who(g)]
+            table.add_row(*cells)
             label, rows = Text(""), rows + 1  # the host's name once, on its first GPU
     return table if rows else None
+
+
+def _who(g: Mapping[str, Any]) -> Text:
+    sharers = g.get("shared_by") or []
+    if g.get("task") is not None:
+        return Text(f"task {g['task']}", style="bold blue")
+    if sharers:
+        ids = ", ".join(map(str, sharers))
+        return Text(f"task {ids}" if len(sharers) == 1 else f"tasks {ids}", style="bold blue")
+    if g.get("other"):
+        return Text(str(g["other"]), style="yellow")
+    return Text("free", style="green")
 
 
 def freshness(written_at: float | None, now: float, *, running: bool) -> Text | None:

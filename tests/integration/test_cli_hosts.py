@@ -30,8 +30,10 @@ def test_hosts_check_reports_each_host_on_one_line(lab: Lab) -> None:
     assert normalise(done.stdout, lab) == "\n".join(
         [
             "host  python  user  workdir  gpus  problem",
-            "gpu2  ok  3.X.Y  user-gpu2  WORKDIR  0: 0/40960 MiB; 1: 0/40960 MiB",
-            "gpu1  ok  3.X.Y  user-gpu1  WORKDIR  0: 3000/40960 MiB busy by root (pid PID)",
+            "gpu2  ok  3.X.Y  user-gpu2  WORKDIR  0: A100-SXM4-40GB 0/40960 MiB; 1: A100-SXM4-40GB"
+            " 0/40960 MiB",
+            "gpu1  ok  3.X.Y  user-gpu1  WORKDIR  0: A100-SXM4-40GB 3000/40960 MiB busy by root"
+            " (pid PID)",
             "cpu  ok  3.X.Y  user-cpu  WORKDIR  none (CPU-only)",
             "gone  FAIL  gone (127.0.0.1:1): connection refused; is sshd running?",
         ]
@@ -44,4 +46,6 @@ def test_hosts_check_exits_0_when_every_host_works(lab: Lab) -> None:
     assert done.returncode == 0, (done.stdout, done.stderr)
     lines = normalise(done.stdout, lab).splitlines()
     assert lines[0] == "host  python  user  workdir  gpus"  # no problem column when none failed
-    assert lines[1].startswith("behind  ok  3.X.Y") and lines[1].endswith("0: 0/40960 MiB")
+    assert lines[1].startswith("behind  ok  3.X.Y") and lines[1].endswith(
+        "0: A100-SXM4-40GB 0/40960 MiB"
+    )

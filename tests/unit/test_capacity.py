@@ -106,3 +106,67 @@ def test_foreign_use_lists_at_most_three_owners() -> None:
     assert foreign_use(gpu(0, 5000), procs, 0) == (
         "4.9 GiB used by u (pid 0), u (pid 1), u (pid 2) +2"
     )
+
+
+GIB = 2**30
+
+
+def sharer(task_id: int, gpu_ids: list[int], gib: int) -> Task:
+    return Task(task_id, TaskState.RUNNING, {}, "t", "t", host="h", gpu_ids=gpu_ids,
+                gpu_memory=gib * GIB, run_id=f"t{task_id}-a1-x")  # fmt: skip
+
+
+def card(used_mib: int, total_gib: int = 80) -> dict[str, Any]:
+    return {"index": 0, "uuid": "GPU-0", "name": "NVIDIA H100", "memory_used_mib": used_mib,
+            "memory_total_mib": total_gib * 1024}  # fmt: skip
+
+
+def proc(pid: int, mib: int | None, run_id: str | None = None) -> dict[str, Any]:
+    return {"gpu_uuid": "GPU-0", "pid": pid, "user": "me", "used_memory_mib": mib,
+            "run_id": run_id}  # fmt: skip
+
+
+def test_a_declaration_stays_reserved_until_the_task_shows_its_use() -> None:
+    c = cap({}, inventory(card(0)), [sharer(1, [0], 10)])  # just launched: nothing used yet
+    assert (c.gpus[0].sharers, c.gpus[0].room, c.gpus[0].total) == ((1,), 70 * GIB, 80 * GIB)
+    assert c.gpus[0].name == "NVIDIA H100" and c.gpus[0].held_by_task is None
+
+
+def test_a_task_using_more_than_it_declared_holds_what_it_uses() -> None:
+    inv = inventory(card(30 * 1024), procs=[proc(5, 30 * 1024, "t1-a1-x")])
+    c = cap({}, inv, [sharer(1, [0], 10)])
+    assert c.gpus[0].room == 50 * GIB
+
+
+def test_another_users_process_takes_room_and_blocks_exclusive_tasks() -> None:
+    inv = inventory(card(25 * 1024), procs=[proc(5, 5 * 1024, "t1-a1-x"), proc(6, 20 * 1024)])
+    c = cap({}, inv, [sharer(1, [0], 10)])
+    assert c.gpus[0].room == (80 - 20 - 10) * GIB
+    alone = cap({}, inventory(card(20 * 1024), procs=[proc(6, 20 * 1024)]))
+    assert alone.gpus[0].foreign is not None and alone.gpus[0].room == 60 * GIB
+
+
+def test_without_per_process_memory_declarations_alone_count() -> None:
+    inv = inventory(card(30 * 1024), procs=[proc(5, None, "t1-a1-x")])
+    c = cap({}, inv, [sharer(1, [0], 10)])
+    assert c.gpus[0].room == (80 - 20 - 10) * GIB  # 30 used, 10 of it taken to be ours
+
+
+def test_host_settings_reach_the_scheduler() -> None:
+    c = cap({"max_tasks_per_gpu": 3, "max_gpus": 1, "gpu_order": [1, 0]}, inventory(card(0)))
+    assert (c.max_tasks_per_gpu, c.max_gpus, c.gpu_order) == (3, 1, (1, 0))
+
+
+def test_hosts_check_names_our_tasks_and_says_when_declarations_alone_count() -> None:
+    from dispatcher.cli.hosts import describe_gpus
+
+    spec = make_host("h", {})
+    inv = inventory(card(30 * 1024), procs=[proc(5, None, "t12-a1-x"), proc(6, None)])
+    ok, text = describe_gpus(spec, inv)
+    assert ok and text.startswith("0: H100 30720/81920 MiB busy by task 12 (pid 5), me (pid 6)")
+    assert text.endswith(
+        "nvidia-smi gives no per-process memory here: tasks sharing a GPU count as using what"
+        " they declared (--gpu-memory)"
+    )
+    _, known = describe_gpus(spec, inventory(card(0), procs=[proc(5, 100, "t12-a1-x")]))
+    assert "per-process" not in known

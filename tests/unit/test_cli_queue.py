@@ -86,6 +86,38 @@ def test_a_timeout_is_a_duration_on_the_cli_in_a_sweep_file_and_in_the_api(
     ]  # fmt: skip
 
 
+def test_gpu_needs_are_sizes_on_the_cli_in_a_sweep_file_and_in_the_api(
+    db: Path, tmp_path: Path
+) -> None:
+    from dispatcher.api import Queue
+
+    ok(db, "queue", "add", "--cmd", "a", "--gpu-memory", "10GiB", "--gpu-type", "A100|H100")
+    ok(db, "queue", "add", "--cmd", "b", "--min-gpu-memory", "40G", "--gpus", "2")
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text('command = "c"\ngpu_memory = "512MiB"\n')
+    ok(db, "queue", "add", "--file", str(sweep))
+    Queue(db).add("d", gpu_memory=2**30, min_gpu_memory="1.5GiB")
+    got = [(t["command"], t["gpu_memory"], t["gpu_type"], t["min_gpu_memory"]) for t in listed(db)]
+    assert got == [
+        ("a", 10 * 2**30, "A100|H100", None), ("b", None, None, 40 * 10**9),
+        ("c", 512 * 2**20, None, None), ("d", 2**30, None, 3 * 2**29),
+    ]  # fmt: skip
+    for bad, message in [
+        (["--gpus", "0", "--gpu-memory", "1GiB"], "--gpus 0 asks for a slot without a GPU"),
+        (["--gpu-memory", "0"], "gpu memory must be a positive size"),
+        (["--min-gpu-memory", "big"], "min gpu memory must be a positive size"),
+        (["--gpu-type", "A100||H100"], "gpu type must be names like"),
+    ]:
+        result = run(db, "queue", "add", "--cmd", "x", *bad)
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+    sweep.write_text('command = "c"\ngpu_memory = "lots"\n')
+    result = run(db, "queue", "add", "--file", str(sweep))
+    assert result.exit_code == 2 and "'gpu_memory' must be a positive size" in result.stderr
+    assert len(listed(db)) == 4
+    out = ok(db, "sql", "SELECT sum(gpu_memory) AS m, count(gpu_type) AS t FROM tasks", "-f", "csv")
+    assert out.splitlines() == ["m,t", f"{11 * 2**30 + 512 * 2**20},1"]
+
+
 def test_an_option_of_the_command_given_without_double_dash_gets_a_hint(db: Path) -> None:
     result = run(db, "queue", "add", "--grid", "lr=1", "python", "train.py", "--lr", "%{lr}")
     assert result.exit_code == 2

@@ -62,6 +62,20 @@ async def test_nonzero_exit_is_data_and_a_non_object_result_is_reported(
     assert rep["exit_code"] == 3 and rep["signal"] is None
     assert rep["result"] is None and "not a JSON object" in rep["result_error"]
     assert log_text(rep) == "oops\n"
+    assert rep["log_tail"] == "oops\n"  # what names the failure, however long the log
+
+
+async def test_a_failed_runs_report_carries_its_last_4_kib_and_oom_kill_record(
+    helper: LocalHelper,
+) -> None:
+    await helper.launch("long", "head -c 100000 /dev/zero | tr '\\0' x; echo; echo LAST; exit 1")
+    rep = await helper.wait_exit("long")
+    assert rep["log"] is None and rep["log_tail"].endswith("x\nLAST\n")
+    assert len(rep["log_tail"]) == 4096
+    assert rep["oom_killed"] in (False, None)  # None where the cgroup's record is unreadable
+    await helper.launch("fine", "echo ok")
+    ok = await helper.wait_exit("fine")
+    assert ok.get("log_tail") is None and ok.get("oom_killed") is None
 
 
 async def test_death_by_signal_gives_negative_code_and_its_name(helper: LocalHelper) -> None:

@@ -9,6 +9,7 @@ import os
 import py_compile
 import signal
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -77,10 +78,31 @@ async def test_gpus_parses_nvidia_smi(helper: LocalHelper, bindir: Path) -> None
     user = pwd.getpwuid(os.getuid()).pw_name
     assert reply["processes"] == [
         {"gpu_uuid": "GPU-aaaa", "pid": me, "user": user, "used_memory_mib": 1000,
-         "name": "/usr/bin/python3, train.py"},
+         "name": "/usr/bin/python3, train.py", "run_id": os.environ.get("LABTASKER_RUN_ID")},
         {"gpu_uuid": "GPU-bbbb", "pid": 999999999, "user": "?", "used_memory_mib": None,
-         "name": "ghost"},
+         "name": "ghost", "run_id": None},
     ]  # fmt: skip
+
+
+async def test_gpus_names_the_labtasker_run_of_each_process(
+    helper: LocalHelper, bindir: Path
+) -> None:
+    """A process whose environment holds LABTASKER_RUN_ID is that run's; others are nobody's."""
+    env = {**os.environ, "LABTASKER_RUN_ID": "t7-a1-0123456789abcdef"}
+    ours = subprocess.Popen(["sleep", "60"], env=env)
+    other = subprocess.Popen(["sleep", "60"], env={"PATH": os.environ["PATH"]})
+    try:
+        apps = f"GPU-aaaa, {ours.pid}, 2048, python\nGPU-aaaa, {other.pid}, 512, python\n"
+        stub_nvidia_smi(bindir, GPU_TABLE, apps)
+        procs = (await helper.call("gpus"))["processes"]
+        assert [(p["pid"], p["run_id"]) for p in procs] == [
+            (ours.pid, "t7-a1-0123456789abcdef"),
+            (other.pid, None),
+        ]
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()
 
 
 async def test_gpus_without_devices_or_with_a_broken_driver(

@@ -327,6 +327,12 @@ def test_inline_host_tables_still_get_a_line() -> None:
         ({"ssh": "a b"}, "`ssh` must be false (run locally) or"),
         ({"ssh": 22}, "`ssh` must be false"),
         ({"max_gpu_memory_used": "lots"}, "`max_gpu_memory_used` must be a byte count"),
+        ({"max_tasks_per_gpu": 0}, "`max_tasks_per_gpu` must be an integer >= 1, got 0"),
+        ({"max_gpus": -1}, "`max_gpus` must be an integer >= 0, got -1"),
+        ({"max_gpus": "2"}, "`max_gpus` must be an integer >= 0"),
+        ({"gpu_order": 2}, "`gpu_order` must be a list of GPU indices like [2, 3, 0, 1], got 2"),
+        ({"gpu_order": [1, 1]}, "`gpu_order` must be a list of distinct GPU indices"),
+        ({"gpu_order": [0, -1]}, "`gpu_order` must be a list of GPU indices"),
     ],
 )
 def test_bad_values(settings: dict[str, Any], message: str) -> None:
@@ -334,6 +340,18 @@ def test_bad_values(settings: dict[str, Any], message: str) -> None:
         make_host("gpu-a", settings)
     assert str(err.value).startswith("<settings>: host gpu-a: ")
     assert message in str(err.value)
+
+
+def test_gpu_etiquette_settings_are_read() -> None:
+    h = make_host("gpu-a", {"max_tasks_per_gpu": 4, "max_gpus": 2, "gpu_order": [3, 1]})
+    assert (h.max_tasks_per_gpu, h.max_gpus, h.gpu_order) == (4, 2, (3, 1))
+    bare = make_host("gpu-b")
+    assert (bare.max_tasks_per_gpu, bare.max_gpus, bare.gpu_order) == (None, None, ())
+
+
+def test_a_bad_gpu_setting_is_one_line_naming_the_host_and_key() -> None:
+    text = "[hosts.a]\ngpus = [0, 1]\n\n[hosts.b]\nmax_gpus = 1.5\n"
+    assert error_of(text) == "hosts.toml:5: host b: `max_gpus` must be an integer >= 0, got 1.5"
 
 
 @pytest.mark.parametrize("name", ["gpu a", "-oProxyCommand=evil", "", "a\tb", "*", "alice@gpu"])

@@ -125,3 +125,49 @@ def test_a_lost_reason_names_the_host_once() -> None:
     assert out.requeue_reason is not None and out.requeue_reason.count("gpu-a") == 1
     other = lost_outcome(task(losses=0), "gone (gpu-ab: x)")  # another host's name stays
     assert other.fields["reason"] == "lost on gpu-a: gone (gpu-ab: x)"
+
+
+TORCH_OOM = (
+    'epoch 3\nTraceback (most recent call last):\n  File "train.py", line 9\n'
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB"
+    " total capacity)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"exit_code": 1, "log_tail": TORCH_OOM}, "CUDA out of memory (exit 1)"),
+        ({"exit_code": 1, "log_tail": "RuntimeError: CUDA error: out of memory\n"},
+         "CUDA out of memory (exit 1)"),
+        ({"exit_code": -9, "oom_killed": True}, "killed by the OOM killer (killed by SIGKILL)"),
+        ({"exit_code": -9, "oom_killed": False}, "killed by SIGKILL"),
+        ({"exit_code": -9, "oom_killed": None}, "killed by SIGKILL"),
+        ({"exit_code": 1, "oom_killed": True}, "exit 1"),  # not killed: someone else's OOM
+        ({"exit_code": 1, "log_tail": "ModuleNotFoundError: No module named 'wandb'\n"},
+         "missing module wandb (exit 1)"),
+        ({"exit_code": 1, "log_tail": "ModuleNotFoundError: No module named 'a.b'\n"},
+         "missing module a.b (exit 1)"),
+        ({"exit_code": 1, "log_tail": "all fine\n"}, "exit 1"),
+    ],
+)  # fmt: skip
+def test_a_failure_is_named_by_what_it_died_of(fields: dict[str, Any], reason: str) -> None:
+    out = outcome_of(report(**fields), task())
+    assert out.state is S.FAILED and out.fields["reason"] == reason
+    assert out.cuda_oom == reason.startswith("CUDA out of memory")
+
+
+def test_an_old_error_far_above_the_last_lines_does_not_name_the_failure() -> None:
+    tail = "CUDA out of memory (caught, batch halved)\n" + "step\n" * 60 + "ValueError: x\n"
+    assert outcome_of(report(exit_code=1, log_tail=tail), task()).fields["reason"] == "exit 1"
+
+
+def test_a_timeout_stays_a_timeout_whatever_it_printed() -> None:
+    out = outcome_of(report(exit_code=-15, timed_out=True, log_tail=TORCH_OOM), task(timeout=5))
+    assert out.fields["reason"].startswith("timed out after 5s") and not out.cuda_oom
+
+
+def test_a_cuda_oom_with_attempts_left_is_retried() -> None:
+    out = outcome_of(report(exit_code=1, log_tail=TORCH_OOM), task(max_attempts=2))
+    assert out.requeue_reason == "attempt 1/2 failed (CUDA out of memory (exit 1)); retrying"
+    assert out.cuda_oom

@@ -87,6 +87,32 @@ def test_gpu_views_tell_ours_from_others_and_free(tmp_path: Path) -> None:
     assert any(x.rstrip().endswith("free") for x in lines)
 
 
+def test_the_gpu_table_shows_memory_declared_used_and_free_with_the_sharing_tasks() -> None:
+    session = a_session("gpu1")
+    gpus = [
+        {"index": i, "uuid": f"u{i}", "name": "H100", "memory_used_mib": used,
+         "memory_total_mib": 81920}
+        for i, used in enumerate([12288, 0])
+    ]  # fmt: skip
+    procs = [{"gpu_uuid": "u0", "pid": 5, "user": "me", "used_memory_mib": 12288,
+              "run_id": "t3-a1-x"}]  # fmt: skip
+    session.inventory = GpuInventory(gpus, procs, None, fetched_at=100.0)
+    sharers = [
+        Task(id=i, state=S.RUNNING, args={}, template="t", command="t", host="gpu1",
+             gpu_ids=[0], gpu_memory=10 * 2**30, run_id=f"t{i}-a1-x")
+        for i in (3, 4)
+    ]  # fmt: skip
+    views = gpu_views([session], sharers, now=100.0)
+    first, second = views["gpu1"]["gpus"]
+    assert (first["shared_by"], first["declared_mib"]) == ([3, 4], 20480)
+    assert first["free_mib"] == 81920 - 12288 - 10240  # task 3 uses 12 of its 10; task 4: 10
+    assert (second["shared_by"], second["declared_mib"], second["free_mib"]) == ([], None, 81920)
+    lines = render(gpu_table(views) or "").splitlines()
+    assert lines[0].split() == ["host", "gpu", "memory", "(GiB)", "declared", "free", "used", "by"]
+    assert lines[1].split() == ["gpu1", "0", "12.0/80.0", "20.0", "58.0", "tasks", "3,", "4"]
+    assert lines[2].split() == ["1", "0.0/80.0", "80.0", "free"]
+
+
 def test_no_gpus_means_no_gpu_table() -> None:
     assert gpu_table({}) is None
     assert gpu_table({"cpu": {"gpus": [], "error": None}}) is None

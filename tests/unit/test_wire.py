@@ -51,6 +51,9 @@ def test_a_run_not_asked_about_is_a_violation() -> None:
         ("cancelled", "yes", "true/false"),
         ("result", [1, 2], "not an object"),
         ("log", "not base64!", "base64"),
+        ("log_tail", "x" * 8193, "at most 8192"),
+        ("log_tail", 5, "at most 8192"),
+        ("oom_killed", "yes", "true/false/null"),
     ],
 )
 def test_wrong_types_and_unbounded_texts_are_violations(field: str, value: Any, match: str) -> None:
@@ -117,6 +120,41 @@ def test_replies_name_only_the_runs_asked_about() -> None:
         wire.check_reply(
             "h", "read", {"run_id": RUN, "size": 3}, {"ok": True, "data": data, "size": 10}
         )
+
+
+def test_a_failed_runs_last_lines_keep_their_newlines() -> None:
+    got = wire.check_report("h", report(log_tail="a\0b\x1b[K\nc\n", oom_killed=None), (RUN,), "x")
+    assert got["log_tail"] == "a b [K\nc\n" and got["oom_killed"] is None
+
+
+GPU = {"index": 0, "uuid": "GPU-1", "name": "H100", "memory_used_mib": 5,
+       "memory_total_mib": 81920, "utilization": 0}  # fmt: skip
+PROC = {"gpu_uuid": "GPU-1", "pid": 4, "user": "me", "used_memory_mib": 5, "name": "python",
+        "run_id": RUN}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("gpu", "proc", "match"),
+    [
+        ({"memory_total_mib": -1}, {}, "outside 0 to"),
+        ({"memory_used_mib": "5"}, {}, "not a number"),
+        ({"memory_used_mib": float("nan")}, {}, "outside 0 to"),
+        ({"name": "x" * 300}, {}, "characters long"),
+        ({}, {"used_memory_mib": 2**31}, "outside 0 to"),
+        ({}, {"run_id": "../x"}, "bad run_id"),
+        ({}, {"run_id": 7}, "bad run_id"),
+    ],
+)
+def test_gpu_memory_and_run_ids_from_a_host_are_checked(
+    gpu: dict[str, Any], proc: dict[str, Any], match: str
+) -> None:
+    reply = {"ok": True, "gpus": [{**GPU, **gpu}], "processes": [{**PROC, **proc}], "error": None}
+    with pytest.raises(ProtocolViolationError, match=match):
+        wire.check_reply("h", "gpus", {}, reply)
+    fine = {"ok": True, "gpus": [GPU], "processes": [{**PROC, "used_memory_mib": None}]}
+    assert (
+        wire.check_reply("h", "gpus", {}, {**fine, "error": None})["processes"][0]["run_id"] == RUN
+    )
 
 
 def test_task_output_in_a_tail_is_cleaned_not_refused() -> None:
