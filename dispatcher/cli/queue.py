@@ -82,8 +82,8 @@ def build_batch(
         grid_from_items,
         parse_args_json,
         parse_jsonl,
-        parse_sweep_toml,
     )
+    from dispatcher.core.sweep_file import parse_sweep_toml
     from dispatcher.core.template import join_words
 
     if cmd is not None and words:

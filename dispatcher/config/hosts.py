@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from dispatcher.config.values import (
     gpu_indices,
     gpu_list,
     integer,
+    parse_toml,
     show,
     size,
     ssh_target,
@@ -331,28 +331,7 @@ def make_host(name: str, settings: Mapping[str, Any] | None = None, **defaults: 
 
 def parse_hosts_text(text: str, path: Path) -> HostsConfig:
     """Parse and check hosts.toml text; ``path`` is only used in messages and the result."""
-    return hosts_from_mapping(_toml(text, path), path, text)
-
-
-def _toml(text: str, path: Path) -> Any:
-    """The parsed TOML of a hosts file; syntax errors as one ``file:line:col`` ConfigError."""
-    try:
-        return tomllib.loads(text)
-    except RecursionError:
-        raise ConfigError(f"{path}: values nested too deeply to read") from None
-    except tomllib.TOMLDecodeError as err:
-        message = str(err)
-        m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
-        loc = f"{path}:{m[1]}:{m[2]}" if m else f"{path}:{max(len(text.splitlines()), 1)}"
-        message = message[: m.start()] if m else message.replace(" (at end of document)", "")
-        dup = re.fullmatch(r"Cannot declare \('hosts', '([^']*)'\) twice", message)
-        if dup:
-            message = (
-                f"duplicate host `{dup[1]}`: [hosts.{dup[1]}] appears twice; merge or rename one"
-            )
-        elif message == "Cannot overwrite a value":
-            message = "a key or table is given twice"
-        raise ConfigError(f"{loc}: {message}") from None
+    return hosts_from_mapping(parse_toml(text, path), path, text)
 
 
 def load_hosts(path: Path, queue: Path | None = None) -> HostsConfig:
@@ -400,4 +379,4 @@ def load_sync(path: Path) -> SyncSpec:
         raise ConfigError(f"hosts file {path} cannot be read: {err.strerror or err}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
-    return _sync(_toml(text, path), _Where(path, text))
+    return _sync(parse_toml(text, path), _Where(path, text))

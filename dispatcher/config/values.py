@@ -1,4 +1,4 @@
-"""Checkers for the values of hosts.toml settings, and the size and duration parsers.
+"""Checkers for the values of hosts.toml settings, the size and duration parsers, and TOML reading.
 
 Each checker takes a value as TOML gives it and returns it normalised, or raises ConfigError with
 a message that starts where "`key` " leaves off ("must be ..., got ..."); ``hosts`` adds the
@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import re
 import reprlib
+import tomllib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from dispatcher.core.globs import glob_problem
@@ -171,3 +173,24 @@ def globs(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or any(glob_problem(g) for g in v):
         _fail('a list of glob patterns inside workdir, like ["out/*.json"]', v)
     return tuple(v)
+
+
+def parse_toml(text: str, path: Path) -> Any:
+    """The parsed TOML of a hosts file; syntax errors as one ``file:line:col`` ConfigError."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: values nested too deeply to read") from None
+    except tomllib.TOMLDecodeError as err:
+        message = str(err)
+        m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+        loc = f"{path}:{m[1]}:{m[2]}" if m else f"{path}:{max(len(text.splitlines()), 1)}"
+        message = message[: m.start()] if m else message.replace(" (at end of document)", "")
+        dup = re.fullmatch(r"Cannot declare \('hosts', '([^']*)'\) twice", message)
+        if dup:
+            message = (
+                f"duplicate host `{dup[1]}`: [hosts.{dup[1]}] appears twice; merge or rename one"
+            )
+        elif message == "Cannot overwrite a value":
+            message = "a key or table is given twice"
+        raise ConfigError(f"{loc}: {message}") from None

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher.core.globs import expand_glob, glob_problem
-from dispatcher.core.sweep import Grid, SweepFile, merge, overlap, with_axis, with_fixed
+from dispatcher.core.sweep import Grid, merge, overlap, with_axis, with_fixed
+from dispatcher.core.sweep_file import SweepFile
 from dispatcher.core.template import Template, compile_template, split
 from dispatcher.core.values import DURATION_FORMS, SIZE_FORMS, Axis, duration_seconds, size_bytes
 from dispatcher.errors import SweepError, TemplateError, UsageError

@@ -1,8 +1,8 @@
-"""Argument groups: ``--args`` JSON, ``--grid KEY=V1,V2``, JSONL files and TOML sweep files.
+"""Argument groups: ``--args`` JSON, ``--grid KEY=V1,V2`` and JSONL files; grids and their merging.
 
 Pure: callers pass file text in. Grids expand lazily (``Grid`` is an iterable with a length), so
 a million-point sweep is never held as a list of dicts; random points (``dispatcher.core.sampling``)
-are one more axis. Errors are SweepError naming the input.
+are one more axis. Errors are SweepError naming the input. TOML sweep files: ``core.sweep_file``.
 """
 
 from __future__ import annotations
@@ -14,44 +14,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher.core.sampling import from_table as random_axis
 from dispatcher.core.values import (
-    DURATION_FORMS,
-    SIZE_FORMS,
     Axis,
     Path_,
-    check_json,
-    duration_seconds,
     parse_scalar,
     reject_constant,
-    size_bytes,
 )
 from dispatcher.errors import SweepError
-
-#: Largest `repeat`: its values are built eagerly (a million is already far past any sweep).
-MAX_REPEAT = 1_000_000
-#: Top-level keys a TOML sweep file may hold.
-SWEEP_KEYS = (
-    "command",
-    "name",
-    "args",
-    "grid",
-    "zip",
-    "random",
-    "repeat",
-    "priority",
-    "max_attempts",
-    "timeout",
-    "gpus",
-    "max_running",
-    "outputs",
-    "after",
-    "after_any",
-    "after_failed",
-    "gpu_memory",
-    "gpu_type",
-    "min_gpu_memory",
-)
 
 
 def parse_args_json(text: str, *, source: str = "--args") -> dict[str, Any]:
@@ -168,7 +137,7 @@ def grid_from_items(items: Sequence[str]) -> Grid:
                 " a grid value cannot be empty"
             )
         axes.append(((path,), tuple((parse_scalar(v),) for v in split)))
-    _check_disjoint([p for paths, _ in axes for p in paths], source="--grid")
+    check_disjoint([p for paths, _ in axes for p in paths], source="--grid")
     return Grid({}, tuple(axes))
 
 
@@ -187,7 +156,7 @@ def grid_from_mapping(grid: Mapping[str, Any]) -> Grid:
         if not rows:
             raise SweepError(f"grid key {key!r}: the list of values is empty")
         axes.append(((path,), rows))
-    _check_disjoint([p for paths, _ in axes for p in paths], source="grid=")
+    check_disjoint([p for paths, _ in axes for p in paths], source="grid=")
     return Grid({}, tuple(axes))
 
 
@@ -197,7 +166,7 @@ def with_axis(grid: Grid, axis: Axis | None) -> Grid:
         return grid
     out = Grid(grid.fixed, (*grid.axes, axis))
     paths = [p for paths, _ in out.axes for p in paths]
-    _check_disjoint([*paths, *(p for p, _ in _flatten(grid.fixed, (), leaves_only=True))],
+    check_disjoint([*paths, *(p for p, _ in flatten_paths(grid.fixed, (), leaves_only=True))],
                     source="grid and random keys")  # fmt: skip
     return out
 
@@ -215,7 +184,7 @@ def with_fixed(grid: Grid, fixed: Mapping[str, Any]) -> Grid:
 
 
 def _axis_clash(grid: Grid, fixed: Mapping[str, Any]) -> str | None:
-    leaves = [p for p, _ in _flatten(fixed, (), leaves_only=True)]
+    leaves = [p for p, _ in flatten_paths(fixed, (), leaves_only=True)]
     for paths, _ in grid.axes:
         for path in paths:
             for leaf in leaves:
@@ -239,163 +208,21 @@ def overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class SweepFile:
-    """A parsed TOML sweep file: its points and the task defaults it sets."""
-
-    grid: Grid
-    command: str | None = None
-    name: str | None = None
-    priority: int | None = None
-    max_attempts: int | None = None
-    timeout: float | None = None
-    gpus: int | None = None
-    max_running: int | None = None
-    outputs: tuple[str, ...] | None = None
-    after: tuple[int, ...] = ()
-    after_any: tuple[int, ...] = ()
-    after_failed: tuple[int, ...] = ()
-    gpu_memory: int | str | None = None  # checked with the CLI's values (batch.size_setting)
-    gpu_type: str | None = None
-    min_gpu_memory: int | str | None = None
-
-
-def parse_sweep_toml(text: str, *, source: str) -> SweepFile:
-    """Parse a TOML sweep file (see docs/queue.md); errors name ``source`` and the key."""
-    import tomllib  # only `queue add --file x.toml` needs it
-
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise SweepError(f"{source}: not valid TOML ({err})") from None
-    except RecursionError:
-        raise SweepError(f"{source}: nested too deeply to read") from None
-    for key in doc:
-        if key not in SWEEP_KEYS:
-            raise SweepError(
-                f"{source}: unknown key {key!r}; allowed top-level keys: {', '.join(SWEEP_KEYS)}"
-            )
-    fixed = _table(doc, "args", source)
-    check_json(fixed, f"{source}: [args]")
-    axes = _file_axes(doc, source)
-    randoms = random_axis(_table(doc, "random", source), f"{source}: random")
-    if randoms is not None:
-        axes.append(randoms)
-    repeat = _opt(doc, "repeat", int, source)
-    if repeat is not None:
-        if not 1 <= repeat <= MAX_REPEAT:
-            raise SweepError(f"{source}: repeat must be 1 to {MAX_REPEAT:,}, got {repeat}")
-        axes.append(((("repeat",),), tuple((i,) for i in range(repeat))))
-    all_paths = [p for paths, _ in axes for p in paths]
-    all_paths += [p for p, _ in _flatten(fixed, (), leaves_only=True)]
-    _check_disjoint(all_paths, source=source)
-    command = _opt(doc, "command", str, source)
-    name = _opt(doc, "name", str, source)
-    timeout = doc.get("timeout")
-    if timeout is not None and not duration_seconds(timeout):
-        raise SweepError(
-            f"{source}: 'timeout' must be a positive duration {DURATION_FORMS}, got {timeout!r}"
-        )
-    outputs = _opt(doc, "outputs", list, source)
-    if outputs is not None and not all(isinstance(g, str) for g in outputs):
-        raise SweepError(f"{source}: 'outputs' must be a list of glob strings like"
-                         f' ["out/*.json"], got {outputs!r}')  # fmt: skip
-    return SweepFile(
-        grid=Grid(fixed, tuple(axes)),
-        command=command,
-        name=name,
-        priority=_opt(doc, "priority", int, source),
-        max_attempts=_opt(doc, "max_attempts", int, source),
-        timeout=duration_seconds(timeout),
-        gpus=_opt(doc, "gpus", int, source),
-        max_running=_opt(doc, "max_running", int, source),
-        outputs=None if outputs is None else tuple(outputs),
-        after=_task_ids(doc, "after", source),
-        after_any=_task_ids(doc, "after_any", source),
-        after_failed=_task_ids(doc, "after_failed", source),
-        gpu_memory=_size(doc, "gpu_memory", source),
-        gpu_type=_opt(doc, "gpu_type", str, source),
-        min_gpu_memory=_size(doc, "min_gpu_memory", source),
-    )
-
-
-def _task_ids(doc: dict[str, Any], key: str, source: str) -> tuple[int, ...]:
-    """A dependency key of a sweep file: one task id or a list of them."""
-    value = doc.get(key, [])
-    ids = value if isinstance(value, list) else [value]
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids):
-        raise SweepError(f"{source}: {key!r} must be a task id or a list of them, got {value!r}")
-    return tuple(ids)
-
-
-def _listed(values: Any, where: str) -> list[Any]:
-    """A sweep file's list of values for one key; SweepError unless it is one, non-empty."""
-    if not isinstance(values, list) or not values:
-        raise SweepError(f"{where}: expected a non-empty list of values")
-    check_json(values, where)
-    return values
-
-
-def _file_axes(doc: Mapping[str, Any], source: str) -> list[Axis]:
-    """The axes of a sweep file's [grid] (one per key) and [zip] (one for all its keys)."""
-    axes: list[Axis] = []
-    for path, values in _flatten(_table(doc, "grid", source), ()):
-        listed = _listed(values, f"{source}: grid.{'.'.join(path)}")
-        axes.append(((path,), tuple((v,) for v in listed)))
-    zipped = [
-        (path, _listed(values, f"{source}: zip.{'.'.join(path)}"))
-        for path, values in _flatten(_table(doc, "zip", source), ())
-    ]
-    if zipped:
-        if len({len(v) for _, v in zipped}) > 1:
-            sizes = ", ".join(f"{'.'.join(p)}={len(v)}" for p, v in zipped)
-            raise SweepError(f"{source}: [zip] lists must have equal lengths ({sizes})")
-        paths = tuple(p for p, _ in zipped)
-        axes.append((paths, tuple(zip(*(v for _, v in zipped), strict=True))))
-    return axes
-
-
-def _table(doc: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
-    value = doc.get(key, {})
-    if not isinstance(value, dict):
-        raise SweepError(f"{source}: {key!r} must be a table ([{key}])")
-    return value
-
-
-def _size(doc: Mapping[str, Any], key: str, source: str) -> int | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    n = size_bytes(value)
-    if not n:
-        raise SweepError(f"{source}: {key!r} must be a positive size {SIZE_FORMS}, got {value!r}")
-    return n
-
-
-def _opt(doc: Mapping[str, Any], key: str, kind: type, source: str) -> Any:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise SweepError(f"{source}: {key!r} must be {kind.__name__}, got {value!r}")
-    return value
-
-
-def _flatten(
+def flatten_paths(
     table: Mapping[str, Any], prefix: Path_, *, leaves_only: bool = False
 ) -> Iterator[tuple[Path_, Any]]:
+    """Each (path, value) of a nested table; with ``leaves_only``, empty tables are leaves."""
     # TOML turns ``model.depth = [...]`` into nested tables; a grid key is the path to a leaf.
     for key, value in table.items():
         path = (*prefix, key)
         if isinstance(value, dict) and (value or not leaves_only):
-            yield from _flatten(value, path, leaves_only=leaves_only)
+            yield from flatten_paths(value, path, leaves_only=leaves_only)
         else:
             yield path, value
 
 
-def _check_disjoint(paths: Iterable[Path_], *, source: str) -> None:
+def check_disjoint(paths: Iterable[Path_], *, source: str) -> None:
+    """SweepError when a key is set twice (one path a prefix of another)."""
     seen: set[Path_] = set()
     for path in sorted(paths, key=len):
         for k in range(1, len(path) + 1):

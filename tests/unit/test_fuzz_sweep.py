@@ -18,13 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.core.sampling import KINDS
-from dispatcher.core.sweep import (
-    SWEEP_KEYS,
-    SweepFile,
-    parse_args_json,
-    parse_jsonl,
-    parse_sweep_toml,
-)
+from dispatcher.core.sweep import parse_args_json, parse_jsonl
+from dispatcher.core.sweep_file import SWEEP_KEYS, SweepFile, parse_sweep_toml
 from dispatcher.errors import DispatcherError
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

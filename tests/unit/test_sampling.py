@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from dispatcher.core import sampling
 from dispatcher.core.batch import assemble
-from dispatcher.core.sweep import Grid, grid_from_items, parse_sweep_toml
+from dispatcher.core.sweep import Grid, grid_from_items
+from dispatcher.core.sweep_file import parse_sweep_toml
 from dispatcher.errors import SweepError, UsageError
 from tests.unit.test_purity import violations
 

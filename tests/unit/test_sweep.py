@@ -16,8 +16,8 @@ from dispatcher.core.sweep import (
     parse_args_json,
     parse_grid,
     parse_jsonl,
-    parse_sweep_toml,
 )
+from dispatcher.core.sweep_file import parse_sweep_toml
 from dispatcher.core.values import parse_scalar
 from dispatcher.errors import SweepError
 
