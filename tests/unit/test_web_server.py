@@ -57,6 +57,7 @@ def test_every_route_refuses_a_request_without_the_token_or_with_a_wrong_one(db:
             assert status == 200, route
             assert "script-src 'self'" in headers["Content-Security-Policy"], route
             assert "default-src 'none'" in headers["Content-Security-Policy"], route
+            assert headers["Referrer-Policy"] == "no-referrer", route
 
 
 def test_the_address_is_on_loopback_and_the_page_loads_no_inline_script(db: Path) -> None:
