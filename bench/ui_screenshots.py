@@ -10,6 +10,7 @@ have finished and some run, a headless Chromium (tests/web_ui.py) photographs ea
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -23,8 +24,8 @@ sys.path.insert(0, str(REPO))
 from tests.web_ui import _env, chromium_driver, ui_server  # noqa: E402
 
 OUT = REPO / "docs" / "img"
-GPUS = "".join(f"{i}, GPU-000{i}-shot, NVIDIA H100 80GB, 0, 81559, 0\n" for i in range(4))
-APPS = "GPU-0003-shot, 4242, 30000, python\n"  # another user's process on GPU 3
+GPUS = "".join(f"{i}, GPU-000{i}-shot, NVIDIA H100 80GB, {30000 * (i == 3)}, 81559, 0\n"
+               for i in range(4))  # fmt: skip
 TRAIN = """import json, math, os, random, sys, time
 lr, seed = float(sys.argv[1]), int(sys.argv[2])
 random.seed(seed)
@@ -49,12 +50,14 @@ def main() -> None:
         bin_dir.mkdir()
         shutil.copy(REPO / "tests" / "fake_bin" / "nvidia-smi", bin_dir / "nvidia-smi")
         (bin_dir / "gpus.csv").write_text(GPUS)
-        (bin_dir / "apps.csv").write_text(APPS)
+        other = subprocess.Popen(["sleep", "600"])  # stands for another user's job on GPU 3
+        (bin_dir / "apps.csv").write_text(f"GPU-0003-shot, {other.pid}, 30000, python\n")
         env = _env()
         env["PATH"] = f"{bin_dir}:{env['PATH']}"
+        workdir = f"workdir = {json.dumps(str(project))}"
         (project / "hosts.toml").write_text(
-            '[hosts.gpu-a]\nssh = false\nworkdir = "."\n\n'
-            '[hosts.cpu-box]\nssh = false\ngpus = 0\nslots = 2\nworkdir = "."\n'
+            f"[hosts.gpu-a]\nssh = false\n{workdir}\n\n"
+            f"[hosts.cpu-box]\nssh = false\ngpus = 0\nslots = 2\n{workdir}\n"
         )
         (project / "train.py").write_text(TRAIN)
         sweep = ["--grid", "lr=0.1,0.03,0.01,0.003,0.001", "--grid", "seed=1,2,3"]
@@ -84,6 +87,8 @@ def main() -> None:
         finally:
             dispatch.terminate()
             dispatch.wait(timeout=60)
+            other.kill()
+            other.wait()
 
 
 if __name__ == "__main__":

@@ -116,7 +116,8 @@ function gpuPanel(hosts) {
         h("span", { class: "dim" }, `${(used / 1024).toFixed(1)}/${(total / 1024).toFixed(1)} GiB · ${who}`));
     });
     return h("div", { class: "host" }, h("b", {}, name), " ", h("span", { class: "dim" }, v.status || ""),
-      v.error ? h("div", { class: "error" }, v.error) : null, gpus);
+      v.error ? h("div", { class: "error" }, v.error) : null,
+      gpus.length ? gpus : h("div", { class: "dim" }, "no GPUs: CPU slots only"));
   });
   return h("div", {}, legend, h("div", { class: "hosts" }, boxes));
 }
@@ -128,7 +129,12 @@ async function renderTimeline() {
   main.replaceChildren(h("h2", {}, "Timeline"), h("p", { class: "dim" }, "One lane per host GPU and CPU slot, one bar per attempt, coloured by state."));
   const box = h("div", { id: "timeline" });
   main.append(box);
-  charts.timelinePlot(box, t.bars, t.now);
+  // Every GPU the dispatcher sees gets a lane, so an idle one shows as an empty lane.
+  const idle = [];
+  for (const [host, view] of Object.entries((latest && latest.hosts) || {})) {
+    for (const g of view.gpus || []) idle.push(`${host} gpu ${g.index}`);
+  }
+  charts.timelinePlot(box, t.bars, t.now, idle);
 }
 
 async function renderQueue(params) {
@@ -189,7 +195,9 @@ async function renderResults() {
   if (!r.metrics.length) { main.append(h("p", { class: "dim" }, "No finished task has reported a result yet.")); return; }
   const choose = (name, options, value) => h("select", { name }, options.map((o) => h("option", { value: o, selected: o === value }, o)));
   const metric = choose("metric", r.metrics, r.metrics[0]), xarg = choose("x", r.args, r.args[0]);
-  const by = choose("by", ["", ...r.args], r.args.length > 1 ? r.args[1] : "");
+  // Split by the first other arg that is not a seed: the seeds are what the mean is taken over.
+  const other = r.args.find((a) => a !== r.args[0] && !/seed/i.test(a)) || "";
+  const by = choose("by", ["", ...r.args], other);
   const order = choose("order", ["highest", "lowest"], "highest");
   const plot = h("div", { id: "plot" }), best = h("div", { id: "best" }), par = h("div", { id: "parallel" });
   const col = (n) => r.columns.indexOf(n);

@@ -120,8 +120,8 @@ function parallelPlot(container, rows, cols) {
 
 // bars: [{task, attempt, host, gpus, state, start, end}]; one lane per host GPU and per CPU
 // slot; bars that overlap in a lane (tasks packed on one GPU) stack in sub-rows.
-function timelinePlot(container, bars, now) {
-  const lanes = new Map();
+function timelinePlot(container, bars, now, idle) {
+  const lanes = new Map((idle || []).map((name) => [name, []]));
   const cpuSlots = new Map();
   const sorted = bars.slice().sort((a, b) => a.start - b.start);
   for (const b of sorted) {
@@ -166,8 +166,8 @@ function timelinePlot(container, bars, now) {
   }
   const g = svgEl("g", { class: "axis" }, svg);
   for (const t of [0, 0.25, 0.5, 0.75, 1]) {
-    const at = t0 + t * (t1 - t0);
-    svgEl("text", { x: sx(at), y: h - 6, "text-anchor": "middle" }, g).textContent = new Date(at * 1000).toLocaleTimeString();
+    const at = t0 + t * (t1 - t0), anchor = t === 1 ? "end" : t === 0 ? "start" : "middle";
+    svgEl("text", { x: sx(at), y: h - 6, "text-anchor": anchor }, g).textContent = new Date(at * 1000).toLocaleTimeString();
   }
   return svg;
 }
