@@ -56,7 +56,7 @@ def main(args: list[str]) -> int:
     argv = [sys.executable, "-c", _MAIN, *args]
     if "status" in args and {"--watch", "-w"} & set(args):
         return watch(argv)
-    if "ui" in args:
+    if "ui" in args and "--help" not in args:
         return serve([*argv, "--no-browser"])
     os.execv(sys.executable, argv)
     return 0  # not reached
