@@ -1,6 +1,7 @@
 """``labtasker ui`` in a real headless Chromium (Selenium, tests/web_ui.py): every page renders
 without a console error, a state change made by ``dispatch`` shows within 2 s, the results plot
-has one point per finished task at its values, and cancel from the page cancels the task."""
+has one point per finished task at its values, cancel from the page cancels the task, a running
+task's log is read from its host, and tasks packed on one GPU stack in its timeline lane."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dispatcher.cli import _register, app
+from dispatcher.core.models import TaskState
 from dispatcher.store.queue import Store
 from tests.loop_lab import DEADLINE, LocalLab
 from tests.web_ui import UiServer, chromium_driver, console_errors, ui_server
@@ -154,3 +156,39 @@ def test_cancel_from_the_queue_page_cancels_the_task(tmp_path: Path, driver: Any
         wait_until(lambda: text_of(driver, "#queue tr[data-task='2'] td.state") == "cancelled",
                    "the table shows it")  # fmt: skip
         assert console_errors(driver) == []
+
+
+async def test_a_running_tasks_log_is_read_live_from_its_host(lab: LocalLab, driver: Any) -> None:
+    gate = lab.root / "gate"
+    (task,) = add(lab, "--cmd", f"echo first-line; while [ ! -e {gate} ]; do sleep 0.05; done")
+    lab.dispatch_cli()
+    store = Store(lab.db, lock_timeout=30)
+    wait_until(lambda: store.get(task).state == "running", "the task runs")
+    with ui_server(lab.db, "--hosts", str(lab.hosts_path)) as ui:
+        visit(driver, ui, f"task/{task}", "#log")
+        wait_until(lambda: "first-line" in (text_of(driver, "#log") or ""), "its output so far")
+        assert store.get(task).state == "running"  # read from the host, not from a copy
+        gate.touch()
+        wait_until(lambda: store.get(task).state == "succeeded", "the task ends")
+        assert console_errors(driver) == []
+
+
+def test_tasks_packed_on_one_gpu_stack_in_its_timeline_lane(tmp_path: Path, driver: Any) -> None:
+    db = tmp_path / "q.duckdb"
+    argv = ["--db", str(db), "queue", "add", "--gpus", "1", "--grid", "i=1,2,3"]
+    assert CliRunner().invoke(app, [*argv, "--cmd", "echo %{i}"]).exit_code == 0
+    with Store(db).transaction() as tx:  # as dispatch records a placement: 1 and 2 share GPU 0
+        for task, gpu in ((1, 0), (2, 0), (3, 1)):
+            tx.move(task, TaskState.LAUNCHING, host="h", run_id=f"r{task}", gpu_ids=[gpu])
+            tx.move(task, TaskState.RUNNING, run_id=f"r{task}")
+    with ui_server(db) as ui:
+        visit(driver, ui, "timeline", "#timeline rect.tbar")
+        bars = {
+            int(b.get_attribute("data-task")): float(b.get_attribute("y"))
+            for b in driver.find_elements("css selector", "#timeline rect.tbar")
+        }
+        labels = [t.text for t in driver.find_elements("css selector", "#timeline svg > text")]
+        assert console_errors(driver) == []
+    assert labels == ["h gpu 0", "h gpu 1"]
+    assert len({bars[1], bars[2]}) == 2  # two rows in lane gpu 0
+    assert bars[3] > max(bars[1], bars[2])  # lane gpu 1 below it
