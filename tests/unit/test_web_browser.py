@@ -1,11 +1,15 @@
 """``labtasker ui`` in a real headless Chromium (Selenium, tests/web_ui.py): every page renders
 without a console error, a state change made by ``dispatch`` shows within 2 s, the results plot
 has one point per finished task at its values, cancel from the page cancels the task, a running
-task's log is read from its host, and tasks packed on one GPU stack in its timeline lane."""
+task's log is read from its host, tasks packed on one GPU stack in its timeline lane, and the GPU
+panel tells our GPUs from another user's and free ones."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -17,7 +21,7 @@ from typer.testing import CliRunner
 from dispatcher.cli import _register, app
 from dispatcher.core.models import TaskState
 from dispatcher.store.queue import Store
-from tests.loop_lab import DEADLINE, LocalLab
+from tests.loop_lab import DEADLINE, REPO, LocalLab
 from tests.web_ui import UiServer, chromium_driver, console_errors, ui_server
 
 _register()
@@ -192,3 +196,41 @@ def test_tasks_packed_on_one_gpu_stack_in_its_timeline_lane(tmp_path: Path, driv
     assert labels == ["h gpu 0", "h gpu 1"]
     assert len({bars[1], bars[2]}) == 2  # two rows in lane gpu 0
     assert bars[3] > max(bars[1], bars[2])  # lane gpu 1 below it
+
+
+async def test_the_gpu_panel_shows_ours_another_users_and_free(
+    lab: LocalLab, driver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stub = lab.root / "bin"
+    stub.mkdir()
+    shutil.copy(REPO / "tests" / "fake_bin" / "nvidia-smi", stub / "nvidia-smi")
+    rows = [f"{i}, GPU-{i}-web, NVIDIA Test GPU, {8000 * (i == 1)}, 40960, 0" for i in range(3)]
+    (stub / "gpus.csv").write_text("\n".join(rows) + "\n")
+    other = subprocess.Popen(["sleep", "300"])  # another user's job, as the driver lists it
+    try:
+        (stub / "apps.csv").write_text(f"GPU-1-web, {other.pid}, 8000, python\n")
+        monkeypatch.setenv("PATH", f"{stub}{os.pathsep}{os.environ['PATH']}")
+        lab.write_hosts({"a": {"gpus": "auto"}})
+        gate = lab.root / "gate"
+        (task,) = add(lab, "--gpus", "1", "--cmd", f"while [ ! -e {gate} ]; do sleep 0.05; done")
+        lab.dispatch_cli()
+        store = Store(lab.db, lock_timeout=30)
+        wait_until(lambda: store.get(task).state == "running", "the task runs")
+        (ours,) = store.get(task).gpu_ids or []
+        with ui_server(lab.db, "--hosts", str(lab.hosts_path)) as ui:
+            visit(driver, ui, "overview", "#count-running")
+
+            def gpu(i: int) -> str:
+                return text_of(driver, f".gpu[data-host='a'][data-gpu='{i}']") or ""
+
+            wait_until(lambda: f"task {task}" in gpu(ours), "our GPU named with its task")
+            assert ours != 1  # the busy one is left alone
+            assert f"pid {other.pid}" in gpu(1) and "7.8/40.0 GiB" in gpu(1)
+            (idle,) = {0, 2} - {ours}
+            assert gpu(idle).endswith("free")
+            assert console_errors(driver) == []
+            gate.touch()
+            wait_until(lambda: store.get(task).state == "succeeded", "the task ends")
+    finally:
+        other.kill()
+        other.wait()
