@@ -34,10 +34,10 @@ class Reader:
         self._last = -float("inf")
         self._cache: OrderedDict[Hashable, tuple[tuple[int, ...], Any]] = OrderedDict()
 
-    def read(self, key: Hashable, fn: Callable[[Txn], Any], *, fresh: bool = False) -> Any:
+    def read(self, key: Hashable, fn: Callable[[Txn], Any]) -> Any:
         """``fn`` run in a transaction, or its cached answer for ``key``: the cached one while
-        the file is unchanged, or (unless ``fresh``) while the last open is under a second old;
-        otherwise it waits for the second to pass."""
+        the file is unchanged, or while the last open is under a second old; with nothing
+        cached, it waits for the second to pass."""
         with self._lock:
             token = self.store.change_token()
             hit = self._cache.get(key)
@@ -45,7 +45,7 @@ class Reader:
                 self._cache.move_to_end(key)
                 return hit[1]
             wait = self._last + self.min_interval - time.monotonic()
-            if wait > 0 and hit is not None and not fresh:
+            if wait > 0 and hit is not None:
                 return hit[1]  # a little old: the next tick refreshes it
             if wait > 0:
                 time.sleep(wait)

@@ -31,6 +31,8 @@ CSP = (
 )
 #: How often the event stream looks for a changed overview, in seconds.
 PUSH_EVERY = 0.5
+#: The largest request body accepted (an action's JSON is a few bytes).
+MAX_BODY = 64 * 1024
 #: A comment line on an idle event stream this often, so that a dead client is noticed.
 KEEPALIVE = 15.0
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
@@ -164,8 +166,13 @@ class Handler(BaseHTTPRequestHandler):
         if not self._authorised(params) or self.headers.get("Origin") != f"http://{host}":
             self._error(HTTPStatus.FORBIDDEN, "a write needs the token and a same-origin request")
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        if self.server.api.read_only:
+            self._error(HTTPStatus.FORBIDDEN, "read-only: labtasker ui was started --read-only")
+            return
         try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 <= length <= MAX_BODY:
+                raise UsageError(f"a request body holds at most {MAX_BODY} bytes")
             body = json.loads(self.rfile.read(length) or b"{}") if length else {}
             parts = path.removeprefix("/api/task/").split("/")
             if not path.startswith("/api/task/") or len(parts) != 2 or not isinstance(body, dict):
@@ -174,8 +181,7 @@ class Handler(BaseHTTPRequestHandler):
         except TaskNotFoundError as err:
             self._error(HTTPStatus.NOT_FOUND, str(err))
         except (UsageError, ValueError) as err:
-            status = HTTPStatus.FORBIDDEN if self.server.api.read_only else HTTPStatus.BAD_REQUEST
-            self._error(status, str(err))
+            self._error(HTTPStatus.BAD_REQUEST, str(err))
         except DispatcherError as err:
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(err))
 

@@ -156,3 +156,16 @@ def test_the_built_wheel_carries_the_static_files(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {p.name for p in (REPO / "dispatcher/web/static").iterdir()}
     assert {f"dispatcher/web/static/{n}" for n in shipped} <= names
+
+
+def test_a_bad_write_is_refused_and_changes_nothing(db: Path) -> None:
+    with ui_server(db) as ui:
+
+        def post(path: str, body: dict[str, object]) -> int:
+            return ui.call(path, method="POST", body=body, origin=ui.base)[0]
+
+        assert post("/api/task/2/priority", {"priority": "high"}) == 400
+        assert post("/api/task/2/explode", {}) == 400
+        assert post("/api/task/99/cancel", {}) == 404
+        assert post("/api/queue", {}) == 400
+    assert Store(db).get(2).priority == 0
