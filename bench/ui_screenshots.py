@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.web_ui import _env, chromium_driver, ui_server  # noqa: E402
+from tests.web_ui import chromium_driver, cli_env, ui_server  # noqa: E402
 
 OUT = REPO / "docs" / "img"
 GPUS = "".join(f"{i}, GPU-000{i}-shot, NVIDIA H100 80GB, {30000 * (i == 3)}, 81559, 0\n"
@@ -52,7 +52,7 @@ def main() -> None:
         (bin_dir / "gpus.csv").write_text(GPUS)
         other = subprocess.Popen(["sleep", "600"])  # stands for another user's job on GPU 3
         (bin_dir / "apps.csv").write_text(f"GPU-0003-shot, {other.pid}, 30000, python\n")
-        env = _env()
+        env = cli_env()
         env["PATH"] = f"{bin_dir}:{env['PATH']}"
         workdir = f"workdir = {json.dumps(str(project))}"
         (project / "hosts.toml").write_text(

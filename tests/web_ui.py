@@ -25,7 +25,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM = "/usr/bin/chromium"
 
 
-def _env() -> dict[str, str]:
+def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABTASKER_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env["LABTASKER_LOCK_TIMEOUT"] = "30"
@@ -90,7 +90,7 @@ def ui_server(db: Path, *options: str, cwd: Path | None = None) -> Iterator[UiSe
     """``labtasker --db DB ui --no-browser OPTIONS`` until the block ends."""
     argv = [sys.executable, "-m", "dispatcher", "--db", str(db), "ui", "--no-browser", *options]
     proc = subprocess.Popen(
-        argv, cwd=cwd or db.parent, env=_env(), stdout=subprocess.PIPE,
+        argv, cwd=cwd or db.parent, env=cli_env(), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     server = UiServer(proc, "")

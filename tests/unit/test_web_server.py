@@ -19,7 +19,7 @@ from dispatcher.cli import _register, app
 from dispatcher.store.queue import Store
 from dispatcher.web.reader import Reader
 from dispatcher.web.routes import _overview
-from tests.web_ui import REPO, UiServer, ui_server
+from tests.web_ui import REPO, UiServer, cli_env, ui_server
 
 _register()
 ROUTES = ("/", "/static/app.js", "/static/charts.js", "/static/style.css", "/api/overview",
@@ -169,3 +169,17 @@ def test_a_bad_write_is_refused_and_changes_nothing(db: Path) -> None:
         assert post("/api/task/99/cancel", {}) == 404
         assert post("/api/queue", {}) == 400
     assert Store(db).get(2).priority == 0
+
+
+def test_port_chooses_the_port_and_a_busy_one_is_one_line(db: Path) -> None:
+    with ui_server(db) as first:
+        port = int(first.base.rsplit(":", 1)[1])
+        argv = [sys.executable, "-m", "dispatcher", "--db", str(db), "ui", "--no-browser"]
+        busy = subprocess.run([*argv, "--port", str(port)], capture_output=True, text=True,
+                              cwd=db.parent, env=cli_env(), timeout=60)  # fmt: skip
+        assert busy.returncode == 2, busy
+        assert busy.stderr.startswith(f"Error: cannot listen on 127.0.0.1:{port}")
+        assert busy.stderr.count("\n") == 1 and "choose another --port" in busy.stderr
+    with ui_server(db, "--port", str(port)) as second:
+        assert second.base == f"http://127.0.0.1:{port}"
+        assert second.get("/api/overview")["counts"]["pending"] == 7
