@@ -26,6 +26,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 def cli_env() -> dict[str, str]:
+    """The environment of a labtasker process a test starts: this checkout first on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABTASKER_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env["LABTASKER_LOCK_TIMEOUT"] = "30"
