@@ -113,10 +113,10 @@ class Queue:
         is added. The project is snapshotted as by ``queue add``, shaped by the [sync] table of
         ``hosts`` (default: as ``queue add``'s ``--hosts``).
         """
+        from dispatcher.config.paths import resolve_db_path
         from dispatcher.core import sampling
         from dispatcher.core.batch import assemble
         from dispatcher.core.sweep import grid_from_mapping
-        from dispatcher.config.paths import resolve_db_path
         from dispatcher.snapshot.take import add_with_snapshot
         from dispatcher.store.add import refuse_dependencies_without_queue
         from dispatcher.store.queue import Store

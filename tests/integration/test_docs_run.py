@@ -84,6 +84,29 @@ def test_readme_opens_with_the_install_and_the_demo() -> None:
     assert len(NEVER_RUN) == 2
 
 
+#: What a ``pip install`` in the docs may install: this checkout (``.``, ``-e '.[extra]'``) or a
+#: git URL. labtasker is not on PyPI, and the name ``labtasker`` there is another project.
+PIP_TARGET = re.compile(r"(?:-e )?(?:\.|'\.\[\w+\]'|git\+\S+)")
+
+
+def test_every_pip_install_in_the_docs_installs_from_a_checkout_or_git() -> None:
+    """The docs run never runs ``pip install`` (NEVER_RUN), so what each one installs is checked
+    here: never a PyPI name, where ``labtasker-ssh`` is not published and ``labtasker`` is
+    another project; the README and getting-started say so."""
+    installs = []
+    for doc in DOCS:
+        for block in blocks(doc):
+            installs += re.findall(r"pip3? install ([^&;#`\n]*)", block.text)
+    assert installs and "." in {i.strip() for i in installs}, installs
+    for target in installs:
+        assert PIP_TARGET.fullmatch(target.strip()), target
+    for doc in ("README.md", "docs/getting-started.md"):
+        text = " ".join((REPO / doc).read_text(encoding="utf-8").split())
+        assert "not on PyPI" in text or "not published on PyPI" in text, doc
+        assert re.search(r"`pip install labtasker` installs a different", text), doc
+        assert "git+" in text, doc
+
+
 def _signature_text(method: object) -> str:
     """A signature as the docs write it: ``cmd, *, args=None, after=()``."""
     words = []
