@@ -136,3 +136,26 @@ def test_one_wording_for_an_empty_queue_and_plurals_that_agree(tmp_path: Path) -
     assert missing.stderr.startswith("Error: tasks 98, 99 not in the queue")
     after = run("queue", "add", "--cmd", "x", "--after", "97")
     assert after.stderr.startswith("Error: --after names task 97, not in the queue")
+
+
+async def test_tasks_no_host_can_take_are_named_with_words_that_agree(
+    labs: list[LocalLab], tmp_path: Path
+) -> None:
+    # getting-started's `--gpus 1` on a CPU-only local host: one line, in the plural for several.
+    lab = make(labs, tmp_path, {"cpu": 1})
+    assert (
+        cli(lab, "queue", "add", "--gpus", "1", "--grid", "x=1,2,3", "--cmd", "true").exit_code == 0
+    )
+    code, _, err = dispatch(lab)
+    assert (code, err) == (1, (
+        "Error: 3 tasks (1-3) cannot be placed: needs 1 GPU; no configured host has GPUs; they"
+        " stay pending: add a host that fits, or `labtasker queue rm` them and add them again"
+        " with fewer --gpus\n"
+    ))  # fmt: skip
+    assert cli(lab, "queue", "rm", "2", "3").exit_code == 0
+    code, _, err = dispatch(lab)
+    assert (code, err) == (1, (
+        "Error: task 1 cannot be placed: needs 1 GPU; no configured host has GPUs; it stays"
+        " pending: add a host that fits, or `labtasker queue rm` it and add it again with fewer"
+        " --gpus\n"
+    ))  # fmt: skip
