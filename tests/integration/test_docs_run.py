@@ -93,18 +93,18 @@ def test_every_pip_install_in_the_docs_installs_from_a_checkout_or_git() -> None
     """The docs run never runs ``pip install`` (NEVER_RUN), so what each one installs is checked
     here: never a PyPI name, where ``labtasker-ssh`` is not published and ``labtasker`` is
     another project; the README and getting-started say so."""
-    installs = []
+    installs: list[str] = []
     for doc in DOCS:
         for block in blocks(doc):
             installs += re.findall(r"pip3? install ([^&;#`\n]*)", block.text)
     assert installs and "." in {i.strip() for i in installs}, installs
     for target in installs:
         assert PIP_TARGET.fullmatch(target.strip()), target
-    for doc in ("README.md", "docs/getting-started.md"):
-        text = " ".join((REPO / doc).read_text(encoding="utf-8").split())
-        assert "not on PyPI" in text or "not published on PyPI" in text, doc
-        assert re.search(r"`pip install labtasker` installs a different", text), doc
-        assert "git+" in text, doc
+    for name in ("README.md", "docs/getting-started.md"):
+        text = " ".join((REPO / name).read_text(encoding="utf-8").split())
+        assert "not on PyPI" in text or "not published on PyPI" in text, name
+        assert re.search(r"`pip install labtasker` installs a different", text), name
+        assert "git+" in text, name
 
 
 def _signature_text(method: object) -> str:
