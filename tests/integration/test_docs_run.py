@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,18 @@ def test_every_pip_install_in_the_docs_installs_from_a_checkout_or_git() -> None
         assert "not on PyPI" in text or "not published on PyPI" in text, name
         assert re.search(r"`pip install labtasker` installs a different", text), name
         assert "git+" in text, name
+
+
+def test_doc_blocks_import_only_what_labtasker_installs() -> None:
+    """The docs run in the suite's environment, which has the test tools too; a fresh install
+    has only the standard library, labtasker and its dependencies (pyproject.toml), so those
+    are all a block may import (pandas, say, is no dependency)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    allowed = {"dispatcher", *sys.stdlib_module_names}
+    allowed |= {re.split(r"[<>=\[ ;]", dep, maxsplit=1)[0] for dep in project["dependencies"]}
+    for block in _all_blocks():
+        for name in re.findall(r"^\s*(?:import|from)\s+(\w+)", block.text, flags=re.M):
+            assert name in allowed, f"{block.doc}:{block.line}: imports {name}"
 
 
 def _signature_text(method: object) -> str:
