@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from dispatcher.config.paths import ensure_private_dir, locate_db, no_queue, wanted_path
+from dispatcher.config.paths import locate_db, no_queue, wanted_path
 from dispatcher.errors import StoreError, StoreLockedError, StoreVersionError, UsageError
 from dispatcher.store import schema
 from dispatcher.store.schema import duckdb
@@ -110,14 +110,13 @@ class QueueFile:
     def open_default(cls, db: Path | None, *, create: bool = False) -> Self:
         """The store at ``db``, else $LABTASKER_DB, else the nearest ``.labtasker/queue.duckdb``
         (``config.paths.locate_db``). Unless ``create``, a missing queue raises NoQueueError at
-        once and nothing is created; with it, the queue's directory is made now, the file at the
-        first transaction."""
+        once and nothing is created; with it, nothing is made yet either: the adder makes the
+        queue's directory (``config.paths.ensure_private_dir``) once the add is known to be
+        valid, and the first transaction the file."""
         path, looked_in = locate_db(db)
         store = cls(path, create=create)
         store.looked_in = looked_in
-        if create:
-            ensure_private_dir(path.parent)
-        else:
+        if not create:
             store.require()
         return store
 

@@ -138,6 +138,8 @@ def test_an_add_refused_for_its_dependencies_creates_no_queue(
     )
     with pytest.raises(TaskNotFoundError, match="--after names task 1, not in the queue"):
         Queue().add("echo hi", after=[1])
+    for refused in (["--", "echo", "%{x}"], ["--grid", "x=1,,2", "--", "echo", "%{x}"]):
+        assert cli("queue", "add", *refused).exit_code == 2  # its template, its args
     assert files(project) == ["a", "a/b"]
     assert cli("queue", "ls").stderr == no_queue(
         f".labtasker/queue.duckdb in {project / 'a'} and above"
