@@ -6,7 +6,9 @@ hosts.toml name of a host). Through the real CLI on local hosts (tests/loop_lab.
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from typer.testing import CliRunner
 from dispatcher.cli import app
 from dispatcher.core.words import EMPTY_QUEUE
 from dispatcher.store.queue import Store
-from tests.loop_lab import DEADLINE, LocalLab, until
+from tests.loop_lab import DEADLINE, REPO, LocalLab, until
 
 
 @pytest.fixture
@@ -134,6 +136,15 @@ def test_one_wording_for_an_empty_queue_and_plurals_that_agree(tmp_path: Path) -
     assert missing.stderr.startswith("Error: task 99 not in the queue")
     missing = run("queue", "cancel", "98", "99")
     assert missing.stderr.startswith("Error: tasks 98, 99 not in the queue")
+    for argv in (["queue", "show", "99"], ["queue", "update", "99", "--priority", "1"]):
+        assert run(*argv).stderr.startswith("Error: task 99 not in the queue"), argv
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    logs = subprocess.run([sys.executable, "-m", "dispatcher", "--db", str(db), "logs", "99"],
+                          env=env, capture_output=True, text=True, timeout=DEADLINE)  # fmt: skip
+    assert logs.stderr.startswith("Error: task 99 not in the queue"), logs.stderr
     after = run("queue", "add", "--cmd", "x", "--after", "97")
     assert after.stderr.startswith("Error: --after names task 97, not in the queue")
 
