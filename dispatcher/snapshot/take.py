@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dispatcher.config.hosts import load_sync
-from dispatcher.config.paths import ensure_private_dir, project_dir, snapshots_dir
+from dispatcher.config.paths import project_dir, snapshots_dir
 from dispatcher.config.sync import SyncSpec
 from dispatcher.core.snapshot import CodeRef, Entry, Rules, manifest_bytes, oversize_message
 from dispatcher.errors import SnapshotError
@@ -138,7 +138,6 @@ def add_with_snapshot(
         hosts = hosts_path if hosts_path is not None else default_hosts_path(store.path)
         hosts = Path(os.path.abspath(hosts))
         sync = load_sync(hosts)
-        ensure_private_dir(store.path.parent)  # a new queue's directory, mode 0700
         with store.transaction():
             pass  # the queue file's own problems (read-only, locked, newer) before the snapshot's
         blobs = BlobStore(snapshots_dir(store.path))

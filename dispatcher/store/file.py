@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from dispatcher.config.paths import locate_db, no_queue, wanted_path
+from dispatcher.config.paths import ensure_private_dir, locate_db, no_queue, wanted_path
 from dispatcher.errors import StoreError, StoreLockedError, StoreVersionError, UsageError
 from dispatcher.store import schema
 from dispatcher.store.schema import duckdb
@@ -110,9 +110,8 @@ class QueueFile:
     def open_default(cls, db: Path | None, *, create: bool = False) -> Self:
         """The store at ``db``, else $LABTASKER_DB, else the nearest ``.labtasker/queue.duckdb``
         (``config.paths.locate_db``). Unless ``create``, a missing queue raises NoQueueError at
-        once and nothing is created; with it, nothing is made yet either: the adder makes the
-        queue's directory (``config.paths.ensure_private_dir``) once the add is known to be
-        valid, and the first transaction the file."""
+        once and nothing is created; with it, nothing is made yet either: the first transaction
+        makes the file and its directory, so an add refused before it leaves nothing behind."""
         path, looked_in = locate_db(db)
         store = cls(path, create=create)
         store.looked_in = looked_in
@@ -314,6 +313,7 @@ class QueueFile:
         import tempfile
 
         parent = self.path.parent
+        ensure_private_dir(parent)  # a new queue's directory (mode 0700), made with its file
         try:
             tmpdir = tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".new", dir=parent)
         except OSError as err:
