@@ -144,3 +144,8 @@ def test_an_add_refused_for_its_dependencies_creates_no_queue(
     assert cli("queue", "ls").stderr == no_queue(
         f".labtasker/queue.duckdb in {project / 'a'} and above"
     )
+
+
+def test_the_help_of_db_says_the_queue_is_looked_for_upward() -> None:
+    text = " ".join(CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert "Default: $LABTASKER_DB, else .labtasker/queue.duckdb here or above." in text
