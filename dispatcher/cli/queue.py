@@ -163,7 +163,8 @@ def add(
         list[int] | None, typer.Option("--after-any", help="Start only after this task ended.")
     ] = None,
     after_failed: Annotated[
-        list[int] | None, typer.Option("--after-failed", help="Start only if this task failed.")
+        list[int] | None,
+        typer.Option("--after-failed", help="Start only if this task failed or was cancelled."),
     ] = None,
     random: Annotated[
         list[str] | None,

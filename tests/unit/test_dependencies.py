@@ -278,3 +278,11 @@ def test_the_cancel_note_says_it_for_one_task_them_for_several(tmp_path: Path) -
     assert both.stderr == (
         f"Also cancelled 2 tasks waiting for them (--after): ids {waiting[1]}, {late}.\n"
     )
+
+
+def test_the_help_of_each_dependency_option_says_when_it_starts() -> None:
+    result = CliRunner().invoke(app, ["queue", "add", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.stdout.split())
+    assert "--after <int> Start only after this task succeeded." in text
+    assert "--after-any <int> Start only after this task ended." in text
+    assert "--after-failed <int> Start only if this task failed or was cancelled." in text
