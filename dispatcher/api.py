@@ -113,10 +113,12 @@ class Queue:
         is added. The project is snapshotted as by ``queue add``, shaped by the [sync] table of
         ``hosts`` (default: as ``queue add``'s ``--hosts``).
         """
+        from dispatcher.config.paths import resolve_db_path
         from dispatcher.core import sampling
         from dispatcher.core.batch import assemble
         from dispatcher.core.sweep import grid_from_mapping
         from dispatcher.snapshot.take import add_with_snapshot
+        from dispatcher.store.add import refuse_dependencies_without_queue
         from dispatcher.store.queue import Store
 
         if not isinstance(cmd, str) or not cmd.strip():
@@ -140,6 +142,7 @@ class Queue:
             gpu_type=gpu_type,
             min_gpu_memory=min_gpu_memory,
         )
+        refuse_dependencies_without_queue(resolve_db_path(self.path), batch)
         creating = Store.open_default(self.path, create=True)  # the one call that may create
         hosts_path = None if hosts is None else Path(hosts)
         added, _ = add_with_snapshot(

@@ -65,7 +65,7 @@ def _root(
         Path | None,
         typer.Option(
             "--db",
-            help="Queue file. Default: $LABTASKER_DB, else .labtasker/queue.duckdb here.",
+            help="Queue file. Default: $LABTASKER_DB, else .labtasker/queue.duckdb here or above.",
             envvar=None,
         ),
     ] = None,

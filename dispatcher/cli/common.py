@@ -22,6 +22,7 @@ from dispatcher.core.models import TaskState, parse_state
 from dispatcher.errors import DispatcherError
 
 if TYPE_CHECKING:
+    from dispatcher.core.batch import TaskBatch
     from dispatcher.store.queue import Store
 
 StateOption = Annotated[
@@ -42,12 +43,19 @@ def reported() -> Iterator[None]:
         fail(err)
 
 
-def open_store(ctx: typer.Context, *, create: bool = False) -> Store:
+def open_store(
+    ctx: typer.Context, *, create: bool = False, batch: TaskBatch | None = None
+) -> Store:
     """The queue named by ``--db`` or ``$LABTASKER_DB``, else the nearest project queue; one
-    line and exit 1 when there is none, unless ``create`` (only ``queue add`` creates one)."""
+    line and exit 1 when there is none, unless ``create`` (only ``queue add`` creates one; not
+    for a ``batch`` whose dependencies cannot be in a queue that does not exist yet)."""
+    from dispatcher.config.paths import locate_db
+    from dispatcher.store.add import refuse_dependencies_without_queue
     from dispatcher.store.queue import Store
 
     with reported():
+        if batch is not None:
+            refuse_dependencies_without_queue(locate_db(db_option(ctx))[0], batch)
         return Store.open_default(db_option(ctx), create=create)
 
 

@@ -195,19 +195,16 @@ def task_problems(unplaceable: dict[int, str]) -> list[str]:
         if ids == [0]:
             lines.append(f"{reason}; see `labtasker queue ls`, then retry or remove them")
             continue
-        label = f"task {ids[0]}" if len(ids) == 1 else f"{len(ids)} tasks ({_id_list(ids)})"
+        one = len(ids) == 1
+        label = f"task {ids[0]}" if one else f"{len(ids)} tasks ({id_ranges(ids)})"
+        it, stays = ("it", "it stays") if one else ("them", "they stay")
         if reason.startswith(("needs ", "asks for ")):
-            what = "it stays pending: add a host that fits, or `labtasker queue rm` it and add it"
-            hint = f"{what} again with fewer --gpus"
+            what = f"{stays} pending: add a host that fits, or `labtasker queue rm` {it} and add"
+            hint = f"{what} {it} again with fewer --gpus"
         elif "used by" in reason:
-            hint = "it stays pending; `labtasker dispatch --forever` waits until the GPU is free"
+            hint = f"{stays} pending; `labtasker dispatch --forever` waits until the GPU is free"
         else:
-            hint = "it stays pending and runs at the next `labtasker dispatch` once that is fixed"
-            hint += " (`labtasker hosts check` shows when)"
+            hint = f"{stays} pending and {'runs' if one else 'run'} at the next `labtasker"
+            hint += " dispatch` once that is fixed (`labtasker hosts check` shows when)"
         lines.append(f"{label} cannot be placed: {reason}; {hint}")
     return lines
-
-
-def _id_list(ids: list[int], shown: int = 8) -> str:
-    text = ", ".join(str(i) for i in ids[:shown])
-    return f"{text}, +{len(ids) - shown} more" if len(ids) > shown else text

@@ -163,7 +163,8 @@ def add(
         list[int] | None, typer.Option("--after-any", help="Start only after this task ended.")
     ] = None,
     after_failed: Annotated[
-        list[int] | None, typer.Option("--after-failed", help="Start only if this task failed.")
+        list[int] | None,
+        typer.Option("--after-failed", help="Start only if this task failed or was cancelled."),
     ] = None,
     random: Annotated[
         list[str] | None,
@@ -222,7 +223,7 @@ def add(
         if dry_run:
             _dry_run(ctx, batch, as_json, skip_existing)
             return
-        store = _store(ctx, create=True)
+        store = _store(ctx, create=True, batch=batch)
         gpu_fleet.refuse_impossible_gpu_needs(batch, store.path, hosts)
         result, snapshot = add_snapshotted(store, batch, hosts, skip_existing=skip_existing)
         _repeated_note(result.repeated)
@@ -327,7 +328,8 @@ def cancel(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = Non
                 )
         out("; ".join(parts) + ".")
         if result.waiting:
-            note(f"Also cancelled {plural(len(result.waiting), 'task')} waiting for them"
+            them = "it" if len(result.cancelled) + len(result.requested) == 1 else "them"
+            note(f"Also cancelled {plural(len(result.waiting), 'task')} waiting for {them}"
                  f" (--after): {ids_text(result.waiting)}.", style="dim")  # fmt: skip
         if result.skipped:
             shown = ", ".join(f"{i} ({s})" for i, s in result.skipped[:10])

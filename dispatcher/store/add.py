@@ -307,6 +307,26 @@ def _axis_tables(
     return tables, canon_of
 
 
+def missing_dependencies(kind: DepKind, ids: Sequence[int]) -> TaskNotFoundError:
+    """The error for dependencies naming tasks that are not in the queue."""
+    shown = ", ".join(str(i) for i in ids)
+    return TaskNotFoundError(
+        f"{kind.option} names {'task' if len(ids) == 1 else 'tasks'} {shown}, not in the queue;"
+        " see `labtasker queue ls`"
+    )
+
+
+def refuse_dependencies_without_queue(path: Path, batch: TaskBatch) -> None:
+    """Before ``queue add`` creates the queue at ``path``: a queue not there yet holds no task,
+    so a batch naming dependencies is refused, and nothing (no directory, no snapshot) is made."""
+    if path.exists():
+        return
+    for kind in DepKind:
+        named = sorted(set(getattr(batch, kind.value)))
+        if named:
+            raise missing_dependencies(kind, named)
+
+
 def insert(
     con: Any, staged: Staged, *, now: datetime, skip_existing: bool, code: CodeRef = NO_CODE
 ) -> AddResult:
@@ -328,11 +348,7 @@ def insert(
             [sorted(named)],
         ).fetchall()
         if missing:
-            ids = ", ".join(str(r[0]) for r in missing)
-            raise TaskNotFoundError(
-                f"{kind.option} names {'task' if len(missing) == 1 else 'tasks'} {ids}, not in"
-                " the queue; see `labtasker queue ls`"
-            )
+            raise missing_dependencies(kind, [r[0] for r in missing])
     if staged.count == 0:
         return AddResult([], [], 0)
     with classified(con, staged, skip_existing) as counts:

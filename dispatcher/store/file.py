@@ -110,14 +110,12 @@ class QueueFile:
     def open_default(cls, db: Path | None, *, create: bool = False) -> Self:
         """The store at ``db``, else $LABTASKER_DB, else the nearest ``.labtasker/queue.duckdb``
         (``config.paths.locate_db``). Unless ``create``, a missing queue raises NoQueueError at
-        once and nothing is created; with it, the queue's directory is made now, the file at the
-        first transaction."""
+        once and nothing is created; with it, nothing is made yet either: the first transaction
+        makes the file and its directory, so an add refused before it leaves nothing behind."""
         path, looked_in = locate_db(db)
         store = cls(path, create=create)
         store.looked_in = looked_in
-        if create:
-            ensure_private_dir(path.parent)
-        else:
+        if not create:
             store.require()
         return store
 
@@ -315,6 +313,7 @@ class QueueFile:
         import tempfile
 
         parent = self.path.parent
+        ensure_private_dir(parent)  # a new queue's directory (mode 0700), made with its file
         try:
             tmpdir = tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".new", dir=parent)
         except OSError as err:

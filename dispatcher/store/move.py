@@ -319,7 +319,7 @@ class Mover:
 
     def _not_found(self, task_id: int) -> TaskNotFoundError:
         return TaskNotFoundError(
-            f"task {task_id} is not in the queue {self.path}; see `labtasker queue ls`"
+            f"task {task_id} not in the queue {self.path}; see `labtasker queue ls`"
         )
 
     def _write(self, planned: Sequence[_Planned], *, strict: bool) -> bool:

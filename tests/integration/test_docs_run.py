@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,42 @@ def test_readme_opens_with_the_install_and_the_demo() -> None:
     assert first.text.startswith("pip install . && labtasker demo ")
     assert "python3 -m pytest -q" in first.text.splitlines()[1]
     assert len(NEVER_RUN) == 2
+
+
+#: What a ``pip install`` in the docs may install: this checkout (``.``, ``-e '.[extra]'``) or a
+#: git URL. labtasker is not on PyPI, and the name ``labtasker`` there is another project.
+PIP_TARGET = re.compile(r"(?:-e )?(?:\.|'\.\[\w+\]'|git\+\S+)")
+
+
+def test_every_pip_install_in_the_docs_installs_from_a_checkout_or_git() -> None:
+    """The docs run never runs ``pip install`` (NEVER_RUN), so what each one installs is checked
+    here: never a PyPI name, where ``labtasker-ssh`` is not published and ``labtasker`` is
+    another project; the README and getting-started say so."""
+    installs: list[str] = []
+    for doc in DOCS:
+        for block in blocks(doc):
+            installs += re.findall(r"pip3? install ([^&;#`\n]*)", block.text)
+    assert installs and "." in {i.strip() for i in installs}, installs
+    for target in installs:
+        assert PIP_TARGET.fullmatch(target.strip()), target
+    for name in ("README.md", "docs/getting-started.md"):
+        text = " ".join((REPO / name).read_text(encoding="utf-8").split())
+        assert "not on PyPI" in text or "not published on PyPI" in text, name
+        assert re.search(r"`pip install labtasker` installs a different", text), name
+        assert "git+" in text, name
+
+
+def test_doc_blocks_import_only_what_labtasker_installs() -> None:
+    """The docs run in the suite's environment, which has the test tools too; a fresh install
+    has only the standard library, labtasker and its dependencies (pyproject.toml), so those
+    are all a block may import (pandas, say, is no dependency)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    allowed = {"dispatcher", *sys.stdlib_module_names}
+    allowed |= {re.split(r"[<>=\[ ;]", dep, maxsplit=1)[0] for dep in project["dependencies"]}
+    for block in _all_blocks():
+        found = re.findall(r"(?:^|;|-c\s+[\"'])\s*(?:import|from)\s+(\w+)", block.text, re.M)
+        for name in found:  # python blocks, and `python -c "import ..."` in shell blocks
+            assert name in allowed, f"{block.doc}:{block.line}: imports {name}"
 
 
 def _signature_text(method: object) -> str:

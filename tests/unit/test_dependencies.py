@@ -131,7 +131,7 @@ def test_the_store_cancels_dependents_without_a_dispatcher(tmp_path: Path) -> No
     both = add(db, "--after-any", str(first), "--after-any", str(other))
     cancelled = run(db, "queue", "cancel", str(first))
     assert cancelled.stdout == "Cancelled 1 pending task.\n"
-    assert cancelled.stderr == f"Also cancelled 1 task waiting for them (--after): id {waiting}.\n"
+    assert cancelled.stderr == f"Also cancelled 1 task waiting for it (--after): id {waiting}.\n"
     tasks = listed(db)
     assert (tasks[rescue]["state"], tasks[rescue]["reason"]) == ("pending", None)
     assert (tasks[both]["state"], tasks[both]["reason"]) == ("pending", f"waits for task {other}")
@@ -263,3 +263,26 @@ def test_a_retried_task_whose_other_dependency_failed_is_cancelled_again(tmp_pat
     out = ok(db, "queue", "retry", str(second))
     assert out == f"Retrying 2 tasks (ids {second}-{both}): back to pending.\n"
     assert listed(db)[both]["reason"] == f"waits for task {first}"
+
+
+def test_the_cancel_note_says_it_for_one_task_them_for_several(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    first, second = add(db), add(db)
+    waiting = [add(db, "--after", str(first)), add(db, "--after", str(second))]
+    one = run(db, "queue", "cancel", str(first))
+    assert one.stderr == f"Also cancelled 1 task waiting for it (--after): id {waiting[0]}.\n"
+    third = add(db)
+    late = add(db, "--after", str(third))
+    both = run(db, "queue", "cancel", str(second), str(third))
+    assert both.stdout == "Cancelled 2 pending tasks.\n"
+    assert both.stderr == (
+        f"Also cancelled 2 tasks waiting for them (--after): ids {waiting[1]}, {late}.\n"
+    )
+
+
+def test_the_help_of_each_dependency_option_says_when_it_starts() -> None:
+    result = CliRunner().invoke(app, ["queue", "add", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.stdout.split())
+    assert "--after <int> Start only after this task succeeded." in text
+    assert "--after-any <int> Start only after this task ended." in text
+    assert "--after-failed <int> Start only if this task failed or was cancelled." in text

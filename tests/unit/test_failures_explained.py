@@ -6,7 +6,9 @@ hosts.toml name of a host). Through the real CLI on local hosts (tests/loop_lab.
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from typer.testing import CliRunner
 from dispatcher.cli import app
 from dispatcher.core.words import EMPTY_QUEUE
 from dispatcher.store.queue import Store
-from tests.loop_lab import DEADLINE, LocalLab, until
+from tests.loop_lab import DEADLINE, REPO, LocalLab, until
 
 
 @pytest.fixture
@@ -134,5 +136,37 @@ def test_one_wording_for_an_empty_queue_and_plurals_that_agree(tmp_path: Path) -
     assert missing.stderr.startswith("Error: task 99 not in the queue")
     missing = run("queue", "cancel", "98", "99")
     assert missing.stderr.startswith("Error: tasks 98, 99 not in the queue")
+    for argv in (["queue", "show", "99"], ["queue", "update", "99", "--priority", "1"]):
+        assert run(*argv).stderr.startswith("Error: task 99 not in the queue"), argv
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    logs = subprocess.run([sys.executable, "-m", "dispatcher", "--db", str(db), "logs", "99"],
+                          env=env, capture_output=True, text=True, timeout=DEADLINE)  # fmt: skip
+    assert logs.stderr.startswith("Error: task 99 not in the queue"), logs.stderr
     after = run("queue", "add", "--cmd", "x", "--after", "97")
     assert after.stderr.startswith("Error: --after names task 97, not in the queue")
+
+
+async def test_tasks_no_host_can_take_are_named_with_words_that_agree(
+    labs: list[LocalLab], tmp_path: Path
+) -> None:
+    # getting-started's `--gpus 1` on a CPU-only local host: one line, in the plural for several.
+    lab = make(labs, tmp_path, {"cpu": 1})
+    assert (
+        cli(lab, "queue", "add", "--gpus", "1", "--grid", "x=1,2,3", "--cmd", "true").exit_code == 0
+    )
+    code, _, err = dispatch(lab)
+    assert (code, err) == (1, (
+        "Error: 3 tasks (1-3) cannot be placed: needs 1 GPU; no configured host has GPUs; they"
+        " stay pending: add a host that fits, or `labtasker queue rm` them and add them again"
+        " with fewer --gpus\n"
+    ))  # fmt: skip
+    assert cli(lab, "queue", "rm", "2", "3").exit_code == 0
+    code, _, err = dispatch(lab)
+    assert (code, err) == (1, (
+        "Error: task 1 cannot be placed: needs 1 GPU; no configured host has GPUs; it stays"
+        " pending: add a host that fits, or `labtasker queue rm` it and add it again with fewer"
+        " --gpus\n"
+    ))  # fmt: skip

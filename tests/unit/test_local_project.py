@@ -159,3 +159,18 @@ def test_the_projects_hosts_file_and_workdir_serve_its_subdirectories(project: P
         f"Error: hosts file ./hosts.toml (nor {project.root / 'hosts.toml'}) not found; create"
         " one (see docs/hosts.md) or pass --hosts PATH\n"
     )
+
+
+def test_output_globs_of_a_bare_local_host_are_relative_to_the_project(project: Project) -> None:
+    script = "mkdir -p out/%{lr} && echo %{lr} > out/%{lr}/m.txt"
+    added = project.run(project.root, "queue", "add", "--grid", "lr=1,2", "--outputs",
+                        "out/%{lr}/m.txt", "--cmd", script)  # fmt: skip
+    assert added.returncode == 0, added
+    done = project.run(project.sub, "dispatch")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert sorted(p.name for p in (project.root / "out").iterdir()) == ["1", "2"]
+    outputs = project.root / ".labtasker" / "queue.outputs"
+    for task_id, lr in ((1, "1"), (2, "2")):
+        copied = sorted(p.relative_to(outputs / str(task_id)).as_posix()
+                        for p in (outputs / str(task_id)).rglob("*") if p.is_file())  # fmt: skip
+        assert copied == [f"out/{lr}/m.txt"], copied

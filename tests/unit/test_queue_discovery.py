@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from dispatcher import Queue
 from dispatcher.cli import _register, app
-from dispatcher.errors import NoQueueError
+from dispatcher.errors import NoQueueError, TaskNotFoundError
 
 _register()
 
@@ -123,3 +123,29 @@ def test_add_creates_the_queue_where_none_is_found(
     assert Queue().add("echo %{x}", grid={"x": [1]}) == [1]
     assert files(project / "a") == [".labtasker", ".labtasker/queue.duckdb", "b"]
     assert os.stat(project / "a" / ".labtasker").st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("option", ["--after", "--after-any", "--after-failed"])
+def test_an_add_refused_for_its_dependencies_creates_no_queue(
+    project: Path, monkeypatch: pytest.MonkeyPatch, option: str
+) -> None:
+    # No queue yet, so no task to wait for: refused before any directory or snapshot is made.
+    monkeypatch.chdir(project / "a")
+    result = cli("queue", "add", option, "7", option, "3", "--", "echo", "hi")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"Error: {option} names tasks 3, 7, not in the queue; see `labtasker queue ls`\n"
+    )
+    with pytest.raises(TaskNotFoundError, match="--after names task 1, not in the queue"):
+        Queue().add("echo hi", after=[1])
+    for refused in (["--", "echo", "%{x}"], ["--grid", "x=1,,2", "--", "echo", "%{x}"]):
+        assert cli("queue", "add", *refused).exit_code == 2  # its template, its args
+    assert files(project) == ["a", "a/b"]
+    assert cli("queue", "ls").stderr == no_queue(
+        f".labtasker/queue.duckdb in {project / 'a'} and above"
+    )
+
+
+def test_the_help_of_db_says_the_queue_is_looked_for_upward() -> None:
+    text = " ".join(CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert "Default: $LABTASKER_DB, else .labtasker/queue.duckdb here or above." in text

@@ -478,7 +478,10 @@ def test_an_illegal_move_names_both_states(store: Store) -> None:
     illegal = f"task {tid}: cannot move from pending to running"
     with pytest.raises(IllegalTransitionError, match=illegal), store.transaction() as tx:
         tx.move(tid, S.RUNNING)
-    with pytest.raises(TaskNotFoundError, match="task 99 is not"), store.transaction() as tx:
+    with (
+        pytest.raises(TaskNotFoundError, match="task 99 not in the queue"),
+        store.transaction() as tx,
+    ):
         tx.move(99, S.RUNNING)
 
 

@@ -128,7 +128,7 @@ async def test_queue_show_names_the_dependencies_and_an_unknown_id(lab: LocalLab
     assert f"reason waits for task {first}" in text and "No attempts yet." in text
     bad = run(lab, "queue", "show", "99")
     assert bad.exit_code == 2 and bad.stdout == ""
-    assert bad.stderr.startswith("Error: task 99 is not in the queue")
+    assert bad.stderr.startswith("Error: task 99 not in the queue")
     assert bad.stderr.count("\n") == 1
 
 
