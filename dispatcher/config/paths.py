@@ -52,9 +52,17 @@ def resolve_db_path(db: Path | None) -> Path:
 
 
 def no_queue(looked_in: str) -> NoQueueError:
-    """The one error for a command that needs a queue and finds none."""
+    """The one error for a command that needs a queue and finds none. ``looked_in`` is what
+    ``locate_db`` searched: a directory and its parents, or the one path --db or the
+    environment named (then "pass --db" would be no advice)."""
+    if looked_in.endswith(" and above"):
+        return NoQueueError(
+            f"no queue here (looked in {looked_in}); add tasks with `labtasker queue add`,"
+            " or pass --db"
+        )
     return NoQueueError(
-        f"no queue here (looked in {looked_in}); add tasks with `labtasker queue add`, or pass --db"
+        f"no queue at {looked_in} (named by --db or ${DB_ENV}); add tasks to it with"
+        " `labtasker queue add`, or check the path"
     )
 
 

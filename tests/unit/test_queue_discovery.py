@@ -62,6 +62,14 @@ def no_queue(looked_in: str) -> str:
     )
 
 
+def no_queue_at(path: Path) -> str:
+    """The error for a --db or LABTASKER_DB path without a queue: no advice to pass --db."""
+    return (
+        f"Error: no queue at {path} (named by --db or $LABTASKER_DB); add tasks to it with"
+        " `labtasker queue add`, or check the path\n"
+    )
+
+
 def test_commands_that_only_use_a_queue_find_none_and_create_nothing(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -84,10 +92,10 @@ def test_a_missing_db_or_env_path_is_named_and_nothing_is_created(
     before = files(project.parent)
     for argv in READERS:
         result = cli("--db", str(missing), *argv)
-        assert (result.exit_code, result.stderr) == (1, no_queue(str(missing))), argv
+        assert (result.exit_code, result.stderr) == (1, no_queue_at(missing)), argv
     monkeypatch.setenv("LABTASKER_DB", str(missing))
     result = cli("status")
-    assert (result.exit_code, result.stderr) == (1, no_queue(str(missing)))
+    assert (result.exit_code, result.stderr) == (1, no_queue_at(missing))
     assert files(project.parent) == before
 
 
