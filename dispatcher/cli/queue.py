@@ -223,7 +223,9 @@ def add(
             _dry_run(ctx, batch, as_json, skip_existing)
             return
         store = _store(ctx, create=True)
-        gpu_fleet.refuse_impossible_gpu_needs(batch, store.path, hosts)
+        from dispatcher.dispatch.fleet import refuse_impossible_gpu_needs
+
+        refuse_impossible_gpu_needs(batch, store.path, hosts)
         result, snapshot = add_snapshotted(store, batch, hosts, skip_existing=skip_existing)
         _repeated_note(result.repeated)
         duplicates_note(result.duplicates)
