@@ -371,15 +371,24 @@ def update(
     ] = None,
     cmd: Annotated[str | None, typer.Option("--cmd", help="New command template.")] = None,
     name: Annotated[str | None, typer.Option(help="New name.")] = None,
+    gpu_memory: Annotated[str | None, typer.Option(help=gpu_fleet.UPDATE_HELP)] = None,
+    gpu_type: Annotated[str | None, typer.Option(help=gpu_fleet.UPDATE_HELP)] = None,
+    min_gpu_memory: Annotated[str | None, typer.Option(help=gpu_fleet.UPDATE_HELP)] = None,
 ) -> None:
     """Edit pending tasks; the command is rendered again from the (new) template and args."""
     with reported():
         from dispatcher.core.sweep import parse_args_json
 
         args = None if args_json is None else parse_args_json(args_json)
-        if priority is None and args is None and cmd is None and name is None:
-            raise UsageError("nothing to change: give --priority, --args, --cmd or --name")
-        changed = _store(ctx).update(ids, priority=priority, args=args, template=cmd, name=name)
+        needs = gpu_fleet.update_needs(gpu_memory, gpu_type, min_gpu_memory)
+        if priority is None and args is None and cmd is None and name is None and not needs:
+            raise UsageError(
+                "nothing to change: give --priority, --args, --cmd, --name, --gpu-memory,"
+                " --gpu-type or --min-gpu-memory"
+            )
+        changed = _store(ctx).update(
+            ids, priority=priority, args=args, template=cmd, name=name, gpu_needs=needs
+        )
         out(f"Updated {plural(len(changed), 'task')} ({ids_text(changed)}).")
 
 

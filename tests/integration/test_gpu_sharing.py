@@ -114,7 +114,7 @@ def test_small_tasks_pack_one_card_while_the_other_stays_whole(lab: Lab, gpus: G
     assert lab.task(whole)["gpus"] == [1]  # the 40 GiB card stays whole for the --gpus 1 task
     listed = {t["id"]: t for t in lab.cli_tasks()}
     assert listed[small[0]]["gpu_memory"] == 10 * 2**30 and listed[whole]["gpu_memory"] is None
-    blocker = gpus.add(host, "x", 1, "--gpus", "1", "--priority", "-1")  # pending: GPUs re-read
+    # Nothing waits now: the GPU view still follows the running tasks (a fresh nvidia-smi reading).
 
     def shared_view() -> list[dict[str, Any]] | None:
         view = gpus.gpu_view("gpu2")
@@ -125,8 +125,7 @@ def test_small_tasks_pack_one_card_while_the_other_stays_whole(lab: Lab, gpus: G
     assert view[0]["shared_by"] == small and view[0]["declared_mib"] == 40 * GIB_MIB
     assert view[0]["free_mib"] == 40 * GIB_MIB  # 80 - 4 x 10 declared (each uses only 8)
     assert view[1]["task"] == whole
-    assert lab.task(blocker)["state"] == "pending"
-    gpus.open("one", "two", "three", "four", "big", "x")
+    gpus.open("one", "two", "three", "four", "big")
     code, out, err = finish(proc)
     assert code == 0, (out, err)
 
@@ -164,7 +163,6 @@ def test_another_users_process_mid_sweep_leaves_no_room_until_it_ends(
     try:
         host.write_gpus([FakeGpu(0, f"GPU-{host.alias}-0", H100, 40 * GIB_MIB, 80 * GIB_MIB)])
         host.write_apps([FakeApp(f"GPU-{host.alias}-0", other.pid, 40 * GIB_MIB)])
-        blocker = gpus.add(host, "x", 1, "--gpus", "1", "--priority", "-1")  # pending: GPUs re-read
 
         def seen() -> bool:
             view = gpus.gpu_view("gpu1")
@@ -190,7 +188,6 @@ def test_another_users_process_mid_sweep_leaves_no_room_until_it_ends(
     gpus.open("a", "b")
     lab.wait_task(first, ["succeeded"])
     lab.wait_task(second, ["succeeded"])
-    lab.ok("queue", "cancel", str(blocker))
     proc.send_signal(2)
     finish(proc)
 
@@ -202,7 +199,6 @@ def test_a_task_using_more_than_it_declared_holds_what_it_uses(lab: Lab, gpus: G
     greedy = gpus.add(host, "a", 60, "--gpu-memory", "10GiB")  # declares 10, takes 60
     proc = lab.start("dispatch", "--hosts", str(hosts), "--forever")
     lab.wait_task(greedy, ["running"])
-    blocker = gpus.add(host, "x", 1, "--gpus", "1", "--priority", "-1")  # pending: GPUs re-read
 
     def seen() -> bool:
         view = gpus.gpu_view("gpu1")
@@ -220,7 +216,6 @@ def test_a_task_using_more_than_it_declared_holds_what_it_uses(lab: Lab, gpus: G
     assert lab.wait_task(late, ["running"])["gpus"] == [0]
     gpus.open("b")
     lab.wait_task(late, ["succeeded"])
-    lab.ok("queue", "cancel", str(blocker))
     proc.send_signal(2)
     finish(proc)
 
@@ -310,7 +305,6 @@ def test_a_cuda_oom_is_named_and_retried_only_on_a_gpu_with_more_room(
         hosts = lab.hosts_toml("gpu2")
         cmd = f"{script} {host.fake_bin / 'live.csv'} {20 * GIB_MIB} {gpus.gates / 'a'}"
         (task,) = lab.add_cmd(cmd, "--gpu-memory", "10GiB", "--max-attempts", "2")
-        blocker = gpus.add(host, "x", 1, "--gpus", "1", "--priority", "-1")  # GPUs re-read
         proc = lab.start("dispatch", "--hosts", str(hosts), "--forever")
         assert lab.wait_task(task, ["running"])["gpus"] == [0]  # GPU 1 has 5 GiB left
 
@@ -346,7 +340,6 @@ def test_a_cuda_oom_is_named_and_retried_only_on_a_gpu_with_more_room(
     finally:
         other.kill()
         other.wait()
-    lab.ok("queue", "cancel", str(blocker))
     proc.send_signal(2)
     finish(proc)
 

@@ -219,9 +219,7 @@ def test_bad_random_throttle_or_outputs_add_nothing(
     assert not q.path.exists() or q.tasks() == []
 
 
-def test_add_refuses_gpu_needs_no_card_can_meet_as_queue_add_does(
-    q: Queue, tmp_path: Path
-) -> None:
+def test_add_refuses_gpu_needs_no_card_can_meet_as_queue_add_does(q: Queue, tmp_path: Path) -> None:
     from dispatcher.dispatch.logs import write_last_lines
 
     hosts = tmp_path / "hosts.toml"
