@@ -105,6 +105,33 @@ def gpu_info(
                    tuple(t.id for t in sharers))  # fmt: skip
 
 
+def gpu_rows(
+    spec: HostSpec, inventory: Mapping[str, Any] | None, active: Iterable[Task]
+) -> list[dict[str, Any]]:
+    """The host's GPUs as ``status`` and ``hosts check`` show them: name, memory used and total,
+    our task holding it or our tasks sharing it with what they declared, free room, and someone
+    else's use. ``active``: our launching or running tasks on this host."""
+    ours: dict[int, list[Task]] = {}
+    for t in active:
+        for i in t.gpu_ids or []:
+            ours.setdefault(i, []).append(t)
+    rows: list[dict[str, Any]] = []
+    for g in (inventory or {}).get("gpus") or []:
+        idx = g.get("index")
+        if not isinstance(idx, int) or (isinstance(spec.gpus, tuple) and idx not in spec.gpus):
+            continue  # not ours to use: pinned out
+        info = gpu_info(spec, g, idx, inventory, ours, stale=False)
+        declared = sum(t.gpu_memory or 0 for t in ours.get(idx, []))
+        rows.append({
+            "index": idx, "name": g.get("name"), "used_mib": g.get("memory_used_mib"),
+            "total_mib": g.get("memory_total_mib"), "task": info.held_by_task,
+            "shared_by": list(info.sharers),
+            "declared_mib": declared // 2**20 if info.sharers else None,
+            "free_mib": None if info.room is None else info.room // 2**20, "other": info.foreign,
+        })  # fmt: skip
+    return rows
+
+
 def _bytes(mib: Any) -> int | None:
     return int(mib * MIB) if isinstance(mib, int | float) and not isinstance(mib, bool) else None
 

@@ -265,6 +265,7 @@ class HostCheck:
     workdir: str = ""
     gpus: str = ""
     error: str | None = None
+    inventory: dict[str, Any] | None = None  # the helper's ``gpus`` reply, for the GPU table
 
 
 def hosts_table(rows: Sequence[HostCheck]) -> Table:

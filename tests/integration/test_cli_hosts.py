@@ -36,8 +36,14 @@ def test_hosts_check_reports_each_host_on_one_line(lab: Lab) -> None:
             " (pid PID)",
             "cpu  ok  3.X.Y  user-cpu  WORKDIR  none (CPU-only)",
             "gone  FAIL  gone (127.0.0.1:1): connection refused; is sshd running?",
+            "",
+            "host  gpu  memory (GiB)  free  used by",
+            "gpu2  0  0.0/40.0  40.0  free",
+            "  1  0.0/40.0  40.0  free",
+            "gpu1  0  2.9/40.0  37.1  2.9 GiB used by root (pid PID)",
         ]
     )
+    assert not lab.db.exists()  # no queue here: none was made to read tasks from
 
 
 def test_hosts_check_exits_0_when_every_host_works(lab: Lab) -> None:

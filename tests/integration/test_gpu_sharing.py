@@ -125,6 +125,16 @@ def test_small_tasks_pack_one_card_while_the_other_stays_whole(lab: Lab, gpus: G
     assert view[0]["shared_by"] == small and view[0]["declared_mib"] == 40 * GIB_MIB
     assert view[0]["free_mib"] == 40 * GIB_MIB  # 80 - 4 x 10 declared (each uses only 8)
     assert view[1]["task"] == whole
+    # `hosts check` shows the same: memory used, declared by the four sharing tasks, free.
+    check = lab.run("hosts", "check", "--hosts", str(hosts))
+    assert check.returncode == 0, (check.stdout, check.stderr)
+    lines = check.stdout.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if "declared" in line) :]
+    assert table[0].split() == ["host", "gpu", "memory", "(GiB)", "declared", "free", "used", "by"]
+    ids = ", ".join(map(str, small))
+    assert table[1].split() == ["gpu2", "0", "32.0/80.0", "40.0", "40.0", *f"tasks {ids}".split()]
+    assert table[2].split() == ["1", "30.0/40.0", "10.0", "task", str(whole)]
+    assert "busy" not in check.stdout  # the processes on the cards are our tasks
     gpus.open("one", "two", "three", "four", "big")
     code, out, err = finish(proc)
     assert code == 0, (out, err)
