@@ -7,6 +7,7 @@ where it ran, and waits for its gate file before it exits.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,35 @@ def test_small_tasks_pack_one_card_while_the_other_stays_whole(lab: Lab, gpus: G
     assert table[2].split() == ["1", "30.0/40.0", "10.0", "task", str(whole)]
     assert "busy" not in check.stdout  # the processes on the cards are our tasks
     gpus.open("one", "two", "three", "four", "big")
+    code, out, err = finish(proc)
+    assert code == 0, (out, err)
+
+
+def test_the_gpu_view_follows_running_tasks_at_most_every_refresh_interval(
+    lab: Lab, gpus: GpuLab
+) -> None:
+    host = lab.hosts.gpu1
+    gpus.cards(host, (H100, 80))
+    calls = host.fake_bin / "calls.log"
+    calls.touch()
+    calls.chmod(0o666)
+    hosts = lab.hosts_toml("gpu1")
+    task = gpus.add(host, "a", 8, "--gpu-memory", "10GiB")
+    proc = lab.start("dispatch", "--hosts", str(hosts))
+    lab.wait_task(task, ["running"])
+
+    def fresh() -> bool:  # nothing is pending: the reading after the task started
+        view = gpus.gpu_view("gpu1")
+        return bool(view) and view[0].get("used_mib") == 8 * GIB_MIB
+
+    wait(fresh, "the status file shows the running task's memory")
+    seen = len(calls.read_text().split())
+    wait(lambda: len(calls.read_text().split()) >= seen + 2, "two more readings while it runs")
+    assert lab.task(task)["state"] == "running"
+    stamps = [float(t) for t in calls.read_text().split()]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert min(gaps) >= 4.9, gaps  # never more often than gpu_refresh (5 s) per host
+    gpus.open("a")
     code, out, err = finish(proc)
     assert code == 0, (out, err)
 
