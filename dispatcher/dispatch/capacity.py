@@ -77,7 +77,8 @@ def gpu_info(
     Room: total memory, less what processes outside our tasks use, less what each sharing task
     declared or uses (the larger). Where nvidia-smi gives no per-process memory, our tasks are
     taken to use what they declared. ``stale``: our task just left it, so its memory reading
-    says nothing about other users.
+    still shows that task: the GPU is not someone else's for an exclusive task, and for room
+    only processes without a labtasker run id count as someone else's.
     """
     tasks = ours.get(idx, [])
     holder = next((t.id for t in tasks if t.gpu_memory is None), None)
@@ -95,7 +96,13 @@ def gpu_info(
     used, total = _bytes(g.get("memory_used_mib")), _bytes(g.get("memory_total_mib"))
     # Where nvidia-smi gives no per-process memory, declarations alone count.
     ours_used = sum(per_run.values()) if known else sum(t.gpu_memory or 0 for t in sharers)
-    foreign_used = 0 if stale or used is None else max(0, used - ours_used)
+    if stale and known:
+        # The reading still shows a task of ours that has ended: every process that carries a
+        # labtasker run id is ours, the rest (another user's job) still takes its memory.
+        ours_used = sum(int(p["used_memory_mib"] * MIB) for p in procs if p.get("run_id"))
+    # Stale without per-process memory: the ended task's memory counts as someone else's until
+    # the next reading (a wait of a few seconds, never a card given more than it has).
+    foreign_used = 0 if used is None else max(0, used - ours_used)
     reserved = sum(max(t.gpu_memory or 0, per_run.get(t.run_id or "", 0)) for t in sharers)
     room = None if total is None else max(0, total - foreign_used - reserved)
     foreign = None

@@ -189,6 +189,48 @@ def test_a_card_never_holds_more_declared_memory_than_it_has(lab: Lab, gpus: Gpu
     assert 1 <= most <= 4  # 4 x 10 GiB fill the 40 GiB card: never a fifth
 
 
+FREE_TASK = r"""#!/bin/sh
+# free_task.sh LIVE MIB JOURNAL: hold MIB on our GPU, record what the card then shows (index,
+# used, total) as the task's own reading, and hold it a second longer.
+live=$1 mib=$2 journal=$3
+echo "$CUDA_VISIBLE_DEVICES, $$, $mib" >> "$live"
+"$(dirname "$live")/nvidia-smi" --query-gpu=index,memory.used,memory.total \
+    --format=csv,noheader,nounits | grep "^$CUDA_VISIBLE_DEVICES," >> "$journal"
+sleep 1
+"""
+
+
+def test_no_task_is_placed_where_its_memory_was_not_free(lab: Lab, gpus: GpuLab) -> None:
+    host = lab.hosts.gpu2
+    script = lab.shared / "free_task.sh"
+    script.write_text(FREE_TASK)
+    script.chmod(0o755)
+    journal = lab.shared / "readings.txt"
+    journal.touch()
+    journal.chmod(0o666)
+    other = subprocess.Popen(["sleep", "600"])  # someone else's 30 GiB job on the H100
+    try:
+        uuids = [f"GPU-{host.alias}-0", f"GPU-{host.alias}-1"]
+        host.write_gpus([FakeGpu(0, uuids[0], H100, 30 * GIB_MIB, 80 * GIB_MIB),
+                         FakeGpu(1, uuids[1], A100, 0, 40 * GIB_MIB)])  # fmt: skip
+        host.write_apps([FakeApp(uuids[0], other.pid, 30 * GIB_MIB)])
+        hosts = lab.hosts_toml("gpu2")
+        live = host.fake_bin / "live.csv"
+        for gib in (8, 12, 20):  # each task uses exactly what it declares
+            cmd = f"{script} {live} {gib * GIB_MIB} {journal} %{{i}}"
+            lab.add_cmd(cmd, "--gpu-memory", f"{gib}GiB", "--grid", "i=1,2,3,4")
+        done = lab.run("dispatch", "--hosts", str(hosts))
+    finally:
+        other.kill()
+        other.wait()
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    readings = [[int(x) for x in line.split(",")] for line in journal.read_text().splitlines()]
+    assert len(readings) == 12
+    # Each task's own reading, taken with its memory held: the card never holds more than it has.
+    assert all(used <= total for _, used, total in readings), str(readings)
+    assert any(i == 0 and used >= (30 + 8 + 8) * GIB_MIB for i, used, _ in readings)  # shared
+
+
 def test_another_users_process_mid_sweep_leaves_no_room_until_it_ends(
     lab: Lab, gpus: GpuLab
 ) -> None:
