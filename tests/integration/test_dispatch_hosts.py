@@ -110,9 +110,10 @@ def test_a_gpu_busy_with_another_users_process_is_skipped(lab: Lab) -> None:
 
 def test_forever_waits_for_new_tasks_and_ctrl_c_leaves_them_running(lab: Lab) -> None:
     hosts = lab.hosts_toml("gpu1")
+    (quick,) = lab.add("--args", ONE)  # dispatch needs a queue to start on
     proc = lab.start("dispatch", "--hosts", str(hosts), "--forever")
-    (quick,) = lab.add("--args", ONE)
     lab.wait_task(quick, ["succeeded"])
+    assert proc.poll() is None  # nothing left to do: still waiting for new tasks
     (long,) = lab.add("--args", '{"p1": 2, "p2": "b", "p3": 0}', sleep=60)
     lab.wait_task(long, ["running"])
     assert proc.poll() is None  # nothing pending, nothing placeable: still waiting

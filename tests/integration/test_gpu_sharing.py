@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from dispatcher.dispatch.logs import read_status_file
-from dispatcher.store.queue import Store
 from tests.integration.conftest import Lab, finish, wait
 from tests.sshd import FakeApp, FakeGpu, SshdHost
 
@@ -27,19 +26,6 @@ for i in $(echo "$CUDA_VISIBLE_DEVICES" | tr , ' '); do echo "$i, $$, $mib" >> "
 echo "$LABTASKER_TASK_ID $CUDA_VISIBLE_DEVICES" >> "$records"
 n=0
 while [ ! -e "$gate" ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n + 1)); done
-"""
-OOM_TASK = r"""#!/bin/sh
-# oom_task.sh LIVE MIB GATE: attempt 1 holds MIB on its GPUs, waits for GATE, then dies of CUDA
-# out-of-memory as PyTorch reports it; later attempts succeed.
-live=$1 mib=$2 gate=$3
-if [ "$LABTASKER_ATTEMPT" -le 1 ]; then
-    for i in $(echo "$CUDA_VISIBLE_DEVICES" | tr , ' '); do echo "$i, $$, $mib" >> "$live"; done
-    n=0
-    while [ ! -e "$gate" ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n + 1)); done
-    echo "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 30.00 GiB" >&2
-    exit 1
-fi
-echo "attempt $LABTASKER_ATTEMPT on GPU $CUDA_VISIBLE_DEVICES"
 """
 GIB_MIB = 1024
 H100 = "NVIDIA H100 80GB HBM3"
@@ -187,6 +173,24 @@ def test_a_card_never_holds_more_declared_memory_than_it_has(lab: Lab, gpus: Gpu
         at_once += 1 if line == "s" else -1
         most = max(most, at_once)
     assert 1 <= most <= 4  # 4 x 10 GiB fill the 40 GiB card: never a fifth
+
+
+def test_max_tasks_per_gpu_caps_the_tasks_sharing_a_card(lab: Lab, gpus: GpuLab) -> None:
+    host = lab.hosts.gpu1
+    gpus.cards(host, (H100, 80))
+    hosts = lab.hosts_toml("gpu1", gpu1={"max_tasks_per_gpu": 2})
+    journal = lab.shared / "journal.txt"
+    journal.touch()
+    journal.chmod(0o666)
+    cmd = f"echo s >> {journal}; sleep 0.3; echo e >> {journal}; true %{{i}}"
+    lab.add_cmd(cmd, "--gpu-memory", "5GiB", "--grid", "i=" + ",".join(map(str, range(8))))
+    done = lab.run("dispatch", "--hosts", str(hosts))
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    at_once, most = 0, 0
+    for line in journal.read_text().split():
+        at_once += 1 if line == "s" else -1
+        most = max(most, at_once)
+    assert 1 <= most <= 2  # room for 16 such tasks, but never a third on the card
 
 
 FREE_TASK = r"""#!/bin/sh
@@ -368,70 +372,3 @@ def test_queue_add_takes_gpu_needs_from_a_sweep_file(lab: Lab, tmp_path: Path) -
     bad = lab.run("queue", "add", "--gpu-memory", "lots", "--", "echo", "hi")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1  # a usage error
     assert "gpu memory must be a positive size" in bad.stderr
-
-
-def test_a_cuda_oom_is_named_and_retried_only_on_a_gpu_with_more_room(
-    lab: Lab, gpus: GpuLab
-) -> None:
-    host = lab.hosts.gpu2
-    script = lab.shared / "oom_task.sh"
-    script.write_text(OOM_TASK)
-    script.chmod(0o755)
-    # GPU 0: a whole 40 GiB card. GPU 1: 80 GiB, but someone else holds 75 of it.
-    other = subprocess.Popen(["sleep", "600"])
-    try:
-        uuids = [f"GPU-{host.alias}-0", f"GPU-{host.alias}-1"]
-        host.write_gpus([FakeGpu(0, uuids[0], A100, 0, 40 * GIB_MIB),
-                         FakeGpu(1, uuids[1], H100, 75 * GIB_MIB, 80 * GIB_MIB)])  # fmt: skip
-        host.write_apps([FakeApp(uuids[1], other.pid, 75 * GIB_MIB)])
-        hosts = lab.hosts_toml("gpu2")
-        cmd = f"{script} {host.fake_bin / 'live.csv'} {20 * GIB_MIB} {gpus.gates / 'a'}"
-        (task,) = lab.add_cmd(cmd, "--gpu-memory", "10GiB", "--max-attempts", "2")
-        proc = lab.start("dispatch", "--hosts", str(hosts), "--forever")
-        assert lab.wait_task(task, ["running"])["gpus"] == [0]  # GPU 1 has 5 GiB left
-
-        def held() -> bool:
-            view = gpus.gpu_view("gpu2")
-            return bool(view) and view[0].get("used_mib") == 20 * GIB_MIB
-
-        wait(held, "the dispatcher sees what the task holds")
-        gpus.open("a")  # it dies of CUDA out of memory
-
-        def requeued() -> dict[str, Any] | None:
-            t = lab.task(task)
-            return t if t["state"] == "pending" and t["attempt"] == 1 else None
-
-        wait(requeued, "the task is requeued")
-        with Store(lab.db, lock_timeout=30).transaction() as tx:
-            (first,) = tx.attempts(task)
-        assert first.reason == "CUDA out of memory (exit 1)"
-        # It had 40 GiB free on GPU 0: the retry asks for more, which only GPU 1 could give,
-        # and GPU 1 has 5 free while the other user's job runs: it waits.
-        assert lab.task(task)["gpu_memory"] == 40 * 2**30 + 2**20
-
-        def waits() -> str | None:
-            reason = lab.task(task)["reason"] or ""
-            return reason if reason.startswith("no GPU with 40 GiB free") else None
-
-        wait(waits, "the retry waits for a GPU with more room")
-        host.write_gpus([FakeGpu(0, uuids[0], A100, 0, 40 * GIB_MIB),
-                         FakeGpu(1, uuids[1], H100, 0, 80 * GIB_MIB)])  # fmt: skip
-        host.write_apps([])
-        done = lab.wait_task(task, ["succeeded", "failed"])
-        assert (done["state"], done["gpus"], done["attempt"]) == ("succeeded", [1], 2)
-    finally:
-        other.kill()
-        other.wait()
-    proc.send_signal(2)
-    finish(proc)
-
-
-def test_a_missing_module_is_named(lab: Lab) -> None:
-    hosts = lab.hosts_toml("cpu")
-    (task,) = lab.add_cmd("python3 -c 'import no_such_module_xyz'", "--gpus", "0")
-    done = lab.run("dispatch", "--hosts", str(hosts))
-    assert done.returncode == 1, (done.stdout, done.stderr)
-    assert lab.task(task)["reason"] == "missing module no_such_module_xyz (exit 1)"
-    assert f"task {task} failed on cpu (missing module no_such_module_xyz (exit 1))" in done.stdout
-    listed = {t["id"]: t for t in lab.cli_tasks()}
-    assert listed[task]["reason"] == "missing module no_such_module_xyz (exit 1)"
