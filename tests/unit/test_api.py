@@ -237,4 +237,10 @@ def test_add_refuses_gpu_needs_no_card_can_meet_as_queue_add_does(q: Queue, tmp_
         )
         assert by_cli.exit_code == 2 and str(refused.value) in by_cli.output  # the same words
     assert len(q.tasks()) == 1  # nothing was added
-    assert q.add("true", hosts=hosts, gpu_type="a100", gpu_memory="30GiB")  # one that fits
+    (fits,) = q.add("true", hosts=hosts, gpu_type="a100", gpu_memory="30GiB", min_gpu_memory=2**35)
+    (task,) = q.tasks(ids=[fits])
+    assert (task["gpu_memory"], task["gpu_type"], task["min_gpu_memory"]) == (
+        30 * 2**30,
+        "a100",
+        2**35,
+    )
