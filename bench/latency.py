@@ -50,6 +50,7 @@ def measure(bh: BenchHosts, n: int) -> tuple[list[float], list[float]]:
     """Start latencies and exit-to-recorded latencies (seconds) of ``n`` tasks."""
     db = bh.work / "latency.duckdb"
     queue, store = Queue(db), Store(db, lock_timeout=60)
+    queue.add("true")  # dispatch needs a queue to exist; this first task is a warm-up too
     log = (bh.work / "latency-dispatch.log").open("w")
     proc = subprocess.Popen(
         cli_argv(db, "dispatch", "--forever", "--hosts", str(bh.hosts_toml())),

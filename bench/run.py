@@ -36,6 +36,7 @@ BENCHMARKS = (
     "controller",
     "store_ops",
     "gpu_packing",
+    "ui_overhead",
 )
 DOC = REPO / "docs" / "benchmarks.md"
 

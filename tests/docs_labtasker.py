@@ -8,6 +8,8 @@ every host of the hosts file it will read made local, and ``status --watch`` giv
   the one ``--hosts`` names, else ./hosts.toml; it is rewritten in place before the command runs.
 - ``status --watch`` runs until Ctrl-C by design: it gets SIGINT once it has printed a whole frame,
   as a user would press it, and that ending counts as success (no frame: exit 1).
+- ``ui`` serves until Ctrl-C too: it runs with ``--no-browser``, and gets SIGINT once the address it
+  printed has answered ``/api/overview`` with the token (200), which counts as success.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def main(args: list[str]) -> int:
     argv = [sys.executable, "-c", _MAIN, *args]
     if "status" in args and {"--watch", "-w"} & set(args):
         return watch(argv)
+    if "ui" in args and "--help" not in args:
+        return serve([*argv, "--no-browser"])
     os.execv(sys.executable, argv)
     return 0  # not reached
 
@@ -73,6 +77,24 @@ def watch(argv: list[str]) -> int:
     sys.stdout.write(proc.stdout.read())
     code = proc.wait()
     return 0 if headers == 2 and code in (0, 130, -signal.SIGINT) else code or 1
+
+
+def serve(argv: list[str]) -> int:
+    """Run ``ui``, ask its overview once with the printed token, then press Ctrl-C."""
+    import urllib.request
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    sys.stdout.write(line)
+    status = 0
+    if line.startswith("labtasker ui: http://"):
+        base, _, token = line.split(": ", 1)[1].strip().partition("/?token=")
+        with urllib.request.urlopen(f"{base}/api/overview?token={token}", timeout=60) as reply:
+            status = reply.status
+        proc.send_signal(signal.SIGINT)
+    code = proc.wait()
+    return 0 if status == 200 and code in (0, 130, -signal.SIGINT) else code or 1
 
 
 if __name__ == "__main__":

@@ -142,6 +142,21 @@ def results(
         bool, typer.Option("--wide", help="Table: every column in full, however wide.")
     ] = False,
     limit: LimitOption = None,
+    plot: Annotated[
+        str | None,
+        typer.Option(
+            "--plot",
+            show_default=False,
+            help="Draw this metric against --x in the terminal: --plot result.acc.",
+        ),
+    ] = None,
+    x: Annotated[
+        str | None, typer.Option("--x", show_default=False, help="The arg on --plot's x axis.")
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", show_default=False, help="One marker per value of this arg."),
+    ] = None,
 ) -> None:
     """One row per task: id, name, state, host, gpus, runtime, exit_code, reason, args.KEY,
     result.KEY (the table shows reason only when some row has one).
@@ -149,12 +164,20 @@ def results(
     Nested keys are joined by dots (result.val.loss). The table fits the terminal (args and
     result first; --wide for all) and shows 50 rows (--limit); csv, json and parquet hold every
     row. Example: labtasker results -w "state = 'succeeded'" --sort -acc -o runs.parquet
+    --plot acc --x lr [--by seed] draws the metric against the arg in the terminal.
     """
     from dispatcher.store import results as res
     from dispatcher.store.selection import Selection
 
     with reported():
         states = parse_states(state)
+        if plot is not None or x is not None or by is not None:
+            from dispatcher.cli.plot import plot as draw_plot
+
+            if plot is None:
+                raise UsageError("--x and --by go with --plot METRIC, e.g. --plot result.acc")
+            draw_plot(open_store(ctx), states, plot, x, by)
+            return
         chosen = fmt or (_infer_format(output) if output is not None else ResultsFormat.TABLE)
         if chosen is ResultsFormat.TABLE and output is not None:
             raise UsageError("the table view prints to the terminal; for a file use --format"

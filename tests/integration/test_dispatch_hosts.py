@@ -110,7 +110,7 @@ def test_a_gpu_busy_with_another_users_process_is_skipped(lab: Lab) -> None:
 
 def test_forever_waits_for_new_tasks_and_ctrl_c_leaves_them_running(lab: Lab) -> None:
     hosts = lab.hosts_toml("gpu1")
-    (quick,) = lab.add("--args", ONE)  # dispatch needs a queue to start on
+    (quick,) = lab.add("--args", ONE)  # first: dispatch refuses a queue that does not exist
     proc = lab.start("dispatch", "--hosts", str(hosts), "--forever")
     lab.wait_task(quick, ["succeeded"])
     assert proc.poll() is None  # nothing left to do: still waiting for new tasks

@@ -2,8 +2,8 @@
 no module imports itself back through others (no cycles). Read with ``ast`` from the sources,
 every import counted: lazy ones inside functions and ``TYPE_CHECKING`` ones too.
 
-Bottom to top: errors, core (pure), config, store, snapshot, transport, remote, dispatch, ui, api,
-cli.
+Bottom to top: errors, core (pure), config, store, snapshot, transport, remote, dispatch, ui, web,
+api, cli.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from tests.unit.test_purity import PACKAGE, imports_of
 #: that the package has no import cycle at all.
 KNOWN_CYCLES: set[tuple[str, ...]] = set()
 LAYERS = (
-    "errors", "core", "config", "store", "snapshot", "transport", "remote", "dispatch", "ui", "api",
+    "errors", "core", "config", "store", "snapshot", "transport", "remote", "dispatch", "ui", "web",
+    "api",
 )  # fmt: skip
 TOP = ("cli", "demo", "__main__", "__init__")  # entry points: may import anything below
 
