@@ -103,7 +103,8 @@ class Queue:
         one is dropped. ``max_running`` caps how many of these tasks (of this ``name``) run at
         once; ``outputs`` are globs copied back after each run. ``gpu_memory`` (bytes or "10GiB",
         per GPU) lets the task share GPUs; ``gpu_type`` ("A100|H100") and ``min_gpu_memory`` limit
-        the cards it may take. ``skip_existing`` leaves out
+        the cards it may take; needs that no GPU of ``hosts`` could ever meet raise UsageError,
+        as ``queue add`` refuses them. ``skip_existing`` leaves out
         tasks with the same template and args as a pending, running or succeeded one.
         Dependencies name existing tasks: these start only after every task of ``after``
         succeeded, of ``after_any`` ended (any outcome) and of ``after_failed`` failed or was
@@ -117,6 +118,7 @@ class Queue:
         from dispatcher.core import sampling
         from dispatcher.core.batch import assemble
         from dispatcher.core.sweep import grid_from_mapping
+        from dispatcher.dispatch.fleet import refuse_impossible_gpu_needs
         from dispatcher.snapshot.take import add_with_snapshot
         from dispatcher.store.add import refuse_dependencies_without_queue
         from dispatcher.store.queue import Store
@@ -145,6 +147,7 @@ class Queue:
         refuse_dependencies_without_queue(resolve_db_path(self.path), batch)
         creating = Store.open_default(self.path, create=True)  # the one call that may create
         hosts_path = None if hosts is None else Path(hosts)
+        refuse_impossible_gpu_needs(batch, creating.path, hosts_path)  # as `queue add` does
         added, _ = add_with_snapshot(
             creating, batch, hosts_path=hosts_path, skip_existing=skip_existing
         )

@@ -36,7 +36,8 @@ def describe_gpus(spec: HostSpec, inv: dict[str, Any]) -> tuple[bool, str]:
         text = f"{g.get('index')}: {name} {used}/{total} MiB"
         mine = [p for p in processes if p.get("gpu_uuid") and p.get("gpu_uuid") == g.get("uuid")]
         owners = [_owner(p) for p in mine]
-        if foreign_use(g, processes, spec.max_gpu_memory_used):
+        ours = bool(owners) and all(o.startswith("task ") for o in owners)
+        if not ours and foreign_use(g, processes, spec.max_gpu_memory_used):
             text += " busy"
         if owners:
             text += " by " + ", ".join(owners)
@@ -81,7 +82,8 @@ async def check_host(spec: HostSpec, accept_new: bool) -> HostCheck:
         if spec.gpus == ():
             row.gpus = f"none (CPU-only, {spec.slots} slots)"
         else:
-            gpus_ok, row.gpus = describe_gpus(spec, await client.call("gpus"))
+            row.inventory = await client.call("gpus")
+            gpus_ok, row.gpus = describe_gpus(spec, row.inventory)
             row.ok = row.ok and gpus_ok
     except DispatcherError as err:
         row.ok, row.error = False, str(err)
@@ -99,7 +101,9 @@ def check(
         bool, typer.Option("--accept-new-host-keys", help="Record keys of never-seen hosts.")
     ] = False,
 ) -> None:
-    """Per host: reachable, authenticated, Python version, GPUs and who uses them, workdir.
+    """Per host: reachable, authenticated, Python version, GPUs and who uses them, workdir;
+    then the GPU table of `status --watch`: memory used, declared by the tasks sharing each GPU
+    (read from the queue, when there is one), free, and who uses it.
 
     Exit status 1 when some host fails a check.
     """
@@ -110,7 +114,7 @@ def check(
     from dispatcher.cli.app import db_option
     from dispatcher.config.hosts import load_hosts
     from dispatcher.config.paths import resolve_db_path
-    from dispatcher.ui.views import hosts_table
+    from dispatcher.ui.views import gpu_table, hosts_table
 
     # Local hosts are checked as this project's queue (found or to be made here) would use them.
     config = load_hosts(hosts, resolve_db_path(db_option(ctx)))
@@ -120,8 +124,38 @@ def check(
         return await asyncio.gather(*(check_host(h, accept_new_host_keys) for h in enabled))
 
     rows = asyncio.run(run_all())
-    Console(highlight=False).print(hosts_table(rows))
+    console = Console(highlight=False)
+    console.print(hosts_table(rows))
+    table = gpu_table(gpu_views(enabled, rows, db_option(ctx)))
+    if table is not None:
+        console.print()
+        console.print(table)
     raise typer.Exit(0 if all(r.ok for r in rows) else 1)
+
+
+def gpu_views(
+    specs: list[HostSpec], rows: list[HostCheck], db: Path | None
+) -> dict[str, dict[str, Any]]:
+    """Each checked host's GPUs as ``status --watch`` shows them, with what our running tasks
+    there declared and use, read from the project's queue when there is one (never made here)."""
+    from dispatcher.config.paths import locate_db
+    from dispatcher.core.models import ACTIVE_STATES
+    from dispatcher.dispatch.capacity import gpu_rows
+    from dispatcher.store.queue import Store
+
+    path = locate_db(db)[0]
+    active = []
+    if path.is_file():
+        with Store(path, create=False).transaction() as tx:
+            active = tx.tasks(states=ACTIVE_STATES)
+    views: dict[str, dict[str, Any]] = {}
+    for spec, row in zip(specs, rows, strict=True):
+        if row.inventory is not None and spec.gpus != ():
+            ours = [t for t in active if t.host == spec.name]
+            gpus = gpu_rows(spec, row.inventory, ours)
+            if gpus:  # a host without GPUs or nvidia-smi: its row above says so
+                views[spec.name] = {"gpus": gpus}
+    return views
 
 
 @hosts_app.command("resume")

@@ -1,4 +1,5 @@
-"""``labtasker queue ...``: add, ls, cancel, retry, update, rm. Parse, call the store, print.
+"""``labtasker queue ...``: add, ls, cancel, retry (update and rm: ``queue_edit.py``). Parse, call
+the store, print.
 
 Command bodies import the store (and so duckdb) lazily, keeping ``labtasker --help`` fast.
 """
@@ -21,7 +22,7 @@ from dispatcher.cli.app import app
 from dispatcher.cli.common import AddCommand, StateOption, note, out, reported
 from dispatcher.cli.common import open_store as _store
 from dispatcher.cli.common import states as _states
-from dispatcher.cli.snapshot import AddHostsOption, add_snapshotted, collect_snapshots
+from dispatcher.cli.snapshot import AddHostsOption, add_snapshotted
 from dispatcher.core.models import TaskState
 from dispatcher.core.words import EMPTY_QUEUE, id_ranges, ids_text, plural
 from dispatcher.errors import SweepError, UsageError
@@ -224,7 +225,9 @@ def add(
             _dry_run(ctx, batch, as_json, skip_existing)
             return
         store = _store(ctx, create=True, batch=batch)
-        gpu_fleet.refuse_impossible_gpu_needs(batch, store.path, hosts)
+        from dispatcher.dispatch.fleet import refuse_impossible_gpu_needs
+
+        refuse_impossible_gpu_needs(batch, store.path, hosts)
         result, snapshot = add_snapshotted(store, batch, hosts, skip_existing=skip_existing)
         _repeated_note(result.repeated)
         duplicates_note(result.duplicates)
@@ -359,42 +362,3 @@ def retry(
         again = sorted(set(ids or ()) - set(moved))  # another dependency still cannot hold
         if again:
             note(f"Cancelled again: {ids_text(again)}; see `labtasker queue show ID` for why.")
-
-
-@queue_app.command("update")
-def update(
-    ctx: typer.Context,
-    ids: Annotated[list[int], typer.Argument(help="Task ids (pending tasks only).")],
-    priority: Annotated[int | None, typer.Option(help="New priority.")] = None,
-    args_json: Annotated[
-        str | None, typer.Option("--args", help="JSON object merged into each task's args.")
-    ] = None,
-    cmd: Annotated[str | None, typer.Option("--cmd", help="New command template.")] = None,
-    name: Annotated[str | None, typer.Option(help="New name.")] = None,
-) -> None:
-    """Edit pending tasks; the command is rendered again from the (new) template and args."""
-    with reported():
-        from dispatcher.core.sweep import parse_args_json
-
-        args = None if args_json is None else parse_args_json(args_json)
-        if priority is None and args is None and cmd is None and name is None:
-            raise UsageError("nothing to change: give --priority, --args, --cmd or --name")
-        changed = _store(ctx).update(ids, priority=priority, args=args, template=cmd, name=name)
-        out(f"Updated {plural(len(changed), 'task')} ({ids_text(changed)}).")
-
-
-@queue_app.command("rm")
-def rm(ctx: typer.Context, ids: IdsArgument = None, state: StateOption = None) -> None:
-    """Delete tasks (and their attempt history); launching/running tasks must be cancelled first."""
-    with reported():
-        if not ids and not state:
-            raise UsageError("name the tasks to remove: task ids or --state")
-        store = _store(ctx)
-        removed = store.remove(ids or None, states=_states(state))
-        if removed:
-            out(f"Removed {plural(len(removed), 'task')} ({ids_text(removed)}).")
-        else:
-            out("No tasks to remove.")
-        collected = collect_snapshots(store)
-        if collected:
-            out(collected)

@@ -126,6 +126,23 @@ def leftover(chosen: Sequence[GpuSlot], need: GpuNeed) -> int:
     return sum((g.room or 0) - need.memory for g in chosen if not g.whole)
 
 
+def needs_text(
+    gpus: int | None, memory: int | None, gpu_type: str | None, min_memory: int | None
+) -> str:
+    """A task's GPU needs in a few characters, as ``queue ls`` and ``queue show`` print them:
+    "2×10GiB A100|H100 ≥40GiB"; "" for a task without memory, type or size needs."""
+    from dispatcher.core.values import show_size
+
+    if memory is None and gpu_type is None and min_memory is None:
+        return ""
+    count = 1 if gpus is None else gpus
+    size = show_size(memory).replace(" ", "") if memory is not None else ""
+    words = [f"{count}×{size}" if count > 1 else size]
+    words += [gpu_type or ""]
+    words += [f"≥{show_size(min_memory).replace(' ', '')}" if min_memory is not None else ""]
+    return " ".join(w for w in words if w)
+
+
 def waiting_prefix(need: GpuNeed) -> str:
     """How a waiting reason for ``need`` starts: "no GPU with 10 GiB free (type A100): "."""
     from dispatcher.core.values import show_size

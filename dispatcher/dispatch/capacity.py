@@ -77,7 +77,8 @@ def gpu_info(
     Room: total memory, less what processes outside our tasks use, less what each sharing task
     declared or uses (the larger). Where nvidia-smi gives no per-process memory, our tasks are
     taken to use what they declared. ``stale``: our task just left it, so its memory reading
-    says nothing about other users.
+    still shows that task: the GPU is not someone else's for an exclusive task, and for room
+    only processes without a labtasker run id count as someone else's.
     """
     tasks = ours.get(idx, [])
     holder = next((t.id for t in tasks if t.gpu_memory is None), None)
@@ -95,7 +96,13 @@ def gpu_info(
     used, total = _bytes(g.get("memory_used_mib")), _bytes(g.get("memory_total_mib"))
     # Where nvidia-smi gives no per-process memory, declarations alone count.
     ours_used = sum(per_run.values()) if known else sum(t.gpu_memory or 0 for t in sharers)
-    foreign_used = 0 if stale or used is None else max(0, used - ours_used)
+    if stale and known:
+        # The reading still shows a task of ours that has ended: every process that carries a
+        # labtasker run id is ours, the rest (another user's job) still takes its memory.
+        ours_used = sum(int(p["used_memory_mib"] * MIB) for p in procs if p.get("run_id"))
+    # Stale without per-process memory: the ended task's memory counts as someone else's until
+    # the next reading (a wait of a few seconds, never a card given more than it has).
+    foreign_used = 0 if used is None else max(0, used - ours_used)
     reserved = sum(max(t.gpu_memory or 0, per_run.get(t.run_id or "", 0)) for t in sharers)
     room = None if total is None else max(0, total - foreign_used - reserved)
     foreign = None
@@ -103,6 +110,33 @@ def gpu_info(
         foreign = foreign_use(g, procs, spec.max_gpu_memory_used)
     return GpuInfo(idx, holder, foreign, str(g.get("name") or ""), total, room,
                    tuple(t.id for t in sharers))  # fmt: skip
+
+
+def gpu_rows(
+    spec: HostSpec, inventory: Mapping[str, Any] | None, active: Iterable[Task]
+) -> list[dict[str, Any]]:
+    """The host's GPUs as ``status`` and ``hosts check`` show them: name, memory used and total,
+    our task holding it or our tasks sharing it with what they declared, free room, and someone
+    else's use. ``active``: our launching or running tasks on this host."""
+    ours: dict[int, list[Task]] = {}
+    for t in active:
+        for i in t.gpu_ids or []:
+            ours.setdefault(i, []).append(t)
+    rows: list[dict[str, Any]] = []
+    for g in (inventory or {}).get("gpus") or []:
+        idx = g.get("index")
+        if not isinstance(idx, int) or (isinstance(spec.gpus, tuple) and idx not in spec.gpus):
+            continue  # not ours to use: pinned out
+        info = gpu_info(spec, g, idx, inventory, ours, stale=False)
+        declared = sum(t.gpu_memory or 0 for t in ours.get(idx, []))
+        rows.append({
+            "index": idx, "name": g.get("name"), "used_mib": g.get("memory_used_mib"),
+            "total_mib": g.get("memory_total_mib"), "task": info.held_by_task,
+            "shared_by": list(info.sharers),
+            "declared_mib": declared // 2**20 if info.sharers else None,
+            "free_mib": None if info.room is None else info.room // 2**20, "other": info.foreign,
+        })  # fmt: skip
+    return rows
 
 
 def _bytes(mib: Any) -> int | None:

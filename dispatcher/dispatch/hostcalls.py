@@ -170,13 +170,17 @@ class HostCalls:
             self.jobs.spawn(self._kill(task.host or "", task.run_id))
 
     def refresh_gpus(self, now: float) -> None:
-        """Ask nvidia-smi again on hosts whose inventory is older than ``gpu_refresh``, while
-        tasks are pending."""
-        if not self.state.counts[S.PENDING]:
-            return
-        for hs in self.state.hosts.values():
+        """Ask nvidia-smi again on hosts whose inventory is older than ``gpu_refresh``: on every
+        host while tasks are pending (placement needs it), else on the hosts our tasks run on
+        (the status file's GPU view stays fresh). Never more often than ``gpu_refresh`` per host,
+        so a lab server is not polled harder while a sweep runs."""
+        pending = bool(self.state.counts[S.PENDING])
+        busy = {t.host for t in self.state.active.values()}
+        for name, hs in self.state.hosts.items():
             s = hs.session
             if hs.refreshing or not s.up or not hs.reconciled or s.spec.gpus == ():
+                continue
+            if not pending and name not in busy:
                 continue
             if s.inventory and now - s.inventory.fetched_at < self.options.gpu_refresh:
                 continue
@@ -188,6 +192,7 @@ class HostCalls:
             await hs.session.refresh_gpus()
         finally:
             hs.refreshing = False
+        self.write_status()  # `status --watch` shows the new reading now
 
     # -- last output lines for `labtasker status` ------------------------------------------------
 

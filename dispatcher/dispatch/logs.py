@@ -231,37 +231,14 @@ def gpu_views(
 
     ``now`` is monotonic, like the inventories' ``fetched_at``; ``age`` is how old each view is.
     """
-    from dispatcher.dispatch.capacity import gpu_info  # here: `status` imports this module
+    from dispatcher.dispatch.capacity import gpu_rows  # here: `status` imports this module
 
     tasks = list(active)
     views: dict[str, dict[str, Any]] = {}
     for s in sessions:
-        spec, inv = s.spec, s.inventory
-        ours: dict[int, list[Task]] = {}
-        for t in tasks:
-            for i in t.gpu_ids or [] if t.host == s.name else []:
-                ours.setdefault(i, []).append(t)
+        inv = s.inventory
         inventory = None if inv is None else {"gpus": inv.gpus, "processes": inv.processes}
-        gpus: list[dict[str, Any]] = []
-        for g in inv.gpus if inv is not None else []:
-            idx = g.get("index")
-            if not isinstance(idx, int) or (isinstance(spec.gpus, tuple) and idx not in spec.gpus):
-                continue  # not ours to use: pinned out
-            info = gpu_info(spec, g, idx, inventory, ours, stale=False)
-            declared = sum(t.gpu_memory or 0 for t in ours.get(idx, []))
-            gpus.append(
-                {
-                    "index": idx,
-                    "name": g.get("name"),
-                    "used_mib": g.get("memory_used_mib"),
-                    "total_mib": g.get("memory_total_mib"),
-                    "task": info.held_by_task,
-                    "shared_by": list(info.sharers),
-                    "declared_mib": declared // 2**20 if info.sharers else None,
-                    "free_mib": None if info.room is None else info.room // 2**20,
-                    "other": info.foreign,
-                }
-            )
+        gpus = gpu_rows(s.spec, inventory, [t for t in tasks if t.host == s.name])
         views[s.name] = {
             "status": s.describe(),
             "gpus": gpus,

@@ -169,6 +169,7 @@ class Dispatcher:
                 return
             await self._round()
             self.calls.poll_tails(time.monotonic())
+            self.calls.refresh_gpus(time.monotonic())  # also between ticks, while tasks run
             self.calls.send_cancels()
             if self._done():
                 # One last plan on the hosts' final state (a host may have come up unusable or

@@ -89,11 +89,15 @@ def update(
     args: Mapping[str, Any] | None = None,
     template: str | None = None,
     name: str | None = None,
+    gpu_needs: Mapping[str, int | str | None] | None = None,
 ) -> list[int]:
     """Edit pending tasks: ``args`` are merged into each task's args, and the command is
-    rendered again (a missing key is a TemplateError naming the task). Others are refused."""
+    rendered again (a missing key is a TemplateError naming the task). ``gpu_needs`` sets
+    ``gpu_memory``, ``gpu_type`` or ``min_gpu_memory`` (None clears one). Others are refused."""
     select(con, path, ids, None)
     refuse(con, {TaskState.PENDING}, "only pending tasks can be updated")
+    if gpu_needs:
+        _set_gpu_needs(con, gpu_needs)
     if priority is not None or name is not None:
         from dispatcher.store.add import check_settings
 
@@ -107,6 +111,37 @@ def update(
         _rerender(con, args, template)
     rows = con.execute(f"SELECT id FROM tasks WHERE {SELECTED} ORDER BY id").fetchall()
     return [r[0] for r in rows]
+
+
+GPU_NEEDS = ("gpu_memory", "gpu_type", "min_gpu_memory")
+
+
+def _set_gpu_needs(con: Any, needs: Mapping[str, int | str | None]) -> None:
+    """Set the chosen tasks' GPU needs; UsageError for a bad value or a task with ``gpus = 0``
+    (a slot without a GPU can have no GPU needs), as ``queue add`` refuses them."""
+    from dispatcher.core.batch import check_gpu_needs
+
+    unknown = sorted(set(needs) - set(GPU_NEEDS))
+    if unknown:
+        raise UsageError(f"not a GPU need: {', '.join(unknown)} (one of {', '.join(GPU_NEEDS)})")
+    memory, min_memory = needs.get("gpu_memory"), needs.get("min_gpu_memory")
+    gpu_type = needs.get("gpu_type")
+    if isinstance(memory, str) or isinstance(min_memory, str) or isinstance(gpu_type, int):
+        raise UsageError("gpu_memory and min_gpu_memory are bytes, gpu_type a text")
+    check_gpu_needs(None, memory, gpu_type, min_memory)
+    sets = list(needs.items())
+    con.execute(
+        f"UPDATE tasks SET {', '.join(f'{c} = ?' for c, _ in sets)} WHERE {SELECTED}",
+        [v for _, v in sets],
+    )
+    slot = con.execute(
+        f"SELECT id FROM tasks WHERE {SELECTED} AND gpus = 0 AND (gpu_memory IS NOT NULL"
+        " OR gpu_type IS NOT NULL OR min_gpu_memory IS NOT NULL) ORDER BY id LIMIT 1"
+    ).fetchone()
+    if slot is not None:
+        raise UsageError(
+            f"task {slot[0]} runs with --gpus 0 (a slot without a GPU) and can have no GPU needs"
+        )
 
 
 def _rerender(con: Any, args: Mapping[str, Any] | None, template: str | None) -> None:

@@ -142,10 +142,12 @@ class Store(QueueFile):
         args: Mapping[str, Any] | None = None,
         template: str | None = None,
         name: str | None = None,
+        gpu_needs: Mapping[str, int | str | None] | None = None,
     ) -> list[int]:
         """Edit pending tasks; see ``Txn.update``."""
         with self.transaction() as txn:
-            return txn.update(ids, priority=priority, args=args, template=template, name=name)
+            return txn.update(ids, priority=priority, args=args, template=template, name=name,
+                              gpu_needs=gpu_needs)  # fmt: skip
 
     def remove(
         self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None

@@ -275,11 +275,11 @@ class Txn(Mover):
         args: Mapping[str, Any] | None = None,
         template: str | None = None,
         name: str | None = None,
+        gpu_needs: Mapping[str, int | str | None] | None = None,
     ) -> list[int]:
         """Edit pending tasks; see ``store_edit.update``."""
-        return store_edit.update(
-            self.con, self.path, ids, priority=priority, args=args, template=template, name=name
-        )
+        return store_edit.update(self.con, self.path, ids, priority=priority, args=args,
+                                 template=template, name=name, gpu_needs=gpu_needs)  # fmt: skip
 
     def remove(
         self, ids: Iterable[int] | None = None, *, states: Iterable[TaskState] | None = None

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dispatcher.core.deps import DepKind
+from dispatcher.core.gpu_packing import needs_text
 from dispatcher.core.models import ACTIVE_STATES, Task, TaskState
 from dispatcher.core.outcome import exit_and_signal
 from dispatcher.ui.views import STATE_STYLE, format_duration
@@ -101,6 +102,9 @@ def task_view(
     settings = [f"priority {task.priority}", f"attempts {task.attempt}/{task.max_attempts}"]
     if task.gpus is not None:
         settings.append(f"gpus {task.gpus}")
+    needs = needs_text(task.gpus, task.gpu_memory, task.gpu_type, task.min_gpu_memory)
+    if needs:
+        settings.append(f"gpu needs {needs}")
     if task.timeout is not None:
         settings.append(f"timeout {format_duration(task.timeout)}")
     fields.add_row("settings", " · ".join(settings))

@@ -15,6 +15,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from dispatcher.core.gpu_packing import needs_text
 from dispatcher.core.models import Task, TaskState
 from dispatcher.core.words import EMPTY_QUEUE
 
@@ -264,6 +265,7 @@ class HostCheck:
     workdir: str = ""
     gpus: str = ""
     error: str | None = None
+    inventory: dict[str, Any] | None = None  # the helper's ``gpus`` reply, for the GPU table
 
 
 def hosts_table(rows: Sequence[HostCheck]) -> Table:
@@ -307,7 +309,8 @@ def failures_table(tasks: Sequence[Task], *, now: datetime | None = None) -> Tab
 
 
 def ls_table(tasks: Sequence[Task]) -> Table:
-    """The ``queue ls`` table; name, priority, host:gpus and attempt appear only when needed."""
+    """The ``queue ls`` table; name, priority, gpu needs, host:gpus and attempt appear only when
+    some row needs them."""
     table = Table(box=None, header_style="bold", pad_edge=False)
     columns: list[tuple[str, Any]] = [("id", lambda t: str(t.id))]
     if any(t.name for t in tasks):
@@ -316,6 +319,9 @@ def ls_table(tasks: Sequence[Task]) -> Table:
     if any(t.priority for t in tasks):
         columns.append(("priority", lambda t: str(t.priority)))
     columns.append(("args", lambda t: compact_args(t.args)))
+    needs = {t.id: needs_text(t.gpus, t.gpu_memory, t.gpu_type, t.min_gpu_memory) for t in tasks}
+    if any(needs.values()):
+        columns.append(("gpu needs", lambda t: needs[t.id]))
     if any(t.host for t in tasks):
         columns.append(("host:gpus", placement))
     if any(t.attempt for t in tasks):

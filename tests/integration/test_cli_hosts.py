@@ -36,8 +36,14 @@ def test_hosts_check_reports_each_host_on_one_line(lab: Lab) -> None:
             " (pid PID)",
             "cpu  ok  3.X.Y  user-cpu  WORKDIR  none (CPU-only)",
             "gone  FAIL  gone (127.0.0.1:1): connection refused; is sshd running?",
+            "",
+            "host  gpu  memory (GiB)  free  used by",
+            "gpu2  0  0.0/40.0  40.0  free",
+            "  1  0.0/40.0  40.0  free",
+            "gpu1  0  2.9/40.0  37.1  2.9 GiB used by root (pid PID)",
         ]
     )
+    assert not lab.db.exists()  # no queue here: none was made to read tasks from
 
 
 def test_hosts_check_exits_0_when_every_host_works(lab: Lab) -> None:
@@ -48,4 +54,18 @@ def test_hosts_check_exits_0_when_every_host_works(lab: Lab) -> None:
     assert lines[0] == "host  python  user  workdir  gpus"  # no problem column when none failed
     assert lines[1].startswith("behind  ok  3.X.Y") and lines[1].endswith(
         "0: A100-SXM4-40GB 0/40960 MiB"
+    )
+
+
+def test_hosts_check_says_when_declarations_alone_count(lab: Lab) -> None:
+    gpu1 = lab.hosts.gpu1
+    (gpu,) = gpu1.default_gpus()
+    gpu1.write_gpus([FakeGpu(0, gpu.uuid, memory_used=3000)])
+    # A driver that gives no per-process memory: nvidia-smi prints [N/A] for it.
+    (gpu1.fake_bin / "apps.csv").write_text(f"{gpu.uuid}, {os.getpid()}, [N/A], python\n")
+    done = lab.run("hosts", "check", "--hosts", str(lab.hosts_toml("gpu1")))
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert (
+        "nvidia-smi gives no per-process memory here: tasks sharing a GPU count as using what"
+        " they declared (--gpu-memory)" in " ".join(done.stdout.split())
     )

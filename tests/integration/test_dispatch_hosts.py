@@ -113,6 +113,7 @@ def test_forever_waits_for_new_tasks_and_ctrl_c_leaves_them_running(lab: Lab) ->
     (quick,) = lab.add("--args", ONE)  # first: dispatch refuses a queue that does not exist
     proc = lab.start("dispatch", "--hosts", str(hosts), "--forever")
     lab.wait_task(quick, ["succeeded"])
+    assert proc.poll() is None  # nothing left to do: still waiting for new tasks
     (long,) = lab.add("--args", '{"p1": 2, "p2": "b", "p3": 0}', sleep=60)
     lab.wait_task(long, ["running"])
     assert proc.poll() is None  # nothing pending, nothing placeable: still waiting

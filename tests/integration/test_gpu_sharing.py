@@ -7,6 +7,7 @@ where it ran, and waits for its gate file before it exits.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,6 @@ from typing import Any
 import pytest
 
 from dispatcher.dispatch.logs import read_status_file
-from dispatcher.store.queue import Store
 from tests.integration.conftest import Lab, finish, wait
 from tests.sshd import FakeApp, FakeGpu, SshdHost
 
@@ -26,19 +26,6 @@ for i in $(echo "$CUDA_VISIBLE_DEVICES" | tr , ' '); do echo "$i, $$, $mib" >> "
 echo "$LABTASKER_TASK_ID $CUDA_VISIBLE_DEVICES" >> "$records"
 n=0
 while [ ! -e "$gate" ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n + 1)); done
-"""
-OOM_TASK = r"""#!/bin/sh
-# oom_task.sh LIVE MIB GATE: attempt 1 holds MIB on its GPUs, waits for GATE, then dies of CUDA
-# out-of-memory as PyTorch reports it; later attempts succeed.
-live=$1 mib=$2 gate=$3
-if [ "$LABTASKER_ATTEMPT" -le 1 ]; then
-    for i in $(echo "$CUDA_VISIBLE_DEVICES" | tr , ' '); do echo "$i, $$, $mib" >> "$live"; done
-    n=0
-    while [ ! -e "$gate" ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n + 1)); done
-    echo "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 30.00 GiB" >&2
-    exit 1
-fi
-echo "attempt $LABTASKER_ATTEMPT on GPU $CUDA_VISIBLE_DEVICES"
 """
 GIB_MIB = 1024
 H100 = "NVIDIA H100 80GB HBM3"
@@ -114,7 +101,7 @@ def test_small_tasks_pack_one_card_while_the_other_stays_whole(lab: Lab, gpus: G
     assert lab.task(whole)["gpus"] == [1]  # the 40 GiB card stays whole for the --gpus 1 task
     listed = {t["id"]: t for t in lab.cli_tasks()}
     assert listed[small[0]]["gpu_memory"] == 10 * 2**30 and listed[whole]["gpu_memory"] is None
-    blocker = gpus.add(host, "x", 1, "--gpus", "1", "--priority", "-1")  # pending: GPUs re-read
+    # Nothing waits now: the GPU view still follows the running tasks (a fresh nvidia-smi reading).
 
     def shared_view() -> list[dict[str, Any]] | None:
         view = gpus.gpu_view("gpu2")
@@ -125,8 +112,46 @@ def test_small_tasks_pack_one_card_while_the_other_stays_whole(lab: Lab, gpus: G
     assert view[0]["shared_by"] == small and view[0]["declared_mib"] == 40 * GIB_MIB
     assert view[0]["free_mib"] == 40 * GIB_MIB  # 80 - 4 x 10 declared (each uses only 8)
     assert view[1]["task"] == whole
-    assert lab.task(blocker)["state"] == "pending"
-    gpus.open("one", "two", "three", "four", "big", "x")
+    # `hosts check` shows the same: memory used, declared by the four sharing tasks, free.
+    check = lab.run("hosts", "check", "--hosts", str(hosts))
+    assert check.returncode == 0, (check.stdout, check.stderr)
+    lines = check.stdout.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if "declared" in line) :]
+    assert table[0].split() == ["host", "gpu", "memory", "(GiB)", "declared", "free", "used", "by"]
+    ids = ", ".join(map(str, small))
+    assert table[1].split() == ["gpu2", "0", "32.0/80.0", "40.0", "40.0", *f"tasks {ids}".split()]
+    assert table[2].split() == ["1", "30.0/40.0", "10.0", "task", str(whole)]
+    assert "busy" not in check.stdout  # the processes on the cards are our tasks
+    gpus.open("one", "two", "three", "four", "big")
+    code, out, err = finish(proc)
+    assert code == 0, (out, err)
+
+
+def test_the_gpu_view_follows_running_tasks_at_most_every_refresh_interval(
+    lab: Lab, gpus: GpuLab
+) -> None:
+    host = lab.hosts.gpu1
+    gpus.cards(host, (H100, 80))
+    calls = host.fake_bin / "calls.log"
+    calls.touch()
+    calls.chmod(0o666)
+    hosts = lab.hosts_toml("gpu1")
+    task = gpus.add(host, "a", 8, "--gpu-memory", "10GiB")
+    proc = lab.start("dispatch", "--hosts", str(hosts))
+    lab.wait_task(task, ["running"])
+
+    def fresh() -> bool:  # nothing is pending: the reading after the task started
+        view = gpus.gpu_view("gpu1")
+        return bool(view) and view[0].get("used_mib") == 8 * GIB_MIB
+
+    wait(fresh, "the status file shows the running task's memory")
+    seen = len(calls.read_text().split())
+    wait(lambda: len(calls.read_text().split()) >= seen + 2, "two more readings while it runs")
+    assert lab.task(task)["state"] == "running"
+    stamps = [float(t) for t in calls.read_text().split()]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert min(gaps) >= 4.9, gaps  # never more often than gpu_refresh (5 s) per host
+    gpus.open("a")
     code, out, err = finish(proc)
     assert code == 0, (out, err)
 
@@ -150,6 +175,66 @@ def test_a_card_never_holds_more_declared_memory_than_it_has(lab: Lab, gpus: Gpu
     assert 1 <= most <= 4  # 4 x 10 GiB fill the 40 GiB card: never a fifth
 
 
+def test_max_tasks_per_gpu_caps_the_tasks_sharing_a_card(lab: Lab, gpus: GpuLab) -> None:
+    host = lab.hosts.gpu1
+    gpus.cards(host, (H100, 80))
+    hosts = lab.hosts_toml("gpu1", gpu1={"max_tasks_per_gpu": 2})
+    journal = lab.shared / "journal.txt"
+    journal.touch()
+    journal.chmod(0o666)
+    cmd = f"echo s >> {journal}; sleep 0.3; echo e >> {journal}; true %{{i}}"
+    lab.add_cmd(cmd, "--gpu-memory", "5GiB", "--grid", "i=" + ",".join(map(str, range(8))))
+    done = lab.run("dispatch", "--hosts", str(hosts))
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    at_once, most = 0, 0
+    for line in journal.read_text().split():
+        at_once += 1 if line == "s" else -1
+        most = max(most, at_once)
+    assert 1 <= most <= 2  # room for 16 such tasks, but never a third on the card
+
+
+FREE_TASK = r"""#!/bin/sh
+# free_task.sh LIVE MIB JOURNAL: hold MIB on our GPU, record what the card then shows (index,
+# used, total) as the task's own reading, and hold it a second longer.
+live=$1 mib=$2 journal=$3
+echo "$CUDA_VISIBLE_DEVICES, $$, $mib" >> "$live"
+"$(dirname "$live")/nvidia-smi" --query-gpu=index,memory.used,memory.total \
+    --format=csv,noheader,nounits | grep "^$CUDA_VISIBLE_DEVICES," >> "$journal"
+sleep 1
+"""
+
+
+def test_no_task_is_placed_where_its_memory_was_not_free(lab: Lab, gpus: GpuLab) -> None:
+    host = lab.hosts.gpu2
+    script = lab.shared / "free_task.sh"
+    script.write_text(FREE_TASK)
+    script.chmod(0o755)
+    journal = lab.shared / "readings.txt"
+    journal.touch()
+    journal.chmod(0o666)
+    other = subprocess.Popen(["sleep", "600"])  # someone else's 30 GiB job on the H100
+    try:
+        uuids = [f"GPU-{host.alias}-0", f"GPU-{host.alias}-1"]
+        host.write_gpus([FakeGpu(0, uuids[0], H100, 30 * GIB_MIB, 80 * GIB_MIB),
+                         FakeGpu(1, uuids[1], A100, 0, 40 * GIB_MIB)])  # fmt: skip
+        host.write_apps([FakeApp(uuids[0], other.pid, 30 * GIB_MIB)])
+        hosts = lab.hosts_toml("gpu2")
+        live = host.fake_bin / "live.csv"
+        for gib in (8, 12, 20):  # each task uses exactly what it declares
+            cmd = f"{script} {live} {gib * GIB_MIB} {journal} %{{i}}"
+            lab.add_cmd(cmd, "--gpu-memory", f"{gib}GiB", "--grid", "i=1,2,3,4")
+        done = lab.run("dispatch", "--hosts", str(hosts))
+    finally:
+        other.kill()
+        other.wait()
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    readings = [[int(x) for x in line.split(",")] for line in journal.read_text().splitlines()]
+    assert len(readings) == 12
+    # Each task's own reading, taken with its memory held: the card never holds more than it has.
+    assert all(used <= total for _, used, total in readings), str(readings)
+    assert any(i == 0 and used >= (30 + 8 + 8) * GIB_MIB for i, used, _ in readings)  # shared
+
+
 def test_another_users_process_mid_sweep_leaves_no_room_until_it_ends(
     lab: Lab, gpus: GpuLab
 ) -> None:
@@ -164,7 +249,6 @@ def test_another_users_process_mid_sweep_leaves_no_room_until_it_ends(
     try:
         host.write_gpus([FakeGpu(0, f"GPU-{host.alias}-0", H100, 40 * GIB_MIB, 80 * GIB_MIB)])
         host.write_apps([FakeApp(f"GPU-{host.alias}-0", other.pid, 40 * GIB_MIB)])
-        blocker = gpus.add(host, "x", 1, "--gpus", "1", "--priority", "-1")  # pending: GPUs re-read
 
         def seen() -> bool:
             view = gpus.gpu_view("gpu1")
@@ -190,7 +274,6 @@ def test_another_users_process_mid_sweep_leaves_no_room_until_it_ends(
     gpus.open("a", "b")
     lab.wait_task(first, ["succeeded"])
     lab.wait_task(second, ["succeeded"])
-    lab.ok("queue", "cancel", str(blocker))
     proc.send_signal(2)
     finish(proc)
 
@@ -202,7 +285,6 @@ def test_a_task_using_more_than_it_declared_holds_what_it_uses(lab: Lab, gpus: G
     greedy = gpus.add(host, "a", 60, "--gpu-memory", "10GiB")  # declares 10, takes 60
     proc = lab.start("dispatch", "--hosts", str(hosts), "--forever")
     lab.wait_task(greedy, ["running"])
-    blocker = gpus.add(host, "x", 1, "--gpus", "1", "--priority", "-1")  # pending: GPUs re-read
 
     def seen() -> bool:
         view = gpus.gpu_view("gpu1")
@@ -220,7 +302,6 @@ def test_a_task_using_more_than_it_declared_holds_what_it_uses(lab: Lab, gpus: G
     assert lab.wait_task(late, ["running"])["gpus"] == [0]
     gpus.open("b")
     lab.wait_task(late, ["succeeded"])
-    lab.ok("queue", "cancel", str(blocker))
     proc.send_signal(2)
     finish(proc)
 
@@ -291,72 +372,3 @@ def test_queue_add_takes_gpu_needs_from_a_sweep_file(lab: Lab, tmp_path: Path) -
     bad = lab.run("queue", "add", "--gpu-memory", "lots", "--", "echo", "hi")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1  # a usage error
     assert "gpu memory must be a positive size" in bad.stderr
-
-
-def test_a_cuda_oom_is_named_and_retried_only_on_a_gpu_with_more_room(
-    lab: Lab, gpus: GpuLab
-) -> None:
-    host = lab.hosts.gpu2
-    script = lab.shared / "oom_task.sh"
-    script.write_text(OOM_TASK)
-    script.chmod(0o755)
-    # GPU 0: a whole 40 GiB card. GPU 1: 80 GiB, but someone else holds 75 of it.
-    other = subprocess.Popen(["sleep", "600"])
-    try:
-        uuids = [f"GPU-{host.alias}-0", f"GPU-{host.alias}-1"]
-        host.write_gpus([FakeGpu(0, uuids[0], A100, 0, 40 * GIB_MIB),
-                         FakeGpu(1, uuids[1], H100, 75 * GIB_MIB, 80 * GIB_MIB)])  # fmt: skip
-        host.write_apps([FakeApp(uuids[1], other.pid, 75 * GIB_MIB)])
-        hosts = lab.hosts_toml("gpu2")
-        cmd = f"{script} {host.fake_bin / 'live.csv'} {20 * GIB_MIB} {gpus.gates / 'a'}"
-        (task,) = lab.add_cmd(cmd, "--gpu-memory", "10GiB", "--max-attempts", "2")
-        blocker = gpus.add(host, "x", 1, "--gpus", "1", "--priority", "-1")  # GPUs re-read
-        proc = lab.start("dispatch", "--hosts", str(hosts), "--forever")
-        assert lab.wait_task(task, ["running"])["gpus"] == [0]  # GPU 1 has 5 GiB left
-
-        def held() -> bool:
-            view = gpus.gpu_view("gpu2")
-            return bool(view) and view[0].get("used_mib") == 20 * GIB_MIB
-
-        wait(held, "the dispatcher sees what the task holds")
-        gpus.open("a")  # it dies of CUDA out of memory
-
-        def requeued() -> dict[str, Any] | None:
-            t = lab.task(task)
-            return t if t["state"] == "pending" and t["attempt"] == 1 else None
-
-        wait(requeued, "the task is requeued")
-        with Store(lab.db, lock_timeout=30).transaction() as tx:
-            (first,) = tx.attempts(task)
-        assert first.reason == "CUDA out of memory (exit 1)"
-        # It had 40 GiB free on GPU 0: the retry asks for more, which only GPU 1 could give,
-        # and GPU 1 has 5 free while the other user's job runs: it waits.
-        assert lab.task(task)["gpu_memory"] == 40 * 2**30 + 2**20
-
-        def waits() -> str | None:
-            reason = lab.task(task)["reason"] or ""
-            return reason if reason.startswith("no GPU with 40 GiB free") else None
-
-        wait(waits, "the retry waits for a GPU with more room")
-        host.write_gpus([FakeGpu(0, uuids[0], A100, 0, 40 * GIB_MIB),
-                         FakeGpu(1, uuids[1], H100, 0, 80 * GIB_MIB)])  # fmt: skip
-        host.write_apps([])
-        done = lab.wait_task(task, ["succeeded", "failed"])
-        assert (done["state"], done["gpus"], done["attempt"]) == ("succeeded", [1], 2)
-    finally:
-        other.kill()
-        other.wait()
-    lab.ok("queue", "cancel", str(blocker))
-    proc.send_signal(2)
-    finish(proc)
-
-
-def test_a_missing_module_is_named(lab: Lab) -> None:
-    hosts = lab.hosts_toml("cpu")
-    (task,) = lab.add_cmd("python3 -c 'import no_such_module_xyz'", "--gpus", "0")
-    done = lab.run("dispatch", "--hosts", str(hosts))
-    assert done.returncode == 1, (done.stdout, done.stderr)
-    assert lab.task(task)["reason"] == "missing module no_such_module_xyz (exit 1)"
-    assert f"task {task} failed on cpu (missing module no_such_module_xyz (exit 1))" in done.stdout
-    listed = {t["id"]: t for t in lab.cli_tasks()}
-    assert listed[task]["reason"] == "missing module no_such_module_xyz (exit 1)"

@@ -217,3 +217,30 @@ def test_bad_random_throttle_or_outputs_add_nothing(
     with pytest.raises(UsageError, match=message):
         q.add("run %{lr}", grid={"lr": [1]} if "random" not in kwargs else None, **kwargs)
     assert not q.path.exists() or q.tasks() == []
+
+
+def test_add_refuses_gpu_needs_no_card_can_meet_as_queue_add_does(q: Queue, tmp_path: Path) -> None:
+    from dispatcher.dispatch.logs import write_last_lines
+
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text('[hosts.gpu1]\nssh = "lab@10.0.0.5"\n')
+    q.add("true")  # the queue exists; the dispatcher saw gpu1's one 40 GiB A100
+    seen = {"index": 0, "name": "NVIDIA A100-SXM4-40GB", "total_mib": 40 * 1024}
+    write_last_lines(q.path, {}, hosts={"gpu1": {"gpus": [seen]}})
+    for needs in ({"gpu_type": "H100"}, {"min_gpu_memory": "80GiB"}, {"gpu_memory": "48GiB"}):
+        with pytest.raises(UsageError, match="on any host") as refused:
+            q.add("true", hosts=hosts, **needs)  # type: ignore[arg-type]
+        flag = "--" + next(iter(needs)).replace("_", "-")
+        value = str(next(iter(needs.values())))
+        by_cli = CliRunner().invoke(
+            app, ["--db", str(q.path), "queue", "add", "--hosts", str(hosts), flag, value, "true"]
+        )
+        assert by_cli.exit_code == 2 and str(refused.value) in by_cli.output  # the same words
+    assert len(q.tasks()) == 1  # nothing was added
+    (fits,) = q.add("true", hosts=hosts, gpu_type="a100", gpu_memory="30GiB", min_gpu_memory=2**35)
+    (task,) = q.tasks(ids=[fits])
+    assert (task["gpu_memory"], task["gpu_type"], task["min_gpu_memory"]) == (
+        30 * 2**30,
+        "a100",
+        2**35,
+    )

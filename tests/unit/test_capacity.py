@@ -146,6 +146,17 @@ def test_another_users_process_takes_room_and_blocks_exclusive_tasks() -> None:
     assert alone.gpus[0].foreign is not None and alone.gpus[0].room == 60 * GIB
 
 
+def test_a_just_released_gpu_still_counts_another_users_memory_against_room() -> None:
+    # Our task on GPU 0 just ended (20 GiB still in the reading); bob's job holds 30 GiB.
+    procs = [proc(5, 20 * 1024, "t1-a1-x"), proc(6, 30 * 1024), proc(7, 10 * 1024, "t2-a1-x")]
+    inv = inventory(card(60 * 1024), procs=procs)
+    c = cap({}, inv, [sharer(2, [0], 10)], recently_released=[0])
+    assert c.gpus[0].room == (80 - 30 - 10) * GIB and c.gpus[0].foreign is None
+    unknown = inventory(card(60 * 1024), procs=[{**p, "used_memory_mib": None} for p in procs])
+    c = cap({}, unknown, [sharer(2, [0], 10)], recently_released=[0])
+    assert c.gpus[0].room == (80 - 50 - 10) * GIB  # until the next reading: 60 used, 10 ours
+
+
 def test_without_per_process_memory_declarations_alone_count() -> None:
     inv = inventory(card(30 * 1024), procs=[proc(5, None, "t1-a1-x")])
     c = cap({}, inv, [sharer(1, [0], 10)])

@@ -76,6 +76,12 @@ def test_gpu_order_is_the_order_gpus_are_taken_in() -> None:
     assert [where(result)[i][1] for i in (1, 2, 3)] == [(2,), (0,), (1,)]
 
 
+def test_an_exclusive_task_takes_the_smallest_free_card_before_gpu_order() -> None:
+    hosts = [host("a", gpu(0, 80), gpu(1, 40), gpu(2, 40), gpu_order=(0, 2))]
+    result = plan([Candidate(1, 0, 1)], hosts)
+    assert where(result)[1] == ("a", (2,))  # the 40 GiB cards first; of those, gpu_order's
+
+
 def test_type_and_size_constraints_and_their_reasons() -> None:
     hosts = [host("a", gpu(0, 24, name="NVIDIA RTX 4090"), gpu(1, 80, name="NVIDIA H100"))]
     got = where(plan([Candidate(1, 0, 1, gpu_type="a100|h100")], hosts))
