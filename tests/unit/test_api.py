@@ -51,7 +51,7 @@ def test_default_queue_is_the_clis(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert [t["id"] for t in listed] == ids
     monkeypatch.setenv("LABTASKER_DB", str(tmp_path / "env.duckdb"))
     assert Queue().path == tmp_path / "env.duckdb"
-    with pytest.raises(NoQueueError, match="no queue here"):  # only add creates a queue
+    with pytest.raises(NoQueueError, match="no queue at"):  # only add creates a queue
         Queue().tasks()
     assert not (tmp_path / "env.duckdb").exists()
 
