@@ -81,14 +81,19 @@ def dispatch(
 
     from rich.console import Console
 
+    from dispatcher.cli.app import db_option
     from dispatcher.cli.common import open_store
     from dispatcher.config.hosts import load_hosts
-    from dispatcher.config.paths import logs_dir
+    from dispatcher.config.paths import locate_db, logs_dir
     from dispatcher.dispatch.loop import Dispatcher, DispatchOptions
 
+    console = Console(highlight=False, soft_wrap=True)
+    if forever:  # started before the first `queue add`: wait for the queue, making nothing
+        path = locate_db(db_option(ctx))[0]
+        load_hosts(hosts, path)  # a bad hosts file is said before any wait
+        wait_for_queue(path, console)
     store = open_store(ctx)
     config = load_hosts(hosts, store.path)
-    console = Console(highlight=False, soft_wrap=True)
     reporter = ConsoleReporter(console)
     engine = Dispatcher(
         store,
@@ -134,6 +139,22 @@ def dispatch(
     if engine.unplaceable or engine.command_faults:
         report_problems(engine)
     raise typer.Exit(code)
+
+
+def wait_for_queue(path: Path, console: Console) -> None:
+    """``dispatch --forever`` started before the first ``queue add``: wait for the queue file
+    to appear (creating nothing); Ctrl-C ends the wait with exit 130."""
+    import time
+
+    if path.is_file():
+        return
+    console.print(f"No queue at {path} yet; waiting for `labtasker queue add` (Ctrl-C stops).")
+    try:
+        while not path.is_file():
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        console.print("[yellow]Stopped waiting; nothing was started.[/]")
+        raise typer.Exit(130) from None
 
 
 def report_problems(engine: Dispatcher) -> None:

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +161,45 @@ def test_an_add_refused_for_its_dependencies_creates_no_queue(
 def test_the_help_of_db_says_the_queue_is_looked_for_upward() -> None:
     text = " ".join(CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout.split())
     assert "Default: $LABTASKER_DB, else .labtasker/queue.duckdb here or above." in text
+
+
+def _forever(project: Path) -> subprocess.Popen[str]:
+    """``dispatch --forever`` in ``project``, which has no queue yet, once it says it waits."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABTASKER_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispatcher", "dispatch", "--forever", "--hosts", "../hosts.toml"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("No queue at ") and "waiting for `labtasker queue add`" in line, line
+    return proc
+
+
+def test_dispatch_forever_waits_for_the_first_add_and_creates_nothing_meanwhile(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user may start ``dispatch --forever`` first and add tasks after: it waits for the
+    queue file (making none), then runs what is added; Ctrl-C while waiting starts nothing."""
+    before = files(project.parent)
+    proc = _forever(project)
+    assert files(project.parent) == before  # waiting made nothing
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Stopped waiting" in out and not err, (out, err)
+    assert files(project.parent) == before
+    proc = _forever(project)
+    try:
+        monkeypatch.chdir(project)
+        (task,) = Queue().add("echo hi", gpus=0)
+        deadline = time.monotonic() + 60
+        while Queue().tasks(ids=[task])[0]["state"] != "succeeded":
+            assert time.monotonic() < deadline, "the task added after the start never ran"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
