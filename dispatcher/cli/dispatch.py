@@ -81,17 +81,14 @@ def dispatch(
 
     from rich.console import Console
 
-    from dispatcher.cli.app import db_option
     from dispatcher.cli.common import open_store
     from dispatcher.config.hosts import load_hosts
-    from dispatcher.config.paths import locate_db, logs_dir
+    from dispatcher.config.paths import logs_dir
     from dispatcher.dispatch.loop import Dispatcher, DispatchOptions
 
     console = Console(highlight=False, soft_wrap=True)
     if forever:  # started before the first `queue add`: wait for the queue, making nothing
-        path = locate_db(db_option(ctx))[0]
-        load_hosts(hosts, path)  # a bad hosts file is said before any wait
-        wait_for_queue(path, console)
+        wait_for_queue(ctx, hosts, console)
     store = open_store(ctx)
     config = load_hosts(hosts, store.path)
     reporter = ConsoleReporter(console)
@@ -141,15 +138,22 @@ def dispatch(
     raise typer.Exit(code)
 
 
-def wait_for_queue(path: Path, console: Console) -> None:
+def wait_for_queue(ctx: typer.Context, hosts: Path, console: Console) -> None:
     """``dispatch --forever`` started before the first ``queue add``: wait for the queue file
-    to appear (creating nothing); Ctrl-C ends the wait with exit 130."""
+    to appear (creating nothing); Ctrl-C ends the wait with exit 130. A bad hosts file is
+    said before any wait."""
     import time
 
+    from dispatcher.cli.app import db_option
+    from dispatcher.config.hosts import load_hosts
+    from dispatcher.config.paths import locate_db
+
+    path = locate_db(db_option(ctx))[0]
+    load_hosts(hosts, path)
     if path.is_file():
         return
-    console.print(f"No queue at {path} yet; waiting for `labtasker queue add` (Ctrl-C stops).")
-    try:
+    try:  # from before the line: a Ctrl-C right after it still ends the wait cleanly
+        console.print(f"No queue at {path} yet; waiting for `labtasker queue add` (Ctrl-C stops).")
         while not path.is_file():
             time.sleep(0.2)
     except KeyboardInterrupt:
