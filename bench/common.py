@@ -328,9 +328,12 @@ class BenchHosts:
 
 
 @contextlib.contextmanager
-def bench_hosts(count: int, slots: int, name: str) -> Iterator[BenchHosts]:
-    """Start ``count`` hosts, each its own user; stopped (users and files removed) on exit."""
-    plans = [HostPlan(f"h{i}", chr(ord("a") + i), None) for i in range(1, count + 1)]
+def bench_hosts(
+    count: int, slots: int, name: str, *, gpus: int | None = None
+) -> Iterator[BenchHosts]:
+    """Start ``count`` hosts, each its own user; stopped (users and files removed) on exit.
+    ``gpus``: each host's stub nvidia-smi lists that many GPUs (None: no nvidia-smi at all)."""
+    plans = [HostPlan(f"h{i}", chr(ord("a") + i), gpus) for i in range(1, count + 1)]
     hosts = SshdHosts.start(plans)
     work = Path(tempfile.mkdtemp(prefix=f"labtasker-bench-{name}-"))
     work.chmod(0o755)

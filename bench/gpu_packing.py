@@ -131,7 +131,7 @@ def run(cfg: Config) -> Section:
     mix = "; ".join(f"{k}: {s:.0%}, {lo}-{hi} GiB, {a}-{b} min"
                     for k, (s, (lo, hi), (a, b)) in MIX.items())  # fmt: skip
     section = Section(
-        "GPU packing",
+        "GPU packing, simulated over the placement code",
         "python3 bench/run.py --only gpu_packing",
         f"{TASKS} tasks over {cards} (the cards as nvidia-smi would list them), {len(seeds)}"
         f" seeded sweeps, each run both ways. Mix ({mix}); small and medium tasks declare what"

@@ -3,8 +3,12 @@
     python3 bench/run.py                      # everything (about 30 min on 2 cores today)
     python3 bench/run.py --quick              # smaller sizes, fewer runs (about 8 min)
     python3 bench/run.py --only latency scale # some benchmarks; the doc gets only those
+    python3 bench/run.py --splice --only gpu_packing_live  # replace just these sections
 
-The doc is rewritten after each benchmark, so an interrupted run keeps what it measured.
+The doc is rewritten after each benchmark, so an interrupted run keeps what it measured. With
+--splice the doc keeps everything else: each benchmark's section (its ``## `` heading down to
+its ``_name: N s._`` line) is replaced, or put after the section of the benchmark listed before
+it, and the header's date and command lines say what was spliced when.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ BENCHMARKS = (
     "controller",
     "store_ops",
     "gpu_packing",
+    "gpu_packing_live",
     "ui_overhead",
 )
 DOC = REPO / "docs" / "benchmarks.md"
@@ -118,11 +123,14 @@ def main() -> None:
         help=f"run only these: {', '.join(BENCHMARKS)}",
     )
     parser.add_argument("--output", type=Path, default=DOC, help="markdown file to write")
+    parser.add_argument(
+        "--splice", action="store_true", help="replace only these sections in the existing doc"
+    )
     opts = parser.parse_args()
     cfg = Config(quick=opts.quick)
     # Measure an installed labtasker: bytecode compiled once, not at every start.
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "dispatcher")], check=True)
-    head = header(sys.argv[1:], opts.quick)
+    head = "" if opts.splice else header(sys.argv[1:], opts.quick)
     sections: list[str] = []
     for name in opts.only or BENCHMARKS:
         print(f"== {name}", file=sys.stderr, flush=True)
@@ -133,8 +141,53 @@ def main() -> None:
         text = section.markdown() + f"\n_{name}: {section.seconds:.0f} s._\n"
         print(text, flush=True)
         sections.append(text)
-        opts.output.write_text("\n".join([head, *sections, _analysis()]))
+        if opts.splice:
+            doc = splice(opts.output.read_text(), name, text, section.title)
+            opts.output.write_text(stamp(doc, section.title, sys.argv[1:]))
+        else:
+            opts.output.write_text("\n".join([head, *sections, _analysis()]))
     print(f"wrote {opts.output}", file=sys.stderr)
+
+
+def splice(doc: str, name: str, text: str, title: str) -> str:
+    """``doc`` with benchmark ``name``'s section replaced by ``text`` (or added after the
+    section of the benchmark listed before it, else before the hand-written analysis)."""
+    lines = doc.split("\n")
+
+    def footer(bench: str) -> int | None:
+        pattern = re.compile(rf"_{re.escape(bench)}: \d+ s\._")
+        return next((i for i, line in enumerate(lines) if pattern.fullmatch(line)), None)
+
+    new = text.rstrip("\n").split("\n")
+    end = footer(name)
+    if end is not None:
+        start = max(i for i in range(end) if lines[i].startswith("## "))
+        return "\n".join(lines[:start] + new + lines[end + 1 :])
+    earlier = BENCHMARKS[: BENCHMARKS.index(name)]
+    after = next((f for b in reversed(earlier) if (f := footer(b)) is not None), None)
+    if after is None:
+        first = doc.find("\n## ")
+        after = doc[:first].count("\n") - 1 if first >= 0 else len(lines) - 1
+    return "\n".join([*lines[: after + 1], "", *new, *lines[after + 1 :]])
+
+
+def stamp(doc: str, title: str, argv: list[str]) -> str:
+    """The header's date line with ``title``'s date now (its older date dropped), and the
+    command line with this command, for a spliced section."""
+    now = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC ({title})"
+    command = f"`{shlex.join(['python3', 'bench/run.py', *argv])}`"
+    out = []
+    for line in doc.split("\n"):
+        if line.startswith("- Date: "):
+            entries = [
+                e for e in line[len("- Date: ") :].split("; ") if not e.endswith(f"({title})")
+            ]
+            line = "- Date: " + "; ".join([now, *entries])
+        elif line.startswith("- Command: ") and command not in line:
+            head, sep, tail = line.partition(", spliced into")
+            line = f"{head}, {command}{sep}{tail}"
+        out.append(line)
+    return "\n".join(out)
 
 
 def _analysis() -> str:
