@@ -1,0 +1,138 @@
+"""Shipping a project snapshot to a host before its runs start (the controller's side).
+
+The host keeps a content-addressed store (the helper's ``Store``). ``Shipper.ensure`` asks the
+host for the snapshot (``snapshot``: complete, or the blobs it lacks, the manifest first), sends
+only those, zlib-compressed in pieces well below the helper's 4 MiB request cap (``put``), and
+asks again until the host has materialised the tree. Nothing here is resumed by bookkeeping: a
+transfer cut by a dropped connection or a killed controller simply asks again, and blobs the
+host already holds are not sent twice. Hosts that share one store (one NFS home) report the same
+store id: one snapshot is shipped to such a store by one host at a time, so each blob crosses once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import re
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dispatcher.core.snapshot import Entry, parse_manifest
+from dispatcher.errors import RemoteError, SnapshotError
+from dispatcher.remote.wire import violation
+from dispatcher.snapshot.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from dispatcher.remote.session import HostSession
+
+#: Raw bytes of one blob piece (each compressed on its own).
+PIECE = 1024 * 1024
+#: Base64 bytes gathered into one ``put`` request (the helper refuses lines over 4 MiB).
+REQUEST_BUDGET = 3 * 1024 * 1024
+#: ``snapshot`` requests per ensure before giving up (each one is answered with what is missing).
+ROUNDS = 50
+#: Seconds one ``snapshot`` or ``put`` request may take (materialising a large tree, fsyncs).
+CALL_TIMEOUT = 600.0
+_STORE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass
+class Shipped:
+    """What one ensure sent: blobs and their bytes (before compression), and on the wire."""
+
+    blobs: int = 0
+    bytes: int = 0
+    wire: int = 0
+
+
+def store_key(session: HostSession) -> str:
+    """Which store the host's helper uses: hosts on one shared home give the same key."""
+    store = session.hello.get("store")
+    return (
+        f"store:{store}" if isinstance(store, str) and _STORE_ID.fullmatch(store) else session.name
+    )
+
+
+def run_workdir(session: HostSession, run_id: str) -> str:
+    """The working directory of a shipped run on the host (the helper's ``work/<run_id>``)."""
+    state = session.hello.get("state_dir")
+    if not isinstance(state, str) or not state.startswith("/"):
+        raise RemoteError(f"{session.name}: the helper gave no state_dir", host=session.name)
+    return f"{state.rstrip('/')}/work/{run_id}"
+
+
+class Shipper:
+    """Sends snapshots from the laptop's store ``blobs`` to hosts (one per dispatch)."""
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def ensure(self, session: HostSession, snapshot: str) -> Shipped:
+        """Make ``snapshot`` complete on the host; what was sent. SnapshotError when the
+        laptop lacks it; RemoteError when the host will not take it; connection errors pass."""
+        lock = self._locks.setdefault((store_key(session), snapshot), asyncio.Lock())
+        async with lock:
+            sent, allowed = Shipped(), {snapshot}
+            for _ in range(ROUNDS):
+                reply = await session.call("snapshot", snapshot=snapshot, timeout=CALL_TIMEOUT)
+                if reply["complete"]:
+                    return sent
+                missing = reply["missing"]
+                if not missing:
+                    break
+                if snapshot not in missing and len(allowed) == 1:
+                    allowed |= {e.digest for e in self._manifest(snapshot)}
+                if not set(missing) <= allowed:
+                    raise violation(session.name, "'snapshot' asked for blobs not in the snapshot")
+                await self._send(session, missing, sent, snapshot)
+        raise RemoteError(
+            f"{session.name}: snapshot {snapshot[:12]} is still incomplete after {ROUNDS} rounds;"
+            " check the disk space under its state_dir",
+            host=session.name,
+        )
+
+    def _manifest(self, snapshot: str) -> tuple[Entry, ...]:
+        try:
+            return parse_manifest(self.blobs.manifest_path(snapshot).read_bytes())
+        except (OSError, ValueError) as err:
+            raise SnapshotError(
+                f"snapshot {snapshot[:12]} is not in {self.blobs.dir}: {err}"
+            ) from None
+
+    async def _send(
+        self, session: HostSession, names: list[str], sent: Shipped, snapshot: str
+    ) -> None:
+        """Send blobs ``names`` (the manifest, stored apart on the laptop, is ``snapshot``)."""
+        batch: list[list[object]] = []
+        size = 0
+        for name in names:
+            blobs = self.blobs
+            path = blobs.manifest_path(name) if name == snapshot else blobs.blob_path(name)
+            try:
+                f = open(path, "rb")  # noqa: SIM115 - read in pieces across awaits
+            except OSError as err:
+                raise SnapshotError(
+                    f"blob {name[:12]} is missing from {self.blobs.dir}: {err}"
+                ) from None
+            with contextlib.closing(f):
+                offset = 0
+                while True:
+                    raw = f.read(PIECE)
+                    last = len(raw) < PIECE
+                    data = base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
+                    batch.append([name, offset, data, last])
+                    size += len(data)
+                    offset += len(raw)
+                    sent.bytes += len(raw)
+                    sent.wire += len(data)
+                    if size >= REQUEST_BUDGET:
+                        await session.call("put", blobs=batch, timeout=CALL_TIMEOUT)
+                        batch, size = [], 0
+                    if last:
+                        break
+            sent.blobs += 1
+        if batch:
+            await session.call("put", blobs=batch, timeout=CALL_TIMEOUT)
