@@ -10,8 +10,8 @@ It owns STATE_DIR/runs/<run_id>/ (supervisor.json, started.json, exit.reserve, e
 output.log, result.json, cancel.json, and cmd.sh for a script too long for an argument; dirs 0700,
 files 0600), STATE_DIR/spare/ (ended run dirs that new runs reuse, see Spares) and STATE_DIR/fence/
 (one generation per queue and host, see Fence), STATE_DIR/store/ and STATE_DIR/work/ (shipped
-project snapshots and the runs' working directories, see Store), and answers one JSON request per stdin line with
-one JSON reply line on stdout.
+project snapshots and the runs' working directories, see Store), and answers one JSON request
+per stdin line with one JSON reply line on stdout.
 Tasks run under the helper's *keeper*: one process forked at the first launch, in a session of its
 own, that starts every task, enforces timeouts and cancels and records exits (see Keeper). Tasks
 and keeper outlive the helper and its connection; a fork per task would cost more than the task.
