@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dispatcher.config.paths import snapshots_dir
+from dispatcher.config.sync import NO_SYNC
 from dispatcher.core.models import ACTIVE_STATES, Task, TaskState
 from dispatcher.core.words import plural
 from dispatcher.dispatch.jobs import Jobs
@@ -34,7 +35,7 @@ from dispatcher.errors import (
     TransportError,
 )
 from dispatcher.remote.session import HostSession
-from dispatcher.remote.ship import Shipper
+from dispatcher.remote.ship import Shipper, collect, describe_collected
 from dispatcher.snapshot.blobs import BlobStore
 from dispatcher.store.queue import Store
 
@@ -57,6 +58,7 @@ class HostCalls:
         jobs: Jobs,
         reports: Reports,
         attach_queue: Callable[[], Awaitable[None]],
+        keep: float = NO_SYNC.keep,
     ) -> None:
         self.state = state
         self.store = store
@@ -68,6 +70,7 @@ class HostCalls:
         self._kills_sent: dict[str, float] = {}  # run id -> when its cancel's kill was last sent
         self._last_tails = 0.0
         self.shipper = Shipper(BlobStore(snapshots_dir(store.path)))
+        self.keep = keep  # [sync] keep: how long ended runs' directories stay on their hosts
 
     def _launch_spec(self, task: Task) -> dict[str, Any]:
         spec = self.state.hosts[task.host or ""].session.spec
@@ -139,7 +142,7 @@ class HostCalls:
                     raise
                 failed[snapshot] = str(err)
                 continue
-            if sent.blobs:
+            if sent.wire:
                 self.reporter.log(
                     f"{session.name}: snapshot {snapshot[:12]} sent: {plural(sent.blobs, 'file')},"
                     f" {sent.bytes} bytes ({sent.wire} on the wire)"
@@ -306,3 +309,16 @@ class HostCalls:
             return  # the session reconnects and we come back here
         hs.reconciled = True
         self.state.wake.set()
+        if hs.session.spec.sync and hs.session.fence:
+            self.jobs.spawn(self._collect(hs.session, hs.session.fence))
+
+    async def _collect(self, session: HostSession, key: str) -> None:
+        """Clean the host's snapshot store once connected (``ship.collect``)."""
+        needed = self.store.snapshots(unfinished=True)
+        try:
+            got = await collect(session.call, key, needed, self.keep)
+        except DispatcherError as err:
+            self.reporter.log(f"{session.name}: clean-up failed: {err}", style="yellow")
+            return
+        if any(got.values()):
+            self.reporter.log(f"{session.name}: {describe_collected(got)}")

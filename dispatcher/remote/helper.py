@@ -43,8 +43,8 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
           sha256 of up to 20000 blobs it lacks; the manifest, itself a blob, is asked first]}.
   put     {"blobs": [[sha256, offset, base64 of zlib data, last]]} -> {"stored": n}: pieces of
           blobs, appended in order; the last one checks the hash and publishes the blob.
-  gc      {"queue": key, "needed": [sha256], "keep": s} -> {"runs", "snapshots", "blobs",
-          "bytes"}: removes what no queue needs (see Store.gc).
+  gc      {"queue": key, "needed": [sha256], "keep": s, "grace": s} -> {"runs", "snapshots",
+          "blobs", "bytes"}: removes what no queue needs (see Store.gc).
 A launch spec's "snapshot" (a sha256, present on the host) runs the task in STATE_DIR/work/
 <run_id>/, a directory of symlinks to the snapshot's top-level entries (see Store).
 A bad request gets {"ok": false, "error": text}; an unparsable line gets "id": null.
@@ -575,9 +575,9 @@ class Helper:
             raise BadRequest("queue must be a key of 1-128 of A-Z a-z 0-9 . _ -")
         if not isinstance(needed, list) or not all(_sha(n) for n in needed):
             raise BadRequest("needed must be a list of snapshot ids")
-        keep = _number(req, "keep", 7 * 86400.0)
+        keep, grace = _number(req, "keep", 7 * 86400.0), _number(req, "grace", 3600.0)
         with self.store.locked(exclusive=True):
-            return self.store.gc(queue, needed, keep)
+            return self.store.gc(queue, needed, keep, grace)
 
     def op_check(self, req: Dict[str, Any]) -> Dict[str, Any]:
         workdir = req.get("workdir")
@@ -1832,10 +1832,13 @@ class Store:
                 os.symlink(os.path.join(tree, name), os.path.join(work, name))
         return work
 
-    def gc(self, queue: str, needed: List[str], keep: float) -> Dict[str, int]:
+    def gc(self, queue: str, needed: List[str], keep: float, grace: float) -> Dict[str, int]:
         """Remove run work dirs ended over ``keep`` s ago, snapshots no queue needs and no
-        kept work dir uses, then blobs no kept snapshot names. Holds the exclusive lock."""
+        kept work dir uses, then blobs no kept snapshot names, and parts of cut transfers.
+        Snapshots, blobs and parts younger than ``grace`` s stay: another dispatch may be
+        sending them for tasks it has not told us of. The caller holds the exclusive lock."""
         now, out = time.time(), {"runs": 0, "snapshots": 0, "blobs": 0, "bytes": 0}
+        young = now - grace
         write_file(os.path.join(self.dir, "needs", queue), {"snapshots": needed})
         used = set()
         for name in os.listdir(self.work):
@@ -1856,7 +1859,7 @@ class Store:
             doc = read_json(os.path.join(self.dir, "needs", name))[0] or {}
             used.update(s for s in doc.get("snapshots") or () if _sha(s))
         for name in os.listdir(os.path.join(self.dir, "snapshots")):
-            if name not in used:
+            if name not in used and os.lstat(self.snapshot(name)).st_mtime < young:
                 remove_all(self.snapshot(name))
                 out["snapshots"] += 1
         named = set(used)
@@ -1865,12 +1868,14 @@ class Store:
                 named.update(r[3] for r in self.manifest(sha))
         for sub in os.listdir(os.path.join(self.dir, "blobs")):
             for sha in os.listdir(os.path.join(self.dir, "blobs", sub)):
-                if sha not in named:
-                    out["bytes"] += os.lstat(self.blob(sha)).st_size
+                st = os.lstat(self.blob(sha))
+                if sha not in named and st.st_mtime < young:
+                    out["bytes"] += st.st_size
                     os.unlink(self.blob(sha))
                     out["blobs"] += 1
         for name in os.listdir(os.path.join(self.dir, "tmp")):  # cut transfers' parts
-            remove_all(os.path.join(self.dir, "tmp", name))
+            if os.lstat(os.path.join(self.dir, "tmp", name)).st_mtime < young:
+                remove_all(os.path.join(self.dir, "tmp", name))
         return out
 
 

@@ -16,10 +16,12 @@ import base64
 import contextlib
 import re
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dispatcher.core.snapshot import Entry, parse_manifest
+from dispatcher.core.words import plural
 from dispatcher.errors import RemoteError, SnapshotError
 from dispatcher.remote.wire import violation
 from dispatcher.snapshot.blobs import BlobStore
@@ -40,7 +42,8 @@ _STORE_ID = re.compile(r"[0-9a-f]{32}")
 
 @dataclass
 class Shipped:
-    """What one ensure sent: blobs and their bytes (before compression), and on the wire."""
+    """What one ensure sent: the tree's files (the manifest not counted), the bytes of every
+    blob sent (before compression), and their base64 text on the wire."""
 
     blobs: int = 0
     bytes: int = 0
@@ -133,6 +136,49 @@ class Shipper:
                         batch, size = [], 0
                     if last:
                         break
-            sent.blobs += 1
+            sent.blobs += name != snapshot  # the manifest is not one of the tree's files
         if batch:
             await session.call("put", blobs=batch, timeout=CALL_TIMEOUT)
+
+
+#: Seconds that a snapshot, blob or partial blob which no queue names is kept after it arrived:
+#: another dispatch may be sending it for tasks the clean-up could not know of.
+GRACE = 3600.0
+
+
+async def collect(
+    call: Callable[..., Awaitable[dict[str, Any]]],
+    queue_key: str,
+    needed: set[str],
+    keep: float,
+    *,
+    now: bool = False,
+) -> dict[str, int]:
+    """Clean the host's store: run directories ended over ``keep`` seconds ago (all ended ones
+    when ``now``), then snapshots that neither ``needed`` (this queue's unfinished tasks'), nor
+    another queue's last list, nor a kept run directory uses, then blobs no snapshot left names.
+    ``call``: the host's helper call; ``queue_key``: the queue's fence key for this host (its
+    list of needed snapshots on the host). What was removed: runs, snapshots, blobs, bytes."""
+    reply = await call(
+        "gc",
+        queue=queue_key,
+        needed=sorted(needed),
+        keep=0.0 if now else keep,
+        grace=0.0 if now else GRACE,
+        timeout=CALL_TIMEOUT,
+    )
+    return {
+        k: int(v)
+        for k in ("runs", "snapshots", "blobs", "bytes")
+        if isinstance(v := reply.get(k), int)
+    }
+
+
+def describe_collected(got: dict[str, int]) -> str:
+    """What a clean-up removed, as one line."""
+    runs, snapshots, blobs = got.get("runs", 0), got.get("snapshots", 0), got.get("blobs", 0)
+    dirs = plural(runs, "ended run directory", "ended run directories")
+    return (
+        f"removed {dirs}, {plural(snapshots, 'snapshot')}, {plural(blobs, 'file')}"
+        f" ({got.get('bytes', 0)} bytes)"
+    )
