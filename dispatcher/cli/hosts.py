@@ -1,5 +1,6 @@
 """``labtasker hosts check``: can each host be reached and used? One table row per host.
-``hosts resume`` places tasks on suspended hosts again; ``hosts gc`` cleans their snapshot stores."""
+``hosts resume`` places tasks on suspended hosts again; ``hosts gc`` cleans their snapshot
+stores."""
 
 from __future__ import annotations
 

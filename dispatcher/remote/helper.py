@@ -38,9 +38,10 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
   cleanup {"runs": [run_id]} -> {"removed": n, "refused": [run_id still starting/running]}
   check   {"workdir": str | null} -> {"python", "workdir", "workdir_writable", "workdir_error",
           "state_dir_writable", "disk_free_bytes"}
-  snapshot {"snapshot": sha256} -> {"complete": true} once STATE_DIR/store/snapshots/<sha256> is
-          there (materialised now if every blob is), else {"complete": false, "missing": [the
-          sha256 of up to 20000 blobs it lacks; the manifest, itself a blob, is asked first]}.
+  snapshot {"snapshot": sha256} -> {"store": id, "complete": true} once STATE_DIR/store/
+          snapshots/<sha256> is there (materialised now if every blob is), else {"store": id,
+          "complete": false, "missing": [the sha256 of up to 20000 blobs it lacks; the
+          manifest, itself a blob, is asked first]}. id: the store's (see Store).
   put     {"blobs": [[sha256, offset, base64 of zlib data, last]]} -> {"stored": n}: pieces of
           blobs, appended in order; the last one checks the hash and publishes the blob.
   gc      {"queue": key, "needed": [sha256], "keep": s, "grace": s} -> {"runs", "snapshots",
@@ -552,18 +553,12 @@ class Helper:
                 removed += 1
         return {"removed": removed, "refused": refused}
 
-    def store_id(self) -> Optional[str]:
-        try:
-            return self.store.ident()
-        except OSError:
-            return None  # no store: shipping fails with its own message later
-
     def op_snapshot(self, req: Dict[str, Any]) -> Dict[str, Any]:
         sha = req.get("snapshot")
         if not isinstance(sha, str) or not _sha(sha):
             raise BadRequest("snapshot must be a sha256 (64 hex digits)")
         with self.store.locked():
-            return self.store.materialise(sha)
+            return dict(self.store.materialise(sha), store=self.store.ident())
 
     def op_put(self, req: Dict[str, Any]) -> Dict[str, Any]:
         with self.store.locked():
@@ -720,8 +715,7 @@ class Helper:
                    "python": platform.python_version(), "hostname": self.host,
                    "boot_id": self.boot_id, "pid": os.getpid(),
                    "user": user_name(os.geteuid()), "state_dir": self.state_dir,
-                   "generation": self.fence.generation if self.fence else None,
-                   "store": self.store_id()})  # fmt: skip
+                   "generation": self.fence.generation if self.fence else None})  # fmt: skip
         self.flush()
         while self.running:
             for key, _ in self.sel.select(self.timeout()):
@@ -1674,7 +1668,7 @@ class Store:
     """STATE_DIR/store: blobs/<aa>/<sha256> (0444, written to tmp/, fsync'd and renamed once the
     hash checks), snapshots/<id>/ (a tree materialised from the manifest blob <id>, renamed into
     place whole once every blob is there, then read-only), needs/<queue> (the snapshots a queue
-    still needs, for clean-up), id (names the store: two hosts on one home report the same one).
+    still needs, for clean-up), id (names the store: two hosts on one home give the same one).
     STATE_DIR/work/<run_id>/ is a run's working directory: one symlink per top-level entry of its
     snapshot; work/<run_id>.json names the snapshot, work/<run_id>.ended is touched at its end.
     Every op holds the store's flock, shared; clean-up holds it exclusive."""
@@ -1797,11 +1791,13 @@ class Store:
         for root, dirs, _ in os.walk(tmp, topdown=False):
             for d in dirs:
                 os.chmod(os.path.join(root, d), 0o555)
-        os.chmod(tmp, 0o555)
-        try:
-            os.rename(tmp, self.snapshot(sha))  # the tree appears whole, or not at all
-        except OSError:  # another helper of this store made it first
+        try:  # the tree appears whole, or not at all (moving a directory needs it writable)
+            os.rename(tmp, self.snapshot(sha))
+        except OSError:
             remove_all(tmp)
+            if not os.path.isdir(self.snapshot(sha)):  # not made first by another helper
+                raise
+        os.chmod(self.snapshot(sha), 0o555)
         return {"complete": True, "files": len(rows)}
 
     def place(self, dest: str, mode: str, blob: str) -> None:

@@ -6,7 +6,8 @@ only those, zlib-compressed in pieces well below the helper's 4 MiB request cap 
 asks again until the host has materialised the tree. Nothing here is resumed by bookkeeping: a
 transfer cut by a dropped connection or a killed controller simply asks again, and blobs the
 host already holds are not sent twice. Hosts that share one store (one NFS home) report the same
-store id: one snapshot is shipped to such a store by one host at a time, so each blob crosses once.
+store id: one snapshot is shipped to such a store by one host at a time, so each blob crosses once
+(the first ``snapshot`` request of each host is answered before that; it sends nothing).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import re
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,7 +37,6 @@ REQUEST_BUDGET = 3 * 1024 * 1024
 ROUNDS = 50
 #: Seconds one ``snapshot`` or ``put`` request may take (materialising a large tree, fsyncs).
 CALL_TIMEOUT = 600.0
-_STORE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass
@@ -48,14 +47,6 @@ class Shipped:
     blobs: int = 0
     bytes: int = 0
     wire: int = 0
-
-
-def store_key(session: HostSession) -> str:
-    """Which store the host's helper uses: hosts on one shared home give the same key."""
-    store = session.hello.get("store")
-    return (
-        f"store:{store}" if isinstance(store, str) and _STORE_ID.fullmatch(store) else session.name
-    )
 
 
 def run_workdir(session: HostSession, run_id: str) -> str:
@@ -76,7 +67,12 @@ class Shipper:
     async def ensure(self, session: HostSession, snapshot: str) -> Shipped:
         """Make ``snapshot`` complete on the host; what was sent. SnapshotError when the
         laptop lacks it; RemoteError when the host will not take it; connection errors pass."""
-        lock = self._locks.setdefault((store_key(session), snapshot), asyncio.Lock())
+        reply = await session.call("snapshot", snapshot=snapshot, timeout=CALL_TIMEOUT)
+        if reply["complete"]:
+            return Shipped()
+        # Hosts on one shared home report one store: one of them sends, the others then find
+        # the snapshot complete.
+        lock = self._locks.setdefault((reply["store"], snapshot), asyncio.Lock())
         async with lock:
             sent, allowed = Shipped(), {snapshot}
             for _ in range(ROUNDS):

@@ -278,7 +278,10 @@ def _snapshot(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) ->
     bad = not isinstance(missing, list) or len(missing) > MAX_ENTRIES
     if bad or not all(isinstance(m, str) and _SHA256.fullmatch(m) for m in missing):
         raise violation(host, f"{where} has a bad 'missing' list (sha256s expected)")
-    return {"complete": reply["complete"], "missing": list(missing)}
+    store = reply.get("store")
+    if not isinstance(store, str) or not re.fullmatch(r"[0-9a-f]{32}|unknown", store):
+        raise violation(host, f"{where} has a bad 'store' id")
+    return {"complete": reply["complete"], "missing": list(missing), "store": store}
 
 
 def _flat(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, Any]:
