@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from dispatcher.store.queue import Store
 from tests.integration.conftest import Lab, finish, wait
 from tests.sshd import SshdHost
 
@@ -289,3 +290,19 @@ def test_the_local_host_runs_a_snapshot_too(lab: Lab) -> None:
     assert result["version"] == "v1\n"
     assert result["cwd"] == str(lab.root / "queue.runs" / "work" / lab.task(task)["run_id"])
     assert json.loads(json.dumps(result))["made"] == lab.task(task)["run_id"]
+
+
+def test_a_task_without_a_snapshot_runs_as_before(lab: Lab) -> None:
+    project(lab)
+    state = ship_hosts(lab, "cpu")
+    (lab.shared / "check.py").write_text(CHECK_PY)
+    (lab.shared / "check.py").chmod(0o644)
+    (task,) = lab.add_cmd(f"cd {lab.shared} && python3 check.py")
+    with Store(lab.db, lock_timeout=30).transaction() as tx:  # as if added before snapshots
+        tx.con.execute("UPDATE tasks SET snapshot = NULL")
+    (lab.shared / "version.txt").write_text("by hand\n")
+    (lab.shared / "version.txt").chmod(0o666)
+    done = lab.run("dispatch")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert lab.task(task)["result"]["version"] == "by hand\n"
+    assert sent_lines(done.stdout) == [] and snapshots(lab.hosts["cpu"], state) == []

@@ -113,3 +113,23 @@ def test_sync_defaults_to_on_without_a_workdir(tmp_path: Path) -> None:
 def test_sync_must_be_a_boolean(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="sync"):
         load_text(tmp_path, '[hosts.a]\nsync = "yes"\n')
+
+
+def test_clean_up_spares_what_arrived_within_the_grace(store: helper.Store) -> None:
+    store.put([[SHA, 0, piece(DATA), True]])  # named by no snapshot
+    assert store.gc("q1", [], keep=0.0, grace=3600.0)["blobs"] == 0
+    assert Path(store.blob(SHA)).exists()
+    assert store.gc("q1", [], keep=0.0, grace=0.0)["blobs"] == 1
+    assert not Path(store.blob(SHA)).exists()
+
+
+def test_clean_up_keeps_another_queues_needs_and_kept_runs(store: helper.Store) -> None:
+    data, snap = manifest(["a.py", "f", len(DATA), SHA])
+    store.put([[snap, 0, piece(data), True], [SHA, 0, piece(DATA), True]])
+    store.materialise(snap)
+    store.gc("other-queue", [snap], keep=0.0, grace=0.0)
+    assert store.gc("q1", [], keep=0.0, grace=0.0) == {
+        "runs": 0, "snapshots": 0, "blobs": 0, "bytes": 0
+    }  # fmt: skip
+    store.gc("other-queue", [], keep=0.0, grace=0.0)
+    assert not Path(store.snapshot(snap)).exists() and not Path(store.blob(SHA)).exists()
