@@ -36,6 +36,7 @@ BENCHMARKS = (
     "controller",
     "store_ops",
     "gpu_packing",
+    "ship",
 )
 DOC = REPO / "docs" / "benchmarks.md"
 

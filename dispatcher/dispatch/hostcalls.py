@@ -135,6 +135,7 @@ class HostCalls:
             return tasks
         failed: dict[str, str] = {}
         for snapshot in dict.fromkeys(t.snapshot for t in tasks if t.snapshot):
+            start = time.monotonic()
             try:
                 sent = await self.shipper.ensure(session, snapshot)
             except (RemoteError, SnapshotError) as err:
@@ -146,6 +147,7 @@ class HostCalls:
                 self.reporter.log(
                     f"{session.name}: snapshot {snapshot[:12]} sent: {plural(sent.blobs, 'file')},"
                     f" {sent.bytes} bytes ({sent.wire} on the wire)"
+                    f" in {time.monotonic() - start:.2f} s"
                 )
         for t in tasks:
             if t.snapshot in failed:

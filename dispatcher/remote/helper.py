@@ -42,8 +42,9 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
           snapshots/<sha256> is there (materialised now if every blob is), else {"store": id,
           "complete": false, "missing": [the sha256 of up to 20000 blobs it lacks; the
           manifest, itself a blob, is asked first]}. id: the store's (see Store).
-  put     {"blobs": [[sha256, offset, base64 of zlib data, last]]} -> {"stored": n}: pieces of
-          blobs, appended in order; the last one checks the hash and publishes the blob.
+  put     {"blobs": [[sha256, offset, base64 of zlib data, last, "z"|"raw"]]} -> {"stored": n}:
+          pieces of blobs ("raw": not compressed), appended in order; the last one checks the
+          hash and publishes the blob.
   gc      {"queue": key, "needed": [sha256], "keep": s, "grace": s} -> {"runs", "snapshots",
           "blobs", "bytes"}: removes what no queue needs (see Store.gc).
 A launch spec's "snapshot" (a sha256, present on the host) runs the task in STATE_DIR/work/
@@ -1665,8 +1666,9 @@ def expand_dir(path: Optional[str]) -> str:
 
 
 class Store:
-    """STATE_DIR/store: blobs/<aa>/<sha256> (0444, written to tmp/, fsync'd and renamed once the
-    hash checks), snapshots/<id>/ (a tree materialised from the manifest blob <id>, renamed into
+    """STATE_DIR/store: blobs/<aa>/<sha256> (0444, written to tmp/, renamed once the hash checks
+    and the data is on disk: one sync per ``put`` request), snapshots/<id>/ (a tree
+    materialised from the manifest blob <id>, renamed into
     place whole once every blob is there, then read-only), needs/<queue> (the snapshots a queue
     still needs, for clean-up), id (names the store: two hosts on one home give the same one).
     STATE_DIR/work/<run_id>/ is a run's working directory: one symlink per top-level entry of its
@@ -1717,20 +1719,31 @@ class Store:
         the last piece checks the hash and publishes the blob. Returns the blobs completed."""
         if not isinstance(items, list) or len(items) > 10000:
             raise BadRequest("blobs must be a list of [sha256, offset, data, last]")
-        done = 0
+        checked: Dict[str, str] = {}  # blob -> its part file, complete and hash-checked
         for item in items:
-            if not (isinstance(item, list) and len(item) == 4 and _sha(item[0])
-                    and isinstance(item[1], int) and isinstance(item[2], str)):  # fmt: skip
-                raise BadRequest("a blob piece must be [sha256, offset, base64, last]")
-            done += self.put_piece(item[0], item[1], item[2], item[3] is True)
-        return done
+            if not (isinstance(item, list) and len(item) in (4, 5) and _sha(item[0])
+                    and isinstance(item[1], int) and isinstance(item[2], str)
+                    and item[4:] in ([], ["z"], ["raw"])):  # fmt: skip
+                raise BadRequest("a blob piece must be [sha256, offset, base64, last, z|raw]")
+            part = self.put_piece(item[0], item[1], item[2], item[3] is True, item[4:] != ["raw"])
+            if part:
+                checked[item[0]] = part
+        if checked:
+            os.sync()  # one flush for the request, not an fsync per file: then the renames
+        for sha, part in checked.items():
+            os.makedirs(os.path.dirname(self.blob(sha)), 0o700, exist_ok=True)
+            os.replace(part, self.blob(sha))
+        return len(checked)
 
-    def put_piece(self, sha: str, offset: int, data: str, last: bool) -> bool:
+    def put_piece(self, sha: str, offset: int, data: str, last: bool, z: bool) -> Optional[str]:
+        """Append one piece (zlib-compressed when ``z``); the part file once the last piece
+        has checked, else None."""
         if os.path.exists(self.blob(sha)):
-            return False  # another host of this store (a shared home) wrote it meanwhile
+            return None  # another host of this store (a shared home) wrote it meanwhile
         inflate = zlib.decompressobj()
-        raw = inflate.decompress(base64.b64decode(data), MAX_REQUEST)
-        if inflate.unconsumed_tail:
+        raw = base64.b64decode(data)
+        raw = inflate.decompress(raw, MAX_REQUEST) if z else raw
+        if z and inflate.unconsumed_tail:
             raise BadRequest("blob %s: a piece inflates past %d bytes" % (sha, MAX_REQUEST))
         part = os.path.join(self.dir, "tmp", "%s.%d.part" % (sha, os.getpid()))
         fd = os.open(part, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if offset == 0 else 0), 0o600)
@@ -1740,12 +1753,10 @@ class Store:
                                  % (sha, offset, os.fstat(fd).st_size))  # fmt: skip
             os.lseek(fd, offset, os.SEEK_SET)
             write_all(fd, raw)
-            if last:
-                os.fsync(fd)
         finally:
             os.close(fd)
         if not last:
-            return False
+            return None
         h = hashlib.sha256()
         with open(part, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -1755,9 +1766,7 @@ class Store:
             raise BadRequest("blob %s arrived corrupted (sha256 %s): send it again"
                              % (sha, h.hexdigest()))  # fmt: skip
         os.chmod(part, 0o444)
-        os.makedirs(os.path.dirname(self.blob(sha)), 0o700, exist_ok=True)
-        os.replace(part, self.blob(sha))
-        return True
+        return part
 
     def manifest(self, sha: str) -> List[List[Any]]:
         with open(self.blob(sha), "rb") as f:

@@ -16,7 +16,7 @@ import asyncio
 import base64
 import contextlib
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 PIECE = 1024 * 1024
 #: Base64 bytes gathered into one ``put`` request (the helper refuses lines over 4 MiB).
 REQUEST_BUDGET = 3 * 1024 * 1024
+#: ``put`` requests sent and not yet answered, at most.
+IN_FLIGHT = 2
+#: Bytes of a piece's start compressed to decide whether compressing it pays.
+SAMPLE = 64 * 1024
+#: Encoded pieces kept for the other hosts while a snapshot is being sent to several at once.
+CACHE_BYTES = 256 * 1024 * 1024
 #: ``snapshot`` requests per ensure before giving up (each one is answered with what is missing).
 ROUNDS = 50
 #: Seconds one ``snapshot`` or ``put`` request may take (materialising a large tree, fsyncs).
@@ -63,10 +69,23 @@ class Shipper:
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._cache: dict[tuple[str, int], tuple[str, str]] = {}  # (blob, offset) -> piece
+        self._cached = 0
+        self._active = 0  # ensures in progress
 
     async def ensure(self, session: HostSession, snapshot: str) -> Shipped:
         """Make ``snapshot`` complete on the host; what was sent. SnapshotError when the
         laptop lacks it; RemoteError when the host will not take it; connection errors pass."""
+        self._active += 1
+        try:
+            return await self._ensure(session, snapshot)
+        finally:
+            self._active -= 1
+            if not self._active:  # pieces are kept only while some host is being sent to
+                self._cache.clear()
+                self._cached = 0
+
+    async def _ensure(self, session: HostSession, snapshot: str) -> Shipped:
         reply = await session.call("snapshot", snapshot=snapshot, timeout=CALL_TIMEOUT)
         if reply["complete"]:
             return Shipped()
@@ -101,40 +120,76 @@ class Shipper:
                 f"snapshot {snapshot[:12]} is not in {self.blobs.dir}: {err}"
             ) from None
 
+    def _encode(self, name: str, offset: int, raw: bytes) -> tuple[str, str]:
+        """A piece as base64 text, zlib-compressed unless its start does not compress (data
+        that is compressed already or random: compressing costs CPU and saves nothing).
+        Remembered for the next hosts (up to ``CACHE_BYTES``)."""
+        key = (name, offset)
+        if key in self._cache:
+            return self._cache[key]
+        sample = raw[:SAMPLE]
+        squeezed = len(zlib.compress(sample, 1)) < 0.9 * len(sample)
+        body = zlib.compress(raw, 1) if squeezed else raw
+        got = (base64.b64encode(body).decode("ascii"), "z" if squeezed else "raw")
+        if self._cached + len(got[0]) <= CACHE_BYTES:
+            self._cache[key] = got
+            self._cached += len(got[0])
+        return got
+
     async def _send(
         self, session: HostSession, names: list[str], sent: Shipped, snapshot: str
     ) -> None:
-        """Send blobs ``names`` (the manifest, stored apart on the laptop, is ``snapshot``)."""
+        """Send blobs ``names`` (the manifest, stored apart on the laptop, is ``snapshot``) in
+        ``put`` requests of at most ``REQUEST_BUDGET`` bytes of pieces."""
         batch: list[list[object]] = []
+        inflight: list[asyncio.Task[Any]] = []
         size = 0
-        for name in names:
-            blobs = self.blobs
-            path = blobs.manifest_path(name) if name == snapshot else blobs.blob_path(name)
-            try:
-                f = open(path, "rb")  # noqa: SIM115 - read in pieces across awaits
-            except OSError as err:
-                raise SnapshotError(
-                    f"blob {name[:12]} is missing from {self.blobs.dir}: {err}"
-                ) from None
-            with contextlib.closing(f):
-                offset = 0
-                while True:
-                    raw = f.read(PIECE)
-                    last = len(raw) < PIECE
-                    data = base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
-                    batch.append([name, offset, data, last])
+        try:
+            for name in names:
+                for offset, raw, last in self._pieces(name, snapshot):
+                    data, enc = self._encode(name, offset, raw)
+                    if batch and size + len(data) > REQUEST_BUDGET:
+                        await self._put(session, batch, inflight)
+                        batch, size = [], 0
+                    batch.append([name, offset, data, last, enc])
                     size += len(data)
-                    offset += len(raw)
                     sent.bytes += len(raw)
                     sent.wire += len(data)
-                    if size >= REQUEST_BUDGET:
-                        await session.call("put", blobs=batch, timeout=CALL_TIMEOUT)
-                        batch, size = [], 0
-                    if last:
-                        break
-            sent.blobs += name != snapshot  # the manifest is not one of the tree's files
-        if batch:
-            await session.call("put", blobs=batch, timeout=CALL_TIMEOUT)
+                sent.blobs += name != snapshot  # the manifest is not one of the tree's files
+            if batch:
+                await self._put(session, batch, inflight)
+            await asyncio.gather(*inflight)
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    def _pieces(self, name: str, snapshot: str) -> Iterator[tuple[int, bytes, bool]]:
+        """(offset, bytes, last) of each ``PIECE`` of blob ``name`` on the laptop."""
+        blobs = self.blobs
+        path = blobs.manifest_path(name) if name == snapshot else blobs.blob_path(name)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - read in pieces across awaits
+        except OSError as err:
+            raise SnapshotError(f"blob {name[:12]} is missing from {blobs.dir}: {err}") from None
+        with contextlib.closing(f):
+            offset = 0
+            while True:
+                raw = f.read(PIECE)
+                yield offset, raw, len(raw) < PIECE
+                if len(raw) < PIECE:
+                    return
+                offset += len(raw)
+
+    async def _put(
+        self, session: HostSession, batch: list[list[object]], inflight: list[asyncio.Task[Any]]
+    ) -> None:
+        """Send one ``put``, keeping ``IN_FLIGHT`` at most unanswered: the host writes one
+        request while the next is encoded and on its way."""
+        while len(inflight) >= IN_FLIGHT:
+            await inflight.pop(0)
+        call = session.call("put", blobs=batch, timeout=CALL_TIMEOUT)
+        inflight.append(asyncio.ensure_future(call))
 
 
 #: Seconds that a snapshot, blob or partial blob which no queue names is kept after it arrived:
