@@ -1679,6 +1679,7 @@ class Store:
         self.dir = os.path.join(state_dir, "store")
         self.work = os.path.join(state_dir, "work")
         self.runs = os.path.join(state_dir, "runs")
+        self.hashing: Dict[str, Any] = {}  # sha256 -> the hash of its part file so far
 
     def ensure(self) -> None:
         for sub in ("blobs", "snapshots", "tmp", "needs"):
@@ -1751,16 +1752,20 @@ class Store:
             if os.fstat(fd).st_size != offset:
                 raise BadRequest("blob %s: piece at %d, have %d bytes: send it again from 0"
                                  % (sha, offset, os.fstat(fd).st_size))  # fmt: skip
+            if offset == 0:
+                self.hashing[sha] = hashlib.sha256()
+            elif sha not in self.hashing:  # a part left by an earlier helper with this pid
+                raise BadRequest("blob %s: piece at %d of no transfer: send it again from 0"
+                                 % (sha, offset))  # fmt: skip
             os.lseek(fd, offset, os.SEEK_SET)
             write_all(fd, raw)
         finally:
             os.close(fd)
+        h = self.hashing[sha]  # hashed as it arrives: the file is not read back
+        h.update(raw)
         if not last:
             return None
-        h = hashlib.sha256()
-        with open(part, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        del self.hashing[sha]
         if h.hexdigest() != sha:
             os.unlink(part)
             raise BadRequest("blob %s arrived corrupted (sha256 %s): send it again"
@@ -1795,8 +1800,13 @@ class Store:
         if os.path.lexists(tmp):
             remove_all(tmp)
         os.mkdir(tmp, 0o700)
+        made = {tmp}
         for path, mode, _, blob in rows:
-            self.place(os.path.join(tmp, path), mode, self.blob(blob))
+            dest = os.path.join(tmp, path)
+            if os.path.dirname(dest) not in made:
+                os.makedirs(os.path.dirname(dest), 0o700, exist_ok=True)
+                made.add(os.path.dirname(dest))
+            self.place(dest, mode, self.blob(blob))
         for root, dirs, _ in os.walk(tmp, topdown=False):
             for d in dirs:
                 os.chmod(os.path.join(root, d), 0o555)
@@ -1810,7 +1820,6 @@ class Store:
         return {"complete": True, "files": len(rows)}
 
     def place(self, dest: str, mode: str, blob: str) -> None:
-        os.makedirs(os.path.dirname(dest), 0o700, exist_ok=True)
         if mode == "l":
             with open(blob, "rb") as f:
                 os.symlink(f.read(), dest)

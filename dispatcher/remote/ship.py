@@ -35,8 +35,9 @@ PIECE = 1024 * 1024
 REQUEST_BUDGET = 3 * 1024 * 1024
 #: ``put`` requests sent and not yet answered, at most.
 IN_FLIGHT = 2
-#: Bytes of a piece's start compressed to decide whether compressing it pays.
-SAMPLE = 64 * 1024
+#: Bytes of a piece's start compressed to decide whether compressing it pays (kept small:
+#: compressing random bytes is slow, and a project's files are small).
+SAMPLE = 2048
 #: Encoded pieces kept for the other hosts while a snapshot is being sent to several at once.
 CACHE_BYTES = 256 * 1024 * 1024
 #: ``snapshot`` requests per ensure before giving up (each one is answered with what is missing).
@@ -121,7 +122,7 @@ class Shipper:
             ) from None
 
     def _encode(self, name: str, offset: int, raw: bytes) -> tuple[str, str]:
-        """A piece as base64 text, zlib-compressed unless its start does not compress (data
+        """A piece as base64 text, zlib-compressed unless its first 2 KiB do not (data
         that is compressed already or random: compressing costs CPU and saves nothing).
         Remembered for the next hosts (up to ``CACHE_BYTES``)."""
         key = (name, offset)
