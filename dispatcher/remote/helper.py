@@ -1680,11 +1680,15 @@ class Store:
         self.work = os.path.join(state_dir, "work")
         self.runs = os.path.join(state_dir, "runs")
         self.hashing: Dict[str, Any] = {}  # sha256 -> the hash of its part file so far
+        self.made = False  # the store's directories exist (made once per helper)
 
     def ensure(self) -> None:
+        if self.made:
+            return
         for sub in ("blobs", "snapshots", "tmp", "needs"):
             os.makedirs(os.path.join(self.dir, sub), 0o700, exist_ok=True)
         os.makedirs(self.work, 0o700, exist_ok=True)
+        self.made = True
 
     def ident(self) -> str:
         """The store's id, made once (O_EXCL: two hosts sharing a home agree on it)."""

@@ -73,6 +73,10 @@ class Shipper:
         self._cache: dict[tuple[str, int], tuple[str, str]] = {}  # (blob, offset) -> piece
         self._cached = 0
         self._active = 0  # ensures in progress
+        #: (host, boot id, helper pid) and a snapshot it reported complete. Only the clean-up
+        #: removes snapshots, and never one that an unfinished task needs; a new helper (a
+        #: reconnect) is asked again.
+        self._complete: set[tuple[tuple[str, object, object], str]] = set()
 
     async def ensure(self, session: HostSession, snapshot: str) -> Shipped:
         """Make ``snapshot`` complete on the host; what was sent. SnapshotError when the
@@ -87,6 +91,14 @@ class Shipper:
                 self._cached = 0
 
     async def _ensure(self, session: HostSession, snapshot: str) -> Shipped:
+        helper = (session.name, session.hello.get("boot_id"), session.hello.get("pid"))
+        if (helper, snapshot) in self._complete:  # this helper said so: no request per round
+            return Shipped()
+        sent = await self._ship(session, snapshot)
+        self._complete.add((helper, snapshot))
+        return sent
+
+    async def _ship(self, session: HostSession, snapshot: str) -> Shipped:
         reply = await session.call("snapshot", snapshot=snapshot, timeout=CALL_TIMEOUT)
         if reply["complete"]:
             return Shipped()
