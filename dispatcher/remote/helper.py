@@ -1193,10 +1193,8 @@ class Keeper:
 
     def finish(self, run: KeptRun, code: int, sig: Optional[str]) -> None:
         if run.spec.get("snapshot"):  # its working directory's clean-up counts from now
-            ended = os.path.join(os.path.dirname(self.runs_dir), "work",
-                                 os.path.basename(run.run_dir) + ".ended")  # fmt: skip
             with contextlib.suppress(OSError):
-                write_file(ended, b"")
+                os.utime(run.spec["workdir"])
         full = disk_full(run.run_dir, self.host) if code != 0 and not run.cancelled else None
         if full:
             run.notes.append("%s (the task ended with %s)" % (full, sig or "exit %d" % code))
@@ -1672,7 +1670,7 @@ class Store:
     place whole once every blob is there, then read-only), needs/<queue> (the snapshots a queue
     still needs, for clean-up), id (names the store: two hosts on one home give the same one).
     STATE_DIR/work/<run_id>/ is a run's working directory: one symlink per top-level entry of its
-    snapshot; work/<run_id>.json names the snapshot, work/<run_id>.ended is touched at its end.
+    snapshot (which also names the snapshot), touched by the keeper when the run ends.
     Every op holds the store's flock, shared; clean-up holds it exclusive."""
 
     def __init__(self, state_dir: str) -> None:
@@ -1844,14 +1842,14 @@ class Store:
             raise BadRequest("snapshot %s is not on this host: it is sent before its runs" % sha)
         work = os.path.join(self.work, run_id)
         os.makedirs(work, 0o700, exist_ok=True)
-        write_file(work + ".json", {"snapshot": sha})
         for name in os.listdir(tree):
             with contextlib.suppress(FileExistsError):
                 os.symlink(os.path.join(tree, name), os.path.join(work, name))
         return work
 
     def gc(self, queue: str, needed: List[str], keep: float, grace: float) -> Dict[str, int]:
-        """Remove run work dirs ended over ``keep`` s ago, snapshots no queue needs and no
+        """Remove work dirs of runs ended (exit.json, or their record cleaned up) and untouched
+        for ``keep`` s, snapshots no queue needs and no
         kept work dir uses, then blobs no kept snapshot names, and parts of cut transfers.
         Snapshots, blobs and parts younger than ``grace`` s stay: another dispatch may be
         sending them for tasks it has not told us of. The caller holds the exclusive lock."""
@@ -1859,20 +1857,21 @@ class Store:
         young = now - grace
         write_file(os.path.join(self.dir, "needs", queue), {"snapshots": needed})
         used = set()
-        for name in os.listdir(self.work):
-            if not name.endswith(".json"):
-                continue
-            run, info = name[:-5], read_json(os.path.join(self.work, name))[0] or {}
-            ended = os.path.join(self.work, run + ".ended")
-            if not os.path.exists(ended) and not os.path.isdir(os.path.join(self.runs, run)):
-                write_file(ended, b"")  # its record is gone and no end was noted: from now
-            if os.path.exists(ended) and os.stat(ended).st_mtime + keep <= now:
-                remove_all(os.path.join(self.work, run))
-                for suffix in (".json", ".ended"):
-                    os.unlink(os.path.join(self.work, run + suffix))
+        for run in os.listdir(self.work):
+            work = os.path.join(self.work, run)
+            record = os.path.join(self.runs, run)
+            ended = os.path.exists(os.path.join(record, "exit.json")) or not os.path.isdir(record)
+            if ended and os.lstat(work).st_mtime + keep <= now:  # the keeper touches it at the end
+                remove_all(work)
                 out["runs"] += 1
-            elif _sha(info.get("snapshot")):
-                used.add(info["snapshot"])
+                continue
+            snapshots = os.path.join(self.dir, "snapshots") + "/"
+            with os.scandir(work) as entries:
+                for entry in entries:  # its snapshot: where its links lead
+                    target = os.readlink(entry.path) if entry.is_symlink() else ""
+                    if target.startswith(snapshots):
+                        used.add(target[len(snapshots) :].partition("/")[0])
+                        break
         for name in os.listdir(os.path.join(self.dir, "needs")):
             doc = read_json(os.path.join(self.dir, "needs", name))[0] or {}
             used.update(s for s in doc.get("snapshots") or () if _sha(s))
