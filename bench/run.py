@@ -42,6 +42,7 @@ BENCHMARKS = (
     "gpu_packing",
     "gpu_packing_live",
     "ui_overhead",
+    "ship",
 )
 DOC = REPO / "docs" / "benchmarks.md"
 

@@ -1,4 +1,6 @@
-"""``labtasker hosts check``: can each host be reached and used? One table row per host."""
+"""``labtasker hosts check``: can each host be reached and used? One table row per host.
+``hosts resume`` places tasks on suspended hosts again; ``hosts gc`` cleans their snapshot
+stores."""
 
 from __future__ import annotations
 
@@ -181,3 +183,62 @@ def resume(
             f"not suspended: {', '.join(unknown)} (suspended hosts: {have});"
             " `labtasker status` lists them"
         )
+
+
+async def collect_host(
+    spec: HostSpec, queue_key: str, needed: set[str], keep: float, now: bool
+) -> str:
+    """Clean one host's snapshot store (``remote.ship.collect``); one line saying what went."""
+    from dispatcher.errors import DispatcherError
+    from dispatcher.remote.session import ssh_options, start_helper
+    from dispatcher.remote.ship import collect, describe_collected
+
+    try:
+        transport, client, _ = await start_helper(spec, ssh_options(spec))
+    except DispatcherError as err:
+        return f"{spec.name}: not cleaned: {err}"
+    try:
+        got = await collect(client.call, queue_key, needed, keep, now=now)
+        return f"{spec.name}: {describe_collected(got)}"
+    except DispatcherError as err:
+        return f"{spec.name}: not cleaned: {err}"
+    finally:
+        await client.close()
+        await transport.close()
+
+
+@hosts_app.command("gc")
+def gc(
+    ctx: typer.Context,
+    hosts: HostsOption = Path("hosts.toml"),
+    now: Annotated[
+        bool,
+        typer.Option("--now", help="Remove every ended run's directory, not only those past keep."),
+    ] = False,
+) -> None:
+    """Clean the hosts that ship snapshots: ended runs' directories past [sync] keep, snapshots
+    no unfinished task of this queue needs, files no snapshot left uses.
+
+    dispatch does the same on each host when it connects.
+    """
+    import asyncio
+
+    from dispatcher.cli.common import open_store
+    from dispatcher.config.hosts import load_hosts
+    from dispatcher.remote.session import fence_key
+
+    store = open_store(ctx)
+    config = load_hosts(hosts, store.path)
+    needed, queue_id = store.snapshots(unfinished=True), store.queue_id()
+    shipping = [h for h in config.hosts if h.enabled and h.sync]
+
+    async def run_all() -> list[str]:
+        return await asyncio.gather(
+            *(collect_host(h, fence_key(queue_id, h.name), needed, config.sync.keep, now)
+              for h in shipping)
+        )  # fmt: skip
+
+    lines = asyncio.run(run_all())
+    for line in lines or ["no host ships snapshots (every host sets workdir, or sync = false)"]:
+        typer.echo(line)
+    raise typer.Exit(1 if any(": not cleaned: " in line for line in lines) else 0)

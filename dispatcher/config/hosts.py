@@ -73,6 +73,7 @@ class HostSpec:
     max_tasks_per_gpu: int | None = None  # tasks sharing one GPU by memory, at most
     max_gpus: int | None = None  # GPUs our tasks use at once, at most (the rest: colleagues')
     gpu_order: tuple[int, ...] = ()  # the order GPUs are taken in; unlisted ones after
+    sync: bool = False  # ship each task's project snapshot and run it there (docs/hosts.md)
 
     def slots_for(self, gpu_count: int) -> int:
         """Slots offered once the host's GPU count is known: an unset ``slots`` is 1 without GPUs.
@@ -125,6 +126,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "max_tasks_per_gpu": (integer(1), None),
     "max_gpus": (integer(0), None),
     "gpu_order": (gpu_indices, ()),
+    "sync": (boolean, None),  # None: on when `workdir` is unset (see _host)
 }
 HOST_KEYS: tuple[str, ...] = tuple(_KEYS)
 DEFAULTS_KEYS: tuple[str, ...] = tuple(k for k in _KEYS if k != "ssh")  # ssh is one host's address
@@ -258,6 +260,8 @@ def _host(
             at, "ssh", "host `local` always runs on this machine; rename it to use `ssh`"
         )
     merged["setup"] = merged["setup"] if merged["setup"] and merged["setup"].strip() else None
+    if merged["sync"] is None:  # code managed by hand where a workdir is set, shipped elsewhere
+        merged["sync"] = merged["workdir"] is None
     slots_given = merged["slots"] is not None
     if not slots_given:
         merged["slots"] = 1 if merged["gpus"] == () else 0

@@ -17,7 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from dispatcher.config.paths import snapshots_dir
+from dispatcher.config.sync import NO_SYNC
 from dispatcher.core.models import ACTIVE_STATES, Task, TaskState
+from dispatcher.core.words import plural
 from dispatcher.dispatch.jobs import Jobs
 from dispatcher.dispatch.logs import gpu_views, write_last_lines
 from dispatcher.dispatch.recovery import crash_point
@@ -28,9 +31,12 @@ from dispatcher.errors import (
     DispatcherError,
     ProtocolViolationError,
     RemoteError,
+    SnapshotError,
     TransportError,
 )
 from dispatcher.remote.session import HostSession
+from dispatcher.remote.ship import Shipper, collect, describe_collected
+from dispatcher.snapshot.blobs import BlobStore
 from dispatcher.store.queue import Store
 
 S = TaskState
@@ -52,6 +58,7 @@ class HostCalls:
         jobs: Jobs,
         reports: Reports,
         attach_queue: Callable[[], Awaitable[None]],
+        keep: float = NO_SYNC.keep,
     ) -> None:
         self.state = state
         self.store = store
@@ -62,6 +69,8 @@ class HostCalls:
         self._attach_queue = attach_queue  # waits until the queue file is ours (the loop's)
         self._kills_sent: dict[str, float] = {}  # run id -> when its cancel's kill was last sent
         self._last_tails = 0.0
+        self.shipper = Shipper(BlobStore(snapshots_dir(store.path)))
+        self.keep = keep  # [sync] keep: how long ended runs' directories stay on their hosts
 
     def _launch_spec(self, task: Task) -> dict[str, Any]:
         spec = self.state.hosts[task.host or ""].session.spec
@@ -85,14 +94,16 @@ class HostCalls:
             "kill_grace": spec.kill_grace,
             "task_id": task.id,
             "host": task.host,  # messages from the host name it as hosts.toml does
+            "snapshot": task.snapshot if spec.sync else None,  # its own working directory there
         }
 
     async def _launch(self, host: str, tasks: list[Task]) -> None:
         """Launch ``tasks`` (all placed on ``host``) in one request."""
         hs = self.state.hosts[host]
-        runs = [{"run_id": t.run_id, "spec": self._launch_spec(t)} for t in tasks]
         try:
-            reply = await hs.session.call("launches", runs=runs)
+            tasks = await self._ship(hs.session, tasks)
+            runs = [{"run_id": t.run_id, "spec": self._launch_spec(t)} for t in tasks]
+            reply = await hs.session.call("launches", runs=runs) if runs else {}
         except (ConnectionLostError, TransportError, ProtocolViolationError):
             return  # outcome unknown: they stay launching; the probe after reconnecting decides
         except RemoteError as err:
@@ -116,6 +127,33 @@ class HostCalls:
             self.reports.queue(host, report)
         # Recording "running" can wait for the next round (an exit's, most often) when busy.
         asyncio.get_running_loop().call_later(RUNNING_WAKE, self.state.wake.set)
+
+    async def _ship(self, session: HostSession, tasks: list[Task]) -> list[Task]:
+        """Send the snapshots of ``tasks`` the host lacks (hosts with ``sync``); the tasks
+        whose snapshot is there. A snapshot that cannot be sent fails its tasks' launch."""
+        if not session.spec.sync:
+            return tasks
+        failed: dict[str, str] = {}
+        for snapshot in dict.fromkeys(t.snapshot for t in tasks if t.snapshot):
+            start = time.monotonic()
+            try:
+                sent = await self.shipper.ensure(session, snapshot)
+            except (RemoteError, SnapshotError) as err:
+                if isinstance(err, ProtocolViolationError):
+                    raise
+                failed[snapshot] = str(err)
+                continue
+            if sent.wire:
+                self.reporter.log(
+                    f"{session.name}: snapshot {snapshot[:12]} sent: {plural(sent.blobs, 'file')},"
+                    f" {sent.bytes} bytes ({sent.wire} on the wire)"
+                    f" in {time.monotonic() - start:.2f} s"
+                )
+        for t in tasks:
+            if t.snapshot in failed:
+                report = {"run_id": t.run_id, "state": "launch_error", "error": failed[t.snapshot]}
+                self.reports.receive(session.name, report)
+        return [t for t in tasks if t.snapshot not in failed]
 
     async def _kill(self, host: str, run_id: str) -> None:
         hs = self.state.hosts[host]
@@ -278,3 +316,16 @@ class HostCalls:
             return  # the session reconnects and we come back here
         hs.reconciled = True
         self.state.wake.set()
+        if hs.session.spec.sync and hs.session.fence:
+            self.jobs.spawn(self._collect(hs.session, hs.session.fence))
+
+    async def _collect(self, session: HostSession, key: str) -> None:
+        """Clean the host's snapshot store once connected (``ship.collect``)."""
+        needed = self.store.snapshots(unfinished=True)
+        try:
+            got = await collect(session.call, key, needed, self.keep)
+        except DispatcherError as err:
+            self.reporter.log(f"{session.name}: clean-up failed: {err}", style="yellow")
+            return
+        if any(got.values()):
+            self.reporter.log(f"{session.name}: {describe_collected(got)}")

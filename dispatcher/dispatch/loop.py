@@ -80,8 +80,9 @@ class Dispatcher:
         collector = LogCollector(logs_dir)
         self.reports = Reports(self.state, store, config, reporter, collector, self.jobs)
         self.calls = HostCalls(
-            self.state, store, self.options, reporter, self.jobs, self.reports, self._attach_queue
-        )
+            self.state, store, self.options, reporter, self.jobs, self.reports,
+            self._attach_queue, keep=config.sync.keep,
+        )  # fmt: skip
         self.suspensions = SuspensionSync()
         self._token: tuple[int, ...] | None = None
         # ``Txn.attachment`` of the last tick; none yet, and no attachment is numbered -1.

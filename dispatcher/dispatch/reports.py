@@ -26,6 +26,7 @@ from dispatcher.dispatch.logs import LogCollector, SavedLog, log_path
 from dispatcher.dispatch.state import HostState, Log, LoopState
 from dispatcher.errors import DispatcherError, ProtocolViolationError
 from dispatcher.remote.session import HostSession
+from dispatcher.remote.ship import run_workdir
 from dispatcher.store.move import UNSET
 from dispatcher.store.queue import Store, Txn
 from dispatcher.transport.outputs import describe, task_outputs_dir
@@ -166,7 +167,10 @@ class Reports:
         for bad in problems:
             self.reporter.log(f"task {task.id} on {host}: not copied: {bad}", style="yellow")
         try:
-            got = await session.fetch_files(globs, task_outputs_dir(self.store.path, task.id), cap)
+            shipped = task.snapshot and session.spec.sync  # it ran in a directory of its own
+            root = run_workdir(session, str(task.run_id)) if shipped else None
+            local = task_outputs_dir(self.store.path, task.id)
+            got = await session.fetch_files(globs, local, cap, root)
         except DispatcherError as err:
             if not session.up:
                 return False

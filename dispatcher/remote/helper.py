@@ -9,8 +9,9 @@ the keeper (``Keeper``: starts every task, enforces timeouts and cancels, record
 It owns STATE_DIR/runs/<run_id>/ (supervisor.json, started.json, exit.reserve, exit.json,
 output.log, result.json, cancel.json, and cmd.sh for a script too long for an argument; dirs 0700,
 files 0600), STATE_DIR/spare/ (ended run dirs that new runs reuse, see Spares) and STATE_DIR/fence/
-(one generation per queue and host, see Fence), and answers one JSON request per stdin line with
-one JSON reply line on stdout.
+(one generation per queue and host, see Fence), STATE_DIR/store/ and STATE_DIR/work/ (shipped
+project snapshots and the runs' working directories, see Store), and answers one JSON request
+per stdin line with one JSON reply line on stdout.
 Tasks run under the helper's *keeper*: one process forked at the first launch, in a session of its
 own, that starts every task, enforces timeouts and cancels and records exits (see Keeper). Tasks
 and keeper outlive the helper and its connection; a fork per task would cost more than the task.
@@ -37,6 +38,17 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
   cleanup {"runs": [run_id]} -> {"removed": n, "refused": [run_id still starting/running]}
   check   {"workdir": str | null} -> {"python", "workdir", "workdir_writable", "workdir_error",
           "state_dir_writable", "disk_free_bytes"}
+  snapshot {"snapshot": sha256} -> {"store": id, "complete": true} once STATE_DIR/store/
+          snapshots/<sha256> is there (materialised now if every blob is), else {"store": id,
+          "complete": false, "missing": [the sha256 of up to 20000 blobs it lacks; the
+          manifest, itself a blob, is asked first]}. id: the store's (see Store).
+  put     {"blobs": [[sha256, offset, base64 of zlib data, last, "z"|"raw"]]} -> {"stored": n}:
+          pieces of blobs ("raw": not compressed), appended in order; the last one checks the
+          hash and publishes the blob.
+  gc      {"queue": key, "needed": [sha256], "keep": s, "grace": s} -> {"runs", "snapshots",
+          "blobs", "bytes"}: removes what no queue needs (see Store.gc).
+A launch spec's "snapshot" (a sha256, present on the host) runs the task in STATE_DIR/work/
+<run_id>/, a directory of symlinks to the snapshot's top-level entries (see Store).
 A bad request gets {"ok": false, "error": text}; an unparsable line gets "id": null.
 
 REPORT: {run_id, state: absent|starting|running|exited|lost, pid, started_at, finished_at,
@@ -58,6 +70,7 @@ import base64
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -73,11 +86,12 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 #: Must equal dispatcher.remote.protocol.PROTOCOL_VERSION (a unit test checks).
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 INLINE_LOG_LIMIT = 64 * 1024
 #: Bytes of a failed run's output end sent with its report (what classifies the failure).
 LOG_TAIL = 4096
@@ -105,7 +119,12 @@ SPARE_MAX = 256
 _SPARE_RESET = {"exit.json": "exit.reserve", "started.json": "started.json.tmp"}
 #: Names the keeper of a run before its start is recorded; rewritten by every publish.
 SUPERVISOR = "supervisor.json"
-OPS = ("ping", "gpus", "launch", "launches", "probe", "kill", "read", "tail", "cleanup", "check")
+OPS = ("ping", "gpus", "launch", "launches", "probe", "kill", "read", "tail", "cleanup", "check",
+       "snapshot", "put", "gc")  # fmt: skip
+#: Blob names a ``snapshot`` reply lists at most (the controller asks again after sending).
+MISSING_LIMIT = 20000
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_STORE_ID = re.compile(r"[0-9a-f]{32}")
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _FENCE_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 _QUERIES = (
@@ -231,6 +250,7 @@ class Helper:
         self.umask = 0o022
         self.sel: selectors.BaseSelector = selectors.DefaultSelector()
         self.spares = Spares(self.state_dir, self.host)
+        self.store = Store(self.state_dir)
 
     def run_dir(self, run_id: str) -> str:
         return os.path.join(self.runs, run_id)
@@ -356,6 +376,13 @@ class Helper:
 
     def launch(self, run_id: str, raw_spec: Any) -> Dict[str, Any]:
         spec = _spec(raw_spec)
+        if spec["snapshot"]:
+            try:
+                with self.store.locked():
+                    spec["workdir"] = self.store.workdir(run_id, spec["snapshot"])
+            except OSError as exc:
+                raise BadRequest("cannot make the working directory of run %s on %s: %s"
+                                 % (run_id, self.host, exc)) from None  # fmt: skip
         d = self.run_dir(run_id)
         os.makedirs(self.runs, 0o700, exist_ok=True)
         error: Optional[OSError] = None
@@ -526,6 +553,27 @@ class Helper:
                 self.adopted.pop(run_id, None)
                 removed += 1
         return {"removed": removed, "refused": refused}
+
+    def op_snapshot(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        sha = req.get("snapshot")
+        if not isinstance(sha, str) or not _sha(sha):
+            raise BadRequest("snapshot must be a sha256 (64 hex digits)")
+        with self.store.locked():
+            return dict(self.store.materialise(sha), store=self.store.ident())
+
+    def op_put(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        with self.store.locked():
+            return {"stored": self.store.put(req.get("blobs"))}
+
+    def op_gc(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        queue, needed = req.get("queue"), req.get("needed")
+        if not isinstance(queue, str) or not _FENCE_KEY.fullmatch(queue):
+            raise BadRequest("queue must be a key of 1-128 of A-Z a-z 0-9 . _ -")
+        if not isinstance(needed, list) or not all(_sha(n) for n in needed):
+            raise BadRequest("needed must be a list of snapshot ids")
+        keep, grace = _number(req, "keep", 7 * 86400.0), _number(req, "grace", 3600.0)
+        with self.store.locked(exclusive=True):
+            return self.store.gc(queue, needed, keep, grace)
 
     def op_check(self, req: Dict[str, Any]) -> Dict[str, Any]:
         workdir = req.get("workdir")
@@ -734,12 +782,15 @@ def _spec(spec: Any) -> Dict[str, Any]:
         raise BadRequest("spec.task_id must be an integer or null")
     timeout = None if spec.get("timeout") is None else _number(spec, "timeout", 0)
     grace = _number(spec, "kill_grace", DEFAULT_GRACE)
+    snapshot = spec.get("snapshot")  # run in a working directory showing this snapshot
+    if snapshot is not None and not _sha(snapshot):
+        raise BadRequest("spec.snapshot must be a sha256 or null")
     host = spec.get("host")  # the controller's name for this host (hosts.toml), for messages
     if not isinstance(host, (str, type(None))) or "\0" in (host or ""):
         raise BadRequest("spec.host must be a string or null")
     return {"command": spec["command"], "setup": spec.get("setup") or None, "task_id": task_id,
             "workdir": spec.get("workdir"), "env": env, "timeout": timeout,
-            "kill_grace": grace, "host": host}  # fmt: skip
+            "kill_grace": grace, "host": host, "snapshot": snapshot}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1141,6 +1192,9 @@ class Keeper:
         self.finish(run, code, None)
 
     def finish(self, run: KeptRun, code: int, sig: Optional[str]) -> None:
+        if run.spec.get("snapshot"):  # its working directory's clean-up counts from now
+            with contextlib.suppress(OSError):
+                os.utime(run.spec["workdir"])
         full = disk_full(run.run_dir, self.host) if code != 0 and not run.cancelled else None
         if full:
             run.notes.append("%s (the task ended with %s)" % (full, sig or "exit %d" % code))
@@ -1602,6 +1656,271 @@ def expand_dir(path: Optional[str]) -> str:
     """A workdir as the task sees it: "~" expanded, relative to the home dir (as ssh does)."""
     home = os.path.expanduser("~")
     return os.path.normpath(os.path.join(home, os.path.expanduser(path))) if path else home
+
+
+# ------------------------------------------------------------------------------------------------
+# Snapshots: the content-addressed blob store, materialised trees, each run's working directory
+# ------------------------------------------------------------------------------------------------
+
+
+class Store:
+    """STATE_DIR/store: blobs/<aa>/<sha256> (0444, written to tmp/, renamed once the hash checks
+    and the data is on disk: one sync per ``put`` request), snapshots/<id>/ (a tree
+    materialised from the manifest blob <id>, renamed into
+    place whole once every blob is there, then read-only), needs/<queue> (the snapshots a queue
+    still needs, for clean-up), id (names the store: two hosts on one home give the same one).
+    STATE_DIR/work/<run_id>/ is a run's working directory: one symlink per top-level entry of its
+    snapshot (which also names the snapshot), touched by the keeper when the run ends.
+    Every op holds the store's flock, shared; clean-up holds it exclusive."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.dir = os.path.join(state_dir, "store")
+        self.work = os.path.join(state_dir, "work")
+        self.runs = os.path.join(state_dir, "runs")
+        self.hashing: Dict[str, Any] = {}  # sha256 -> the hash of its part file so far
+        self.made = False  # the store's directories exist (made once per helper)
+
+    def ensure(self) -> None:
+        if self.made:
+            return
+        for sub in ("blobs", "snapshots", "tmp", "needs"):
+            os.makedirs(os.path.join(self.dir, sub), 0o700, exist_ok=True)
+        os.makedirs(self.work, 0o700, exist_ok=True)
+        self.made = True
+
+    def ident(self) -> str:
+        """The store's id, made once (O_EXCL: two hosts sharing a home agree on it)."""
+        self.ensure()
+        path = os.path.join(self.dir, "id")
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_all(fd, base64.b16encode(os.urandom(16)).lower() + b"\n")
+            os.fsync(fd)
+            os.close(fd)
+        with open(path, "rb") as f:
+            text = f.read().decode("ascii", "replace").strip()
+        return text if _STORE_ID.fullmatch(text) else "unknown"
+
+    @contextlib.contextmanager
+    def locked(self, exclusive: bool = False) -> Any:
+        self.ensure()
+        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def blob(self, sha: str) -> str:
+        return os.path.join(self.dir, "blobs", sha[:2], sha)
+
+    def snapshot(self, sha: str) -> str:
+        return os.path.join(self.dir, "snapshots", sha)
+
+    def put(self, items: Any) -> int:
+        """Append each piece [sha, offset, base64 of zlib data, last] to its blob's part file;
+        the last piece checks the hash and publishes the blob. Returns the blobs completed."""
+        if not isinstance(items, list) or len(items) > 10000:
+            raise BadRequest("blobs must be a list of [sha256, offset, data, last]")
+        checked: Dict[str, str] = {}  # blob -> its part file, complete and hash-checked
+        for item in items:
+            if not (isinstance(item, list) and len(item) in (4, 5) and _sha(item[0])
+                    and isinstance(item[1], int) and isinstance(item[2], str)
+                    and item[4:] in ([], ["z"], ["raw"])):  # fmt: skip
+                raise BadRequest("a blob piece must be [sha256, offset, base64, last, z|raw]")
+            part = self.put_piece(item[0], item[1], item[2], item[3] is True, item[4:] != ["raw"])
+            if part:
+                checked[item[0]] = part
+        if checked:
+            os.sync()  # one flush for the request, not an fsync per file: then the renames
+        for sha, part in checked.items():
+            os.makedirs(os.path.dirname(self.blob(sha)), 0o700, exist_ok=True)
+            os.replace(part, self.blob(sha))
+        return len(checked)
+
+    def put_piece(self, sha: str, offset: int, data: str, last: bool, z: bool) -> Optional[str]:
+        """Append one piece (zlib-compressed when ``z``); the part file once the last piece
+        has checked, else None."""
+        if os.path.exists(self.blob(sha)):
+            return None  # another host of this store (a shared home) wrote it meanwhile
+        inflate = zlib.decompressobj()
+        raw = base64.b64decode(data)
+        raw = inflate.decompress(raw, MAX_REQUEST) if z else raw
+        if z and inflate.unconsumed_tail:
+            raise BadRequest("blob %s: a piece inflates past %d bytes" % (sha, MAX_REQUEST))
+        part = os.path.join(self.dir, "tmp", "%s.%d.part" % (sha, os.getpid()))
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if offset == 0 else 0), 0o600)
+        try:
+            if os.fstat(fd).st_size != offset:
+                raise BadRequest("blob %s: piece at %d, have %d bytes: send it again from 0"
+                                 % (sha, offset, os.fstat(fd).st_size))  # fmt: skip
+            if offset == 0:
+                self.hashing[sha] = hashlib.sha256()
+            elif sha not in self.hashing:  # a part left by an earlier helper with this pid
+                raise BadRequest("blob %s: piece at %d of no transfer: send it again from 0"
+                                 % (sha, offset))  # fmt: skip
+            os.lseek(fd, offset, os.SEEK_SET)
+            write_all(fd, raw)
+        finally:
+            os.close(fd)
+        h = self.hashing[sha]  # hashed as it arrives: the file is not read back
+        h.update(raw)
+        if not last:
+            return None
+        del self.hashing[sha]
+        if h.hexdigest() != sha:
+            os.unlink(part)
+            raise BadRequest("blob %s arrived corrupted (sha256 %s): send it again"
+                             % (sha, h.hexdigest()))  # fmt: skip
+        os.chmod(part, 0o444)
+        return part
+
+    def manifest(self, sha: str) -> List[List[Any]]:
+        with open(self.blob(sha), "rb") as f:
+            doc = json.loads(f.read().decode("ascii"))
+        rows = doc.get("files") if isinstance(doc, dict) and doc.get("version") == 1 else None
+        if not isinstance(rows, list):
+            raise BadRequest("blob %s is not a snapshot manifest" % sha)
+        for row in rows:
+            ok = isinstance(row, list) and len(row) == 4 and row[1] in ("f", "x", "l")
+            if not (ok and isinstance(row[0], str) and _sha(row[3]) and _rel(row[0])):
+                raise BadRequest("snapshot %s: bad manifest entry %.80r" % (sha, row))
+        return rows
+
+    def materialise(self, sha: str) -> Dict[str, Any]:
+        """{"complete": true} once snapshots/<sha> is there (made now if every blob is), else
+        {"complete": false, "missing": [sha256 of blobs to send, the manifest's first]}."""
+        if os.path.isdir(self.snapshot(sha)):
+            return {"complete": True}
+        if not os.path.exists(self.blob(sha)):
+            return {"complete": False, "missing": [sha]}
+        rows = self.manifest(sha)
+        missing = sorted({r[3] for r in rows if not os.path.exists(self.blob(r[3]))})
+        if missing:
+            return {"complete": False, "missing": missing[:MISSING_LIMIT]}
+        tmp = os.path.join(self.dir, "tmp", "%s.%d.tree" % (sha, os.getpid()))
+        if os.path.lexists(tmp):
+            remove_all(tmp)
+        os.mkdir(tmp, 0o700)
+        made = {tmp}
+        for path, mode, _, blob in rows:
+            dest = os.path.join(tmp, path)
+            if os.path.dirname(dest) not in made:
+                os.makedirs(os.path.dirname(dest), 0o700, exist_ok=True)
+                made.add(os.path.dirname(dest))
+            self.place(dest, mode, self.blob(blob))
+        for root, dirs, _ in os.walk(tmp, topdown=False):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o555)
+        try:  # the tree appears whole, or not at all (moving a directory needs it writable)
+            os.rename(tmp, self.snapshot(sha))
+        except OSError:
+            remove_all(tmp)
+            if not os.path.isdir(self.snapshot(sha)):  # not made first by another helper
+                raise
+        os.chmod(self.snapshot(sha), 0o555)
+        return {"complete": True, "files": len(rows)}
+
+    def place(self, dest: str, mode: str, blob: str) -> None:
+        if mode == "l":
+            with open(blob, "rb") as f:
+                os.symlink(f.read(), dest)
+            return
+        # A hard link: the tree costs no second copy. Not for root, whom 0444 does not stop:
+        # a task writing into its tree would change the blob every later snapshot links to.
+        if mode == "f" and os.geteuid() != 0:
+            with contextlib.suppress(OSError):
+                return os.link(blob, dest)
+        shutil.copyfile(blob, dest)
+        os.chmod(dest, 0o555 if mode == "x" else 0o444)
+
+    def workdir(self, run_id: str, sha: str) -> str:
+        """Make work/<run_id>/: a symlink to each top-level entry of snapshot ``sha`` (so a
+        run's start costs the same whatever the tree's file count); its path."""
+        tree = self.snapshot(sha)
+        if not os.path.isdir(tree):
+            raise BadRequest("snapshot %s is not on this host: it is sent before its runs" % sha)
+        work = os.path.join(self.work, run_id)
+        os.makedirs(work, 0o700, exist_ok=True)
+        for name in os.listdir(tree):
+            with contextlib.suppress(FileExistsError):
+                os.symlink(os.path.join(tree, name), os.path.join(work, name))
+        return work
+
+    def gc(self, queue: str, needed: List[str], keep: float, grace: float) -> Dict[str, int]:
+        """Remove work dirs of runs ended (exit.json, or their record cleaned up) and untouched
+        for ``keep`` s, snapshots no queue needs and no
+        kept work dir uses, then blobs no kept snapshot names, and parts of cut transfers.
+        Snapshots, blobs and parts younger than ``grace`` s stay: another dispatch may be
+        sending them for tasks it has not told us of. The caller holds the exclusive lock."""
+        now, out = time.time(), {"runs": 0, "snapshots": 0, "blobs": 0, "bytes": 0}
+        young = now - grace
+        write_file(os.path.join(self.dir, "needs", queue), {"snapshots": needed})
+        used = set()
+        for run in os.listdir(self.work):
+            work = os.path.join(self.work, run)
+            record = os.path.join(self.runs, run)
+            ended = os.path.exists(os.path.join(record, "exit.json")) or not os.path.isdir(record)
+            if ended and os.lstat(work).st_mtime + keep <= now:  # the keeper touches it at the end
+                remove_all(work)
+                out["runs"] += 1
+                continue
+            snapshots = os.path.join(self.dir, "snapshots") + "/"
+            with os.scandir(work) as entries:
+                for entry in entries:  # its snapshot: where its links lead
+                    target = os.readlink(entry.path) if entry.is_symlink() else ""
+                    if target.startswith(snapshots):
+                        used.add(target[len(snapshots) :].partition("/")[0])
+                        break
+        for name in os.listdir(os.path.join(self.dir, "needs")):
+            doc = read_json(os.path.join(self.dir, "needs", name))[0] or {}
+            used.update(s for s in doc.get("snapshots") or () if _sha(s))
+        for name in os.listdir(os.path.join(self.dir, "snapshots")):
+            if name not in used and os.lstat(self.snapshot(name)).st_mtime < young:
+                remove_all(self.snapshot(name))
+                out["snapshots"] += 1
+        named = set(used)
+        for sha in used:
+            with contextlib.suppress(OSError, ValueError, BadRequest):
+                named.update(r[3] for r in self.manifest(sha))
+        for sub in os.listdir(os.path.join(self.dir, "blobs")):
+            for sha in os.listdir(os.path.join(self.dir, "blobs", sub)):
+                st = os.lstat(self.blob(sha))
+                if sha not in named and st.st_mtime < young:
+                    out["bytes"] += st.st_size
+                    os.unlink(self.blob(sha))
+                    out["blobs"] += 1
+        for name in os.listdir(os.path.join(self.dir, "tmp")):  # cut transfers' parts
+            if os.lstat(os.path.join(self.dir, "tmp", name)).st_mtime < young:
+                remove_all(os.path.join(self.dir, "tmp", name))
+        return out
+
+
+def _sha(value: Any) -> bool:
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
+def _rel(path: str) -> bool:
+    """A manifest path: relative, no empty, . or .. component, no NUL."""
+    parts = path.split("/")
+    return bool(path) and "\0" not in path and all(p not in ("", ".", "..") for p in parts)
+
+
+def remove_all(path: str) -> None:
+    """Remove a tree, making its read-only directories writable first (snapshots are 0555)."""
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.unlink(path)
+        return
+    for root, dirs, _ in os.walk(path):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                if not os.path.islink(os.path.join(root, d)):
+                    os.chmod(os.path.join(root, d), 0o700)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

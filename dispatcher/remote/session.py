@@ -253,15 +253,17 @@ class HostSession:
         return inv
 
     async def fetch_files(
-        self, globs: Sequence[str], local_dir: Path, max_bytes: int
+        self, globs: Sequence[str], local_dir: Path, max_bytes: int, workdir: str | None = None
     ) -> FetchReport:
-        """Copy files matching ``globs`` under the host's workdir into ``local_dir`` (outputs)."""
+        """Copy files matching ``globs`` under ``workdir`` (default: the host's) into
+        ``local_dir`` (outputs)."""
         transport = self._transport
         if transport is None or self.status != "up":
             raise ConnectionLostError(
                 f"{self.name}: not connected ({self.error or 'connecting'})", host=self.name
             )
-        return await transport.fetch_files(self.spec.workdir, globs, local_dir, max_bytes)
+        root = workdir if workdir is not None else self.spec.workdir
+        return await transport.fetch_files(root, globs, local_dir, max_bytes)
 
     def describe(self) -> str:
         """One line about the host's health, for status and reasons."""

@@ -267,6 +267,23 @@ def _mib(host: str, where: str, value: Any) -> None:
         raise violation(host, f"{where} is {value!r}, outside 0 to {_MAX_MIB}")
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _snapshot(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether the snapshot is complete there; if not, the blobs it lacks (sha256s, bounded)."""
+    where, missing = "the reply to 'snapshot'", reply.get("missing") or []
+    if not isinstance(reply.get("complete"), bool):
+        raise violation(host, f"{where} has no true/false 'complete'")
+    bad = not isinstance(missing, list) or len(missing) > MAX_ENTRIES
+    if bad or not all(isinstance(m, str) and _SHA256.fullmatch(m) for m in missing):
+        raise violation(host, f"{where} has a bad 'missing' list (sha256s expected)")
+    store = reply.get("store")
+    if not isinstance(store, str) or not re.fullmatch(r"[0-9a-f]{32}|unknown", store):
+        raise violation(host, f"{where} has a bad 'store' id")
+    return {"complete": reply["complete"], "missing": list(missing), "store": store}
+
+
 def _flat(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, Any]:
     return _scalars(host, "a reply", reply, skip=("id", "ok"))
 
@@ -282,6 +299,9 @@ _REPLIES = {
     "read": _read,
     "cleanup": _cleanup,
     "gpus": _gpus,
+    "snapshot": _snapshot,
+    "put": _flat,
+    "gc": _flat,
 }
 
 

@@ -104,6 +104,9 @@ def take(db_path: Path, sync: SyncSpec, hosts_path: Path, blobs: BlobStore) -> T
     caller holds). SnapshotError when the tree is over ``max_size``, before anything is read."""
     root = project_root(db_path, sync, hosts_path)
     listing = list_project(root, Rules(sync.include, sync.exclude), db_path)
+    # The hosts file is the controller's, and may hold `env` values (secrets): never shipped.
+    hosts_rel = os.path.relpath(os.path.abspath(hosts_path), root)
+    listing.files = [c for c in listing.files if c.path != hosts_rel]
     sizes = [(c.path, c.size) for c in listing.files]
     if sum(s for _, s in sizes) > sync.max_size:
         raise SnapshotError(oversize_message(str(root), sizes, sync.max_size, sync.exclude))

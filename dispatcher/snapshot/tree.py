@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dispatcher.config.paths import snapshots_dir
 from dispatcher.core.snapshot import ALWAYS_EXCLUDED, DEFAULT_EXCLUDES, Rules
 from dispatcher.errors import SnapshotError
 
@@ -91,13 +92,22 @@ def git_state(root: Path, keeps: Callable[[str], bool]) -> tuple[str | None, boo
 
 
 def _internal(root: Path, db_path: Path) -> Callable[[str], bool]:
-    """Whether a path is the queue's own (its file, side files, logs, snapshots, run records)."""
+    """Whether a path is the queue's own (its file, side files, logs, snapshot store, run
+    records, copied outputs)."""
     try:
         rel = db_path.relative_to(root).as_posix()
     except ValueError:
         return lambda path: False
     stem = rel.removesuffix(db_path.suffix) if db_path.suffix else rel
-    own = (rel, f"{stem}.logs/", f"{stem}.snapshots/", f"{stem}.runs/")
+    store = snapshots_dir(db_path).relative_to(db_path.parent).as_posix()
+    parent = rel.rpartition("/")[0]
+    own = (
+        rel,
+        f"{stem}.logs/",
+        f"{stem}.runs/",
+        f"{stem}.outputs/",
+        f"{parent}/{store}/".lstrip("/"),
+    )
     return lambda path: path.startswith(own)
 
 

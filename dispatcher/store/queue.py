@@ -63,12 +63,14 @@ class Store(QueueFile):
         with self.transaction() as txn:
             return txn.insert(staged, skip_existing=skip_existing, code=code)
 
-    def snapshots(self) -> set[str]:
-        """The snapshot ids some task in the queue refers to (any state)."""
+    def snapshots(self, *, unfinished: bool = False) -> set[str]:
+        """The snapshot ids some task in the queue refers to (any state; ``unfinished``: only
+        tasks not succeeded, failed or cancelled, whose snapshot a host still needs)."""
+        sql = "SELECT DISTINCT snapshot FROM tasks WHERE snapshot IS NOT NULL"
+        if unfinished:
+            sql += " AND state NOT IN ('succeeded', 'failed', 'cancelled')"
         with self.transaction() as txn:
-            rows = txn.con.execute(
-                "SELECT DISTINCT snapshot FROM tasks WHERE snapshot IS NOT NULL"
-            ).fetchall()
+            rows = txn.con.execute(sql).fetchall()
         return {r[0] for r in rows}
 
     def preview_batch(self, batch: TaskBatch, *, skip_existing: bool = False) -> Preview:

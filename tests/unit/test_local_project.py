@@ -1,7 +1,7 @@
-"""A bare ``[hosts.local]`` runs tasks in the queue's project directory (the one holding
-``.labtasker/``) and keeps its run records beside the queue, never in the home directory; a
-controller killed and restarted from another directory of the project re-attaches to the run
-(docs/hosts.md, "The local host"). Through the real CLI, in subprocesses."""
+"""A ``[hosts.local]`` with shipping off (``sync = false``) runs tasks in the queue's project
+directory (the one holding ``.labtasker/``) and keeps its run records beside the queue, never in
+the home directory; a controller killed and restarted from another directory of the project
+re-attaches to the run (docs/hosts.md, "The local host"). Through the real CLI, in subprocesses."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ with open(os.environ["LABTASKER_RESULT"], "w") as f:
 
 
 class Project:
-    """A project directory with ``train.py``, a bare ``[hosts.local]`` hosts file and a HOME of
-    its own (outside the project), driven through ``python -m dispatcher``."""
+    """A project directory with ``train.py``, a ``[hosts.local]`` hosts file without shipping
+    and a HOME of its own (outside the project), driven through ``python -m dispatcher``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root / "proj"
@@ -47,7 +47,7 @@ class Project:
         self.home = root / "home"
         self.home.mkdir()
         (self.root / "train.py").write_text(TRAIN_PY)
-        (self.root / "hosts.toml").write_text("[hosts.local]\n")
+        (self.root / "hosts.toml").write_text("[hosts.local]\nsync = false\n")
         self.started: list[subprocess.Popen[str]] = []
 
     def env(self) -> dict[str, str]:
