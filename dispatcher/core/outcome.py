@@ -170,3 +170,19 @@ def lost_outcome(task: Task, why: str) -> Outcome:
         fields,
         requeue_reason=f"requeued after being lost on {task.host} ({why})",
     )
+
+
+def launch_error_outcome(task: Task, host: str, error: str) -> Outcome:
+    """A launch the host refused (its workdir, its disk, a snapshot that could not be sent).
+
+    Counted as a loss, not an attempt: most such errors are the host's, and the task should
+    be free to run elsewhere (the host's failures count towards its suspension). Like a loss,
+    it is bounded: after ``MAX_LOSSES`` the task fails with the last error, so a launch that
+    fails the same way everywhere never loops.
+    """
+    losses = task.losses + 1
+    why = f"launch on {host} failed: {without_host(host, error)}"
+    if losses >= MAX_LOSSES:
+        reason = f"could not launch {losses} times (last on {host}: {without_host(host, error)})"
+        return Outcome(TaskState.FAILED, {"losses": losses, "reason": reason})
+    return Outcome(TaskState.PENDING, {"losses": losses, "reason": why})

@@ -18,7 +18,14 @@ from typing import Any
 from dispatcher.config.hosts import HostsConfig
 from dispatcher.core.globs import expand_all
 from dispatcher.core.models import Task, TaskState
-from dispatcher.core.outcome import Outcome, lost_outcome, outcome_of, parse_time, real_attempts
+from dispatcher.core.outcome import (
+    Outcome,
+    launch_error_outcome,
+    lost_outcome,
+    outcome_of,
+    parse_time,
+    real_attempts,
+)
 from dispatcher.core.words import command_fault, plural, resume_hint
 from dispatcher.dispatch.hooks import HOOK_STATES, on_finish
 from dispatcher.dispatch.jobs import Jobs
@@ -216,12 +223,12 @@ class Reports:
             else:
                 self._finish(tx, task, lost_outcome(task, "its run directory vanished"))
         elif state == "launch_error":
-            moved = tx.move(
-                task.id,
-                S.PENDING,
-                run_id=run_id,
-                reason=f"launch on {host} failed: {report.get('error')}",
-            )
+            outcome = launch_error_outcome(task, host, str(report.get("error")))
+            if outcome.state is S.FAILED:  # failed the same way too often: give up, say why
+                self._finish(tx, task, outcome)
+                self._count_failure(hs, time.monotonic(), task.id, "launch failed")
+                return
+            moved = tx.move(task.id, S.PENDING, run_id=run_id, **outcome.fields)
             if moved:
                 self.state.active.pop(task.id, None)
                 self._count_failure(hs, time.monotonic(), task.id, "launch failed")
