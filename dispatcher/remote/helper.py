@@ -9,7 +9,7 @@ the keeper (``Keeper``: starts every task, enforces timeouts and cancels, record
 It owns STATE_DIR/runs/<run_id>/ (supervisor.json, started.json, exit.reserve, exit.json,
 output.log, result.json, cancel.json, and cmd.sh for a script too long for an argument; dirs 0700,
 files 0600), STATE_DIR/spare/ (ended run dirs that new runs reuse, see Spares) and STATE_DIR/fence/
-(one generation per queue and host, see Fence), STATE_DIR/store/ and STATE_DIR/work/ (shipped
+(one generation per queue and host, see Fence), STATE_DIR/store/ and STATE_DIR/cwd/ (shipped
 project snapshots and the runs' working directories, see Store), and answers one JSON request
 per stdin line with one JSON reply line on stdout.
 Tasks run under the helper's *keeper*: one process forked at the first launch, in a session of its
@@ -47,7 +47,7 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
           hash and publishes the blob.
   gc      {"queue": key, "needed": [sha256], "keep": s, "grace": s} -> {"runs", "snapshots",
           "blobs", "bytes"}: removes what no queue needs (see Store.gc).
-A launch spec's "snapshot" (a sha256, present on the host) runs the task in STATE_DIR/work/
+A launch spec's "snapshot" (a sha256, present on the host) runs the task in STATE_DIR/cwd/
 <run_id>/, a directory of symlinks to the snapshot's top-level entries (see Store).
 A bad request gets {"ok": false, "error": text}; an unparsable line gets "id": null.
 
@@ -1669,13 +1669,13 @@ class Store:
     materialised from the manifest blob <id>, renamed into
     place whole once every blob is there, then read-only), needs/<queue> (the snapshots a queue
     still needs, for clean-up), id (names the store: two hosts on one home give the same one).
-    STATE_DIR/work/<run_id>/ is a run's working directory: one symlink per top-level entry of its
+    STATE_DIR/cwd/<run_id>/ is a run's working directory: one symlink per top-level entry of its
     snapshot (which also names the snapshot), touched by the keeper when the run ends.
     Every op holds the store's flock, shared; clean-up holds it exclusive."""
 
     def __init__(self, state_dir: str) -> None:
         self.dir = os.path.join(state_dir, "store")
-        self.work = os.path.join(state_dir, "work")
+        self.work = os.path.join(state_dir, "cwd")
         self.runs = os.path.join(state_dir, "runs")
         self.hashing: Dict[str, Any] = {}  # sha256 -> the hash of its part file so far
         self.made = False  # the store's directories exist (made once per helper)
@@ -1835,7 +1835,7 @@ class Store:
         os.chmod(dest, 0o555 if mode == "x" else 0o444)
 
     def workdir(self, run_id: str, sha: str) -> str:
-        """Make work/<run_id>/: a symlink to each top-level entry of snapshot ``sha`` (so a
+        """Make cwd/<run_id>/: a symlink to each top-level entry of snapshot ``sha`` (so a
         run's start costs the same whatever the tree's file count); its path."""
         tree = self.snapshot(sha)
         if not os.path.isdir(tree):

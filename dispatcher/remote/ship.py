@@ -57,11 +57,11 @@ class Shipped:
 
 
 def run_workdir(session: HostSession, run_id: str) -> str:
-    """The working directory of a shipped run on the host (the helper's ``work/<run_id>``)."""
+    """The working directory of a shipped run on the host (the helper's ``cwd/<run_id>``)."""
     state = session.hello.get("state_dir")
     if not isinstance(state, str) or not state.startswith("/"):
         raise RemoteError(f"{session.name}: the helper gave no state_dir", host=session.name)
-    return f"{state.rstrip('/')}/work/{run_id}"
+    return f"{state.rstrip('/')}/cwd/{run_id}"
 
 
 class Shipper:

@@ -118,7 +118,7 @@ def test_a_sweep_runs_the_code_it_was_queued_with_on_two_servers(lab: Lab) -> No
     for task_id in (*first, *later):
         task = lab.task(task_id)
         host = lab.hosts[task["host"]]
-        assert got[task_id]["cwd"] == str(host.home / state / "work" / task["run_id"])
+        assert got[task_id]["cwd"] == str(host.home / state / "cwd" / task["run_id"])
         assert sorted(got[task_id]["entries"]) == [
             "check.py", "made.txt", "pkg", "version.txt"
         ]  # fmt: skip
@@ -248,7 +248,7 @@ def test_clean_up_keeps_what_unfinished_tasks_need(lab: Lab) -> None:
     (ran,) = lab.add_cmd(check_cmd())
     done = lab.run("dispatch")
     assert done.returncode == 0, (done.stdout, done.stderr)
-    work = host.home / state / "work" / lab.task(ran)["run_id"]
+    work = host.home / state / "cwd" / lab.task(ran)["run_id"]
     first = snapshots(host, state)
     # Ended, but within `keep`: the run's directory (and so its snapshot) stays.
     assert "removed 0 ended run directories, 0 snapshots" in lab.ok("hosts", "gc")
@@ -288,7 +288,7 @@ def test_the_local_host_runs_a_snapshot_too(lab: Lab) -> None:
     assert done.returncode == 0, (done.stdout, done.stderr)
     result = lab.task(task)["result"]
     assert result["version"] == "v1\n"
-    assert result["cwd"] == str(lab.root / "queue.runs" / "work" / lab.task(task)["run_id"])
+    assert result["cwd"] == str(lab.root / "queue.runs" / "cwd" / lab.task(task)["run_id"])
     assert json.loads(json.dumps(result))["made"] == lab.task(task)["run_id"]
 
 
