@@ -22,7 +22,13 @@ class StubSession:
     def __init__(self, reply: dict[str, Any]) -> None:
         self.name = "h1"
         self.spec = SimpleNamespace(
-            env={}, setup=None, workdir=None, kill_grace=5, outputs=(), max_log_size=1 << 20
+            env={},
+            setup=None,
+            workdir=None,
+            kill_grace=5,
+            outputs=(),
+            max_log_size=1 << 20,
+            sync=False,
         )
         self.reply = reply
         self.calls: list[tuple[str, dict[str, Any]]] = []
