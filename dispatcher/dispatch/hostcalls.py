@@ -21,6 +21,7 @@ from dispatcher.config.paths import snapshots_dir
 from dispatcher.config.sync import NO_SYNC
 from dispatcher.core.models import ACTIVE_STATES, Task, TaskState
 from dispatcher.core.words import plural
+from dispatcher.dispatch.cluster import slurm_launch
 from dispatcher.dispatch.jobs import Jobs
 from dispatcher.dispatch.logs import gpu_views, write_last_lines
 from dispatcher.dispatch.recovery import crash_point
@@ -85,6 +86,9 @@ class HostCalls:
                 "LABTASKER_ARGS": json.dumps(task.args, ensure_ascii=False),
             }
         )
+        slurm = slurm_launch(spec, task)
+        if slurm is not None:
+            env.pop("CUDA_VISIBLE_DEVICES")  # SLURM gives the job its GPUs
         return {
             "command": task.command,
             "setup": spec.setup,
@@ -95,7 +99,7 @@ class HostCalls:
             "task_id": task.id,
             "host": task.host,  # messages from the host name it as hosts.toml does
             "snapshot": task.snapshot if spec.sync else None,  # its own working directory there
-        }
+        } | ({"slurm": slurm} if slurm is not None else {})
 
     async def _launch(self, host: str, tasks: list[Task]) -> None:
         """Launch ``tasks`` (all placed on ``host``) in one request."""
@@ -120,7 +124,7 @@ class HostCalls:
                 self.reports.receive(host, got["run"])  # an exit is collected (log, outputs) first
                 continue
             if got.get("status") == "started":
-                report = {"run_id": t.run_id, "state": "running"}
+                report = {"run_id": t.run_id, "state": "running", "job_id": got.get("job_id")}
             else:
                 error = f"{host}: {got.get('error')}"
                 report = {"run_id": t.run_id, "state": "launch_error", "error": error}
@@ -231,6 +235,31 @@ class HostCalls:
         finally:
             hs.refreshing = False
         self.write_status()  # `status --watch` shows the new reading now
+
+    def poll_jobs(self, now: float) -> None:
+        """Every ``poll_interval`` s, one ``probe`` per cluster for its runs: what SLURM says
+        of each job (pending and why) reaches the queue; their ends come as exit events."""
+        for name, hs in self.state.hosts.items():
+            spec = hs.session.spec.slurm
+            if spec is None or not hs.session.up or not hs.reconciled or hs.polling:
+                continue
+            if now - hs.polled_jobs < spec.poll_interval:
+                continue
+            runs = [t.run_id for t in self.state.active.values() if t.host == name and t.run_id]
+            if runs:
+                hs.polled_jobs, hs.polling = now, True
+                self.jobs.spawn(self._poll_one(hs, runs))
+
+    async def _poll_one(self, hs: HostState, runs: list[str]) -> None:
+        try:
+            reply = await hs.session.call("probe", runs=runs, timeout=60.0)
+        except (ConnectionLostError, TransportError, ProtocolViolationError):
+            return
+        finally:
+            hs.polling = False
+        for report in (reply.get("runs") or {}).values():
+            if isinstance(report, dict) and report.get("state") in ("starting", "running"):
+                self.reports.receive(hs.session.name, report)
 
     # -- last output lines for `labtasker status` ------------------------------------------------
 

@@ -170,6 +170,7 @@ class Dispatcher:
                 return
             await self._round()
             self.calls.poll_tails(time.monotonic())
+            self.calls.poll_jobs(time.monotonic())
             self.calls.refresh_gpus(time.monotonic())  # also between ticks, while tasks run
             self.calls.send_cancels()
             if self._done():
