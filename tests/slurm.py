@@ -7,6 +7,7 @@ session's sshd hosts: an ordinary test host whose sessions see ``SLURM_CONF``, s
 sbatch ...`` works as that host's user and the jobs run as that user on this machine (the
 "shared file system" is the user's home). Nothing is found or stopped by name: ``close`` cancels
 the jobs, then stops each daemon by its pid, so several test sessions can run clusters at once.
+A requeued job waits ``cred_expire`` (10 s here, 120 s by default) before it runs again.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={dir}/munge/socket
+AuthInfo=socket={dir}/munge/socket,cred_expire=10
 CredType=cred/munge
 StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool
@@ -117,6 +118,11 @@ class SlurmCluster:
         if check and done.returncode:
             raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
         return done
+
+    def time_out(self, job: str) -> None:
+        """Make a running job reach its time limit now: SLURM kills it (TIMEOUT) at its next
+        time-limit check, within 30 s (a limit below one minute cannot be asked for)."""
+        self.admin("scontrol", "update", f"jobid={job}", "EndTime=now")
 
     def ssh(self, command: str) -> subprocess.CompletedProcess[str]:
         """Run ``command`` on the login node as its user, over a real SSH login."""

@@ -75,3 +75,27 @@ def test_scancel_stops_a_pending_array(cluster: SlurmCluster) -> None:
     assert cluster.ssh(f"scancel {job}").returncode == 0
     wait(lambda: not any(line.startswith(f"{job}_") for line in squeue(cluster)), "array gone")
     assert cluster.ssh("ls out").stdout == ""
+
+
+RERUN = """#!/bin/bash
+echo "${SLURM_RESTART_COUNT-0}" >> "$HOME/out/runs"
+[ -n "$SLURM_RESTART_COUNT" ] || sleep 300
+"""
+
+
+def test_requeue_runs_the_job_again_with_a_restart_count(cluster: SlurmCluster) -> None:
+    assert cluster.ssh(f"cat > rerun.sh <<'EOF'\n{RERUN}EOF\n").returncode == 0
+    done = cluster.ssh("sbatch --parsable -o /dev/null rerun.sh")
+    job = done.stdout.strip()
+    wait(lambda: cluster.ssh("cat out/runs").stdout == "0\n", "first run")
+    cluster.admin("scontrol", "requeue", job)
+    wait(lambda: cluster.ssh("cat out/runs").stdout == "0\n1\n", "second run", 60)
+
+
+@pytest.mark.slow
+def test_time_out_kills_a_running_job_with_timeout(cluster: SlurmCluster) -> None:
+    done = cluster.ssh("sbatch --parsable --time=1 -o /dev/null --wrap 'sleep 300'")
+    job = done.stdout.strip()
+    wait(lambda: f"{job}|RUNNING|None" in squeue(cluster, "-j", job), "job running")
+    cluster.time_out(job)
+    wait(lambda: f"{job}|TIMEOUT|TimeLimit" in squeue(cluster, "-t all -j", job), "TIMEOUT", 60)
