@@ -1346,6 +1346,14 @@ class Slurm:
             self.missing[job] = 0 if job in jobs else self.missing.get(job, 0) + 1
         self.jobs, self.polled = jobs, time.time()
 
+    def fresh(self, path: str) -> bool:
+        """Whether the last squeue answered after ``path`` was written (with a second's
+        margin for clocks): only then does what it says of the job follow that event."""
+        try:
+            return self.polled > os.stat(path).st_mtime + 1.0
+        except OSError:
+            return False
+
     def find(self, name: str, index: int) -> Optional[str]:
         for job, (_, _, got) in self.jobs.items():
             if got == name and job.endswith("_%d" % index):
@@ -1477,6 +1485,8 @@ class Slurm:
                 return "starting", None, {}
             return "lost", "its submission to SLURM on %s was not accepted" % self.helper.host, {}
         state = self.jobs.get(job, ("", "", ""))[0]
+        if state == "PENDING" and started and not self.fresh(os.path.join(d, "started.json")):
+            state = "RUNNING"  # pending in a poll from before it started: not news
         if (state == "PENDING" and started) or state in SLURM_LOST:
             self.requeue_cancel(job)
             return "lost", "SLURM job %s was %s" % (job, "requeued" if state == "PENDING" else
@@ -1517,7 +1527,10 @@ class Slurm:
         says it was. ("exited" | "running" | "lost", why)."""
         d = self.helper.run_dir(run_id)
         job = (read_json(os.path.join(d, "slurm.json"))[0] or {}).get("job")
-        self.refresh()
+        if not self.fresh(os.path.join(d, "exit.json")):
+            self.refresh(force=True)
+            if not self.fresh(os.path.join(d, "exit.json")):
+                return "running", None  # SLURM's word on it is not in yet
         state = self.jobs.get(str(job), ("", "", ""))[0]
         if state == "PENDING" or state in SLURM_LOST:
             self.requeue_cancel(str(job))
