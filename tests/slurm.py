@@ -31,7 +31,7 @@ DEADLINE = 30.0
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CONF = """\
 ClusterName=labtasker
-SlurmctldHost={node}
+SlurmctldHost={node}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -62,7 +62,7 @@ MinJobAge=10
 InactiveLimit=0
 SchedulerParameters=sched_interval=1,sched_min_interval=0,batch_sched_delay=0
 SlurmdParameters=config_overrides
-NodeName={node} CPUs={cpus} RealMemory=1000 Gres=gpu:{gpu_type}:{gpus} State=UNKNOWN
+NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 Gres=gpu:{gpu_type}:{gpus}
 PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -76,6 +76,28 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return int(s.getsockname()[1])
+
+
+def _processes_of(base: Path) -> list[int]:
+    """The processes of the cluster in ``base``: its daemons run there (slurmctld's helper
+    slurmscriptd and slurmd's job step daemons too), and its jobs' scripts are kept there."""
+    found = []
+    for info in proc_table().values():
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{info.pid}/cwd") == str(base) or str(base) in info.cmdline:
+                found.append(info.pid)
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def remove_stale_clusters() -> None:
+    """Stop the daemons and delete the files of clusters left by test sessions that died."""
+    for path in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*-*"):
+        pid = path.name[len(DIR_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            for stale in _processes_of(path):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stale, signal.SIGKILL)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
@@ -153,6 +175,9 @@ class SlurmCluster:
     @classmethod
     def start(cls, hosts: SshdHosts, alias: str = "slurm") -> SlurmCluster:
         """Start munged, slurmctld and slurmd, and add the login host ``alias`` to ``hosts``."""
+        if os.geteuid() != 0:
+            raise RuntimeError("a private SLURM cluster needs root: slurmd starts jobs as a user")
+        remove_stale_clusters()
         base = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
         base.chmod(0o755)  # the users' sbatch reads slurm.conf and talks to the munge socket
         cluster = cls(dir=base, login=None)  # type: ignore[arg-type]  # set below
@@ -223,16 +248,10 @@ class SlurmCluster:
         return "\n".join(parts)
 
     def _leftovers(self) -> list[int]:
-        """Processes of the login user, and the job step daemons of this cluster's slurmd."""
-        found = []
-        for info in proc_table().values():
-            with contextlib.suppress(OSError):
-                ours = info.cmdline.startswith("slurmstepd") and (
-                    os.readlink(f"/proc/{info.pid}/cwd") == str(self.dir)
-                )
-                if ours or info.uid == self.login.uid:
-                    found.append(info.pid)
-        return [pid for pid in found if pid != os.getpid()]
+        """Processes of the login user (its own), and this cluster's job step daemons."""
+        table = proc_table().values()
+        mine = [p.pid for p in table if p.uid == self.login.uid and p.pid != os.getpid()]
+        return mine + _processes_of(self.dir)
 
     def close(self) -> None:
         """Cancel every job, stop slurmd, slurmctld and munged (by pid), delete the files.
@@ -252,7 +271,7 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self.login is not None and os.geteuid() == 0:
+        if self.login is not None:  # a user of its own: start() runs as root only
             for pid in self._leftovers():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
