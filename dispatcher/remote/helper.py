@@ -311,13 +311,14 @@ class Helper:
             rep["state"], rep["error"] = self.live_state(run_id, started)
             if rep["state"] in ("lost", "exited"):  # it may have finished between two looks
                 exit_info, exit_err = read_json(os.path.join(d, "exit.json"))
-        elif exit_info and exit_info.get("cancelled") and not os.path.exists(
-                os.path.join(d, "cancel.json")):  # fmt: skip
+        elif exit_info and (exit_info.get("cancelled") or exit_info.get("terminated")) and \
+                not os.path.exists(os.path.join(d, "cancel.json")):  # fmt: skip
             # Terminated, and not by us: a SLURM job's wrapper got SIGTERM. SLURM says why.
             sup = self.slurm_run(run_id, started or read_json(os.path.join(d, SUPERVISOR))[0])
             if sup is not None:
                 rep["state"], rep["error"] = self.slurm.refine(run_id, exit_info)
                 if rep["state"] != "exited":
+                    rep.update(self.slurm.describe(run_id))
                     return rep
                 with contextlib.suppress(OSError):
                     write_file(os.path.join(d, "exit.json"), exit_info, sync=True)
@@ -1071,9 +1072,11 @@ class Keeper:
         self.flags: Dict[int, bool] = {}
         self.me: Dict[str, Any] = {}
         self.wake = -1
+        self.terminated = False  # a SIGTERM came (SLURM ending the job): exit.json says so
 
     def on_signal(self, signum: int, frame: Any) -> None:
         self.flags[signum] = True
+        self.terminated = self.terminated or signum == signal.SIGTERM
 
     def detach(self) -> None:
         """Own session, stdio on /dev/null, no fds but its two pipes: the helper's pipes are
@@ -1244,7 +1247,8 @@ class Keeper:
             run.notes.append("%s (the task ended with %s)" % (full, sig or "exit %d" % code))
         info = {"exit_code": code, "signal": sig, "timed_out": run.timed_out,
                 "cancelled": run.cancelled, "started_at": run.started_at,
-                "finished_at": utc_now(), "error": "; ".join(run.notes) or None}  # fmt: skip
+                "finished_at": utc_now(), "error": "; ".join(run.notes) or None,
+                "terminated": self.terminated}  # fmt: skip
         try:  # into the reserve's blocks, then renamed: there is room even on a full disk
             write_file(run.path("exit.json"), info, sync=True, tmp=run.path("exit.reserve"))
         except OSError:  # the reserve is gone now: its room may be enough for a new file
