@@ -3,6 +3,8 @@ the scheduler places tasks when a cluster is among the hosts (core.scheduler rul
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from dispatcher.config.hosts import make_host
@@ -50,9 +52,11 @@ def test_a_cluster_host_needs_a_shared_workdir_and_no_gpu_settings() -> None:
 
 
 def test_sbatch_options_round_the_timeout_up_to_minutes_and_ask_gres_for_the_gpus() -> None:
-    base = dict(partition="gpu", account="lab", qos=None, constraint=None, gres="gpu:a100",
-                sbatch_args=("--mem=32G",), default_time=4 * 3600.0)  # fmt: skip
-    assert sbatch_options(**base, gpus=2, timeout=61) == [
+    options = functools.partial(
+        sbatch_options, partition="gpu", account="lab", qos=None, constraint=None,
+        gres="gpu:a100", sbatch_args=("--mem=32G",), default_time=4 * 3600.0,
+    )  # fmt: skip  # fmt: skip
+    assert options(gpus=2, timeout=61) == [
         "--partition=gpu",
         "--account=lab",
         "--time=2",
@@ -60,11 +64,11 @@ def test_sbatch_options_round_the_timeout_up_to_minutes_and_ask_gres_for_the_gpu
         "--mem=32G",
     ]
     # No --timeout: the host's `time`; no --gpus: one GPU where gres is set.
-    assert sbatch_options(**base, gpus=None, timeout=None)[2:4] == [
+    assert options(gpus=None, timeout=None)[2:4] == [
         "--time=240",
         "--gres=gpu:a100:1",
     ]
-    assert "--gres" not in " ".join(sbatch_options(**base, gpus=0, timeout=None))
+    assert "--gres" not in " ".join(options(gpus=0, timeout=None))
     assert [time_minutes(s) for s in (1, 60, 60.5, 3600)] == [1, 1, 2, 60]
 
 
