@@ -268,12 +268,12 @@ class HostCalls:
         if now - self._last_tails < self.options.tail_interval:
             return
         self._last_tails = now
+        by_host: dict[str, dict[str, int]] = {}
+        for t in self.state.active.values():  # one pass, not one per host
+            if t.host and t.run_id and t.state is S.RUNNING:
+                by_host.setdefault(t.host, {})[t.run_id] = t.id
         for name, hs in self.state.hosts.items():
-            runs = {
-                t.run_id: t.id
-                for t in self.state.active.values()
-                if t.host == name and t.run_id and t.state is S.RUNNING
-            }
+            runs = by_host.get(name)
             if runs and hs.session.up and not hs.tailing:
                 hs.tailing = True
                 self.jobs.spawn(self._tail_one(hs, runs))
@@ -324,6 +324,7 @@ class HostCalls:
             # Re-plan at once: pending tasks' reasons must say why the host failed, not the
             # "connecting" of the plan made before it did (dispatch may end on this tick).
             self.state.tick_now = True
+        self.write_status()  # `status` names a host that went down (or came up) now
         self.state.wake.set()
 
     async def _reconcile(self, hs: HostState) -> None:
@@ -336,9 +337,11 @@ class HostCalls:
         try:
             if runs:
                 reply = await hs.session.call("probe", runs=runs, timeout=60.0)
-                for report in (reply.get("runs") or {}).values():
-                    if isinstance(report, dict):
-                        self.reports.receive(name, report)
+                found = [r for r in (reply.get("runs") or {}).values() if isinstance(r, dict)]
+                for report in found:
+                    self.reports.receive(name, report)
+                plural = "" if len(found) == 1 else "s"
+                self.reporter.log(f"{name}: {len(found)} run{plural} re-adopted")
             if hs.session.spec.gpus != ():
                 await hs.session.refresh_gpus()
         except (ConnectionLostError, TransportError, ProtocolViolationError):
