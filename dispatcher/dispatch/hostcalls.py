@@ -293,7 +293,10 @@ class HostCalls:
             task_id = runs.get(run_id)
             if task_id in self.state.active and isinstance(line, str):
                 self.state.last_lines[task_id] = line
-        self.write_status()
+        # The last reply of the round writes the file: one write per round, not one per host
+        # (with 64 hosts, 32 rewrites of the whole file a second).
+        if not any(h.tailing for h in self.state.hosts.values()):
+            self.write_status()
 
     def write_status(self) -> None:
         """Rewrite the status file: last output lines and each host's GPU view."""
@@ -324,7 +327,7 @@ class HostCalls:
             # Re-plan at once: pending tasks' reasons must say why the host failed, not the
             # "connecting" of the plan made before it did (dispatch may end on this tick).
             self.state.tick_now = True
-        self.write_status()  # `status` names a host that went down (or came up) now
+            self.write_status()  # `status` names the host and why now
         self.state.wake.set()
 
     async def _reconcile(self, hs: HostState) -> None:
