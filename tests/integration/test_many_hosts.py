@@ -1,4 +1,5 @@
-"""Sixteen hosts, one unreachable and one stalled: the other fourteen are not slowed.
+"""Sixteen hosts, one unreachable and one stalled: the other fourteen are not slowed; and
+fourteen hosts behind one ProxyJump host stay within its sshd's MaxStartups.
 
 Sixteen sshd hosts of their own (started in parallel, one user behind all of them, as an NFS
 home is), not the session's standard ones. h15 refuses connections (its sshd is stopped); h16
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher.transport.transports import JUMP_HANDSHAKES
 from tests.integration.conftest import EXAMPLE, Lab, finish, wait
 from tests.sshd import HostPlan, SshdHost, SshdHosts, proc_table, sshd_binary
 
@@ -35,14 +37,22 @@ TASKS = 2 * len(HEALTHY)
 
 @pytest.fixture(scope="module")
 def sixteen() -> Iterator[SshdHosts]:
-    """Sixteen hosts (h1..h16) on their own loopback addresses, started in parallel."""
+    """Sixteen hosts (h1..h16) and `bastion` (MaxStartups 8:100:8), each on its own loopback
+    address, started in parallel."""
     if sshd_binary() is None:
         reason = "OpenSSH's sshd is not installed (apt-get install openssh-server openssh-client)"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(reason)
         pytest.skip(reason)
-    hosts = SshdHosts.start([HostPlan(f"h{i}", "m", None) for i in range(1, COUNT + 1)])
+    plans = [HostPlan(f"h{i}", "m", None) for i in range(1, COUNT + 1)]
+    hosts = SshdHosts.start([*plans, HostPlan("bastion", "m", None)])
     try:
+        bastion = hosts["bastion"]  # as a stock sshd, with a MaxStartups small enough to reach
+        text = bastion.config_path.read_text()
+        text = text.replace("MaxStartups 100:30:200", "MaxStartups 8:100:8")
+        bastion.config_path.write_text(text)
+        bastion.stop_listener()
+        bastion.start_listener()
         yield hosts
     finally:
         hosts.close()
@@ -130,3 +140,30 @@ def bad_host_lines(lab: Lab) -> dict[str, str] | None:
                 found[name] = line
     refused = "unreachable (" in found.get(REFUSING, "")
     return found if refused and "connecting for" in found.get(STALLED, "") else None
+
+
+def test_hosts_behind_one_jump_host_stay_within_its_max_startups(lab16: Lab) -> None:
+    # The bastion's sshd drops every unauthenticated connection beyond 8 (MaxStartups 8:100:8);
+    # dispatch connects to all 14 hosts behind it at once, but sets up at most
+    # JUMP_HANDSHAKES connections through it at a time.
+    assert JUMP_HANDSHAKES <= 8
+    bastion = lab16.hosts["bastion"]
+    vias = [f"via{i}" for i in range(1, len(HEALTHY) + 1)]
+    config = lab16.home / ".ssh" / "config"
+    blocks = "".join(
+        f"Host via{i}\n    HostName {h.address}\n    Port {h.port}\n    User {h.user}\n"
+        f"    IdentityFile {lab16.hosts.client_key}\n    IdentitiesOnly yes\n"
+        f"    UserKnownHostsFile {lab16.home / '.ssh' / 'known_hosts'}\n    ProxyJump bastion\n"
+        for i, h in enumerate((lab16.hosts[name] for name in HEALTHY), start=1)
+    )
+    config.write_text(blocks + config.read_text())
+    log_start = len(bastion.log_text())
+    toml = lab16.hosts_toml(*vias)
+    ids = lab16.add_cmd('echo "task %{i} on $EXPERIMENT_HOST"', "--grid", f"i={','.join(vias)}")
+    done = lab16.run("dispatch", "--hosts", str(toml))
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert {t["state"] for t in lab16.tasks()} == {"succeeded"} and len(ids) == len(vias)
+    # Every host connected at its first attempt: none was dropped and retried.
+    about_hosts = [line for line in done.stdout.splitlines() if line.startswith("via")]
+    assert sorted(about_hosts) == sorted(f"{v}: connected" for v in vias), done.stdout
+    assert "past MaxStartups" not in bastion.log_text()[log_start:]
