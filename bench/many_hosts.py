@@ -34,6 +34,8 @@ from common import (
     run_cli,
 )
 
+from dispatcher.transport.transports import JUMP_HANDSHAKES
+
 HOSTS, SLOTS, FEW = 64, 8, 4
 #: Tasks running when dispatch is killed: the issue asks for at least 500.
 LONG_TASKS = HOSTS * SLOTS
@@ -356,7 +358,9 @@ def _notes(r: dict[str, float], rates: dict[str, list[float]]) -> list[str]:
     notes = [
         f"Connections are opened in parallel, one per host: no host's sshd sees more than one"
         f" unauthenticated connection from dispatch, far below OpenSSH's default MaxStartups"
-        f" (10). The key exchange and login cost the controller {r['connect_cpu'] * 1000:.0f} ms"
+        f" (10); through one ProxyJump host it sets up at most {JUMP_HANDSHAKES} at a time"
+        " (`tests/integration/test_many_hosts.py`). The key exchange and login cost the"
+        f" controller {r['connect_cpu'] * 1000:.0f} ms"
         f" of CPU per connection ({conns:.1f} s for {HOSTS}, on its one event-loop thread); one"
         f" connection takes {r['connect_each'] * 1000:.0f} ms end to end, {HOSTS} at once"
         f" {r['connect_all']:.1f} s.",
@@ -367,6 +371,11 @@ def _notes(r: dict[str, float], rates: dict[str, list[float]]) -> list[str]:
         f" {r['first_every_host']:.1f} s. Connecting and reattaching are bound by the machine's"
         " CPU, not by the controller; on real servers each host's share runs on that host.",
     ]
+    notes.append(
+        f"Compare the {HOSTS}-host and {FEW}-host figures within this section: they ran"
+        " interleaved on the same hosts. Absolute rates depend on what else ran on this shared"
+        " machine at the time (the throughput section's 4-host figure is from another run)."
+    )
     readopt, reconnect = Stats.of(rates["readopt"]).median, Stats.of(rates["reconnect"]).median
     if readopt >= 10:
         notes.append(
