@@ -268,12 +268,12 @@ class HostCalls:
         if now - self._last_tails < self.options.tail_interval:
             return
         self._last_tails = now
+        by_host: dict[str, dict[str, int]] = {}
+        for t in self.state.active.values():  # one pass, not one per host
+            if t.host and t.run_id and t.state is S.RUNNING:
+                by_host.setdefault(t.host, {})[t.run_id] = t.id
         for name, hs in self.state.hosts.items():
-            runs = {
-                t.run_id: t.id
-                for t in self.state.active.values()
-                if t.host == name and t.run_id and t.state is S.RUNNING
-            }
+            runs = by_host.get(name)
             if runs and hs.session.up and not hs.tailing:
                 hs.tailing = True
                 self.jobs.spawn(self._tail_one(hs, runs))
@@ -293,7 +293,10 @@ class HostCalls:
             task_id = runs.get(run_id)
             if task_id in self.state.active and isinstance(line, str):
                 self.state.last_lines[task_id] = line
-        self.write_status()
+        # The last reply of the round writes the file: one write per round, not one per host
+        # (with 64 hosts, 32 rewrites of the whole file a second).
+        if not any(h.tailing for h in self.state.hosts.values()):
+            self.write_status()
 
     def write_status(self) -> None:
         """Rewrite the status file: last output lines and each host's GPU view."""
@@ -324,6 +327,7 @@ class HostCalls:
             # Re-plan at once: pending tasks' reasons must say why the host failed, not the
             # "connecting" of the plan made before it did (dispatch may end on this tick).
             self.state.tick_now = True
+            self.write_status()  # `status` names the host and why now
         self.state.wake.set()
 
     async def _reconcile(self, hs: HostState) -> None:
@@ -336,9 +340,11 @@ class HostCalls:
         try:
             if runs:
                 reply = await hs.session.call("probe", runs=runs, timeout=60.0)
-                for report in (reply.get("runs") or {}).values():
-                    if isinstance(report, dict):
-                        self.reports.receive(name, report)
+                found = [r for r in (reply.get("runs") or {}).values() if isinstance(r, dict)]
+                for report in found:
+                    self.reports.receive(name, report)
+                plural = "" if len(found) == 1 else "s"
+                self.reporter.log(f"{name}: {len(found)} run{plural} re-adopted")
             if hs.session.spec.gpus != ():
                 await hs.session.refresh_gpus()
         except (ConnectionLostError, TransportError, ProtocolViolationError):
