@@ -70,19 +70,29 @@ def test_max_running_holds_across_arrays(lab: Lab, cluster: SlurmCluster) -> Non
         assert sum(1 for o in runs if o["start"] <= r["start"] < o["end"]) <= 2
 
 
-def test_cancel_scancels_a_running_job_and_a_pending_one(lab: Lab, cluster: SlurmCluster) -> None:
-    # 4 GPUs: the fifth task waits in SLURM (Resources), and says so.
+def test_pending_reasons_show_and_cancel_scancels_every_job(
+    lab: Lab, cluster: SlurmCluster
+) -> None:
+    # 4 GPUs: the fifth task waits in SLURM for Resources, the sixth (another array) behind it
+    # for Priority; each says so in `queue ls` and `status`.
     ids = lab.add_cmd(SLEEPER, "--grid=s=300,301,302,303,304", "--gpus", "1")
+    ids += lab.add_cmd(SLEEPER, '--args={"s": 305}', "--gpus", "2")
     proc = lab.start("dispatch", "--hosts", str(cluster_hosts(lab, cluster)))
-    wait(lambda: sum(t["job_id"] is not None for t in lab.tasks()) == 5, "5 jobs submitted")
-    pending = wait(
-        lambda: [t for t in lab.tasks() if "pending (Resources)" in (t["reason"] or "")],
-        "a SLURM pending reason on a task", timeout=60,
-    )  # fmt: skip
-    assert isinstance(pending, list) and len(pending) == 1
-    assert pending[0]["reason"] == f"SLURM job {pending[0]['job_id']} pending (Resources)"
-    shown = lab.ok("queue", "ls")
-    assert "pending (Resources)" in shown
+    wait(lambda: sum(t["job_id"] is not None for t in lab.tasks()) == 6, "6 jobs submitted")
+
+    def reasons() -> dict[int, str] | None:
+        got = {t["id"]: t["reason"] for t in lab.tasks() if t["reason"]}
+        return got if len(got) == 2 else None
+
+    waiting = wait(reasons, "SLURM's pending reasons on two tasks", timeout=60)
+    assert isinstance(waiting, dict)
+    jobs = {t["id"]: t["job_id"] for t in lab.tasks()}
+    assert waiting == {
+        ids[4]: f"SLURM job {jobs[ids[4]]} pending (Resources)",
+        ids[5]: f"SLURM job {jobs[ids[5]]} pending (Priority)",
+    }
+    assert "pending (Resources)" in lab.ok("queue", "ls")
+    assert f"{jobs[ids[5]]} pending (Priority)" in lab.ok("status")
     lab.ok("queue", "cancel", *map(str, ids))
     code, out, err = finish(proc, timeout=120)
     assert code == 0, (out, err)
