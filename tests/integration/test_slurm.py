@@ -191,3 +191,21 @@ def test_logs_follow_reads_the_job_output(lab: Lab, cluster: SlurmCluster) -> No
     assert follow.stdout.splitlines()[-2:] == ["first", "second"]
     code, out, err = finish(proc, timeout=60)
     assert code == 0, (out, err)
+
+
+def test_one_queue_feeds_ssh_hosts_and_a_cluster(lab: Lab, cluster: SlurmCluster) -> None:
+    ids = lab.add("--grid=p1=1,2,3,4,5,6,7,8", '--args={"p2": "x", "p3": 1}', "--gpus", "1",
+                  sleep=1.0)  # fmt: skip
+    text = cluster_hosts(lab, cluster).read_text()
+    hosts = lab.write_hosts(
+        f'[hosts.gpu1]\nworkdir = "{lab.shared}"\nenv = {{ EXPERIMENT_HOST = "gpu1" }}\n\n' + text
+    )
+    done = lab.run("dispatch", "--hosts", str(hosts), timeout=180)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    tasks = lab.tasks()
+    assert {t["state"] for t in tasks} == {"succeeded"}
+    by_host = {h: [t for t in tasks if t["host"] == h] for h in ("gpu1", "slurm")}
+    assert by_host["gpu1"] and by_host["slurm"], done.stderr  # the SSH host first, then the cluster
+    assert all(t["job_id"] for t in by_host["slurm"])
+    assert not any(t["job_id"] for t in by_host["gpu1"])
+    assert sorted(int(r["task_id"]) for r in lab.records()) == sorted(ids)
