@@ -209,3 +209,32 @@ def test_one_queue_feeds_ssh_hosts_and_a_cluster(lab: Lab, cluster: SlurmCluster
     assert all(t["job_id"] for t in by_host["slurm"])
     assert not any(t["job_id"] for t in by_host["gpu1"])
     assert sorted(int(r["task_id"]) for r in lab.records()) == sorted(ids)
+
+
+def test_a_node_taken_down_loses_the_run_and_retries_it(lab: Lab, cluster: SlurmCluster) -> None:
+    (task_id,) = lab.add_cmd("echo start $LABTASKER_RUN_ID; sleep %{s}", '--args={"s": 8}')
+    proc = lab.start("dispatch", "--hosts", str(cluster_hosts(lab, cluster)))
+    wait(lambda: "start" in lab.run("logs", str(task_id)).stdout, "the task started")
+    first = lab.task(task_id)
+    cluster.admin("scontrol", "update", f"nodename={cluster.node}", "state=down", "reason=test")
+    code, out, err = finish(proc, timeout=120)
+    assert code == 0, (out, err)
+    task = lab.task(task_id)
+    assert task["state"] == "succeeded" and task["run_id"] != first["run_id"], out
+    shown = json.loads(lab.ok("queue", "show", str(task_id), "--json"))
+    lost, retried = shown["attempts"]  # a lost run, then the retry: no failed attempt
+    assert lost["run_id"] == first["run_id"] and "was requeued" in lost["reason"], lost
+    assert retried["exit_code"] == 0 and task["max_attempts"] == 1
+
+
+def test_a_dependent_is_submitted_once_its_dependency_succeeded(
+    lab: Lab, cluster: SlurmCluster
+) -> None:
+    (first,) = lab.add("--grid=p1=1", '--args={"p2": "a", "p3": 1}', sleep=3)
+    (second,) = lab.add("--grid=p1=2", '--args={"p2": "b", "p3": 1}', "--after", str(first))
+    done = lab.run("dispatch", "--hosts", str(cluster_hosts(lab, cluster)), timeout=120)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    runs = {int(r["task_id"]): r for r in lab.records()}
+    assert runs[second]["start"] >= runs[first]["end"]
+    jobs = {t["id"]: t["job_id"] for t in lab.tasks()}
+    assert jobs[first] and jobs[second] and jobs[first] != jobs[second]
