@@ -77,7 +77,7 @@ def test_a_cancel_of_ours_reads_as_cancelled(tmp_path: Path) -> None:
 
 
 TERMINATED = {"exit_code": -15, "signal": "SIGTERM", "cancelled": True, "terminated": True,
-              "timed_out": False, "error": None, "started_at": None, "finished_at": None}  # fmt: skip
+              "timed_out": False, "error": None}  # fmt: skip
 
 
 @pytest.mark.parametrize(
