@@ -91,7 +91,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 #: Must equal dispatcher.remote.protocol.PROTOCOL_VERSION (a unit test checks).
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 INLINE_LOG_LIMIT = 64 * 1024
 #: Bytes of a failed run's output end sent with its report (what classifies the failure).
 LOG_TAIL = 4096

@@ -27,7 +27,7 @@ from functools import cache
 from importlib import resources
 
 #: Bumped whenever a message changes shape; the controller refuses a helper with another version.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 #: Reports of runs whose log is at most this size carry the log inline.
 INLINE_LOG_LIMIT = 64 * 1024
