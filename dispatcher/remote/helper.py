@@ -1493,8 +1493,7 @@ class Slurm:
             state = "RUNNING"  # pending in a poll from before it started: not news
         if (state == "PENDING" and started) or state in SLURM_LOST:
             self.requeue_cancel(job)
-            return "lost", "SLURM job %s was %s" % (job, "requeued" if state == "PENDING" else
-                                                   state.lower().replace("_", " ")), {}  # fmt: skip
+            return "lost", slurm_lost(job, state), {}
         if state in SLURM_FAILED:
             cancelled = state == "CANCELLED" and os.path.exists(os.path.join(d, "cancel.json"))
             why = None if cancelled else "%s (SLURM job %s)" % (SLURM_FAILED[state], job)
@@ -1538,8 +1537,7 @@ class Slurm:
         state = self.jobs.get(str(job), ("", "", ""))[0]
         if state == "PENDING" or state in SLURM_LOST:
             self.requeue_cancel(str(job))
-            return "lost", "SLURM job %s was %s" % (job, "requeued" if state == "PENDING" else
-                                                   state.lower().replace("_", " "))  # fmt: skip
+            return "lost", slurm_lost(str(job), state)
         if state in SLURM_LIVE and time.time() - self.polled < 600:
             return "running", None  # SLURM has not said yet why it ended the job
         why = (
@@ -1569,6 +1567,15 @@ class Slurm:
                 if not os.path.exists(os.path.join(d, "exit.json")):
                     write_file(os.path.join(d, "exit.json"), info, sync=True)
         return "signalled"
+
+
+def slurm_lost(job: str, state: str) -> str:
+    """Why a run whose job SLURM took from its node (or requeued: pending again) is lost."""
+    if state == "PENDING":
+        return "SLURM job %s was requeued" % job
+    if state == "PREEMPTED":
+        return "SLURM job %s was preempted" % job
+    return "SLURM job %s ended as %s (its node or SLURM failed it)" % (job, state)
 
 
 def _slurm_spec(raw: Any) -> Dict[str, Any]:

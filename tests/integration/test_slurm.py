@@ -238,3 +238,16 @@ def test_a_dependent_is_submitted_once_its_dependency_succeeded(
     assert runs[second]["start"] >= runs[first]["end"]
     jobs = {t["id"]: t["job_id"] for t in lab.tasks()}
     assert jobs[first] and jobs[second] and jobs[first] != jobs[second]
+
+
+def test_a_submission_the_cluster_refuses_fails_the_task_with_its_line(
+    lab: Lab, cluster: SlurmCluster
+) -> None:
+    (task_id,) = lab.add_cmd("echo never", "--gpus", "0")
+    hosts = cluster_hosts(lab, cluster, partition="nosuch")
+    done = lab.run("dispatch", "--hosts", str(hosts), timeout=120)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    task = lab.task(task_id)
+    assert task["state"] == "failed", task
+    assert "sbatch on" in task["reason"] and "invalid partition" in task["reason"], task
+    assert "Traceback" not in done.stdout + done.stderr

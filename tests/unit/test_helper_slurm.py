@@ -46,7 +46,7 @@ def test_a_job_taken_from_its_node_is_lost(tmp_path: Path, state: str) -> None:
     helper = run_dir(tmp_path, started=True)
     squeue_says(helper, state)
     rep = helper.report("r1", [1 << 20])
-    assert rep["state"] == "lost" and state.lower().replace("_", " ") in rep["error"]
+    assert rep["state"] == "lost" and state.replace("PREEMPTED", "preempted") in rep["error"]
     assert rep["job_id"] == JOB
 
 
