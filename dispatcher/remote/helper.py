@@ -1391,10 +1391,24 @@ class Slurm:
                 continue
             groups.setdefault(tuple(opts["sbatch"]), []).append((run_id, spec))
         size = self.max_array_size()
+        if groups:
+            self.prune()
         for opts_key, runs in groups.items():
             for start in range(0, len(runs), size):
                 out.update(self.submit_array(list(opts_key), runs[start : start + size]))
         return out
+
+    def prune(self) -> None:
+        """Remove the scripts, run lists and SLURM output files of arrays a week old that
+        squeue no longer lists (their runs' records live in their run dirs)."""
+        live = {name for _, _, name in self.jobs.values()}
+        old = time.time() - 7 * 86400
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.dir):
+                name = re.sub(r"(_\d+\.out|\.sh|\.json)$", "", entry.name)
+                with contextlib.suppress(OSError):
+                    if name not in live and entry.stat().st_mtime < old:
+                        os.unlink(entry.path)
 
     def submit_array(self, opts: List[str], runs: List[Tuple[str, Dict[str, Any]]]
                      ) -> Dict[str, Any]:  # fmt: skip

@@ -117,3 +117,20 @@ def test_a_job_gone_from_squeue_for_two_polls_without_a_record_is_lost(tmp_path:
     helper.slurm.missing[JOB] = 2
     rep = helper.report("r1", [1 << 20])
     assert rep["state"] == "lost" and "gone from squeue" in rep["error"]
+
+
+def test_old_array_files_go_and_live_ones_stay(tmp_path: Path) -> None:
+    helper = Helper(str(tmp_path))
+    folder = Path(helper.slurm.dir)
+    folder.mkdir()
+    week = time.time() - 8 * 86400
+    for name in ("labtasker-old", "labtasker-live", "labtasker-new"):
+        for suffix in (".sh", ".json", "_0.out"):
+            (folder / f"{name}{suffix}").write_text("x")
+            if name != "labtasker-new":
+                os.utime(folder / f"{name}{suffix}", (week, week))
+    helper.slurm.jobs = {"9_0": ("RUNNING", "None", "labtasker-live")}
+    helper.slurm.prune()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        f"{n}{s}" for n in ("labtasker-live", "labtasker-new") for s in (".sh", ".json", "_0.out")
+    )
