@@ -183,12 +183,12 @@ def test_timeout_is_exact_and_the_slurm_time_limit_kills_too(
 
 def test_logs_follow_reads_the_job_output(lab: Lab, cluster: SlurmCluster) -> None:
     (task_id,) = lab.add_cmd("echo first; sleep 3; echo second", "--gpus", "0")
-    hosts = cluster_hosts(lab, cluster)
+    hosts = cluster_hosts(lab, cluster, setup="echo from setup")  # the setup line runs too
     proc = lab.start("dispatch", "--hosts", str(hosts))
     wait(lambda: lab.task(task_id)["state"] in ("running", "succeeded"), "the job submitted")
     follow = lab.run("logs", str(task_id), "--follow", "--hosts", str(hosts), timeout=120)
     assert follow.returncode == 0, (follow.stdout, follow.stderr)
-    assert follow.stdout.splitlines()[-2:] == ["first", "second"]
+    assert follow.stdout.splitlines()[-3:] == ["from setup", "first", "second"]
     code, out, err = finish(proc, timeout=60)
     assert code == 0, (out, err)
 
