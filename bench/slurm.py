@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -26,7 +27,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import Config, Row, Section, Stats, cli_argv, cli_env, interrupt, poll, ratio, run_cli
+from common import (
+    Config,
+    Row,
+    Section,
+    Stats,
+    cli_argv,
+    cli_env,
+    fmt_seconds,
+    interrupt,
+    poll,
+    ratio,
+    run_cli,
+)
 
 from dispatcher.store.queue import Store
 from tests.slurm import SlurmCluster, slurm_installed
@@ -37,9 +50,12 @@ HELD = 200  # tasks queued while SLURM commands are counted
 HOLD = "--begin=now+1hour"
 COMMANDS = ("sbatch", "squeue", "scontrol", "scancel")
 REAL_MAX_ARRAY = 1001  # SLURM's default MaxArraySize
-SHIM = """#!/bin/sh
-echo "{name} $(date +%s.%N)" >> {log}
-exec {real} "$@"
+SHIM = """#!/bin/bash
+start=$EPOCHREALTIME
+{real} "$@"
+rc=$?
+echo "{name} $start $EPOCHREALTIME" >> {log}
+exit $rc
 """
 COMMAND = "python3 bench/run.py --splice --only slurm"
 
@@ -58,14 +74,15 @@ class Bench:
     def user(self) -> str:
         return self.cluster.login.user
 
+    def logged(self) -> list[tuple[str, float, float]]:
+        """(command, start, end) of each SLURM command the shims ran (time.time())."""
+        return [
+            (n, float(a), float(b)) for n, a, b in map(str.split, self.log.read_text().splitlines())
+        ]
+
     def calls(self, since: float = 0.0, until: float = math.inf) -> Counter[str]:
-        """The SLURM commands the shims logged between two times (time.time())."""
-        counted: Counter[str] = Counter()
-        for line in self.log.read_text().splitlines():
-            name, _, stamp = line.partition(" ")
-            if since <= float(stamp) < until:
-                counted[name] += 1
-        return counted
+        """The SLURM commands the shims logged as started between two times (time.time())."""
+        return Counter(name for name, start, _ in self.logged() if since <= start < until)
 
     def listed(self, prefix: str) -> int:
         """Our jobs' elements squeue lists (as root: not counted) whose name starts so."""
@@ -141,6 +158,7 @@ class Dispatched:
     at: float  # time.time() when all were listed
     proc: subprocess.Popen[bytes]
     recorded: float = 0.0  # s from dispatch starting until every task has its job id
+    sbatch: tuple[float, float, float] = (0.0, 0.0, 0.0)  # see sbatch_times
 
 
 def dispatch_held(b: Bench, n: int, tag: str) -> Dispatched:
@@ -153,7 +171,7 @@ def dispatch_held(b: Bench, n: int, tag: str) -> Dispatched:
     run_cli(db, "queue", "add", f"--grid=i={','.join(map(str, range(n)))}", "--", "true",
             "%{i}", home=b.home, cwd=work)  # fmt: skip
     toml = b.hosts_toml(work, str(work / "cluster"))
-    start = time.perf_counter()
+    start, wall = time.perf_counter(), time.time()
     proc = subprocess.Popen(
         cli_argv(db, "dispatch", "--hosts", str(toml)), env=cli_env(b.home), cwd=work,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -163,10 +181,21 @@ def dispatch_held(b: Bench, n: int, tag: str) -> Dispatched:
         d = Dispatched(time.perf_counter() - start, b.calls(), time.time(), proc)
         poll(lambda: job_ids(db) == n, f"{n} job ids recorded", 300)
         d.recorded = time.perf_counter() - start
+        d.sbatch = sbatch_times(b, wall)
     except BaseException:
         interrupt(proc, 30)
         raise
     return d
+
+
+def sbatch_times(b: Bench, wall: float) -> tuple[float, float, float]:
+    """(s from ``wall`` to the first sbatch, s from the first sbatch starting to the last one
+    ending, s of that spent in sbatch itself)."""
+    runs = [(start, end) for name, start, end in b.logged() if name == "sbatch"]
+    if not runs:
+        return (0.0, 0.0, 0.0)
+    first, last = runs[0][0], max(end for _, end in runs)
+    return (first - wall, last - first, sum(end - start for start, end in runs))
 
 
 def job_ids(db: Path) -> int:
@@ -181,6 +210,7 @@ class Submission:
     hand: list[float] = field(default_factory=list)
     listed: list[float] = field(default_factory=list)  # labtasker, until squeue lists all
     recorded: list[float] = field(default_factory=list)  # labtasker, until all job ids kept
+    sbatch: list[tuple[float, float, float]] = field(default_factory=list)  # sbatch_times
     hand_calls: Counter[str] = field(default_factory=Counter)
     ours_calls: Counter[str] = field(default_factory=Counter)
 
@@ -196,6 +226,7 @@ def submission(b: Bench, runs: int) -> Submission:
         interrupt(d.proc, 60)
         got.listed.append(d.listed)
         got.recorded.append(d.recorded)
+        got.sbatch.append(d.sbatch)
         got.ours_calls = d.calls
         b.clear()
     return got
@@ -251,6 +282,7 @@ def run(cfg: Config) -> Section:
 def _fill(section: Section, got: Submission, per_min: float, held_calls: Counter[str],
           window: float) -> None:  # fmt: skip
     hand, listed, recorded = Stats.of(got.hand), Stats.of(got.listed), Stats.of(got.recorded)
+    first, span, busy = ([t[k] for t in got.sbatch] for k in range(3))
     arrays = math.ceil(SWEEP / 8)
     real = math.ceil(SWEEP / REAL_MAX_ARRAY)
     ours_n, hand_n = sum(got.ours_calls.values()), sum(got.hand_calls.values())
@@ -259,6 +291,9 @@ def _fill(section: Section, got: Submission, per_min: float, held_calls: Counter
             vs=ratio(listed.median, hand.median, higher_is_better=False)),
         Row("labtasker: ... and every task's job id in the queue", recorded, "s",
             vs=ratio(recorded.median, hand.median, higher_is_better=False)),
+        Row("labtasker: dispatch start to its first sbatch", Stats.of(first), "s"),
+        Row("labtasker: first sbatch to last (the helper submitting)", Stats.of(span), "s",
+            note=f"of which in sbatch itself: median {fmt_seconds(statistics.median(busy))}"),
         Row(f"by hand: {SWEEP:,} x sbatch --wrap over one SSH login", hand, "s"),
         Row("labtasker: SLURM commands for the sweep", Stats.of([ours_n]), "",
             vs=f"{hand_n / ours_n:.1f}x fewer" if ours_n else "", note=_fmt(got.ours_calls)),
@@ -267,16 +302,29 @@ def _fill(section: Section, got: Submission, per_min: float, held_calls: Counter
         Row(f"SLURM commands per minute, {HELD} tasks queued", Stats.of([per_min]), "/min",
             target="<= 4", met=per_min <= 4, note=f"{_fmt(held_calls)} in {window:.0f} s"),
     ]  # fmt: skip
+    per_task = (statistics.median(span) - statistics.median(busy)) / SWEEP
     section.notes += [
         f"MaxArraySize is 8 on the test cluster, so labtasker needs {arrays} arrays (one "
         f"`sbatch` each) for {SWEEP:,} tasks with equal options. SLURM's default MaxArraySize "
         f"is {REAL_MAX_ARRAY}: on such a cluster the same sweep is {real} sbatch call"
         f"{'s' if real > 1 else ''} ({arrays // real}x fewer than here), against {SWEEP:,} by "
         "hand.",
-        "Command counts are from the last run of each; the helper also runs one `scontrol "
-        "show config` (MaxArraySize) per connection and one `squeue` of all our jobs per "
-        "poll; the hand loop counts only its `sbatch` calls (a user would also check squeue).",
+        "Command counts are from the last run of each: the helper runs one `scontrol show "
+        "config` (MaxArraySize) per connection, one `sbatch` per array and one `squeue` of all "
+        "our jobs per poll; the hand loop counts only its `sbatch` calls (a user would also "
+        "check squeue). Each shim is a bash script: both sides pay its start per command.",
+        "Where labtasker's time goes: before the first sbatch, the CLI start, the queue read, "
+        f"the SSH login and the helper's start; then the helper prepares each task's run "
+        f"directory on the shared workdir (about {per_task * 1000:.1f} ms a task here, the "
+        "time between sbatch calls: a few file creations and renames, which cost more on a "
+        "network file system) and runs one sbatch per array. The job ids of a round's launch "
+        "replies are written to the queue in one statement after the round's moves.",
+        "Polling: the helper runs `squeue` only when the controller asks for reports, and at "
+        "most once per `poll_interval`, so polls are at least 30 s apart (at most 2 a minute) "
+        f"whatever the number of queued tasks; while the {HELD} tasks waited the shims saw "
+        f"{_fmt(held_calls)} in {window:.0f} s.",
         f"Machine: {os.cpu_count()} cores shared by slurmctld, slurmd, sshd, the helper and the "
-        "controller; the cluster's 16 CPUs are declared, not real. Absolute times on a real "
-        "cluster depend on slurmctld's load; the command counts do not.",
+        "controller (and other work on this machine: the by-hand loop varies most); the "
+        "cluster's 16 CPUs are declared, not real. Absolute times on a real cluster depend on "
+        "slurmctld's load and the file system; the command counts do not.",
     ]
