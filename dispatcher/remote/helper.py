@@ -10,7 +10,9 @@ It owns STATE_DIR/runs/<run_id>/ (supervisor.json, started.json, exit.reserve, e
 output.log, result.json, cancel.json, and cmd.sh for a script too long for an argument; dirs 0700,
 files 0600), STATE_DIR/spare/ (ended run dirs that new runs reuse, see Spares) and STATE_DIR/fence/
 (one generation per queue and host, see Fence), STATE_DIR/store/ and STATE_DIR/cwd/ (shipped
-project snapshots and the runs' working directories, see Store), and answers one JSON request
+project snapshots and the runs' working directories, see Store), STATE_DIR/slurm/ (on a SLURM
+cluster's login node: each job array's script, run list and job id, see Slurm), and answers one
+JSON request
 per stdin line with one JSON reply line on stdout.
 Tasks run under the helper's *keeper*: one process forked at the first launch, in a session of its
 own, that starts every task, enforces timeouts and cancels and records exits (see Keeper). Tasks
@@ -47,6 +49,9 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
           hash and publishes the blob.
   gc      {"queue": key, "needed": [sha256], "keep": s, "grace": s} -> {"runs", "snapshots",
           "blobs", "bytes"}: removes what no queue needs (see Store.gc).
+A launch spec's "slurm" ({"sbatch": [long options], "poll": s, "time_limit": s | null}) submits
+the run to SLURM in a job array instead (launch's reply then has "job_id"); REPORTs of such runs
+add job_id, job_state and job_reason (squeue's). See Slurm.
 A launch spec's "snapshot" (a sha256, present on the host) runs the task in STATE_DIR/cwd/
 <run_id>/, a directory of symlinks to the snapshot's top-level entries (see Store).
 A bad request gets {"ok": false, "error": text}; an unparsable line gets "id": null.
@@ -1303,7 +1308,8 @@ class Slurm:
     """The runs of a ``kind = "slurm"`` host: submitted by sbatch as job arrays (one per set of
     equal sbatch options), watched through one ``squeue`` of all our jobs every ``poll`` s.
 
-    A run's record (supervisor.json: {"slurm": job name, "index"}; slurm.json: {"job": "J_I"})
+    A run's record (supervisor.json: {"slurm": array name, "index", "spec"}; the array's job id
+    in slurm/NAME.job)
     lives in the run dir on the shared file system; the wrapper on the compute node
     (``slurm_element``) writes started.json and exit.json there, and exit.json is the truth for
     the outcome. A job whose sbatch reply was lost is found by its name before anything is
@@ -1320,6 +1326,7 @@ class Slurm:
         self.missing: Dict[str, int] = {}  # job -> polls in a row it was not listed in
         self.requeued: Dict[str, None] = {}  # requeued jobs scancelled by us
         self.max_array: Optional[int] = None
+        self.arrays: Dict[str, Optional[str]] = {}  # array name -> its job id (slurm/NAME.job)
 
     def run(self, argv: List[str]) -> Tuple[int, str, str]:
         try:
@@ -1405,7 +1412,7 @@ class Slurm:
         old = time.time() - 7 * 86400
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.dir):
-                name = re.sub(r"(_\d+\.out|\.sh|\.json)$", "", entry.name)
+                name = re.sub(r"(_\d+\.out|\.sh|\.json|\.job)$", "", entry.name)
                 with contextlib.suppress(OSError):
                     if name not in live and entry.stat().st_mtime < old:
                         os.unlink(entry.path)
@@ -1417,42 +1424,64 @@ class Slurm:
         name = "labtasker-" + hashlib.sha256(
             "\n".join(r for r, _ in runs).encode()).hexdigest()[:16]  # fmt: skip
         members: List[str] = []
-        for run_id, spec in runs:
-            try:
-                if spec["snapshot"]:
-                    with h.store.locked():
-                        spec["workdir"] = h.store.workdir(run_id, spec["snapshot"])
-                sup = json.dumps({"slurm": name, "index": len(members)}).encode()
-                with h.fence.held(h.host) if h.fence else contextlib.nullcontext():
-                    made = h.spares.publish(h.run_dir(run_id), sup)
-                if not made:
-                    out[run_id] = {"status": "exists", "run": h.report(run_id, [0])}
-                    continue
-                write_file(os.path.join(h.run_dir(run_id), "spec.json"), spec)
-            except Superseded:
-                h.running = False
-                raise
-            except (OSError, BadRequest) as exc:
-                out[run_id] = {"status": "error", "error": "cannot prepare run %s on %s: %s"
-                               % (run_id, h.host, exc)}  # fmt: skip
-                continue
-            members.append(run_id)
+        try:  # one fence check for the array: a superseded helper submits nothing
+            with h.fence.held(h.host) if h.fence else contextlib.nullcontext():
+                for run_id, spec in runs:
+                    if self.publish(name, run_id, spec, len(members), out):
+                        members.append(run_id)
+        except Superseded:
+            h.running = False
+            raise
         if not members:
             return out
         job, error = self.sbatch(name, opts, members)
         for n, run_id in enumerate(members):
-            d = h.run_dir(run_id)
-            if job is None:
-                shutil.rmtree(d, ignore_errors=True)  # nothing submitted: the id may be reused
+            if job is None:  # nothing submitted: the id may be reused
+                shutil.rmtree(h.run_dir(run_id), ignore_errors=True)
                 out[run_id] = {"status": "error", "error": error}
                 continue
             element = "%s_%d" % (job, n)
-            with contextlib.suppress(OSError):
-                write_file(os.path.join(d, "slurm.json"), {"job": element})
             self.jobs.setdefault(element, ("PENDING", "None", name))
             h.adopted[run_id] = None
             out[run_id] = {"status": "started", "pid": None, "job_id": element}
         return out
+
+    def publish(self, name: str, run_id: str, spec: Dict[str, Any], index: int,
+                out: Dict[str, Any]) -> bool:  # fmt: skip
+        """Publish one run's dir, its spec in supervisor.json; False (``out`` says why) if not."""
+        h = self.helper
+        try:
+            if spec["snapshot"]:
+                with h.store.locked():
+                    spec["workdir"] = h.store.workdir(run_id, spec["snapshot"])
+            sup = json.dumps({"slurm": name, "index": index, "spec": spec}).encode()
+            if h.spares.publish(h.run_dir(run_id), sup):
+                return True
+            out[run_id] = {"status": "exists", "run": h.report(run_id, [0])}
+        except (OSError, BadRequest) as exc:
+            out[run_id] = {"status": "error", "error": "cannot prepare run %s on %s: %s"
+                           % (run_id, h.host, exc)}  # fmt: skip
+        return False
+
+    def job_of(self, run_id: str, sup: Optional[Dict[str, Any]] = None) -> Optional[str]:
+        """The job ("J_I") of a run: its array's job id (slurm/NAME.job) and its index."""
+        if sup is None:
+            sup = read_json(os.path.join(self.helper.run_dir(run_id), SUPERVISOR))[0] or {}
+        name, index = sup.get("slurm"), sup.get("index")
+        if not isinstance(name, str) or not isinstance(index, int):
+            return None
+        job = self.arrays.get(name)
+        if job is None:
+            with contextlib.suppress(OSError), open(os.path.join(self.dir, name + ".job")) as f:
+                text = f.read().strip()
+                job = self.arrays[name] = text if _JOB_ID.fullmatch(text) else None
+        return None if job is None else "%s_%d" % (job, index)
+
+    def record_job(self, name: str, job: str) -> None:
+        """slurm/NAME.job: the array's job id, once sbatch (or squeue, after a lost reply) said."""
+        self.arrays[name] = job
+        with contextlib.suppress(OSError):
+            write_file(os.path.join(self.dir, name + ".job"), job.encode())
 
     def sbatch(self, name: str, opts: List[str], runs: List[str]
                ) -> Tuple[Optional[str], Optional[str]]:  # fmt: skip
@@ -1471,12 +1500,14 @@ class Slurm:
         code, out, err = self.run(argv)
         job = out.strip().split(";")[0]
         if code == 0 and _JOB_ID.fullmatch(job):
+            self.record_job(name, job)
             return job, None
         for _ in range(3):  # its reply may be lost while the job was queued: look first
             self.tried = 0.0
             self.refresh()
             found = self.find(name, 0)
             if found:
+                self.record_job(name, found.split("_")[0])
                 return found.split("_")[0], None
             time.sleep(1.0)
         return None, "sbatch on %s failed: %s" % (self.helper.host, (err or out)[-500:])
@@ -1489,13 +1520,11 @@ class Slurm:
         """A SLURM run without exit.json: (state, why, exit info to record or {})."""
         d = self.helper.run_dir(run_id)
         self.refresh()
-        job = (read_json(os.path.join(d, "slurm.json"))[0] or {}).get("job")
-        name = sup.get("slurm")
-        if not isinstance(job, str) and isinstance(name, str):
+        job, name = self.job_of(run_id, sup), sup.get("slurm")
+        if job is None and isinstance(name, str):
             job = self.find(name, int(sup.get("index") or 0))
-            if job:  # submitted, its reply lost before it was recorded
-                with contextlib.suppress(OSError):
-                    write_file(os.path.join(d, "slurm.json"), {"job": job})
+            if job:  # submitted, and the helper ended before it recorded sbatch's reply
+                self.record_job(name, job.split("_")[0])
         started = os.path.exists(os.path.join(d, "started.json"))
         if not isinstance(job, str):
             age = time.time() - os.stat(d).st_mtime
@@ -1525,8 +1554,7 @@ class Slurm:
         """REPORT fields of a SLURM run: job_id, job_state and job_reason (squeue's)."""
         if not self.jobs and not self.polled:
             return {}  # this helper has nothing to do with SLURM
-        job = (read_json(os.path.join(self.helper.run_dir(run_id), "slurm.json"))[0] or {}).get(
-            "job")  # fmt: skip
+        job = self.job_of(run_id)
         if not isinstance(job, str):
             return {}
         state, reason, _ = self.jobs.get(job, ("", "", ""))
@@ -1543,7 +1571,7 @@ class Slurm:
         """An exit record of a task SLURM terminated (SIGTERM, no cancel of ours): what SLURM
         says it was. ("exited" | "running" | "lost", why)."""
         d = self.helper.run_dir(run_id)
-        job = (read_json(os.path.join(d, "slurm.json"))[0] or {}).get("job")
+        job = self.job_of(run_id)
         if not self.fresh(os.path.join(d, "exit.json")):
             self.refresh(force=True)
             if not self.fresh(os.path.join(d, "exit.json")):
@@ -1567,7 +1595,7 @@ class Slurm:
         """Cancel a run: the wrapper is told (SIGUSR1: it reads cancel.json, TERMs the task,
         KILLs after the grace and records the exit); a job still pending is removed."""
         d = self.helper.run_dir(run_id)
-        job = (read_json(os.path.join(d, "slurm.json"))[0] or {}).get("job")
+        job = self.job_of(run_id)
         if not isinstance(job, str) or not _JOB_ID.fullmatch(job):
             return "exited"
         if started and not again:
@@ -1629,7 +1657,7 @@ def slurm_element(state_dir: str, name: str) -> None:
         sys.exit("labtasker: run %s does not belong to %s_%d" % (run_id, name, index))
     if any(os.path.exists(os.path.join(d, f)) for f in ("started.json", "exit.json")):
         sys.exit("labtasker: run %s has started before: not run again" % run_id)
-    spec = read_json(os.path.join(d, "spec.json"))[0] or {}
+    spec = sup.get("spec") or {}
     gpus = os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS")
     if gpus and not os.environ.get("CUDA_VISIBLE_DEVICES"):
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # SLURM without device cgroups leaves it unset

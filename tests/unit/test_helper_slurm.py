@@ -23,7 +23,8 @@ def run_dir(tmp_path: Path, *, started: bool, exit_info: dict[str, object] | Non
     d = Path(helper.run_dir("r1"))
     d.mkdir(parents=True)
     (d / "supervisor.json").write_text(json.dumps({"slurm": "labtasker-x", "index": 0}))
-    (d / "slurm.json").write_text(json.dumps({"job": JOB}))
+    Path(helper.slurm.dir).mkdir(exist_ok=True)
+    (Path(helper.slurm.dir) / "labtasker-x.job").write_text(JOB.split("_")[0])
     if started:
         info = {"slurm_job": JOB, "pid": 42, "started_at": "2026-12-03T10:00:00Z"}
         (d / "started.json").write_text(json.dumps(info))
@@ -123,6 +124,8 @@ def test_old_array_files_go_and_live_ones_stay(tmp_path: Path) -> None:
     helper = Helper(str(tmp_path))
     folder = Path(helper.slurm.dir)
     folder.mkdir()
+    (folder / "labtasker-old.job").write_text("8")
+    os.utime(folder / "labtasker-old.job", (time.time() - 8 * 86400,) * 2)
     week = time.time() - 8 * 86400
     for name in ("labtasker-old", "labtasker-live", "labtasker-new"):
         for suffix in (".sh", ".json", "_0.out"):
