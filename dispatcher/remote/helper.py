@@ -42,9 +42,10 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
           snapshots/<sha256> is there (materialised now if every blob is), else {"store": id,
           "complete": false, "missing": [the sha256 of up to 20000 blobs it lacks; the
           manifest, itself a blob, is asked first]}. id: the store's (see Store).
-  put     {"blobs": [[sha256, offset, base64 of zlib data, last, "z"|"raw"]]} -> {"stored": n}:
-          pieces of blobs ("raw": not compressed), appended in order; the last one checks the
-          hash and publishes the blob.
+  put     PAYLOAD_MARK line {"blobs": [[sha256, offset, size, last, "z"|"raw"]]}, then the
+          pieces' bytes -> {"stored": n}: pieces of blobs, each ``size`` bytes of the payload
+          in turn (zlib data, or "raw"), appended in order; the last one checks the hash and
+          publishes the blob.
   gc      {"queue": key, "needed": [sha256], "keep": s, "grace": s} -> {"runs", "snapshots",
           "blobs", "bytes"}: removes what no queue needs (see Store.gc).
 A launch spec's "snapshot" (a sha256, present on the host) runs the task in STATE_DIR/cwd/
@@ -91,7 +92,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 #: Must equal dispatcher.remote.protocol.PROTOCOL_VERSION (a unit test checks).
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 INLINE_LOG_LIMIT = 64 * 1024
 #: Bytes of a failed run's output end sent with its report (what classifies the failure).
 LOG_TAIL = 4096
@@ -100,6 +101,8 @@ REPLY_INLINE_BUDGET = 1024 * 1024
 RESULT_LIMIT = 256 * 1024
 READ_LIMIT = 1024 * 1024
 MAX_REQUEST = 4 * 1024 * 1024
+#: Starts a request line followed by binary bytes: ``#payload N {json}\n`` then N bytes.
+PAYLOAD_MARK = b"#payload "
 GPU_QUERY_TIMEOUT = 15.0
 ADOPTED_POLL_S = 0.5
 LOST_AFTER_S = 60.0
@@ -121,6 +124,9 @@ _SPARE_RESET = {"exit.json": "exit.reserve", "started.json": "started.json.tmp"}
 SUPERVISOR = "supervisor.json"
 OPS = ("ping", "gpus", "launch", "launches", "probe", "kill", "read", "tail", "cleanup", "check",
        "snapshot", "put", "gc")  # fmt: skip
+#: A ``put`` of at most this many pieces fsyncs each blob it completes; a larger one calls
+#: sync() once (cheaper for many files; but it also flushes others' data, slow for one file).
+FSYNC_MAX = 16
 #: Blob names a ``snapshot`` reply lists at most (the controller asks again after sending).
 MISSING_LIMIT = 20000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -245,7 +251,9 @@ class Helper:
         self.adopted: Dict[str, None] = {}  # other live runs: polled every ADOPTED_POLL_S
         self.next_poll = 0.0
         self.queries: List[GpuQuery] = []
-        self.inbuf, self.discarding, self.running = b"", False, True
+        self.inbuf, self.discarding, self.running = bytearray(), False, True
+        self.scanned = 0  # bytes of inbuf known to hold no newline
+        self.waiting: Optional[Tuple[Optional[bytes], int]] = None  # a line, its payload size
         self.out: List[bytes] = []  # lines for stdout, written by flush()
         self.umask = 0o022
         self.sel: selectors.BaseSelector = selectors.DefaultSelector()
@@ -563,7 +571,7 @@ class Helper:
 
     def op_put(self, req: Dict[str, Any]) -> Dict[str, Any]:
         with self.store.locked():
-            return {"stored": self.store.put(req.get("blobs"))}
+            return {"stored": self.store.put(req.get("blobs"), req.get("payload"))}
 
     def op_gc(self, req: Dict[str, Any]) -> Dict[str, Any]:
         queue, needed = req.get("queue"), req.get("needed")
@@ -615,8 +623,9 @@ class Helper:
         except OSError:
             self.running = False  # the controller is gone
 
-    def handle_line(self, line: bytes) -> None:
-        """Answer one request line; nothing in it can end the helper."""
+    def handle_line(self, line: bytes, payload: Optional[bytes] = None) -> None:
+        """Answer one request line (its ``payload`` bytes once they have arrived, see
+        on_stdin); nothing in it can end the helper."""
         req_id: Any = None
         op: Any = None
         try:
@@ -627,6 +636,7 @@ class Helper:
             if not isinstance(req, dict):
                 raise BadRequest("a request must be a JSON object, not %s" % type(req).__name__)
             req_id, op = req.get("id"), req.get("op")
+            req["payload"] = payload
             if op not in OPS:
                 raise BadRequest("unknown op %r; known ops: %s" % (op, ", ".join(OPS)))
             result = getattr(self, "op_" + op)(req)
@@ -641,20 +651,60 @@ class Helper:
         self.send(reply)
 
     def on_stdin(self) -> None:
+        """Read requests: JSON lines; a line that starts with ``PAYLOAD_MARK`` N is followed
+        by N bytes (at most MAX_REQUEST) of binary payload, handed to its op with it."""
         try:
-            data = os.read(0, 65536)
+            data = os.read(0, 1 << 20)
         except OSError:
             data = b""
         self.running = self.running and bool(data)
-        lines = (self.inbuf + data).split(b"\n")
-        self.inbuf = lines.pop()
-        for line in lines:
-            if not self.discarding:
+        buf = self.inbuf
+        buf += data
+        while True:
+            if self.waiting is not None:  # a line whose payload is still arriving
+                line, need = self.waiting
+                if line is None:  # a refused payload's bytes: dropped as they come
+                    drop = min(need, len(buf))
+                    del buf[:drop]
+                    self.waiting = (None, need - drop) if need > drop else None
+                    if self.waiting is None:
+                        continue
+                    break
+                if len(buf) < need:
+                    break
+                with memoryview(buf) as view:
+                    payload = bytes(view[:need])
+                del buf[:need]
+                self.waiting = None
+                if line is not None:
+                    self.handle_line(line, payload)
+                continue
+            nl = buf.find(b"\n", self.scanned)
+            if nl < 0:
+                self.scanned = len(buf)
+                break
+            line, self.scanned = bytes(buf[:nl]), 0
+            del buf[: nl + 1]
+            if self.discarding:
+                self.discarding = False
+            elif line.startswith(PAYLOAD_MARK):
+                self.expect_payload(line)
+            else:
                 self.handle_line(line)
-            self.discarding = False
-        if len(self.inbuf) > MAX_REQUEST:  # answer once now, drop the rest of that line
-            self.inbuf, self.discarding = b"", True
+        if self.waiting is None and len(buf) > MAX_REQUEST:  # answer once, drop the line's rest
+            self.inbuf, self.discarding, self.scanned = bytearray(), True, 0
             self.send({"id": None, "ok": False, "error": "a request over %d bytes" % MAX_REQUEST})
+
+    def expect_payload(self, line: bytes) -> None:
+        """``PAYLOAD_MARK`` N, then the request's JSON: wait for its N payload bytes."""
+        head, _, rest = line[len(PAYLOAD_MARK):].partition(b" ")  # fmt: skip
+        size = int(head) if head.isdigit() and len(head) < 12 else -1
+        if 0 <= size <= MAX_REQUEST:
+            self.waiting = (rest, size)
+            return
+        if size > MAX_REQUEST:
+            self.waiting = (None, size)  # skip its bytes: the stream stays in step
+        self.send({"id": None, "ok": False, "error": "a payload over %d bytes" % MAX_REQUEST})
 
     def service(self) -> None:
         """Everything that is not a readable fd: ended supervisors, adopted runs, gpu queries."""
@@ -1665,7 +1715,7 @@ def expand_dir(path: Optional[str]) -> str:
 
 class Store:
     """STATE_DIR/store: blobs/<aa>/<sha256> (0444, written to tmp/, renamed once the hash checks
-    and the data is on disk: one sync per ``put`` request), snapshots/<id>/ (a tree
+    and the data is on disk: one sync per large ``put`` request, an fsync per blob in a small one), snapshots/<id>/ (a tree
     materialised from the manifest blob <id>, renamed into
     place whole once every blob is there, then read-only), needs/<queue> (the snapshots a queue
     still needs, for clean-up), id (names the store: two hosts on one home give the same one).
@@ -1678,6 +1728,7 @@ class Store:
         self.work = os.path.join(state_dir, "cwd")
         self.runs = os.path.join(state_dir, "runs")
         self.hashing: Dict[str, Any] = {}  # sha256 -> the hash of its part file so far
+        self.manifests: Dict[str, List[List[Any]]] = {}  # checked manifests, the last 8
         self.made = False  # the store's directories exist (made once per helper)
 
     def ensure(self) -> None:
@@ -1717,43 +1768,76 @@ class Store:
     def snapshot(self, sha: str) -> str:
         return os.path.join(self.dir, "snapshots", sha)
 
-    def put(self, items: Any) -> int:
-        """Append each piece [sha, offset, base64 of zlib data, last] to its blob's part file;
-        the last piece checks the hash and publishes the blob. Returns the blobs completed."""
-        if not isinstance(items, list) or len(items) > 10000:
-            raise BadRequest("blobs must be a list of [sha256, offset, data, last]")
+    def put(self, items: Any, payload: Any) -> int:
+        """Append each piece [sha, offset, size, last, "z"|"raw"] (its ``size`` bytes taken in
+        turn from the request's payload; "z": zlib data) to its blob's part file; the last
+        piece checks the hash and publishes the blob. Returns the blobs completed."""
+        ok = isinstance(items, list) and len(items) <= 10000 and isinstance(payload, bytes)
+        if not ok or not all(isinstance(i, list) and len(i) == 5 and _sha(i[0])
+                             and type(i[1]) is int and type(i[2]) is int and i[2] >= 0
+                             and i[4] in ("z", "raw") for i in items):  # fmt: skip
+            raise BadRequest("put needs blobs [[sha256, offset, size, last, z|raw]] and the"
+                             " pieces' bytes as its payload")  # fmt: skip
+        if sum(i[2] for i in items) != len(payload):
+            raise BadRequest("put: the pieces' sizes do not add up to the payload's")
+        view, at = memoryview(payload), 0
         checked: Dict[str, str] = {}  # blob -> its part file, complete and hash-checked
-        for item in items:
-            if not (isinstance(item, list) and len(item) in (4, 5) and _sha(item[0])
-                    and isinstance(item[1], int) and isinstance(item[2], str)
-                    and item[4:] in ([], ["z"], ["raw"])):  # fmt: skip
-                raise BadRequest("a blob piece must be [sha256, offset, base64, last, z|raw]")
-            part = self.put_piece(item[0], item[1], item[2], item[3] is True, item[4:] != ["raw"])
+        few = len(items) <= FSYNC_MAX  # each complete file fsynced; else one sync for all
+        for sha, offset, size, last, enc in items:
+            data = view[at : at + size]
+            part = self.put_piece(sha, offset, data, last is True, enc == "z", few)
+            at += size
             if part:
-                checked[item[0]] = part
-        if checked:
+                checked[sha] = part
+        if checked and not few:
             os.sync()  # one flush for the request, not an fsync per file: then the renames
         for sha, part in checked.items():
-            os.makedirs(os.path.dirname(self.blob(sha)), 0o700, exist_ok=True)
-            os.replace(part, self.blob(sha))
+            try:
+                os.replace(part, self.blob(sha))
+            except FileNotFoundError:  # the first blob of its directory
+                os.makedirs(os.path.dirname(self.blob(sha)), 0o700, exist_ok=True)
+                os.replace(part, self.blob(sha))
         return len(checked)
 
-    def put_piece(self, sha: str, offset: int, data: str, last: bool, z: bool) -> Optional[str]:
+    def put_piece(
+        self, sha: str, offset: int, data: Any, last: bool, z: bool, sync: bool
+    ) -> Optional[str]:
         """Append one piece (zlib-compressed when ``z``); the part file once the last piece
-        has checked, else None."""
+        has checked (on disk first when ``sync``), else None."""
         if os.path.exists(self.blob(sha)):
             return None  # another host of this store (a shared home) wrote it meanwhile
-        inflate = zlib.decompressobj()
-        raw = base64.b64decode(data)
-        raw = inflate.decompress(raw, MAX_REQUEST) if z else raw
-        if z and inflate.unconsumed_tail:
-            raise BadRequest("blob %s: a piece inflates past %d bytes" % (sha, MAX_REQUEST))
+        raw = data
+        if z:
+            inflate = zlib.decompressobj()
+            raw = inflate.decompress(data, MAX_REQUEST)
+            if inflate.unconsumed_tail:
+                raise BadRequest("blob %s: a piece inflates past %d bytes" % (sha, MAX_REQUEST))
         part = os.path.join(self.dir, "tmp", "%s.%d.part" % (sha, os.getpid()))
+        if offset == 0 and last:  # a whole blob: checked before anything is written
+            self.hashing.pop(sha, None)
+            got = hashlib.sha256(raw).hexdigest()
+            if got != sha:
+                raise BadRequest("blob %s arrived corrupted (sha256 %s): send it again"
+                                 % (sha, got))  # fmt: skip
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            try:
+                fd = os.open(part, flags, 0o444)
+            except FileExistsError:  # left by an earlier helper with this pid (read-only)
+                os.unlink(part)
+                fd = os.open(part, flags, 0o444)
+            try:
+                write_all(fd, raw)
+                if sync:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            return part
         fd = os.open(part, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if offset == 0 else 0), 0o600)
         try:
-            if os.fstat(fd).st_size != offset:
+            have = os.fstat(fd).st_size
+            if have != offset:
                 raise BadRequest("blob %s: piece at %d, have %d bytes: send it again from 0"
-                                 % (sha, offset, os.fstat(fd).st_size))  # fmt: skip
+                                 % (sha, offset, have))  # fmt: skip
             if offset == 0:
                 self.hashing[sha] = hashlib.sha256()
             elif sha not in self.hashing:  # a part left by an earlier helper with this pid
@@ -1761,6 +1845,8 @@ class Store:
                                  % (sha, offset))  # fmt: skip
             os.lseek(fd, offset, os.SEEK_SET)
             write_all(fd, raw)
+            if sync and last:
+                os.fdatasync(fd)
         finally:
             os.close(fd)
         h = self.hashing[sha]  # hashed as it arrives: the file is not read back
@@ -1776,6 +1862,10 @@ class Store:
         return part
 
     def manifest(self, sha: str) -> List[List[Any]]:
+        """The checked rows of manifest blob ``sha`` (kept for the next request: a blob never
+        changes)."""
+        if sha in self.manifests:
+            return self.manifests[sha]
         with open(self.blob(sha), "rb") as f:
             doc = json.loads(f.read().decode("ascii"))
         rows = doc.get("files") if isinstance(doc, dict) and doc.get("version") == 1 else None
@@ -1785,6 +1875,9 @@ class Store:
             ok = isinstance(row, list) and len(row) == 4 and row[1] in ("f", "x", "l")
             if not (ok and isinstance(row[0], str) and _sha(row[3]) and _rel(row[0])):
                 raise BadRequest("snapshot %s: bad manifest entry %.80r" % (sha, row))
+        if len(self.manifests) >= 8:
+            self.manifests.pop(next(iter(self.manifests)))
+        self.manifests[sha] = rows
         return rows
 
     def materialise(self, sha: str) -> Dict[str, Any]:
@@ -1795,23 +1888,16 @@ class Store:
         if not os.path.exists(self.blob(sha)):
             return {"complete": False, "missing": [sha]}
         rows = self.manifest(sha)
-        missing = sorted({r[3] for r in rows if not os.path.exists(self.blob(r[3]))})
+        blobs = os.path.join(self.dir, "blobs", "")
+        have = os.path.exists
+        missing = sorted({r[3] for r in rows if not have("%s%s/%s" % (blobs, r[3][:2], r[3]))})
         if missing:
             return {"complete": False, "missing": missing[:MISSING_LIMIT]}
         tmp = os.path.join(self.dir, "tmp", "%s.%d.tree" % (sha, os.getpid()))
         if os.path.lexists(tmp):
             remove_all(tmp)
         os.mkdir(tmp, 0o700)
-        made = {tmp}
-        for path, mode, _, blob in rows:
-            dest = os.path.join(tmp, path)
-            if os.path.dirname(dest) not in made:
-                os.makedirs(os.path.dirname(dest), 0o700, exist_ok=True)
-                made.add(os.path.dirname(dest))
-            self.place(dest, mode, self.blob(blob))
-        for root, dirs, _ in os.walk(tmp, topdown=False):
-            for d in dirs:
-                os.chmod(os.path.join(root, d), 0o555)
+        self.fill(tmp, rows, blobs)
         try:  # the tree appears whole, or not at all (moving a directory needs it writable)
             os.rename(tmp, self.snapshot(sha))
         except OSError:
@@ -1821,14 +1907,30 @@ class Store:
         os.chmod(self.snapshot(sha), 0o555)
         return {"complete": True, "files": len(rows)}
 
-    def place(self, dest: str, mode: str, blob: str) -> None:
+    def fill(self, tmp: str, rows: List[List[Any]], blobs: str) -> None:
+        """Place every file of ``rows`` under ``tmp``, then make its directories read-only."""
+        made = {""}
+        link = os.geteuid() != 0
+        for path, mode, _, blob in rows:
+            parent = path.rpartition("/")[0]
+            if parent not in made:
+                os.makedirs("%s/%s" % (tmp, parent), 0o700, exist_ok=True)
+                while parent not in made:
+                    made.add(parent)
+                    parent = parent.rpartition("/")[0]
+            self.place("%s/%s" % (tmp, path), mode, "%s%s/%s" % (blobs, blob[:2], blob), link)
+        for d in made:
+            if d:
+                os.chmod("%s/%s" % (tmp, d), 0o555)
+
+    def place(self, dest: str, mode: str, blob: str, link: bool) -> None:
         if mode == "l":
             with open(blob, "rb") as f:
                 os.symlink(f.read(), dest)
             return
         # A hard link: the tree costs no second copy. Not for root, whom 0444 does not stop:
         # a task writing into its tree would change the blob every later snapshot links to.
-        if mode == "f" and os.geteuid() != 0:
+        if mode == "f" and link:
             with contextlib.suppress(OSError):
                 return os.link(blob, dest)
         shutil.copyfile(blob, dest)

@@ -2,8 +2,9 @@
 
 The host keeps a content-addressed store (the helper's ``Store``). ``Shipper.ensure`` asks the
 host for the snapshot (``snapshot``: complete, or the blobs it lacks, the manifest first), sends
-only those, zlib-compressed in pieces well below the helper's 4 MiB request cap (``put``), and
-asks again until the host has materialised the tree. Nothing here is resumed by bookkeeping: a
+only those, in pieces (zlib level 1 where it pays) packed many to a ``put`` request whose bytes
+travel as a binary payload below the helper's 4 MiB cap, two requests in flight, and asks again
+until the host has materialised the tree. Nothing here is resumed by bookkeeping: a
 transfer cut by a dropped connection or a killed controller simply asks again, and blobs the
 host already holds are not sent twice. Hosts that share one store (one NFS home) report the same
 store id: one snapshot is shipped to such a store by one host at a time, so each blob crosses once
@@ -13,7 +14,6 @@ store id: one snapshot is shipped to such a store by one host at a time, so each
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 #: Raw bytes of one blob piece (each compressed on its own).
 PIECE = 1024 * 1024
-#: Base64 bytes gathered into one ``put`` request (the helper refuses lines over 4 MiB).
+#: Payload bytes gathered into one ``put`` request (the helper refuses payloads over 4 MiB).
 REQUEST_BUDGET = 3 * 1024 * 1024
 #: ``put`` requests sent and not yet answered, at most.
 IN_FLIGHT = 2
@@ -49,7 +49,7 @@ CALL_TIMEOUT = 600.0
 @dataclass
 class Shipped:
     """What one ensure sent: the tree's files (the manifest not counted), the bytes of every
-    blob sent (before compression), and their base64 text on the wire."""
+    blob sent (before compression), and the bytes on the wire (after)."""
 
     blobs: int = 0
     bytes: int = 0
@@ -70,7 +70,7 @@ class Shipper:
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._cache: dict[tuple[str, int], tuple[str, str]] = {}  # (blob, offset) -> piece
+        self._cache: dict[tuple[str, int], tuple[bytes, str]] = {}  # (blob, offset) -> piece
         self._cached = 0
         self._active = 0  # ensures in progress
         #: (host, boot id, helper pid) and a snapshot it reported complete. Only the clean-up
@@ -105,10 +105,12 @@ class Shipper:
         # Hosts on one shared home report one store: one of them sends, the others then find
         # the snapshot complete.
         lock = self._locks.setdefault((reply["store"], snapshot), asyncio.Lock())
+        waited = lock.locked()
         async with lock:
             sent, allowed = Shipped(), {snapshot}
-            for _ in range(ROUNDS):
-                reply = await session.call("snapshot", snapshot=snapshot, timeout=CALL_TIMEOUT)
+            for n in range(ROUNDS):
+                if n or waited:  # after sending; or another host of this store may have sent
+                    reply = await session.call("snapshot", snapshot=snapshot, timeout=CALL_TIMEOUT)
                 if reply["complete"]:
                     return sent
                 missing = reply["missing"]
@@ -133,9 +135,9 @@ class Shipper:
                 f"snapshot {snapshot[:12]} is not in {self.blobs.dir}: {err}"
             ) from None
 
-    def _encode(self, name: str, offset: int, raw: bytes) -> tuple[str, str]:
-        """A piece as base64 text, zlib-compressed unless its first 2 KiB do not (data
-        that is compressed already or random: compressing costs CPU and saves nothing).
+    def _encode(self, name: str, offset: int, raw: bytes) -> tuple[bytes, str]:
+        """A piece as sent, zlib-compressed (level 1) unless its first 2 KiB do not shrink
+        (data that is compressed already or random: compressing costs CPU and saves nothing).
         Remembered for the next hosts (up to ``CACHE_BYTES``)."""
         key = (name, offset)
         if key in self._cache:
@@ -143,7 +145,7 @@ class Shipper:
         sample = raw[:SAMPLE]
         squeezed = len(zlib.compress(sample, 1)) < 0.9 * len(sample)
         body = zlib.compress(raw, 1) if squeezed else raw
-        got = (base64.b64encode(body).decode("ascii"), "z" if squeezed else "raw")
+        got = (body, "z" if squeezed else "raw")
         if self._cached + len(got[0]) <= CACHE_BYTES:
             self._cache[key] = got
             self._cached += len(got[0])
@@ -155,6 +157,7 @@ class Shipper:
         """Send blobs ``names`` (the manifest, stored apart on the laptop, is ``snapshot``) in
         ``put`` requests of at most ``REQUEST_BUDGET`` bytes of pieces."""
         batch: list[list[object]] = []
+        parts: list[bytes] = []
         inflight: list[asyncio.Task[Any]] = []
         size = 0
         try:
@@ -162,15 +165,16 @@ class Shipper:
                 for offset, raw, last in self._pieces(name, snapshot):
                     data, enc = self._encode(name, offset, raw)
                     if batch and size + len(data) > REQUEST_BUDGET:
-                        await self._put(session, batch, inflight)
-                        batch, size = [], 0
-                    batch.append([name, offset, data, last, enc])
+                        await self._put(session, batch, parts, inflight)
+                        batch, parts, size = [], [], 0
+                    batch.append([name, offset, len(data), last, enc])
+                    parts.append(data)
                     size += len(data)
                     sent.bytes += len(raw)
                     sent.wire += len(data)
                 sent.blobs += name != snapshot  # the manifest is not one of the tree's files
             if batch:
-                await self._put(session, batch, inflight)
+                await self._put(session, batch, parts, inflight)
             await asyncio.gather(*inflight)
         finally:
             for task in inflight:
@@ -195,13 +199,18 @@ class Shipper:
                 offset += len(raw)
 
     async def _put(
-        self, session: HostSession, batch: list[list[object]], inflight: list[asyncio.Task[Any]]
+        self,
+        session: HostSession,
+        batch: list[list[object]],
+        parts: list[bytes],
+        inflight: list[asyncio.Task[Any]],
     ) -> None:
-        """Send one ``put``, keeping ``IN_FLIGHT`` at most unanswered: the host writes one
-        request while the next is encoded and on its way."""
+        """Send one ``put`` (its pieces' bytes as the payload), keeping ``IN_FLIGHT`` at most
+        unanswered: the host writes one request while the next is read and on its way."""
         while len(inflight) >= IN_FLIGHT:
             await inflight.pop(0)
-        call = session.call("put", blobs=batch, timeout=CALL_TIMEOUT)
+        payload = b"".join(parts)
+        call = session.call("put", blobs=batch, payload=payload, timeout=CALL_TIMEOUT)
         inflight.append(asyncio.ensure_future(call))
 
 
