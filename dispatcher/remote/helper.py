@@ -1715,8 +1715,8 @@ def expand_dir(path: Optional[str]) -> str:
 
 class Store:
     """STATE_DIR/store: blobs/<aa>/<sha256> (0444, written to tmp/, renamed once the hash checks
-    and the data is on disk: one sync per large ``put`` request, an fsync per blob in a small one), snapshots/<id>/ (a tree
-    materialised from the manifest blob <id>, renamed into
+    and the data is on disk: one sync per large ``put`` request, an fsync per blob in a small
+    one), snapshots/<id>/ (a tree materialised from the manifest blob <id>, renamed into
     place whole once every blob is there, then read-only), needs/<queue> (the snapshots a queue
     still needs, for clean-up), id (names the store: two hosts on one home give the same one).
     STATE_DIR/cwd/<run_id>/ is a run's working directory: one symlink per top-level entry of its
