@@ -30,7 +30,8 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
           The task sees LABTASKER_RESULT (write a JSON object there), LABTASKER_RUN_ID,
           LABTASKER_RUN_DIR and LABTASKER_TASK_ID, and the umask the helper was started with.
   launches {"runs": [{"run_id", "spec"}]} -> {"runs": {run_id: launch's reply |
-          {"status": "error", "error": text}}}: many launches in one request.
+          {"status": "error", "error": text, "snapshot_missing": true when the spec's
+          snapshot is not on the host}}}: many launches in one request.
   probe   {"runs": [run_id]} -> {"runs": {run_id: REPORT}}; starting/running ones are watched.
   kill    {"run_id", "grace": s} -> {"status": "signalled" | "absent" | "exited"}
   read    {"run_id", "offset", "size" <= 1 MiB} -> {"data": base64, "size": log size now}
@@ -374,6 +375,8 @@ class Helper:
                 why = str(exc) if isinstance(exc, BadRequest) else "%s: %s" % (
                     type(exc).__name__, exc)  # fmt: skip
                 out[run_id] = {"status": "error", "error": why}
+                if isinstance(exc, SnapshotMissing):  # removed by a clean-up: send it again
+                    out[run_id]["snapshot_missing"] = True
         return {"runs": out}
 
     def supervisor(self) -> bytes:
@@ -1941,7 +1944,8 @@ class Store:
         run's start costs the same whatever the tree's file count); its path."""
         tree = self.snapshot(sha)
         if not os.path.isdir(tree):
-            raise BadRequest("snapshot %s is not on this host: it is sent before its runs" % sha)
+            raise SnapshotMissing("snapshot %s is not on this host: it is sent before its runs"
+                                  % sha)  # fmt: skip
         work = os.path.join(self.work, run_id)
         os.makedirs(work, 0o700, exist_ok=True)
         for name in os.listdir(tree):
@@ -1996,6 +2000,10 @@ class Store:
             if os.lstat(os.path.join(self.dir, "tmp", name)).st_mtime < young:
                 remove_all(os.path.join(self.dir, "tmp", name))
         return out
+
+
+class SnapshotMissing(BadRequest):
+    """A launch's snapshot is not (or no longer: a clean-up) on this host."""
 
 
 def _sha(value: Any) -> bool:

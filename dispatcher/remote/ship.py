@@ -127,6 +127,11 @@ class Shipper:
             host=session.name,
         )
 
+    def forget(self, session: HostSession, snapshot: str) -> None:
+        """The host said ``snapshot`` is missing (a clean-up removed it): ask again next time."""
+        helper = (session.name, session.hello.get("boot_id"), session.hello.get("pid"))
+        self._complete.discard((helper, snapshot))
+
     def _manifest(self, snapshot: str) -> tuple[Entry, ...]:
         try:
             return parse_manifest(self.blobs.manifest_path(snapshot).read_bytes())

@@ -172,6 +172,7 @@ def _launch_reply(host: str, run: str, got: Any) -> dict[str, Any]:
         out["run"] = check_report(host, got.get("run"), (run,), where)
     elif got["status"] == "error":
         out["error"] = text(host, f"{where}: error", got.get("error"))
+        out["snapshot_missing"] = got.get("snapshot_missing") is True
     return out
 
 
