@@ -46,6 +46,10 @@ ROUNDS = 50
 CALL_TIMEOUT = 600.0
 
 
+#: A piece of a blob as sent: offset, bytes on the wire, "z" (zlib) or "raw", last, raw size.
+Piece = tuple[int, bytes, str, bool, int]
+
+
 @dataclass
 class Shipped:
     """What one ensure sent: the tree's files (the manifest not counted), the bytes of every
@@ -70,7 +74,7 @@ class Shipper:
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._cache: dict[tuple[str, int], tuple[bytes, str]] = {}  # (blob, offset) -> piece
+        self._cache: dict[str, list[Piece]] = {}  # blob -> its pieces as sent
         self._cached = 0
         self._active = 0  # ensures in progress
         #: (host, boot id, helper pid) and a snapshot it reported complete. Only the clean-up
@@ -140,21 +144,13 @@ class Shipper:
                 f"snapshot {snapshot[:12]} is not in {self.blobs.dir}: {err}"
             ) from None
 
-    def _encode(self, name: str, offset: int, raw: bytes) -> tuple[bytes, str]:
+    def _encode(self, raw: bytes) -> tuple[bytes, str]:
         """A piece as sent, zlib-compressed (level 1) unless its first 2 KiB do not shrink
-        (data that is compressed already or random: compressing costs CPU and saves nothing).
-        Remembered for the next hosts (up to ``CACHE_BYTES``)."""
-        key = (name, offset)
-        if key in self._cache:
-            return self._cache[key]
+        (data that is compressed already or random: compressing costs CPU and saves nothing)."""
         sample = raw[:SAMPLE]
-        squeezed = len(zlib.compress(sample, 1)) < 0.9 * len(sample)
-        body = zlib.compress(raw, 1) if squeezed else raw
-        got = (body, "z" if squeezed else "raw")
-        if self._cached + len(got[0]) <= CACHE_BYTES:
-            self._cache[key] = got
-            self._cached += len(got[0])
-        return got
+        if len(zlib.compress(sample, 1)) < 0.9 * len(sample):
+            return zlib.compress(raw, 1), "z"
+        return raw, "raw"
 
     async def _send(
         self, session: HostSession, names: list[str], sent: Shipped, snapshot: str
@@ -167,15 +163,14 @@ class Shipper:
         size = 0
         try:
             for name in names:
-                for offset, raw, last in self._pieces(name, snapshot):
-                    data, enc = self._encode(name, offset, raw)
+                for offset, data, enc, last, raw in self._pieces(name, snapshot):
                     if batch and size + len(data) > REQUEST_BUDGET:
                         await self._put(session, batch, parts, inflight)
                         batch, parts, size = [], [], 0
                     batch.append([name, offset, len(data), last, enc])
                     parts.append(data)
                     size += len(data)
-                    sent.bytes += len(raw)
+                    sent.bytes += raw
                     sent.wire += len(data)
                 sent.blobs += name != snapshot  # the manifest is not one of the tree's files
             if batch:
@@ -186,22 +181,37 @@ class Shipper:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
 
-    def _pieces(self, name: str, snapshot: str) -> Iterator[tuple[int, bytes, bool]]:
-        """(offset, bytes, last) of each ``PIECE`` of blob ``name`` on the laptop."""
+    def _pieces(self, name: str, snapshot: str) -> Iterator[Piece]:
+        """Each ``PIECE`` of blob ``name`` as sent; remembered for the next hosts (up to
+        ``CACHE_BYTES``): a blob is read and encoded once, whatever the number of hosts."""
+        cached = self._cache.get(name)
+        if cached is not None:
+            yield from cached
+            return
         blobs = self.blobs
-        path = blobs.manifest_path(name) if name == snapshot else blobs.blob_path(name)
+        path = blobs.manifest_path(name) if name == snapshot else blobs.blob_file(name)
         try:
             f = open(path, "rb")  # noqa: SIM115 - read in pieces across awaits
         except OSError as err:
             raise SnapshotError(f"blob {name[:12]} is missing from {blobs.dir}: {err}") from None
+        kept: list[Piece] | None = []  # None: too large to keep
         with contextlib.closing(f):
             offset = 0
             while True:
                 raw = f.read(PIECE)
-                yield offset, raw, len(raw) < PIECE
+                piece = (offset, *self._encode(raw), len(raw) < PIECE, len(raw))
+                if kept is not None:
+                    kept.append(piece)
+                    self._cached += len(piece[1])
+                    if self._cached > CACHE_BYTES:
+                        self._cached -= sum(len(p[1]) for p in kept)
+                        kept = None
+                yield piece
                 if len(raw) < PIECE:
-                    return
+                    break
                 offset += len(raw)
+        if kept is not None:
+            self._cache[name] = kept
 
     async def _put(
         self,
