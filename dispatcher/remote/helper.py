@@ -42,11 +42,12 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
   snapshot {"snapshot": sha256} -> {"store": id, "complete": true} once STATE_DIR/store/
           snapshots/<sha256> is there (materialised now if every blob is), else {"store": id,
           "complete": false, "missing": [the sha256 of up to 20000 blobs it lacks; the
-          manifest, itself a blob, is asked first]}. id: the store's (see Store).
+          manifest, itself a blob, is asked first]}. id: the store's (see Store). With a
+          payload (PAYLOAD_MARK): the manifest's bytes (zlib), stored first.
   put     PAYLOAD_MARK line {"blobs": [[sha256, offset, size, last, "z"|"raw"]]}, then the
           pieces' bytes -> {"stored": n}: pieces of blobs, each ``size`` bytes of the payload
           in turn (zlib data, or "raw"), appended in order; the last one checks the hash and
-          publishes the blob.
+          publishes the blob. With "snapshot": sha256, the reply also has snapshot's fields.
   gc      {"queue": key, "needed": [sha256], "keep": s, "grace": s} -> {"runs", "snapshots",
           "blobs", "bytes"}: removes what no queue needs (see Store.gc).
 A launch spec's "snapshot" (a sha256, present on the host) runs the task in STATE_DIR/cwd/
@@ -569,12 +570,21 @@ class Helper:
         sha = req.get("snapshot")
         if not isinstance(sha, str) or not _sha(sha):
             raise BadRequest("snapshot must be a sha256 (64 hex digits)")
+        manifest = req.get("payload")  # its manifest's bytes (zlib), when sent along
         with self.store.locked():
+            if manifest is not None and not os.path.exists(self.store.blob(sha)):
+                self.store.put([[sha, 0, len(manifest), True, "z"]], manifest)
             return dict(self.store.materialise(sha), store=self.store.ident())
 
     def op_put(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        sha = req.get("snapshot")  # then answer as op_snapshot does
+        if sha is not None and not _sha(sha):
+            raise BadRequest("snapshot must be a sha256 (64 hex digits) or absent")
         with self.store.locked():
-            return {"stored": self.store.put(req.get("blobs"), req.get("payload"))}
+            out: Dict[str, Any] = {"stored": self.store.put(req.get("blobs"), req.get("payload"))}
+            if sha:
+                out.update(self.store.materialise(sha), store=self.store.ident())
+            return out
 
     def op_gc(self, req: Dict[str, Any]) -> Dict[str, Any]:
         queue, needed = req.get("queue"), req.get("needed")

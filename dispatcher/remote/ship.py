@@ -1,10 +1,11 @@
 """Shipping a project snapshot to a host before its runs start (the controller's side).
 
 The host keeps a content-addressed store (the helper's ``Store``). ``Shipper.ensure`` asks the
-host for the snapshot (``snapshot``: complete, or the blobs it lacks, the manifest first), sends
-only those, in pieces (zlib level 1 where it pays) packed many to a ``put`` request whose bytes
-travel as a binary payload below the helper's 4 MiB cap, two requests in flight, and asks again
-until the host has materialised the tree. Nothing here is resumed by bookkeeping: a
+host for the snapshot (``snapshot``: complete, or the blobs it lacks, the manifest first; the
+manifest goes with the next question), sends only those, in pieces (zlib level 1 where it pays)
+packed many to a ``put`` request whose bytes travel as a binary payload below the helper's 4 MiB
+cap, two requests in flight; the last ``put`` asks for the snapshot again (materialised once
+every blob is there). Nothing here is resumed by bookkeeping: a
 transfer cut by a dropped connection or a killed controller simply asks again, and blobs the
 host already holds are not sent twice. Hosts that share one store (one NFS home) report the same
 store id: one snapshot is shipped to such a store by one host at a time, so each blob crosses once
@@ -40,6 +41,8 @@ IN_FLIGHT = 2
 SAMPLE = 2048
 #: Encoded pieces kept for the other hosts while a snapshot is being sent to several at once.
 CACHE_BYTES = 256 * 1024 * 1024
+#: A manifest up to this size goes with the first ``snapshot`` request (zlib-compressed).
+INLINE_MANIFEST = 3 * 1024 * 1024
 #: ``snapshot`` requests per ensure before giving up (each one is answered with what is missing).
 ROUNDS = 50
 #: Seconds one ``snapshot`` or ``put`` request may take (materialising a large tree, fsyncs).
@@ -112,19 +115,29 @@ class Shipper:
         waited = lock.locked()
         async with lock:
             sent, allowed = Shipped(), {snapshot}
-            for n in range(ROUNDS):
-                if n or waited:  # after sending; or another host of this store may have sent
+            for _ in range(ROUNDS):
+                if waited:  # another host of this store may have sent it meanwhile
                     reply = await session.call("snapshot", snapshot=snapshot, timeout=CALL_TIMEOUT)
+                    waited = False
                 if reply["complete"]:
                     return sent
                 missing = reply["missing"]
                 if not missing:
                     break
+                if missing == [snapshot]:  # the manifest: sent with the next question
+                    manifest = self._manifest_bytes(snapshot)
+                    if len(manifest) <= INLINE_MANIFEST:
+                        inline = zlib.compress(manifest, 1)
+                        reply = await session.call(
+                            "snapshot", snapshot=snapshot, payload=inline, timeout=CALL_TIMEOUT
+                        )
+                        sent.wire += len(inline)
+                        continue
                 if snapshot not in missing and len(allowed) == 1:
                     allowed |= {e.digest for e in self._manifest(snapshot)}
                 if not set(missing) <= allowed:
                     raise violation(session.name, "'snapshot' asked for blobs not in the snapshot")
-                await self._send(session, missing, sent, snapshot)
+                reply = await self._send(session, missing, sent, snapshot)
         raise RemoteError(
             f"{session.name}: snapshot {snapshot[:12]} is still incomplete after {ROUNDS} rounds;"
             " check the disk space under its state_dir",
@@ -136,10 +149,18 @@ class Shipper:
         helper = (session.name, session.hello.get("boot_id"), session.hello.get("pid"))
         self._complete.discard((helper, snapshot))
 
+    def _manifest_bytes(self, snapshot: str) -> bytes:
+        try:
+            return self.blobs.manifest_path(snapshot).read_bytes()
+        except OSError as err:
+            raise SnapshotError(
+                f"snapshot {snapshot[:12]} is not in {self.blobs.dir}: {err}"
+            ) from None
+
     def _manifest(self, snapshot: str) -> tuple[Entry, ...]:
         try:
-            return parse_manifest(self.blobs.manifest_path(snapshot).read_bytes())
-        except (OSError, ValueError) as err:
+            return parse_manifest(self._manifest_bytes(snapshot))
+        except ValueError as err:
             raise SnapshotError(
                 f"snapshot {snapshot[:12]} is not in {self.blobs.dir}: {err}"
             ) from None
@@ -154,9 +175,10 @@ class Shipper:
 
     async def _send(
         self, session: HostSession, names: list[str], sent: Shipped, snapshot: str
-    ) -> None:
+    ) -> dict[str, Any]:
         """Send blobs ``names`` (the manifest, stored apart on the laptop, is ``snapshot``) in
-        ``put`` requests of at most ``REQUEST_BUDGET`` bytes of pieces."""
+        ``put`` requests of at most ``REQUEST_BUDGET`` bytes of pieces; the last one asks for
+        the snapshot too: its reply (``snapshot``'s) is returned."""
         batch: list[list[object]] = []
         parts: list[bytes] = []
         inflight: list[asyncio.Task[Any]] = []
@@ -165,7 +187,7 @@ class Shipper:
             for name in names:
                 for offset, data, enc, last, raw in self._pieces(name, snapshot):
                     if batch and size + len(data) > REQUEST_BUDGET:
-                        await self._put(session, batch, parts, inflight)
+                        await self._put(session, batch, parts, inflight, None)
                         batch, parts, size = [], [], 0
                     batch.append([name, offset, len(data), last, enc])
                     parts.append(data)
@@ -173,9 +195,9 @@ class Shipper:
                     sent.bytes += raw
                     sent.wire += len(data)
                 sent.blobs += name != snapshot  # the manifest is not one of the tree's files
-            if batch:
-                await self._put(session, batch, parts, inflight)
-            await asyncio.gather(*inflight)
+            await self._put(session, batch, parts, inflight, snapshot)
+            replies = await asyncio.gather(*inflight)
+            return dict(replies[-1])
         finally:
             for task in inflight:
                 task.cancel()
@@ -219,13 +241,15 @@ class Shipper:
         batch: list[list[object]],
         parts: list[bytes],
         inflight: list[asyncio.Task[Any]],
+        snapshot: str | None,
     ) -> None:
         """Send one ``put`` (its pieces' bytes as the payload), keeping ``IN_FLIGHT`` at most
         unanswered: the host writes one request while the next is read and on its way."""
         while len(inflight) >= IN_FLIGHT:
             await inflight.pop(0)
         payload = b"".join(parts)
-        call = session.call("put", blobs=batch, payload=payload, timeout=CALL_TIMEOUT)
+        extra = {"snapshot": snapshot} if snapshot else {}  # the last: then materialise it
+        call = session.call("put", blobs=batch, payload=payload, timeout=CALL_TIMEOUT, **extra)
         inflight.append(asyncio.ensure_future(call))
 
 

@@ -289,6 +289,14 @@ def _flat(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dic
     return _scalars(host, "a reply", reply, skip=("id", "ok"))
 
 
+def _put(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, Any]:
+    """Blobs stored; with ``snapshot`` asked, that snapshot's state as ``snapshot`` says it."""
+    stored = _int(host, "the reply to 'put': stored", reply.get("stored"))
+    if params.get("snapshot") is None:
+        return {"stored": stored}
+    return {**_snapshot(host, params, reply), "stored": stored}
+
+
 _REPLIES = {
     "ping": _flat,
     "kill": _flat,
@@ -301,7 +309,7 @@ _REPLIES = {
     "cleanup": _cleanup,
     "gpus": _gpus,
     "snapshot": _snapshot,
-    "put": _flat,
+    "put": _put,
     "gc": _flat,
 }
 

@@ -172,3 +172,20 @@ def test_put_bytes_travel_as_a_binary_payload_and_the_stream_stays_in_step(
     bad = {"id": 5, "op": "put", "blobs": [[SHA, 0, 3, True, "raw"]]}
     assert "do not add up" in send_payload(raw, bad, DATA)["error"]
     assert raw.close() == 0
+
+
+def test_the_manifest_goes_with_a_question_and_the_last_put_materialises(tmp_path: Path) -> None:
+    raw = RawHelper(tmp_path / "state")
+    data, snap = manifest(["a.py", "f", len(DATA), SHA])
+    ask = {"id": 1, "op": "snapshot", "snapshot": snap}
+    got = send_payload(raw, ask, zlib.compress(data))
+    assert got["ok"] and got["complete"] is False and got["missing"] == [SHA]
+    put = {"id": 2, "op": "put", "blobs": [[SHA, 0, len(DATA), True, "raw"]], "snapshot": snap}
+    got = send_payload(raw, put, DATA)
+    assert got["ok"] and got["stored"] == 1 and got["complete"] is True
+    assert (tmp_path / "state" / "store" / "snapshots" / snap / "a.py").read_bytes() == DATA
+    checked = wire.check_reply("h", "put", put, got)
+    assert checked["complete"] is True and checked["stored"] == 1
+    wrong = {"id": 3, "op": "snapshot", "snapshot": "0" * 64}  # bytes that are not its manifest
+    assert "arrived corrupted" in send_payload(raw, wrong, zlib.compress(data))["error"]
+    assert raw.close() == 0
