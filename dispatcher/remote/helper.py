@@ -129,6 +129,9 @@ OPS = ("ping", "gpus", "launch", "launches", "probe", "kill", "read", "tail", "c
 #: A ``put`` of at most this many pieces fsyncs each blob it completes; a larger one calls
 #: sync() once (cheaper for many files; but it also flushes others' data, slow for one file).
 FSYNC_MAX = 16
+#: Checked blobs (bytes) a helper holds back before one sync() publishes them all; a transfer
+#: cut before that sends them again.
+FLUSH_BYTES = 32 * 1024 * 1024
 #: Blob names a ``snapshot`` reply lists at most (the controller asks again after sending).
 MISSING_LIMIT = 20000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -581,7 +584,8 @@ class Helper:
         if sha is not None and not _sha(sha):
             raise BadRequest("snapshot must be a sha256 (64 hex digits) or absent")
         with self.store.locked():
-            out: Dict[str, Any] = {"stored": self.store.put(req.get("blobs"), req.get("payload"))}
+            stored = self.store.put(req.get("blobs"), req.get("payload"), flush=bool(sha))
+            out: Dict[str, Any] = {"stored": stored}
             if sha:
                 out.update(self.store.materialise(sha), store=self.store.ident())
             return out
@@ -1728,8 +1732,8 @@ def expand_dir(path: Optional[str]) -> str:
 
 class Store:
     """STATE_DIR/store: blobs/<aa>/<sha256> (0444, written to tmp/, renamed once the hash checks
-    and the data is on disk: one sync per large ``put`` request, an fsync per blob in a small
-    one), snapshots/<id>/ (a tree materialised from the manifest blob <id>, renamed into
+    and the data is on disk: one sync per FLUSH_BYTES of blobs, an fsync per blob in a small
+    ``put``), snapshots/<id>/ (a tree materialised from the manifest blob <id>, renamed into
     place whole once every blob is there, then read-only), needs/<queue> (the snapshots a queue
     still needs, for clean-up), id (names the store: two hosts on one home give the same one).
     STATE_DIR/cwd/<run_id>/ is a run's working directory: one symlink per top-level entry of its
@@ -1742,6 +1746,8 @@ class Store:
         self.runs = os.path.join(state_dir, "runs")
         self.hashing: Dict[str, Any] = {}  # sha256 -> the hash of its part file so far
         self.manifests: Dict[str, List[List[Any]]] = {}  # checked manifests, the last 8
+        self.pending: Dict[str, str] = {}  # blob -> its checked part, not yet published
+        self.pending_bytes, self.unsynced = 0, False  # its size; some part is not fsynced
         self.made = False  # the store's directories exist (made once per helper)
 
     def ensure(self) -> None:
@@ -1781,10 +1787,12 @@ class Store:
     def snapshot(self, sha: str) -> str:
         return os.path.join(self.dir, "snapshots", sha)
 
-    def put(self, items: Any, payload: Any) -> int:
+    def put(self, items: Any, payload: Any, flush: bool = True) -> int:
         """Append each piece [sha, offset, size, last, "z"|"raw"] (its ``size`` bytes taken in
         turn from the request's payload; "z": zlib data) to its blob's part file; the last
-        piece checks the hash and publishes the blob. Returns the blobs completed."""
+        piece checks the hash. A few blobs are fsynced and published at once; more wait (as
+        checked parts) until FLUSH_BYTES of them, or ``flush``, then one sync() publishes them
+        all. Returns the blobs completed."""
         ok = isinstance(items, list) and len(items) <= 10000 and isinstance(payload, bytes)
         if not ok or not all(isinstance(i, list) and len(i) == 5 and _sha(i[0])
                              and type(i[1]) is int and type(i[2]) is int and i[2] >= 0
@@ -1793,32 +1801,45 @@ class Store:
                              " pieces' bytes as its payload")  # fmt: skip
         if sum(i[2] for i in items) != len(payload):
             raise BadRequest("put: the pieces' sizes do not add up to the payload's")
-        view, at = memoryview(payload), 0
-        checked: Dict[str, str] = {}  # blob -> its part file, complete and hash-checked
-        few = len(items) <= FSYNC_MAX  # each complete file fsynced; else one sync for all
+        view, at, done = memoryview(payload), 0, 0
+        few = len(items) <= FSYNC_MAX  # each complete file fsynced; else one sync for many
         for sha, offset, size, last, enc in items:
             data = view[at : at + size]
             part = self.put_piece(sha, offset, data, last is True, enc == "z", few)
             at += size
             if part:
-                checked[sha] = part
-        if checked and not few:
-            os.sync()  # one flush for the request, not an fsync per file: then the renames
-        for sha, part in checked.items():
+                self.pending[sha] = part
+                self.pending_bytes += size
+                self.unsynced = self.unsynced or not few
+                done += 1
+        if few or flush or self.pending_bytes >= FLUSH_BYTES:
+            self.flush()
+        return done
+
+    def flush(self) -> None:
+        """Publish the checked parts: one sync() (unless each was fsynced), then the renames
+        (a blob is never named before its bytes are on disk). A part removed meanwhile (``hosts
+        gc --now``) is dropped: the next ``snapshot`` lists it as missing."""
+        if self.pending and self.unsynced:
+            os.sync()  # one flush for many files, not an fsync per file
+        for sha, part in self.pending.items():
             try:
-                os.replace(part, self.blob(sha))
-            except FileNotFoundError:  # the first blob of its directory
-                os.makedirs(os.path.dirname(self.blob(sha)), 0o700, exist_ok=True)
-                os.replace(part, self.blob(sha))
-        return len(checked)
+                try:
+                    os.replace(part, self.blob(sha))
+                except FileNotFoundError:  # the first blob of its directory
+                    os.makedirs(os.path.dirname(self.blob(sha)), 0o700, exist_ok=True)
+                    os.replace(part, self.blob(sha))
+            except FileNotFoundError:
+                pass
+        self.pending, self.pending_bytes, self.unsynced = {}, 0, False
 
     def put_piece(
         self, sha: str, offset: int, data: Any, last: bool, z: bool, sync: bool
     ) -> Optional[str]:
         """Append one piece (zlib-compressed when ``z``); the part file once the last piece
         has checked (on disk first when ``sync``), else None."""
-        if os.path.exists(self.blob(sha)):
-            return None  # another host of this store (a shared home) wrote it meanwhile
+        if sha in self.pending or os.path.exists(self.blob(sha)):
+            return None  # here already; or another host of this store (a shared home) wrote it
         raw = data
         if z:
             inflate = zlib.decompressobj()
@@ -1896,6 +1917,7 @@ class Store:
     def materialise(self, sha: str) -> Dict[str, Any]:
         """{"complete": true} once snapshots/<sha> is there (made now if every blob is), else
         {"complete": false, "missing": [sha256 of blobs to send, the manifest's first]}."""
+        self.flush()
         if os.path.isdir(self.snapshot(sha)):
             return {"complete": True}
         if not os.path.exists(self.blob(sha)):
@@ -1969,6 +1991,7 @@ class Store:
         kept work dir uses, then blobs no kept snapshot names, and parts of cut transfers.
         Snapshots, blobs and parts younger than ``grace`` s stay: another dispatch may be
         sending them for tasks it has not told us of. The caller holds the exclusive lock."""
+        self.flush()
         now, out = time.time(), {"runs": 0, "snapshots": 0, "blobs": 0, "bytes": 0}
         young = now - grace
         write_file(os.path.join(self.dir, "needs", queue), {"snapshots": needed})

@@ -189,3 +189,16 @@ def test_the_manifest_goes_with_a_question_and_the_last_put_materialises(tmp_pat
     wrong = {"id": 3, "op": "snapshot", "snapshot": "0" * 64}  # bytes that are not its manifest
     assert "arrived corrupted" in send_payload(raw, wrong, zlib.compress(data))["error"]
     assert raw.close() == 0
+
+
+def test_many_blobs_are_published_together_after_one_sync(store: helper.Store) -> None:
+    datas = [b"file %d\n" % n for n in range(helper.FSYNC_MAX + 4)]
+    shas = [hashlib.sha256(d).hexdigest() for d in datas]
+    items = [[sha, 0, len(d), True, "raw"] for sha, d in zip(shas, datas, strict=True)]
+    assert store.put(items, b"".join(datas), flush=False) == len(datas)
+    assert not any(Path(store.blob(sha)).exists() for sha in shas)  # checked, held back
+    data, snap = manifest(*[[f"f{n}", "f", len(d), sha] for n, (d, sha) in enumerate(
+        zip(datas, shas, strict=True))])  # fmt: skip
+    put(store, [snap, 0, data, True])
+    assert store.materialise(snap)["complete"] is True  # published first, then the tree
+    assert all(Path(store.blob(sha)).read_bytes() == d for sha, d in zip(shas, datas, strict=True))
