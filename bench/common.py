@@ -337,7 +337,7 @@ def bench_hosts(
 ) -> Iterator[BenchHosts]:
     """Start ``count`` hosts, each its own user; stopped (users and files removed) on exit.
     ``gpus``: each host's stub nvidia-smi lists that many GPUs (None: no nvidia-smi at all)."""
-    plans = [HostPlan(f"h{i}", chr(ord("a") + i), gpus) for i in range(1, count + 1)]
+    plans = [HostPlan(f"h{i}", str(i), gpus) for i in range(1, count + 1)]  # users lt-XXXX-i
     hosts = SshdHosts.start(plans)
     work = Path(tempfile.mkdtemp(prefix=f"labtasker-bench-{name}-"))
     work.chmod(0o755)

@@ -36,6 +36,7 @@ BENCHMARKS = (
     "labtasker_baseline",
     "latency",
     "scale",
+    "many_hosts",
     "startup",
     "controller",
     "store_ops",

@@ -1,7 +1,8 @@
 """Shared fixtures: a clean environment for every test, and real sshd hosts on loopback.
 
 Sections: environment, sshd hosts. Tests that use ``sshd_hosts`` (directly or through
-``ssh_home``) get the ``sshd`` mark, so ``-m "not sshd"`` runs the suite without them.
+``ssh_home``) get the ``sshd`` mark, so ``-m "not sshd"`` runs the suite without them; those that
+use ``slurm_cluster`` also get the ``slurm`` mark.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "sshd_hosts" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.sshd)
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
 
 
 @pytest.fixture(scope="session")

@@ -254,6 +254,7 @@ class SshdHost:
     proxy_jump: str | None = None
     log_level: str = "VERBOSE"
     binds: list[tuple[str, str]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # more variables every session sees
     port: int = 0
     host_key: str = ""
     listener_pid: int | None = None
@@ -335,7 +336,10 @@ class SshdHost:
             "LogLevel": self.log_level,
             "PrintMotd": "no",
             "PrintLastLog": "no",
-            "SetEnv": f"PATH={self.fake_bin}:/usr/local/bin:/usr/bin:/bin",
+            "SetEnv": " ".join(
+                [f"PATH={self.fake_bin}:/usr/local/bin:/usr/bin:/bin"]
+                + [f"{k}={v}" for k, v in self.env.items()]  # one line: sshd keeps the first
+            ),
             "AcceptEnv": "LABTASKER_*",
             "AllowUsers": self.user,  # AuthorizedKeysFile is one file for every user
             "Subsystem": "sftp internal-sftp",  # output files come back over SFTP
@@ -705,6 +709,40 @@ class SshdHosts:
             hosts.close()
             raise
         return hosts
+
+    def add(self, plan: HostPlan, env: dict[str, str] | None = None) -> SshdHost:
+        """Start one more host (its own user, the next 127.0.0.x) whose sessions also see
+        ``env``; it stops with the others. No proxy jump, no private mount namespace."""
+        sshd = sshd_binary()
+        assert sshd is not None and plan.alias not in self.hosts and plan.proxy_jump is None
+        root = os.geteuid() == 0
+        account = create_user(f"lt-{secrets.token_hex(2)}-{plan.user}") if root else current_user()
+        self.created_users += [account.name] if root else []
+        number = 1 + max(int(h.address.rsplit(".", 1)[1]) for h in self)
+        host = SshdHost(
+            alias=plan.alias,
+            address=f"127.0.0.{number}",
+            account=account,
+            dir=self.base / plan.alias,
+            gpus=plan.gpus,
+            client_key=self.client_key,
+            known_hosts_direct=self.base / "known_hosts",
+            env=dict(env or {}),
+        )
+        if host.prepare().wait():
+            raise RuntimeError("ssh-keygen failed")
+        self.hosts[plan.alias] = host
+        try:
+            host.launch(sshd, unshare=False)
+            host.started()
+            with (self.base / "known_hosts").open("a") as known:
+                known.write(f"[{host.address}]:{host.port} {host.host_key}\n")
+            wait_ready([host])
+        except BaseException:
+            host.close()
+            del self.hosts[plan.alias]
+            raise
+        return host
 
     def _plan_jumps(self, unshare: bool) -> None:
         # With a mount namespace, the jump host gets its own /etc/hosts naming `behind`: only a

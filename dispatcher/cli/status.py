@@ -86,6 +86,10 @@ def status_view(store: Store, *, watch: bool = False) -> tuple[RenderableType, l
     stale = freshness(written.written_at, time.time(), running=running)
     if stale is not None and active:  # the last lines shown may be old
         parts.append(stale)
+    for name, view in written.hosts.items() if running else ():  # as the dispatcher sees it
+        health = view.get("status")
+        if isinstance(health, str) and health != "up":
+            parts.append(Text(f"host {name}: {health}", style="yellow"))
     for s in suspended.values():  # persisted by the dispatcher; lifted by `hosts resume`
         at = s.suspended_at.strftime("%Y-%m-%d %H:%M:%S")
         said = f"host {s.host} {s.reason} since {at} UTC; {resume_hint(s.host)}"

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from dispatcher.config.paths import local_state_dir, project_dir
+from dispatcher.config.slurm import SLURM_KEYS, SlurmSettings, kind, slurm_settings
 from dispatcher.config.sync import NO_SYNC, SyncSpec, sync_from_table
 from dispatcher.config.values import (
     ALIAS,
@@ -74,6 +75,8 @@ class HostSpec:
     max_gpus: int | None = None  # GPUs our tasks use at once, at most (the rest: colleagues')
     gpu_order: tuple[int, ...] = ()  # the order GPUs are taken in; unlisted ones after
     sync: bool = False  # ship each task's project snapshot and run it there (docs/hosts.md)
+    kind: str = "ssh"  # "slurm": a cluster's login node; tasks go to SLURM (config/slurm.py)
+    slurm: SlurmSettings | None = None  # set exactly when kind is "slurm"
 
     def slots_for(self, gpu_count: int) -> int:
         """Slots offered once the host's GPU count is known: an unset ``slots`` is 1 without GPUs.
@@ -127,6 +130,8 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "max_gpus": (integer(0), None),
     "gpu_order": (gpu_indices, ()),
     "sync": (boolean, None),  # None: on when `workdir` is unset (see _host)
+    "kind": (kind, "ssh"),
+    **SLURM_KEYS,
 }
 HOST_KEYS: tuple[str, ...] = tuple(_KEYS)
 DEFAULTS_KEYS: tuple[str, ...] = tuple(k for k in _KEYS if k != "ssh")  # ssh is one host's address
@@ -260,6 +265,8 @@ def _host(
             at, "ssh", "host `local` always runs on this machine; rename it to use `ssh`"
         )
     merged["setup"] = merged["setup"] if merged["setup"] and merged["setup"].strip() else None
+    given = set(own) | set(defaults)
+    merged["slurm"] = slurm_settings(merged, given, lambda k, m: where.error(at, k, m))
     if merged["sync"] is None:  # code managed by hand where a workdir is set, shipped elsewhere
         merged["sync"] = merged["workdir"] is None
     slots_given = merged["slots"] is not None
@@ -271,7 +278,7 @@ def _host(
         local=name == "local" or ssh is False,
         slots_given=slots_given,
         gpus_given="gpus" in own or "gpus" in defaults,
-        state_dir_given="state_dir" in own or "state_dir" in defaults,
+        state_dir_given="state_dir" in given or merged["kind"] == "slurm",
         **merged,
     )
 

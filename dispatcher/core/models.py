@@ -147,6 +147,7 @@ class Task:
     gpu_memory: int | None = None  # bytes needed on each GPU; set: the GPU may be shared
     gpu_type: str | None = None  # "A100|H100": substrings of the GPU's name, any one
     min_gpu_memory: int | None = None  # bytes of total memory each of its GPUs must have
+    job_id: str | None = None  # its SLURM job ("1234_5") while on a cluster host
 
     @property
     def sweep(self) -> str:
@@ -193,6 +194,7 @@ class Task:
             "gpu_memory": self.gpu_memory,
             "gpu_type": self.gpu_type,
             "min_gpu_memory": self.min_gpu_memory,
+            "job_id": self.job_id,
         }
 
     def replace(self, **changes: Any) -> Task:

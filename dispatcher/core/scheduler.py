@@ -25,20 +25,24 @@
    task goes to the host whose choice opens the fewest whole GPUs, leaves the least room (best
    fit), then by rank; impossible when every GPU's name and size are known and none matches
    ("no GPU of type A100|H100", "no GPU with at least 40 GiB"). ``max_gpus`` caps new GPUs.
-9. Every other unplaced task waits with a short reason (< 200 chars), like squeue's: the busy
+9. Clusters (``HostCapacity.cluster``, a SLURM host) take what no SSH host can start now, up
+   to their ``max_jobs`` (``slots_total``), by order; SLURM picks the node and the GPUs. Tasks
+   with GPU memory needs stay on SSH hosts; a GPU type goes to a cluster whose gres names it.
+10. Every other unplaced task waits with a short reason (< 200 chars), like squeue's: the busy
    GPUs and down hosts, or "waiting for a free GPU (N tasks ahead)" when capacity existed at the
    start of this plan but tasks ahead of it took it. Host summaries are built once per plan.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dispatcher.core import gpu_packing as packing
+from dispatcher.core.free_pool import FreePool
 from dispatcher.core.gpu_packing import GpuNeed, GpuSlot
 from dispatcher.core.reason_text import REASON_LIMIT, clip, plural, summary
+from dispatcher.core.slurm import ClusterOffer, cluster_refusal
 from dispatcher.core.values import show_size
 
 _clip, _plural, _summary = clip, plural, summary
@@ -86,6 +90,7 @@ class HostCapacity:
     max_tasks_per_gpu: int | None = None  # sharing tasks on one GPU, at most
     max_gpus: int | None = None  # GPUs our tasks use at once, at most
     gpu_order: tuple[int, ...] = ()  # the order GPUs are taken in (others after, by index)
+    cluster: ClusterOffer | None = None  # a SLURM cluster: slots are its max_jobs (rule 9)
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,9 @@ class _Host:
         self.slots_total = cap.slots_total
         self.free_slots = max(0, cap.slots_total - cap.slots_used) if placeable else 0
         self.cpu_only = cap.gpus_known and not cap.gpus
+        self.cluster, self.free_jobs = cap.cluster, 0
+        if cap.cluster is not None:  # not in the GPU and slot pools: rule 9 places on it
+            self.free_jobs, self.free_slots, self.cpu_only = self.free_slots, 0, False
         if not cap.usable:
             state = cap.unusable_reason or "unusable"
             if not state.startswith((f"{cap.name} ", f"{cap.name}:")):  # don't name it twice
@@ -147,6 +155,9 @@ class _Host:
         elif not cap.gpus_known:
             self.gpu_detail = self.gpu_short = f"{cap.name} not yet queried"
             self.slot_text = self.slot_short = self.gpu_detail
+        elif cap.cluster is not None:
+            text = f"{cap.name} {cap.slots_used}/{cap.slots_total} jobs submitted"
+            self.slot_text = self.slot_short = self.gpu_detail = self.gpu_short = text
         else:
             self.slot_text = f"{cap.name} {cap.slots_used}/{cap.slots_total} slots used"
             self.slot_short = self.slot_text
@@ -188,43 +199,15 @@ def _busy_text(index: int, gpu: GpuInfo) -> str:
     return f"GPU {index}: {_clip(gpu.foreign or 'busy', 60)}"
 
 
-class _Pool:
-    """Hosts by most free units of one kind, then rank: a heap whose stale entries are skipped.
-
-    Free units only shrink during a plan, so an entry is stale exactly when its count is higher
-    than the host's; it is re-pushed with the current count when it reaches the top.
-    """
-
-    def __init__(self, hosts: list[_Host], free: Callable[[_Host], int]) -> None:
-        self.free = free
-        self.heap = [(-free(h), h.rank, h) for h in hosts if free(h) > 0]  # ranks are unique
-        heapq.heapify(self.heap)
-
-    def best(self) -> _Host | None:
-        """The host with the most free units (then the lowest rank), or None if none is left."""
-        while self.heap:
-            count, _, host = self.heap[0]
-            now = self.free(host)
-            if -count == now:
-                return host
-            heapq.heappop(self.heap)
-            if now > 0:
-                heapq.heappush(self.heap, (-now, host.rank, host))
-        return None
-
-    def most(self) -> int:
-        host = self.best()
-        return 0 if host is None else self.free(host)
-
-
 class _Planner:
     """The working state of one plan() call: free units, cached reasons, counts of tasks ahead."""
 
     def __init__(self, hosts: Sequence[HostCapacity]) -> None:
         self.hosts = sorted((_Host(h, i) for i, h in enumerate(hosts)), key=lambda h: h.rank)
-        self.gpus = _Pool(self.hosts, lambda h: h.free_count())
-        self.slots = _Pool(self.hosts, lambda h: h.free_slots)
-        self.cpu_slots = _Pool(self.hosts, lambda h: h.free_slots if h.cpu_only else 0)
+        self.clusters = [h for h in self.hosts if h.cluster is not None]
+        self.gpus = FreePool(self.hosts, lambda h: h.free_count())
+        self.slots = FreePool(self.hosts, lambda h: h.free_slots)
+        self.cpu_slots = FreePool(self.hosts, lambda h: h.free_slots if h.cpu_only else 0)
         self.all_known = all(h.known for h in self.hosts)
         self.largest = max(self.hosts, key=lambda h: h.total_gpus)  # the first of equals: by rank
         self.any_slots = any(h.slots_total > 0 for h in self.hosts)
@@ -276,6 +259,20 @@ class _Planner:
         if best is None:
             return None
         return Placement(task_id, best[1].name, best[1].take_fit(best[2], need))
+
+    def takers(self, kind: str, need: GpuNeed) -> list[_Host]:
+        """The clusters that could ever take this need (rule 9)."""
+        return [
+            c for c in self.clusters if c.cluster and not cluster_refusal(c.cluster, kind, need)
+        ]
+
+    def place_cluster(self, task_id: int, kind: str, need: GpuNeed) -> Placement | None:
+        """Rule 9: the first cluster, by order, with a job to spare that can take the need."""
+        for h in self.takers(kind, need):
+            if h.free_jobs > 0:
+                h.free_jobs -= 1
+                return Placement(task_id, h.name, ())
+        return None
 
     def never_fits(self, need: GpuNeed) -> str | None:
         """Rule 8's impossible: every GPU's name and size known, and none could take ``need``."""
@@ -377,6 +374,8 @@ def plan(
         never = planner.impossible(kind, n)
         if never is None and need.constrained:
             never = planner.never_fits(need)
+        if never is not None and planner.takers(kind, need):
+            never = None  # a cluster can take it
         if never is not None:
             impossible[c.id] = never
             continue
@@ -386,12 +385,16 @@ def plan(
             continue
         fit = need.constrained
         placement = planner.place_fit(c.id, need) if fit else planner.place(c.id, kind, n)
+        placement = placement or planner.place_cluster(c.id, kind, need)
         if placement is not None:
             placements.append(placement)
             if c.group is not None:
                 running[c.group] = running.get(c.group, 0) + 1
         else:
-            waiting[c.id] = planner.fit_blocked(need) if fit else planner.waiting(kind, n)
+            said = [planner.fit_blocked(need) if fit else planner.waiting(kind, n)]
+            full = [h.slot_short for h in planner.takers(kind, need)]
+            said = said if len(full) < len(planner.hosts) else []  # only clusters: just them
+            waiting[c.id] = _clip("; ".join([*said, *full]), REASON_LIMIT)
         taken = ("gpu" if placement.gpu_ids else "slot") if placement else kind
         planner.ahead["either" if taken == "default" else taken] += 1
     return Plan(tuple(placements), waiting, impossible)

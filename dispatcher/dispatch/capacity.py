@@ -15,6 +15,7 @@ from typing import Any
 from dispatcher.config.hosts import HostSpec
 from dispatcher.core.models import Task
 from dispatcher.core.scheduler import GpuInfo, HostCapacity
+from dispatcher.core.slurm import ClusterOffer
 
 MIB = 1024 * 1024
 
@@ -199,4 +200,5 @@ def host_capacity(
         max_tasks_per_gpu=spec.max_tasks_per_gpu,
         max_gpus=spec.max_gpus,
         gpu_order=spec.gpu_order,
+        cluster=ClusterOffer(spec.slurm.gres, spec.slurm.gpu_type) if spec.slurm else None,
     )

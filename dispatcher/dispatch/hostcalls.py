@@ -21,6 +21,7 @@ from dispatcher.config.paths import snapshots_dir
 from dispatcher.config.sync import NO_SYNC
 from dispatcher.core.models import ACTIVE_STATES, Task, TaskState
 from dispatcher.core.words import plural
+from dispatcher.dispatch.cluster import slurm_launch
 from dispatcher.dispatch.jobs import Jobs
 from dispatcher.dispatch.logs import gpu_views, write_last_lines
 from dispatcher.dispatch.recovery import crash_point
@@ -85,6 +86,9 @@ class HostCalls:
                 "LABTASKER_ARGS": json.dumps(task.args, ensure_ascii=False),
             }
         )
+        slurm = slurm_launch(spec, task)
+        if slurm is not None:
+            env.pop("CUDA_VISIBLE_DEVICES")  # SLURM gives the job its GPUs
         return {
             "command": task.command,
             "setup": spec.setup,
@@ -95,7 +99,7 @@ class HostCalls:
             "task_id": task.id,
             "host": task.host,  # messages from the host name it as hosts.toml does
             "snapshot": task.snapshot if spec.sync else None,  # its own working directory there
-        }
+        } | ({"slurm": slurm} if slurm is not None else {})
 
     async def _launch(self, host: str, tasks: list[Task], again: bool = True) -> None:
         """Launch ``tasks`` (all placed on ``host``) in one request; those whose snapshot the
@@ -130,7 +134,7 @@ class HostCalls:
                 self.reports.receive(host, got["run"])  # an exit is collected (log, outputs) first
                 continue
             if got.get("status") == "started":
-                report = {"run_id": t.run_id, "state": "running"}
+                report = {"run_id": t.run_id, "state": "running", "job_id": got.get("job_id")}
             else:
                 error = f"{host}: {got.get('error')}"
                 report = {"run_id": t.run_id, "state": "launch_error", "error": error}
@@ -242,6 +246,31 @@ class HostCalls:
             hs.refreshing = False
         self.write_status()  # `status --watch` shows the new reading now
 
+    def poll_jobs(self, now: float) -> None:
+        """Every ``poll_interval`` s, one ``probe`` per cluster for its runs: what SLURM says
+        of each job (pending and why) reaches the queue; their ends come as exit events."""
+        for name, hs in self.state.hosts.items():
+            spec = hs.session.spec.slurm
+            if spec is None or not hs.session.up or not hs.reconciled or hs.polling:
+                continue
+            if now - hs.polled_jobs < spec.poll_interval:
+                continue
+            runs = [t.run_id for t in self.state.active.values() if t.host == name and t.run_id]
+            if runs:
+                hs.polled_jobs, hs.polling = now, True
+                self.jobs.spawn(self._poll_one(hs, runs))
+
+    async def _poll_one(self, hs: HostState, runs: list[str]) -> None:
+        try:
+            reply = await hs.session.call("probe", runs=runs, timeout=60.0)
+        except (ConnectionLostError, TransportError, ProtocolViolationError):
+            return
+        finally:
+            hs.polling = False
+        for report in (reply.get("runs") or {}).values():
+            if isinstance(report, dict) and report.get("state") in ("starting", "running"):
+                self.reports.receive(hs.session.name, report)
+
     # -- last output lines for `labtasker status` ------------------------------------------------
 
     def poll_tails(self, now: float) -> None:
@@ -249,12 +278,12 @@ class HostCalls:
         if now - self._last_tails < self.options.tail_interval:
             return
         self._last_tails = now
+        by_host: dict[str, dict[str, int]] = {}
+        for t in self.state.active.values():  # one pass, not one per host
+            if t.host and t.run_id and t.state is S.RUNNING:
+                by_host.setdefault(t.host, {})[t.run_id] = t.id
         for name, hs in self.state.hosts.items():
-            runs = {
-                t.run_id: t.id
-                for t in self.state.active.values()
-                if t.host == name and t.run_id and t.state is S.RUNNING
-            }
+            runs = by_host.get(name)
             if runs and hs.session.up and not hs.tailing:
                 hs.tailing = True
                 self.jobs.spawn(self._tail_one(hs, runs))
@@ -274,7 +303,10 @@ class HostCalls:
             task_id = runs.get(run_id)
             if task_id in self.state.active and isinstance(line, str):
                 self.state.last_lines[task_id] = line
-        self.write_status()
+        # The last reply of the round writes the file: one write per round, not one per host
+        # (with 64 hosts, 32 rewrites of the whole file a second).
+        if not any(h.tailing for h in self.state.hosts.values()):
+            self.write_status()
 
     def write_status(self) -> None:
         """Rewrite the status file: last output lines and each host's GPU view."""
@@ -305,6 +337,7 @@ class HostCalls:
             # Re-plan at once: pending tasks' reasons must say why the host failed, not the
             # "connecting" of the plan made before it did (dispatch may end on this tick).
             self.state.tick_now = True
+            self.write_status()  # `status` names the host and why now
         self.state.wake.set()
 
     async def _reconcile(self, hs: HostState) -> None:
@@ -317,9 +350,11 @@ class HostCalls:
         try:
             if runs:
                 reply = await hs.session.call("probe", runs=runs, timeout=60.0)
-                for report in (reply.get("runs") or {}).values():
-                    if isinstance(report, dict):
-                        self.reports.receive(name, report)
+                found = [r for r in (reply.get("runs") or {}).values() if isinstance(r, dict)]
+                for report in found:
+                    self.reports.receive(name, report)
+                plural = "" if len(found) == 1 else "s"
+                self.reporter.log(f"{name}: {len(found)} run{plural} re-adopted")
             if hs.session.spec.gpus != ():
                 await hs.session.refresh_gpus()
         except (ConnectionLostError, TransportError, ProtocolViolationError):

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 from dispatcher.config.hosts import HostsConfig
@@ -170,6 +171,7 @@ class Dispatcher:
                 return
             await self._round()
             self.calls.poll_tails(time.monotonic())
+            self.calls.poll_jobs(time.monotonic())
             self.calls.refresh_gpus(time.monotonic())  # also between ticks, while tasks run
             self.calls.send_cancels()
             if self._done():
@@ -368,8 +370,9 @@ class Dispatcher:
     def snapshot(self) -> Snapshot:
         """Counts and host health for the progress display and the final summary."""
         hosts = []
+        running = Counter(t.host for t in self.active.values())  # one pass, not one per host
         for name, hs in self.hosts.items():
-            n = sum(1 for t in self.active.values() if t.host == name)
+            n = running[name]
             desc = hs.suspended or hs.session.describe()
             hosts.append((name, f"{desc}, {n} running" if hs.session.up else desc))
         ok = sum(1 for s in self.final.values() if s is S.SUCCEEDED)

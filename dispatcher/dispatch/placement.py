@@ -56,8 +56,11 @@ class Placement:
         self._pending: list[Task] | None = None  # the pending rows read last (``_candidates``)
         self._pending_all = False  # ... and they were all of them
 
-    def capacity(self, name: str) -> HostCapacity:
-        """Host ``name`` as the scheduler sees it: usable or why not, its GPUs and slots."""
+    def capacity(self, name: str, active: list[Task] | None = None) -> HostCapacity:
+        """Host ``name`` as the scheduler sees it: usable or why not, its GPUs and slots.
+
+        ``active``: our tasks on that host, when the caller has them grouped already (a pass
+        over every running task for each of 64 hosts would cost 64 passes per tick)."""
         hs = self.state.hosts[name]
         s = hs.session
         usable = s.up and hs.reconciled and hs.suspended is None
@@ -79,7 +82,9 @@ class Placement:
             usable=usable,
             unusable_reason=reason,
             inventory=inventory,
-            active=[t for t in self.state.active.values() if t.host == name],
+            active=[t for t in self.state.active.values() if t.host == name]
+            if active is None
+            else active,
             recently_released=released,
         )
 
@@ -104,7 +109,10 @@ class Placement:
         if state.stop or not state.counts[S.PENDING]:
             state.unplaceable = {}
             return []
-        caps = [self.capacity(name) for name in state.hosts]
+        by_host: dict[str | None, list[Task]] = {}
+        for t in state.active.values():
+            by_host.setdefault(t.host, []).append(t)
+        caps = [self.capacity(name, by_host.get(name, [])) for name in state.hosts]
         free = sum(
             len([g for g in c.gpus if g.held_by_task is None and (g.foreign is None or g.room)])
             + max(c.slots_total - c.slots_used, 0)

@@ -27,6 +27,7 @@ from dispatcher.core.outcome import (
     real_attempts,
 )
 from dispatcher.core.words import command_fault, plural, resume_hint
+from dispatcher.dispatch.cluster import job_of
 from dispatcher.dispatch.hooks import HOOK_STATES, on_finish
 from dispatcher.dispatch.jobs import Jobs
 from dispatcher.dispatch.logs import LogCollector, SavedLog, log_path
@@ -209,14 +210,18 @@ class Reports:
                 started = parse_time(report.get("started_at"))
                 moved = tx.move(task.id, S.RUNNING, run_id=run_id, started_at=started)
                 if moved:
-                    self.state.active[task.id] = moved
+                    self.state.active[task.id] = task = moved
+            job, why = job_of(report)
+            if job is not None and (job, why) != (task.job_id, task.reason):
+                tx.set_job(task.id, run_id, job, why)
+                self.state.active[task.id] = task.replace(job_id=job, reason=why)
         elif state == "exited":
             self._finish(tx, task, outcome_of(report, task))
             self._cleanups.setdefault(host, []).append(run_id)
         elif state == "lost":
-            self._finish(
-                tx, task, lost_outcome(task, "its process vanished without an exit record")
-            )
+            why = report.get("error") if report.get("job_id") else None  # SLURM said why
+            why = why or "its process vanished without an exit record"
+            self._finish(tx, task, lost_outcome(task, str(why)))
         elif state == "absent":
             if task.state is S.LAUNCHING:
                 self._resend.append(task)  # never created: send the same id again

@@ -66,6 +66,8 @@ class HostState:
     reconciled: bool = False
     refreshing: bool = False
     tailing: bool = False
+    polling: bool = False  # a cluster's probe of its jobs is in flight (HostCalls.poll_jobs)
+    polled_jobs: float = 0.0  # monotonic time of the last one
     released: dict[int, float] = field(default_factory=dict)  # gpu index -> monotonic time
     failures: deque[tuple[float, str, int]] = field(default_factory=deque)  # (time, why, task)
     suspended: str | None = None

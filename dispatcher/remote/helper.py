@@ -264,6 +264,7 @@ class Helper:
         self.sel: selectors.BaseSelector = selectors.DefaultSelector()
         self.spares = Spares(self.state_dir, self.host)
         self.store = Store(self.state_dir)
+        self.slurm = Slurm(self)
 
     def run_dir(self, run_id: str) -> str:
         return os.path.join(self.runs, run_id)
@@ -271,6 +272,15 @@ class Helper:
     def live_state(self, run_id: str, started: Optional[Dict[str, Any]]) -> Tuple[str, Any]:
         """For a run without exit.json: (starting | running | lost, why it is lost)."""
         info = started or read_json(os.path.join(self.run_dir(run_id), "supervisor.json"))[0]
+        sup = self.slurm_run(run_id, info)
+        if sup is not None:
+            state, why, record = self.slurm.live_state(run_id, sup)
+            if record:  # SLURM ended it before its wrapper could record why: recorded now
+                record.update(started_at=(started or {}).get("started_at"),
+                              finished_at=utc_now())  # fmt: skip
+                with contextlib.suppress(OSError):
+                    write_file(os.path.join(self.run_dir(run_id), "exit.json"), record, sync=True)
+            return state, why
         if info is not None:
             if info.get("boot_id") and self.boot_id and info["boot_id"] != self.boot_id:
                 return "lost", "%s rebooted since the run started" % self.host
@@ -286,6 +296,15 @@ class Helper:
             if time.time() - os.stat(self.run_dir(run_id)).st_mtime < LOST_AFTER_S:
                 return "starting", None
         return "lost", "no supervisor started within %d s on %s" % (LOST_AFTER_S, self.host)
+
+    def slurm_run(self, run_id: str, info: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        """The supervisor.json of a run submitted to SLURM (``info``: its started.json or
+        supervisor.json); None for a run of this host's keeper."""
+        if not info or not ("slurm" in info or "slurm_job" in info):
+            return None
+        if "slurm" in info:
+            return info
+        return read_json(os.path.join(self.run_dir(run_id), SUPERVISOR))[0] or {}
 
     def report(self, run_id: str, budget: List[int]) -> Dict[str, Any]:
         """The REPORT of one run (module docstring); budget[0]: inline bytes still allowed."""
@@ -303,8 +322,21 @@ class Helper:
         exit_info, exit_err = read_json(os.path.join(d, "exit.json"))
         if exit_info is None and exit_err is None:
             rep["state"], rep["error"] = self.live_state(run_id, started)
-            if rep["state"] == "lost":  # the supervisor may have finished between two looks
+            if rep["state"] in ("lost", "exited"):  # it may have finished between two looks
                 exit_info, exit_err = read_json(os.path.join(d, "exit.json"))
+        elif exit_info and (exit_info.get("cancelled") or exit_info.get("terminated")) and \
+                not os.path.exists(os.path.join(d, "cancel.json")):  # fmt: skip
+            # Terminated, and not by us: a SLURM job's wrapper got SIGTERM. SLURM says why.
+            sup = self.slurm_run(run_id, started or read_json(os.path.join(d, SUPERVISOR))[0])
+            if sup is not None:
+                rep["state"], rep["error"] = self.slurm.refine(run_id, exit_info)
+                if rep["state"] != "exited":
+                    rep.update(self.slurm.describe(run_id))
+                    return rep
+                with contextlib.suppress(OSError):
+                    write_file(os.path.join(d, "exit.json"), exit_info, sync=True)
+        if (started or {}).get("slurm_job") or rep["state"] in _LIVE:
+            rep.update(self.slurm.describe(run_id))
         rep["log_size"] = size = file_size(os.path.join(d, "output.log"))
         if exit_info is None:
             if rep["state"] not in _LIVE:
@@ -372,7 +404,13 @@ class Helper:
             raise BadRequest("runs must be a list of {run_id, spec} objects")
         ids = [_run_id(i.get("run_id")) for i in items]
         out: Dict[str, Any] = {}
+        jobs = [(ids[n], i.get("spec")) for n, i in enumerate(items)
+                if isinstance(i.get("spec"), dict) and "slurm" in i["spec"]]  # fmt: skip
+        if jobs:  # to a SLURM cluster: job arrays (see Slurm)
+            out.update(self.slurm.submit(jobs))
         for n, run_id in enumerate(ids):
+            if run_id in out:
+                continue
             try:
                 out[run_id] = self.launch(run_id, items[n].get("spec"))
             except Exception as exc:  # this run only: the ones before it have started
@@ -503,10 +541,13 @@ class Helper:
             return {"status": "absent"}
         if os.path.exists(os.path.join(d, "exit.json")):
             return {"status": "exited"}
+        again = os.path.exists(os.path.join(d, "cancel.json"))
         with contextlib.suppress(OSError):  # without it the supervisor uses spec.kill_grace
             write_file(os.path.join(d, "cancel.json"), {"grace": grace})
         started = read_json(os.path.join(d, "started.json"))[0]
         info = started or read_json(os.path.join(d, "supervisor.json"))[0] or {}
+        if self.slurm_run(run_id, info) is not None:
+            return {"status": self.slurm.kill(run_id, started is not None, again)}
         sups: List[Tuple[Any, Any, Any]] = []
         if started is None and run_id in self.keeper_runs:
             sups.append((self.keeper, self.keeper_start, signal.SIGUSR1))
@@ -1098,9 +1139,11 @@ class Keeper:
         self.flags: Dict[int, bool] = {}
         self.me: Dict[str, Any] = {}
         self.wake = -1
+        self.terminated = False  # a SIGTERM came (SLURM ending the job): exit.json says so
 
     def on_signal(self, signum: int, frame: Any) -> None:
         self.flags[signum] = True
+        self.terminated = self.terminated or signum == signal.SIGTERM
 
     def detach(self) -> None:
         """Own session, stdio on /dev/null, no fds but its two pipes: the helper's pipes are
@@ -1126,6 +1169,10 @@ class Keeper:
 
     def serve(self) -> None:
         self.detach()
+        self.loop()
+
+    def loop(self) -> None:
+        """Serve until the helper is gone (or was never there) and the last run is recorded."""
         while True:
             wait = self.service()
             if self.cmd < 0 and not self.runs:
@@ -1267,7 +1314,8 @@ class Keeper:
             run.notes.append("%s (the task ended with %s)" % (full, sig or "exit %d" % code))
         info = {"exit_code": code, "signal": sig, "timed_out": run.timed_out,
                 "cancelled": run.cancelled, "started_at": run.started_at,
-                "finished_at": utc_now(), "error": "; ".join(run.notes) or None}  # fmt: skip
+                "finished_at": utc_now(), "error": "; ".join(run.notes) or None,
+                "terminated": self.terminated}  # fmt: skip
         try:  # into the reserve's blocks, then renamed: there is room even on a full disk
             write_file(run.path("exit.json"), info, sync=True, tmp=run.path("exit.reserve"))
         except OSError:  # the reserve is gone now: its room may be enough for a new file
@@ -1288,6 +1336,367 @@ class Keeper:
             self.outbuf = b""
             os.close(self.note)
             self.note = -1
+
+
+# ------------------------------------------------------------------------------------------------
+# SLURM: runs submitted as job arrays from a cluster's login node, watched with one squeue a poll
+# ------------------------------------------------------------------------------------------------
+
+#: squeue states after which the run is lost (retried, not a failed attempt): the job was taken
+#: from its node, or will run again under SLURM's own retry (requeue), never under ours.
+SLURM_LOST = frozenset(("PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "REQUEUED", "REQUEUE_FED",
+                        "REQUEUE_HOLD", "REVOKED", "SPECIAL_EXIT", "RESV_DEL_HOLD"))  # fmt: skip
+#: Final states that are the task's failure, and why.
+SLURM_FAILED = {"TIMEOUT": "killed by SLURM at its time limit",
+                "DEADLINE": "killed by SLURM at its deadline",
+                "OUT_OF_MEMORY": "killed by SLURM: out of memory (its --mem limit)",
+                "CANCELLED": "cancelled outside labtasker (scancel)"}  # fmt: skip
+SLURM_LIVE = frozenset(("RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STAGE_OUT",
+                        "SIGNALING", "STOPPED", "RESIZING"))  # fmt: skip
+SLURM_POLL_MIN = 5.0
+SLURM_CMD_TIMEOUT = 60.0
+_JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")
+#: The batch script: runs one element of an array (``slurm_element``) with the helper on disk.
+SLURM_SCRIPT = """#!/bin/sh
+exec %s -c 'import sys
+p = sys.argv[1]
+g = {"__name__": "labtasker_helper", "__file__": p}
+exec(compile(open(p, "rb").read(), p, "exec"), g)
+g["slurm_element"](sys.argv[2], sys.argv[3])' %s %s %s
+"""
+
+
+class Slurm:
+    """The runs of a ``kind = "slurm"`` host: submitted by sbatch as job arrays (one per set of
+    equal sbatch options), watched through one ``squeue`` of all our jobs every ``poll`` s.
+
+    A run's record (supervisor.json: {"slurm": job name, "index"}; slurm.json: {"job": "J_I"})
+    lives in the run dir on the shared file system; the wrapper on the compute node
+    (``slurm_element``) writes started.json and exit.json there, and exit.json is the truth for
+    the outcome. A job whose sbatch reply was lost is found by its name before anything is
+    submitted again; a run id is never submitted twice (its run dir is published once).
+    """
+
+    def __init__(self, helper: "Helper") -> None:
+        self.helper = helper
+        self.dir = os.path.join(helper.state_dir, "slurm")
+        self.poll = 30.0
+        self.jobs: Dict[str, Tuple[str, str, str]] = {}  # "J_I" -> (state, reason, name)
+        self.polled = 0.0  # time.time() of the last squeue that answered
+        self.tried = 0.0  # time.monotonic() of the last squeue tried
+        self.missing: Dict[str, int] = {}  # job -> polls in a row it was not listed in
+        self.requeued: Dict[str, None] = {}  # requeued jobs scancelled by us
+        self.max_array: Optional[int] = None
+
+    def run(self, argv: List[str]) -> Tuple[int, str, str]:
+        try:
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=SLURM_CMD_TIMEOUT)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return 127, "", "%s: %s" % (argv[0], exc)
+        return (p.returncode, p.stdout.decode("utf-8", "replace"),
+                p.stderr.decode("utf-8", "replace").strip())  # fmt: skip
+
+    def refresh(self, force: bool = False) -> None:
+        """One squeue of all our jobs (every state it still knows), at most every ``poll`` s."""
+        now = time.monotonic()
+        if now - self.tried < (SLURM_POLL_MIN if force else self.poll):
+            return
+        self.tried = now
+        user = user_name(os.geteuid())
+        code, out, _ = self.run(["squeue", "-h", "-r", "-t", "all", "-u", user,
+                                 "-o", "%i|%T|%r|%j"])  # fmt: skip
+        if code != 0:
+            return  # slurmctld busy or down: nothing is decided on an unanswered poll
+        jobs: Dict[str, Tuple[str, str, str]] = {}
+        for line in out.splitlines():
+            parts = line.split("|", 3)
+            if len(parts) == 4 and parts[3].startswith("labtasker-"):
+                jobs[parts[0]] = (parts[1], parts[2], parts[3])
+        for job in list(self.missing) + [j for j in self.jobs if j not in jobs]:
+            self.missing[job] = 0 if job in jobs else self.missing.get(job, 0) + 1
+        self.jobs, self.polled = jobs, time.time()
+
+    def fresh(self, path: str) -> bool:
+        """Whether the last squeue answered after ``path`` was written (with a second's
+        margin for clocks): only then does what it says of the job follow that event."""
+        try:
+            return self.polled > os.stat(path).st_mtime + 1.0
+        except OSError:
+            return False
+
+    def find(self, name: str, index: int) -> Optional[str]:
+        for job, (_, _, got) in self.jobs.items():
+            if got == name and job.endswith("_%d" % index):
+                return job
+        return None
+
+    def max_array_size(self) -> int:
+        if self.max_array is None:
+            code, out, _ = self.run(["scontrol", "show", "config"])
+            found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M) if code == 0 else None
+            self.max_array = max(1, int(found.group(1))) if found else 1000
+        return self.max_array
+
+    def submit(self, items: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        """Launch ``items`` ([(run_id, raw spec)]) as job arrays; launch's reply per run."""
+        out: Dict[str, Any] = {}
+        groups: Dict[Tuple[str, ...], List[Tuple[str, Dict[str, Any]]]] = {}
+        for run_id, raw in items:
+            try:
+                spec, opts = _spec(raw), _slurm_spec(raw)
+            except BadRequest as exc:
+                out[run_id] = {"status": "error", "error": str(exc)}
+                continue
+            spec["slurm"] = opts
+            self.poll = max(SLURM_POLL_MIN, opts["poll"])
+            if os.path.lexists(self.helper.run_dir(run_id)):
+                out[run_id] = {
+                    "status": "exists",
+                    "run": self.helper.report(run_id, [REPLY_INLINE_BUDGET]),
+                }
+                continue
+            groups.setdefault(tuple(opts["sbatch"]), []).append((run_id, spec))
+        size = self.max_array_size()
+        for opts_key, runs in groups.items():
+            for start in range(0, len(runs), size):
+                out.update(self.submit_array(list(opts_key), runs[start : start + size]))
+        return out
+
+    def submit_array(self, opts: List[str], runs: List[Tuple[str, Dict[str, Any]]]
+                     ) -> Dict[str, Any]:  # fmt: skip
+        """Publish each run dir, then one sbatch for all; a lost reply is found by name."""
+        h, out = self.helper, {}  # type: Tuple[Helper, Dict[str, Any]]
+        name = "labtasker-" + hashlib.sha256(
+            "\n".join(r for r, _ in runs).encode()).hexdigest()[:16]  # fmt: skip
+        members: List[str] = []
+        for run_id, spec in runs:
+            try:
+                if spec["snapshot"]:
+                    with h.store.locked():
+                        spec["workdir"] = h.store.workdir(run_id, spec["snapshot"])
+                sup = json.dumps({"slurm": name, "index": len(members)}).encode()
+                with h.fence.held(h.host) if h.fence else contextlib.nullcontext():
+                    made = h.spares.publish(h.run_dir(run_id), sup)
+                if not made:
+                    out[run_id] = {"status": "exists", "run": h.report(run_id, [0])}
+                    continue
+                write_file(os.path.join(h.run_dir(run_id), "spec.json"), spec)
+            except Superseded:
+                h.running = False
+                raise
+            except (OSError, BadRequest) as exc:
+                out[run_id] = {"status": "error", "error": "cannot prepare run %s on %s: %s"
+                               % (run_id, h.host, exc)}  # fmt: skip
+                continue
+            members.append(run_id)
+        if not members:
+            return out
+        job, error = self.sbatch(name, opts, members)
+        for n, run_id in enumerate(members):
+            d = h.run_dir(run_id)
+            if job is None:
+                shutil.rmtree(d, ignore_errors=True)  # nothing submitted: the id may be reused
+                out[run_id] = {"status": "error", "error": error}
+                continue
+            element = "%s_%d" % (job, n)
+            with contextlib.suppress(OSError):
+                write_file(os.path.join(d, "slurm.json"), {"job": element})
+            self.jobs.setdefault(element, ("PENDING", "None", name))
+            h.adopted[run_id] = None
+            out[run_id] = {"status": "started", "pid": None, "job_id": element}
+        return out
+
+    def sbatch(self, name: str, opts: List[str], runs: List[str]
+               ) -> Tuple[Optional[str], Optional[str]]:  # fmt: skip
+        """Submit one array; (job id, None) or (None, why). Never twice for one name."""
+        os.makedirs(self.dir, 0o700, exist_ok=True)
+        write_file(os.path.join(self.dir, name + ".json"), {"runs": runs})
+        script = os.path.join(self.dir, name + ".sh")
+        q = shlex.quote
+        here = self.helper_file()
+        write_file(script, (SLURM_SCRIPT % (q(sys.executable), q(here), q(self.helper.state_dir),
+                                            q(name))).encode())  # fmt: skip
+        os.chmod(script, 0o700)
+        argv = ["sbatch", "--parsable", "--job-name=" + name, "--array=0-%d" % (len(runs) - 1),
+                "--output=" + os.path.join(self.dir, name + "_%a.out"), "--chdir=" +
+                self.helper.state_dir, *opts, script]  # fmt: skip
+        code, out, err = self.run(argv)
+        job = out.strip().split(";")[0]
+        if code == 0 and _JOB_ID.fullmatch(job):
+            return job, None
+        for _ in range(3):  # its reply may be lost while the job was queued: look first
+            self.tried = 0.0
+            self.refresh()
+            found = self.find(name, 0)
+            if found:
+                return found.split("_")[0], None
+            time.sleep(1.0)
+        return None, "sbatch on %s failed: %s" % (self.helper.host, (err or out)[-500:])
+
+    def helper_file(self) -> str:
+        here = globals().get("__file__") or ""
+        return os.path.abspath(here)
+
+    def live_state(self, run_id: str, sup: Dict[str, Any]) -> Tuple[str, Any, Dict[str, Any]]:
+        """A SLURM run without exit.json: (state, why, exit info to record or {})."""
+        d = self.helper.run_dir(run_id)
+        self.refresh()
+        job = (read_json(os.path.join(d, "slurm.json"))[0] or {}).get("job")
+        name = sup.get("slurm")
+        if not isinstance(job, str) and isinstance(name, str):
+            job = self.find(name, int(sup.get("index") or 0))
+            if job:  # submitted, its reply lost before it was recorded
+                with contextlib.suppress(OSError):
+                    write_file(os.path.join(d, "slurm.json"), {"job": job})
+        started = os.path.exists(os.path.join(d, "started.json"))
+        if not isinstance(job, str):
+            age = time.time() - os.stat(d).st_mtime
+            if age < LOST_AFTER_S:
+                return "starting", None, {}
+            return "lost", "its submission to SLURM on %s was not accepted" % self.helper.host, {}
+        state = self.jobs.get(job, ("", "", ""))[0]
+        if state == "PENDING" and started and not self.fresh(os.path.join(d, "started.json")):
+            state = "RUNNING"  # pending in a poll from before it started: not news
+        if (state == "PENDING" and started) or state in SLURM_LOST:
+            self.requeue_cancel(job)
+            return "lost", "SLURM job %s was %s" % (job, "requeued" if state == "PENDING" else
+                                                   state.lower().replace("_", " ")), {}  # fmt: skip
+        if state in SLURM_FAILED:
+            cancelled = state == "CANCELLED" and os.path.exists(os.path.join(d, "cancel.json"))
+            why = None if cancelled else "%s (SLURM job %s)" % (SLURM_FAILED[state], job)
+            return "exited", None, {"exit_code": -9 if started else -15, "cancelled": cancelled,
+                                    "timed_out": state == "TIMEOUT", "error": why,
+                                    "signal": "SIGKILL" if started else "SIGTERM"}  # fmt: skip
+        listed = state == "PENDING" or state in SLURM_LIVE
+        if listed or (not state and self.missing.get(job, 0) < 2):
+            return ("running" if started else "starting"), None, {}
+        # Listed as ended without an exit record, or gone from squeue for two polls.
+        return "lost", "SLURM job %s ended without an exit record (%s)" % (
+            job, state.lower() or "gone from squeue"), {}  # fmt: skip
+
+    def describe(self, run_id: str) -> Dict[str, Any]:
+        """REPORT fields of a SLURM run: job_id, job_state and job_reason (squeue's)."""
+        if not self.jobs and not self.polled:
+            return {}  # this helper has nothing to do with SLURM
+        job = (read_json(os.path.join(self.helper.run_dir(run_id), "slurm.json"))[0] or {}).get(
+            "job")  # fmt: skip
+        if not isinstance(job, str):
+            return {}
+        state, reason, _ = self.jobs.get(job, ("", "", ""))
+        return {"job_id": job, "job_state": state or None,
+                "job_reason": reason if reason not in ("", "None") else None}  # fmt: skip
+
+    def requeue_cancel(self, job: str) -> None:
+        """A requeued job would run the task again under the same run id: cancel it (once)."""
+        if job not in self.requeued:
+            self.requeued[job] = None
+            self.run(["scancel", job])
+
+    def refine(self, run_id: str, exit_info: Dict[str, Any]) -> Tuple[str, Any]:
+        """An exit record of a task SLURM terminated (SIGTERM, no cancel of ours): what SLURM
+        says it was. ("exited" | "running" | "lost", why)."""
+        d = self.helper.run_dir(run_id)
+        job = (read_json(os.path.join(d, "slurm.json"))[0] or {}).get("job")
+        if not self.fresh(os.path.join(d, "exit.json")):
+            self.refresh(force=True)
+            if not self.fresh(os.path.join(d, "exit.json")):
+                return "running", None  # SLURM's word on it is not in yet
+        state = self.jobs.get(str(job), ("", "", ""))[0]
+        if state == "PENDING" or state in SLURM_LOST:
+            self.requeue_cancel(str(job))
+            return "lost", "SLURM job %s was %s" % (job, "requeued" if state == "PENDING" else
+                                                   state.lower().replace("_", " "))  # fmt: skip
+        if state in SLURM_LIVE and time.time() - self.polled < 600:
+            return "running", None  # SLURM has not said yet why it ended the job
+        why = (
+            SLURM_FAILED.get(state)
+            or "terminated by SLURM (SIGTERM): scancel, preemption or a node problem"
+        )
+        exit_info["timed_out"] = state == "TIMEOUT"
+        exit_info["cancelled"] = False
+        exit_info["error"] = "%s (SLURM job %s)" % (why, job)
+        return "exited", None
+
+    def kill(self, run_id: str, started: bool, again: bool) -> str:
+        """Cancel a run: the wrapper is told (SIGUSR1: it reads cancel.json, TERMs the task,
+        KILLs after the grace and records the exit); a job still pending is removed."""
+        d = self.helper.run_dir(run_id)
+        job = (read_json(os.path.join(d, "slurm.json"))[0] or {}).get("job")
+        if not isinstance(job, str) or not _JOB_ID.fullmatch(job):
+            return "exited"
+        if started and not again:
+            self.run(["scancel", "--batch", "--signal=USR1", job])
+            return "signalled"
+        self.run(["scancel", job])
+        if not started:  # it never ran: its record says so now (a late start sees it, and stops)
+            info = {"exit_code": -15, "signal": "SIGTERM", "timed_out": False, "cancelled": True,
+                    "started_at": None, "finished_at": utc_now(), "error": None}  # fmt: skip
+            with contextlib.suppress(OSError):
+                if not os.path.exists(os.path.join(d, "exit.json")):
+                    write_file(os.path.join(d, "exit.json"), info, sync=True)
+        return "signalled"
+
+
+def _slurm_spec(raw: Any) -> Dict[str, Any]:
+    opts = raw.get("slurm") if isinstance(raw, dict) else None
+    if not isinstance(opts, dict):
+        raise BadRequest("spec.slurm must be an object")
+    args = opts.get("sbatch")
+    if not isinstance(args, list) or not all(
+        isinstance(a, str)
+        and a.startswith("--")
+        and "\0" not in a
+        and "\n" not in a
+        and not a.startswith(("--array", "--job-name", "--output", "--wrap", "--chdir"))
+        for a in args
+    ):
+        raise BadRequest("spec.slurm.sbatch must be a list of long sbatch options")
+    limit = opts.get("time_limit")
+    if limit is not None and not (isinstance(limit, (int, float)) and limit > 0):
+        raise BadRequest("spec.slurm.time_limit must be a number of seconds > 0 or null")
+    return {"sbatch": args, "poll": _number(opts, "poll", 30.0), "time_limit": limit}
+
+
+def slurm_element(state_dir: str, name: str) -> None:
+    """The batch script's body on the compute node: run this array element's task under a
+    keeper in the foreground, exactly once (an element run again, requeued, starts nothing)."""
+    try:
+        index = int(os.environ.get("SLURM_ARRAY_TASK_ID", ""))
+        runs = (read_json(os.path.join(state_dir, "slurm", name + ".json"))[0] or {})["runs"]
+        run_id = _run_id(runs[index])
+    except (ValueError, KeyError, IndexError, TypeError, BadRequest):
+        sys.exit("labtasker: no run for element %s of %s" % (
+            os.environ.get("SLURM_ARRAY_TASK_ID"), name))  # fmt: skip
+    helper = Helper(state_dir)
+    d = helper.run_dir(run_id)
+    sup = read_json(os.path.join(d, SUPERVISOR))[0] or {}
+    if sup.get("slurm") != name or sup.get("index") != index:
+        sys.exit("labtasker: run %s does not belong to %s_%d" % (run_id, name, index))
+    if any(os.path.exists(os.path.join(d, f)) for f in ("started.json", "exit.json")):
+        sys.exit("labtasker: run %s has started before: not run again" % run_id)
+    spec = read_json(os.path.join(d, "spec.json"))[0] or {}
+    gpus = os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS")
+    if gpus and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # SLURM without device cgroups leaves it unset
+    helper.umask = os.umask(0o077)
+    keeper = Keeper(helper, -1, -1)
+    keeper.wake = _wakeup_pipe()
+    for num in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(num, keeper.on_signal)
+    signal.signal(signal.SIGCHLD, _noop)
+    st = proc_stat(os.getpid())
+    keeper.me = {
+        "supervisor_pid": os.getpid(),
+        "proc_start": st[2] if st else None,
+        "slurm_job": "%s_%s" % (os.environ.get("SLURM_ARRAY_JOB_ID"), index),
+    }
+    try:
+        keeper.start(d, _spec(spec))
+    except Exception as exc:  # never a run left without an exit record
+        keeper.fail(KeptRun(d, _spec(spec)), "cannot start the task on %s: %s" % (
+            helper.host, exc))  # fmt: skip
+    keeper.loop()
 
 
 def run_keeper(helper: "Helper", cmd_fd: int, note_fd: int) -> None:

@@ -115,6 +115,7 @@ class HostSession:
         self.error: str | None = None
         self.permanent_error = False
         self.down_since: float | None = None
+        self.connecting_since: float | None = None  # monotonic start of the attempt in flight
         self.last_seen: float | None = None
         self.hello: dict[str, Any] = {}
         self.inventory: GpuInventory | None = None
@@ -163,11 +164,15 @@ class HostSession:
 
     async def _connect(self) -> None:
         self.status = "connecting"
+        self.connecting_since = time.monotonic()
         self._on_change(self)
         await self._close()
-        self._transport, self._client, self.hello = await start_helper(
-            self.spec, self.options, self.fence
-        )
+        try:
+            self._transport, self._client, self.hello = await start_helper(
+                self.spec, self.options, self.fence
+            )
+        finally:
+            self.connecting_since = None
         self.status = "up"
         self.error = None
         self.permanent_error = False
@@ -266,6 +271,17 @@ class HostSession:
             )
         root = workdir if workdir is not None else self.spec.workdir
         return await transport.fetch_files(root, globs, local_dir, max_bytes)
+
+    def health(self, now: float) -> str:
+        """``describe`` for ``status``, which also tells a first attempt that has no answer yet
+        (a stalled host) from a retry after a failure, which keeps the failure's reason."""
+        if self.status != "connecting":
+            return self.describe()
+        if self.error:
+            return f"unreachable ({without_host(self.name, self.error)}); trying again"
+        if self.connecting_since is None:
+            return "connecting"
+        return f"connecting for {max(now - self.connecting_since, 0):.0f} s, no answer yet"
 
     def describe(self) -> str:
         """One line about the host's health, for status and reasons."""

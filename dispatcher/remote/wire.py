@@ -168,6 +168,8 @@ def _launch_reply(host: str, run: str, got: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"status": got["status"]}
     if "pid" in got:
         out["pid"] = _int(host, f"{where}: pid", got["pid"], nullable=True)
+    if "job_id" in got:  # a SLURM job; dispatch/cluster.py checks its form
+        out["job_id"] = text(host, f"{where}: job_id", got["job_id"], limit=128)
     if got["status"] == "exists":
         out["run"] = check_report(host, got.get("run"), (run,), where)
     elif got["status"] == "error":

@@ -78,6 +78,7 @@ _COL_TYPES = {
     "cancelled_by": "BIGINT",
     "gpu_memory": "BIGINT",
     "min_gpu_memory": "BIGINT",
+    "job_id": "VARCHAR",
 }
 _ATTEMPT_COLS: tuple[str, ...] = ("task_id", "attempt", "run_id", "host", "gpu_ids", "outcome")
 _ATTEMPT_COLS += ("exit_code", "result", "started_at", "finished_at", "reason")
@@ -102,9 +103,11 @@ def plan_move(task: Task, req: MoveRequest, now: datetime) -> _Planned | None:
     sets: dict[str, Any] = {"state": new.value}
     if new is S.PENDING:
         sets.update(dict.fromkeys(("host", "gpu_ids", "run_id", "started_at", "finished_at")))
+        sets["job_id"] = None
         sets.update(cancel_requested=False, cancelled_by=None)
     elif new is S.LAUNCHING:
         sets.update(dict.fromkeys(("exit_code", "result", "started_at", "finished_at", "reason")))
+        sets["job_id"] = None
         sets["attempt"] = task.attempt + 1
     sets.update(values)
     # Entry times: the one given, or now (a None from a report that lacked it counts as none).
@@ -200,6 +203,7 @@ class Mover:
         cancel_requested: bool = UNSET,
         gpu_memory: int | None = UNSET,
         min_gpu_memory: int | None = UNSET,
+        job_id: str | None = UNSET,
     ) -> Task | None:
         """Move one task to ``new`` (THE state-changing function); returns the updated task.
 
@@ -227,6 +231,7 @@ class Mover:
             "cancel_requested": cancel_requested,
             "gpu_memory": gpu_memory,  # a CUDA out-of-memory retry asks for a bigger GPU
             "min_gpu_memory": min_gpu_memory,
+            "job_id": job_id,
         }
         req = MoveRequest(task_id, new, run_id, {k: v for k, v in given.items() if v is not UNSET})
         if self._deferred is not None and task is None:

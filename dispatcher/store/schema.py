@@ -129,6 +129,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN gpu_type VARCHAR",
         "ALTER TABLE tasks ADD COLUMN min_gpu_memory BIGINT",
     ),
+    # 7 -> 8: the SLURM job (array element, "1234_5") of a task running on a cluster.
+    ("ALTER TABLE tasks ADD COLUMN job_id VARCHAR",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -136,7 +138,8 @@ TASK_COLUMNS = (
     "id, state, args, template, command, name, priority, max_attempts, attempt, losses, timeout,"
     " gpus, host, gpu_ids, run_id, exit_code, result, created_at, started_at, finished_at,"
     " reason, cancel_requested, after, batch, max_running, outputs, after_any, after_failed,"
-    " cancelled_by, snapshot, git_commit, git_dirty, gpu_memory, gpu_type, min_gpu_memory"
+    " cancelled_by, snapshot, git_commit, git_dirty, gpu_memory, gpu_type, min_gpu_memory,"
+    " job_id"
 )
 
 
@@ -258,4 +261,5 @@ def task_from_row(row: Sequence[Any]) -> Task:
         gpu_memory=row[32],
         gpu_type=row[33],
         min_gpu_memory=row[34],
+        job_id=row[35],
     )

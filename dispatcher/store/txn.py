@@ -256,6 +256,14 @@ class Txn(Mover):
             [list(reasons), list(reasons.values())],
         )
 
+    def set_job(self, task_id: int, run_id: str, job_id: str | None, reason: str | None) -> None:
+        """Record the SLURM job of a launched or running task's run, and why SLURM holds it."""
+        self.con.execute(
+            "UPDATE tasks SET job_id = ?, reason = ? WHERE id = ? AND run_id = ?"
+            " AND state IN ('launching', 'running')",
+            [job_id, reason, task_id, run_id],
+        )
+
     def set_commands(self, commands: Mapping[int, str]) -> None:
         """Store the commands rendered again at launch (see ``dispatch.placement``)."""
         if commands:

@@ -13,6 +13,7 @@ import contextlib
 import getpass
 import os
 import shlex
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Self
@@ -54,6 +55,14 @@ _CIPHERS = (
     "aes256-ctr",
     "aes192-ctr",
     "aes128-ctr",
+)
+#: At most this many connections are set up at once through one ProxyJump host: beyond its
+#: MaxStartups (OpenSSH's default, 10:30:100, starts at 10) sshd drops new unauthenticated
+#: connections at random, and a lab with dozens of servers behind one bastion opens them all at
+#: once. Connections made directly are not limited: each goes to its own host's sshd.
+JUMP_HANDSHAKES = 8
+_jump_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
 )
 _DEFAULT_KEYS = ("id_ed25519_sk", "id_ecdsa_sk", "id_ed448", "id_ed25519", "id_ecdsa", "id_rsa")
 
@@ -147,6 +156,15 @@ class LocalTransport(_Transport):
         return await fetch_local(workdir, globs, local_dir, max_bytes)
 
 
+def _jump_slot(jump: str | None) -> contextlib.AbstractAsyncContextManager[Any]:
+    """One of the ``JUMP_HANDSHAKES`` slots of the ProxyJump host ``jump`` (none to take
+    for a direct connection)."""
+    if jump is None:
+        return contextlib.nullcontext()
+    slots = _jump_slots.setdefault(asyncio.get_running_loop(), {})
+    return slots.setdefault(jump, asyncio.Semaphore(JUMP_HANDSHAKES))
+
+
 class SSHTransport(_Transport):
     """One asyncssh connection to a host; every ``start`` opens a new session on it.
 
@@ -211,10 +229,11 @@ class SSHTransport(_Transport):
             self.endpoint = self._resolve(opts)
             known = await asyncio.to_thread(_read_known_hosts, self.endpoint.known_hosts_files)
             client = _client_class()(self, known, o.accept_new_host_keys)
-            # known_hosts is always passed explicitly: never None, so host keys are checked.
-            conn: asyncssh.SSHClientConnection = await asyncssh.connect(
-                **kwargs, known_hosts=known, client_factory=lambda: client
-            )
+            async with _jump_slot(self.endpoint.jump):
+                # known_hosts is always passed explicitly: never None, so host keys are checked.
+                conn: asyncssh.SSHClientConnection = await asyncssh.connect(
+                    **kwargs, known_hosts=known, client_factory=lambda: client
+                )
         except Exception as exc:
             if client is not None and client.accepted:  # as OpenSSH: accepted = recorded
                 with contextlib.suppress(OSError):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from dispatcher.store.queue import Store
+from tests.slurm import SlurmCluster, slurm_installed
 from tests.sshd import SshdHosts, poll
 
 if TYPE_CHECKING:
@@ -178,6 +179,29 @@ def finish(proc: subprocess.Popen[str], timeout: float = DEADLINE) -> tuple[int,
         out, err = proc.communicate(timeout=15)
         raise AssertionError(f"command still running after {timeout} s:\n{out}\n{err}") from None
     return proc.returncode, out, err
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(sshd_hosts: SshdHosts) -> Iterator[SlurmCluster]:
+    """A private single-node SLURM cluster (``tests/slurm.py``) whose login node is the sshd
+    host ``slurm``: ``ssh_home``'s config names it like the other hosts.
+
+    Without SLURM installed or without root this fails under CI (CI=true) and skips elsewhere.
+    """
+    reason = ""
+    if not slurm_installed():
+        reason = "SLURM is not installed (apt-get install slurm-wlm munge)"
+    elif os.geteuid() != 0:
+        reason = "a private SLURM cluster needs root (slurmd starts jobs as the login user)"
+    if reason:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = SlurmCluster.start(sshd_hosts)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ dispatch reconciles: running tasks are adopted, ended ones collected, nothing st
 
 from __future__ import annotations
 
+from collections import Counter
+
 from dispatcher.dispatch.recovery import CRASH_ENV
 from tests.integration.faults_lab import FaultLab, kill9
 
@@ -28,6 +30,9 @@ def test_kill_9_mid_run_then_restart_loses_and_repeats_nothing(faults: FaultLab)
     )
     code, out, err = faults.run_dispatch(hosts)
     assert code == 0, (out, err)
+    # Each host that held runs says how many it answered for, once reconciled.
+    for host, n in Counter(t["host"] for t in running.values()).items():
+        assert f"{host}: {n} run{'' if n == 1 else 's'} re-adopted\n" in out, out
     done = faults.assert_exactly_once(ids)
     # Adopted, not relaunched: the in-flight tasks kept their run (and attempt 1).
     for task in done:

@@ -29,6 +29,7 @@ class StubSession:
             outputs=(),
             max_log_size=1 << 20,
             sync=False,
+            slurm=None,
         )
         self.reply = reply
         self.calls: list[tuple[str, dict[str, Any]]] = []

@@ -1,0 +1,183 @@
+"""SLURM clusters as hosts (``kind = "slurm"``), against a real slurmctld and slurmd.
+
+The cluster is ``tests/slurm.py``'s: one node with 16 CPUs and 4 fake GPUs, MaxArraySize 8, its
+login node an sshd test host. Every task goes through the real CLI: ``queue add``, ``dispatch``,
+``queue ls --json``; SLURM's own view is read with ``squeue`` as root.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Lab, finish, wait
+from tests.integration.faults_lab import kill9
+from tests.slurm import SlurmCluster
+
+SLEEPER = "sleep %{s}; echo slept %{s}"
+
+
+@pytest.fixture
+def cluster(slurm_cluster: SlurmCluster) -> Iterator[SlurmCluster]:
+    slurm_cluster.wait_idle()
+    yield slurm_cluster
+    for job in slurm_cluster.jobs():  # a failed test's jobs must not hold the node
+        slurm_cluster.admin("scancel", job.split("|")[0], check=False)
+
+
+def cluster_hosts(lab: Lab, cluster: SlurmCluster, **extra: object) -> Path:
+    settings = {"kind": "slurm", "workdir": f"{lab.shared}/cluster", "gres": cluster.gres,
+                "poll_interval": "5s", "keepalive_interval": 1, **extra}  # fmt: skip
+    lines = ["[hosts.slurm]", 'env = { EXPERIMENT_HOST = "slurm" }']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    return lab.write_hosts("\n".join(lines) + "\n")
+
+
+def test_a_grid_runs_as_job_arrays_split_at_max_array_size(lab: Lab, cluster: SlurmCluster) -> None:
+    ids = lab.add(
+        "--grid=p1=1,2,3,4", "--grid=p2=a,b,c,d", '--args={"p3": 0.5}', "--gpus", "1", sleep=0.2
+    )
+    hosts = cluster_hosts(lab, cluster)
+    done = lab.run("dispatch", "--hosts", str(hosts), timeout=180)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "16 succeeded, 0 failed" in done.stdout
+    tasks = lab.cli_tasks()
+    assert sorted(t["id"] for t in tasks) == sorted(ids)
+    assert {t["state"] for t in tasks} == {"succeeded"}
+    jobs = {t["job_id"].split("_")[0] for t in tasks}
+    assert len(jobs) == 2, jobs  # 16 tasks, at most 8 per array
+    assert all(t["result"]["params"][0] == str(t["args"]["p1"]) for t in tasks)
+    records = lab.records()
+    assert sorted(int(r["task_id"]) for r in records) == sorted(ids)  # each ran exactly once
+    assert all(r["CUDA_VISIBLE_DEVICES"] for r in records)  # SLURM gave each its GPU
+
+
+def job_states(cluster: SlurmCluster) -> dict[str, str]:
+    return dict(line.split("|", 1) for line in cluster.jobs())
+
+
+def test_max_running_holds_across_arrays(lab: Lab, cluster: SlurmCluster) -> None:
+    ids = lab.add("--grid=p1=1,2,3,4,5,6", '--args={"p2": "x", "p3": 1}', "--gpus", "0",
+                  "--max-running", "2", sleep=1.0)  # fmt: skip
+    done = lab.run("dispatch", "--hosts", str(cluster_hosts(lab, cluster)), timeout=180)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    runs = lab.records()
+    assert sorted(int(r["task_id"]) for r in runs) == sorted(ids)
+    for r in runs:  # never more than 2 at once, though the cluster had room for all 6
+        assert sum(1 for o in runs if o["start"] <= r["start"] < o["end"]) <= 2
+
+
+def test_cancel_scancels_a_running_job_and_a_pending_one(lab: Lab, cluster: SlurmCluster) -> None:
+    # 4 GPUs: the fifth task waits in SLURM (Resources), and says so.
+    ids = lab.add_cmd(SLEEPER, "--grid=s=300,301,302,303,304", "--gpus", "1")
+    proc = lab.start("dispatch", "--hosts", str(cluster_hosts(lab, cluster)))
+    wait(lambda: sum(t["job_id"] is not None for t in lab.tasks()) == 5, "5 jobs submitted")
+    pending = wait(
+        lambda: [t for t in lab.tasks() if "pending (Resources)" in (t["reason"] or "")],
+        "a SLURM pending reason on a task", timeout=60,
+    )  # fmt: skip
+    assert isinstance(pending, list) and len(pending) == 1
+    assert pending[0]["reason"] == f"SLURM job {pending[0]['job_id']} pending (Resources)"
+    shown = lab.ok("queue", "ls")
+    assert "pending (Resources)" in shown
+    lab.ok("queue", "cancel", *map(str, ids))
+    code, out, err = finish(proc, timeout=120)
+    assert code == 0, (out, err)
+    assert {t["state"] for t in lab.tasks()} == {"cancelled"}
+    wait(lambda: not job_states(cluster), "SLURM has no job of ours left")
+
+
+def test_a_lost_sbatch_reply_is_never_submitted_twice(lab: Lab, cluster: SlurmCluster) -> None:
+    # sbatch queues the job, then fails as if its reply timed out: labtasker must look first.
+    shim = lab.shared / "shim"
+    shim.mkdir()
+    calls = lab.shared / "sbatch-calls"
+    (shim / "sbatch").write_text(
+        "#!/bin/sh\n"
+        f"echo call >> {calls}\n"
+        "PATH=${PATH#*:} sbatch \"$@\" >/dev/null\n"
+        "echo 'sbatch: error: Batch job submission failed: Socket timed out on send/recv' >&2\n"
+        "exit 1\n"
+    )  # fmt: skip
+    python = lab.shared / "python-with-shim"
+    python.write_text(f'#!/bin/sh\nPATH={shim}:$PATH exec python3 "$@"\n')
+    for f in (shim / "sbatch", python):
+        f.chmod(0o755)
+    ids = lab.add("--grid=p1=1,2", '--args={"p2": "x", "p3": 1}', "--gpus", "0")
+    hosts = cluster_hosts(lab, cluster, python=str(python))
+    done = lab.run("dispatch", "--hosts", str(hosts), timeout=180)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert calls.read_text().count("call") == 1  # one array for both, submitted once
+    assert sorted(int(r["task_id"]) for r in lab.records()) == sorted(ids)
+    assert all(t["attempt"] == 1 and t["state"] == "succeeded" for t in lab.tasks())
+
+
+def test_a_requeued_job_counts_as_lost_and_is_retried(lab: Lab, cluster: SlurmCluster) -> None:
+    (task_id,) = lab.add_cmd("echo start $LABTASKER_RUN_ID; sleep %{s}", '--args={"s": 8}')
+    proc = lab.start("dispatch", "--hosts", str(cluster_hosts(lab, cluster)))
+    # Its task started (its first line is out): a requeue now kills a run that began.
+    wait(lambda: "start" in lab.run("logs", str(task_id)).stdout, "the task started")
+    first = lab.task(task_id)
+    assert isinstance(first, dict)
+    cluster.admin("scontrol", "requeue", first["job_id"])
+    code, out, err = finish(proc, timeout=120)
+    assert code == 0, (out, err)
+    assert f"SLURM job {first['job_id']} was requeued" in out
+    task = lab.task(task_id)
+    assert task["state"] == "succeeded" and task["run_id"] != first["run_id"]
+    assert task["job_id"] is None or task["job_id"] != first["job_id"]
+    shown = json.loads(lab.ok("queue", "show", str(task_id), "--json"))
+    first_try, second_try = shown["attempts"]
+    assert first_try["run_id"] == first["run_id"] and "was requeued" in first_try["reason"]
+    assert second_try["run_id"] == task["run_id"] and second_try["exit_code"] == 0
+
+
+def test_controller_kill_9_then_reattach_by_job_id(lab: Lab, cluster: SlurmCluster) -> None:
+    ids = lab.add("--grid=p1=1,2,3,4,5,6", '--args={"p2": "x", "p3": 1}', "--gpus", "1", sleep=6)
+    hosts = cluster_hosts(lab, cluster)
+    proc = lab.start("dispatch", "--hosts", str(hosts))
+    wait(lambda: sum(t["state"] == "running" for t in lab.tasks()) == 6, "all 6 submitted")
+    kill9(proc)
+    held = {t["id"]: t["job_id"] for t in lab.tasks()}
+    done = lab.run("dispatch", "--hosts", str(hosts), timeout=180)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    tasks = lab.tasks()
+    assert {t["state"] for t in tasks} == {"succeeded"}
+    assert all(t["attempt"] == 1 for t in tasks)  # adopted, not submitted again
+    assert sorted(int(r["task_id"]) for r in lab.records()) == sorted(ids)  # each ran once
+    assert all(held[i] for i in ids)
+
+
+def test_timeout_is_exact_and_the_slurm_time_limit_kills_too(
+    lab: Lab, cluster: SlurmCluster
+) -> None:
+    short = lab.add_cmd(SLEEPER, '--args={"s": 60}', "--timeout", "2")
+    (long,) = lab.add_cmd(SLEEPER, '--args={"s": 300}')
+    hosts = cluster_hosts(lab, cluster, time="10m")
+    proc = lab.start("dispatch", "--hosts", str(hosts))
+    job = wait(lambda: (lambda t: t["job_id"] if t["state"] == "running" and
+               job_states(cluster).get(t["job_id"] or "") == "RUNNING" else None)(
+        lab.task(long)), "the long job running")  # fmt: skip
+    cluster.time_out(str(job))  # as if its 10 minutes were over
+    code, out, err = finish(proc, timeout=150)
+    assert code == 1, (out, err)
+    timed = lab.task(short[0])
+    assert timed["state"] == "failed" and timed["reason"].startswith("timed out after 2s"), timed
+    killed = lab.task(long)
+    assert killed["state"] == "failed", killed
+    assert "killed by SLURM at its time limit" in killed["reason"], killed
+
+
+def test_logs_follow_reads_the_job_output(lab: Lab, cluster: SlurmCluster) -> None:
+    (task_id,) = lab.add_cmd("echo first; sleep 3; echo second", "--gpus", "0")
+    hosts = cluster_hosts(lab, cluster)
+    proc = lab.start("dispatch", "--hosts", str(hosts))
+    wait(lambda: lab.task(task_id)["state"] in ("running", "succeeded"), "the job submitted")
+    follow = lab.run("logs", str(task_id), "--follow", "--hosts", str(hosts), timeout=120)
+    assert follow.returncode == 0, (follow.stdout, follow.stderr)
+    assert follow.stdout.splitlines()[-2:] == ["first", "second"]
+    code, out, err = finish(proc, timeout=60)
+    assert code == 0, (out, err)
