@@ -293,10 +293,8 @@ def _flat(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dic
 
 def _put(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, Any]:
     """Blobs stored; with ``snapshot`` asked, that snapshot's state as ``snapshot`` says it."""
-    stored = _int(host, "the reply to 'put': stored", reply.get("stored"))
-    if params.get("snapshot") is None:
-        return {"stored": stored}
-    return {**_snapshot(host, params, reply), "stored": stored}
+    got = {"stored": _int(host, "the reply to 'put': stored", reply.get("stored"))}
+    return {**_snapshot(host, params, reply), **got} if params.get("snapshot") else got
 
 
 _REPLIES = {
