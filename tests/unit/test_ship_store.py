@@ -191,7 +191,7 @@ def test_the_manifest_goes_with_a_question_and_the_last_put_materialises(tmp_pat
     assert raw.close() == 0
 
 
-def test_many_blobs_are_published_together_after_one_sync(store: helper.Store) -> None:
+def test_many_blobs_are_published_together_once_on_disk(store: helper.Store) -> None:
     datas = [b"file %d\n" % n for n in range(helper.FSYNC_MAX + 4)]
     shas = [hashlib.sha256(d).hexdigest() for d in datas]
     items = [[sha, 0, len(d), True, "raw"] for sha, d in zip(shas, datas, strict=True)]
