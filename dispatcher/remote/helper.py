@@ -129,6 +129,8 @@ OPS = ("ping", "gpus", "launch", "launches", "probe", "kill", "read", "tail", "c
 #: A ``put`` of at most this many pieces fsyncs and publishes each blob it completes; a larger
 #: one's blobs are written back in the background and fsynced together later (see Store.put).
 FSYNC_MAX = 16
+#: Working directories of ended runs kept for reuse (see Store.recycle_workdir), at most.
+IDLE_MAX = 256
 #: Checked blobs (bytes) a helper holds back before it fsyncs and publishes them together; a
 #: transfer cut before that sends them again.
 FLUSH_BYTES = 32 * 1024 * 1024
@@ -608,6 +610,7 @@ class Helper:
                     remove_tree(d)
                 self.adopted.pop(run_id, None)
                 removed += 1
+                self.store.recycle_workdir(run_id)  # a shipped run's, if it made nothing
         return {"removed": removed, "refused": refused}
 
     def op_snapshot(self, req: Dict[str, Any]) -> Dict[str, Any]:
@@ -2162,7 +2165,7 @@ class Store:
     def ensure(self) -> None:
         if self.made:
             return
-        for sub in ("blobs", "snapshots", "tmp", "needs"):
+        for sub in ("blobs", "snapshots", "tmp", "needs", "idle"):
             os.makedirs(os.path.join(self.dir, sub), 0o700, exist_ok=True)
         os.makedirs(self.work, 0o700, exist_ok=True)
         self.made = True
@@ -2400,11 +2403,40 @@ class Store:
             raise SnapshotMissing("snapshot %s is not on this host: it is sent before its runs"
                                   % sha)  # fmt: skip
         work = os.path.join(self.work, run_id)
+        idle = os.path.join(self.dir, "idle")
+        for name in os.listdir(idle) if not os.path.lexists(work) else ():
+            if name.startswith(sha + "."):  # an ended run's, showing this tree and nothing else
+                with contextlib.suppress(FileNotFoundError):  # taken by another helper
+                    os.rename(os.path.join(idle, name), work)
+                    return work
         os.makedirs(work, 0o700, exist_ok=True)
         for name in os.listdir(tree):
             with contextlib.suppress(FileExistsError):
                 os.symlink(os.path.join(tree, name), os.path.join(work, name))
         return work
+
+    def recycle_workdir(self, run_id: str) -> None:
+        """Keep cwd/<run_id>/ of an ended run for the next run of its snapshot (idle/<sha>.
+        <run_id>) when it holds exactly the links ``workdir`` made: the run made nothing that
+        ``keep`` should keep, and making a directory and links costs new inodes per run."""
+        work = os.path.join(self.work, run_id)
+        try:
+            st, names = os.lstat(work), sorted(os.listdir(work))
+            target = os.readlink(os.path.join(work, names[0])) if names else ""
+            sha = os.path.basename(os.path.dirname(target))
+            tree = self.snapshot(sha)
+            if not (_sha(sha) and st.st_mode & 0o177777 == 0o40700 and names == sorted(
+                    os.listdir(tree))):  # fmt: skip
+                return
+            for name in names:
+                if os.readlink(os.path.join(work, name)) != os.path.join(tree, name):
+                    return
+            with self.locked():
+                idle = os.path.join(self.dir, "idle")
+                if len(os.listdir(idle)) < IDLE_MAX:
+                    os.rename(work, os.path.join(idle, "%s.%s" % (sha, run_id)))
+        except (OSError, IndexError):
+            return  # not a shipped run's, or changed by it: it stays until `keep`
 
     def gc(self, queue: str, needed: List[str], keep: float, grace: float) -> Dict[str, int]:
         """Remove work dirs of runs ended (exit.json, or their record cleaned up) and untouched
@@ -2413,6 +2445,8 @@ class Store:
         Snapshots, blobs and parts younger than ``grace`` s stay: another dispatch may be
         sending them for tasks it has not told us of. The caller holds the exclusive lock."""
         self.flush()
+        remove_all(os.path.join(self.dir, "idle"))  # reusable run dirs: a cache, made again
+        os.mkdir(os.path.join(self.dir, "idle"), 0o700)
         now, out = time.time(), {"runs": 0, "snapshots": 0, "blobs": 0, "bytes": 0}
         young = now - grace
         write_file(os.path.join(self.dir, "needs", queue), {"snapshots": needed})

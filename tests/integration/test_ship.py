@@ -331,3 +331,21 @@ def test_a_snapshot_removed_by_clean_up_during_dispatch_is_sent_again(lab: Lab) 
     proc.terminate()
     _, stdout, _ = finish(proc)
     assert len(sent_lines(stdout)) == 2, stdout  # once for each task
+
+
+def test_a_run_that_made_nothing_leaves_its_directory_to_the_next(lab: Lab) -> None:
+    project(lab)
+    state = ship_hosts(lab, "cpu")
+    ids = lab.add_cmd(
+        "python3 -c 'import os; print(sorted(os.listdir()))' %{x}", "--grid", "x=1,2,3"
+    )
+    done = lab.run("dispatch")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    for task_id in ids:  # each saw the whole tree and nothing another run left
+        assert "['check.py', 'pkg', 'version.txt']" in lab.ok("logs", str(task_id))
+    cwd = lab.hosts.cpu.home / state / "cwd"
+    assert sorted(p.name for p in cwd.iterdir()) == []  # nothing to keep: reused, not kept
+    assert "removed 0 ended run directories" in lab.ok("hosts", "gc", "--now")
+    (kept,) = lab.add_cmd(check_cmd())  # writes made.txt: its directory is kept
+    assert lab.run("dispatch").returncode == 0
+    assert [p.name for p in cwd.iterdir()] == [lab.task(kept)["run_id"]]
