@@ -83,7 +83,10 @@ async def check_host(spec: HostSpec, accept_new: bool) -> HostCheck:
         row.workdir = str(info.get("workdir")) + ("/RUN_ID" if runs else "")
         if not row.ok:
             row.error = f"workdir {row.workdir} is not writable: {info.get('workdir_error')}"
-        if spec.gpus == ():
+        if spec.slurm is not None:  # SLURM gives out the GPUs; sbatch is tried at dispatch
+            offer = f"gres {spec.slurm.gres}" if spec.slurm.gres else "CPU jobs"
+            row.gpus = f"SLURM cluster: {offer}, at most {spec.slurm.max_jobs} jobs"
+        elif spec.gpus == ():
             row.gpus = f"none (CPU-only, {spec.slots} slots)"
         else:
             row.inventory = await client.call("gpus")

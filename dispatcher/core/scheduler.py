@@ -12,22 +12,20 @@
    those that fit, the host with the most free units of the needed kind wins (spreads load), then
    the lower ``order`` (position in hosts.toml), then the name. GPUs: the smallest free cards
    first, then ``gpu_order``, then index.
-5. Greedy backfill: a task that does not fit does not block lower-priority tasks that do. The
-   trade-off: a task wanting many GPUs on one host may wait behind a stream of small ones.
+5. Greedy backfill: a task that does not fit does not block lower-priority tasks that do (a
+   task wanting many GPUs on one host may wait behind a stream of small ones).
 6. Impossible: no configured host could EVER take the task (more GPUs than the largest host has,
-   or no slots anywhere); decided only once every host's GPUs are known. Unusable hosts count as
-   configured: they may come back.
+   or no slots anywhere), once every host's GPUs are known (unusable hosts may come back).
 7. Throttle: a candidate with ``max_running = K`` waits while K tasks of its ``group`` (its
-   sweep) are active, counting those already running (``active``) and those placed earlier in
-   this plan; the reason says "sweep NAME at its limit of K running". It takes no capacity and
-   is not counted as a task ahead of others.
+   sweep) are active (``active``) or placed earlier in this plan ("sweep NAME at its limit of
+   K running"). It takes no capacity and is not counted as a task ahead of others.
 8. GPU needs (``gpu_memory``, ``gpu_type``, ``min_gpu_memory``, see ``gpu_packing``): such a
    task goes to the host whose choice opens the fewest whole GPUs, leaves the least room (best
    fit), then by rank; impossible when every GPU's name and size are known and none matches
    ("no GPU of type A100|H100", "no GPU with at least 40 GiB"). ``max_gpus`` caps new GPUs.
-9. Clusters (``HostCapacity.cluster``, a SLURM host) take what no SSH host can start now, up
-   to their ``max_jobs`` (``slots_total``), by order; SLURM picks the node and the GPUs. Tasks
-   with GPU memory needs stay on SSH hosts; a GPU type goes to a cluster whose gres names it.
+9. Clusters (``cluster``: SLURM) take what no SSH host can start now, up to ``max_jobs``
+   (``slots_total``), by order, once no SSH host is ``settling``. GPU memory needs stay on SSH
+   hosts; a GPU type goes to a cluster whose gres names it. SLURM picks node and GPUs.
 10. Every other unplaced task waits with a short reason (< 200 chars), like squeue's: the busy
    GPUs and down hosts, or "waiting for a free GPU (N tasks ahead)" when capacity existed at the
    start of this plan but tasks ahead of it took it. Host summaries are built once per plan.
@@ -91,6 +89,7 @@ class HostCapacity:
     max_gpus: int | None = None  # GPUs our tasks use at once, at most
     gpu_order: tuple[int, ...] = ()  # the order GPUs are taken in (others after, by index)
     cluster: ClusterOffer | None = None  # a SLURM cluster: slots are its max_jobs (rule 9)
+    settling: bool = False  # its first connection is not decided yet: clusters wait (rule 9)
 
 
 @dataclass(frozen=True)
@@ -205,6 +204,7 @@ class _Planner:
     def __init__(self, hosts: Sequence[HostCapacity]) -> None:
         self.hosts = sorted((_Host(h, i) for i, h in enumerate(hosts)), key=lambda h: h.rank)
         self.clusters = [h for h in self.hosts if h.cluster is not None]
+        self.settling = any(h.settling and h.cluster is None for h in hosts)
         self.gpus = FreePool(self.hosts, lambda h: h.free_count())
         self.slots = FreePool(self.hosts, lambda h: h.free_slots)
         self.cpu_slots = FreePool(self.hosts, lambda h: h.free_slots if h.cpu_only else 0)
@@ -268,7 +268,7 @@ class _Planner:
 
     def place_cluster(self, task_id: int, kind: str, need: GpuNeed) -> Placement | None:
         """Rule 9: the first cluster, by order, with a job to spare that can take the need."""
-        for h in self.takers(kind, need):
+        for h in self.takers(kind, need) if not self.settling else []:
             if h.free_jobs > 0:
                 h.free_jobs -= 1
                 return Placement(task_id, h.name, ())

@@ -153,6 +153,7 @@ def host_capacity(
     inventory: Mapping[str, Any] | None,
     active: Iterable[Task],
     recently_released: Iterable[int] = (),
+    settling: bool = False,
 ) -> HostCapacity:
     """Build the scheduler's view of one host.
 
@@ -201,4 +202,5 @@ def host_capacity(
         max_gpus=spec.max_gpus,
         gpu_order=spec.gpu_order,
         cluster=ClusterOffer(spec.slurm.gres, spec.slurm.gpu_type) if spec.slurm else None,
+        settling=settling,
     )

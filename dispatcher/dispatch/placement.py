@@ -86,6 +86,8 @@ class Placement:
             if active is None
             else active,
             recently_released=released,
+            # Connecting for the first time, or up and not yet known: clusters wait (rule 9).
+            settling=not s.first_attempt.is_set() or (s.up and not hs.reconciled),
         )
 
     def _candidates(self, tx: Txn, need: int, *, plain: bool, reuse: bool) -> list[Task]:

@@ -94,7 +94,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 #: Must equal dispatcher.remote.protocol.PROTOCOL_VERSION (a unit test checks).
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 INLINE_LOG_LIMIT = 64 * 1024
 #: Bytes of a failed run's output end sent with its report (what classifies the failure).
 LOG_TAIL = 4096
@@ -1461,10 +1461,24 @@ class Slurm:
                 continue
             groups.setdefault(tuple(opts["sbatch"]), []).append((run_id, spec))
         size = self.max_array_size()
+        if groups:
+            self.prune()
         for opts_key, runs in groups.items():
             for start in range(0, len(runs), size):
                 out.update(self.submit_array(list(opts_key), runs[start : start + size]))
         return out
+
+    def prune(self) -> None:
+        """Remove the scripts, run lists and SLURM output files of arrays a week old that
+        squeue no longer lists (their runs' records live in their run dirs)."""
+        live = {name for _, _, name in self.jobs.values()}
+        old = time.time() - 7 * 86400
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.dir):
+                name = re.sub(r"(_\d+\.out|\.sh|\.json)$", "", entry.name)
+                with contextlib.suppress(OSError):
+                    if name not in live and entry.stat().st_mtime < old:
+                        os.unlink(entry.path)
 
     def submit_array(self, opts: List[str], runs: List[Tuple[str, Dict[str, Any]]]
                      ) -> Dict[str, Any]:  # fmt: skip
@@ -1563,8 +1577,7 @@ class Slurm:
             state = "RUNNING"  # pending in a poll from before it started: not news
         if (state == "PENDING" and started) or state in SLURM_LOST:
             self.requeue_cancel(job)
-            return "lost", "SLURM job %s was %s" % (job, "requeued" if state == "PENDING" else
-                                                   state.lower().replace("_", " ")), {}  # fmt: skip
+            return "lost", slurm_lost(job, state), {}
         if state in SLURM_FAILED:
             cancelled = state == "CANCELLED" and os.path.exists(os.path.join(d, "cancel.json"))
             why = None if cancelled else "%s (SLURM job %s)" % (SLURM_FAILED[state], job)
@@ -1608,8 +1621,7 @@ class Slurm:
         state = self.jobs.get(str(job), ("", "", ""))[0]
         if state == "PENDING" or state in SLURM_LOST:
             self.requeue_cancel(str(job))
-            return "lost", "SLURM job %s was %s" % (job, "requeued" if state == "PENDING" else
-                                                   state.lower().replace("_", " "))  # fmt: skip
+            return "lost", slurm_lost(str(job), state)
         if state in SLURM_LIVE and time.time() - self.polled < 600:
             return "running", None  # SLURM has not said yet why it ended the job
         why = (
@@ -1639,6 +1651,15 @@ class Slurm:
                 if not os.path.exists(os.path.join(d, "exit.json")):
                     write_file(os.path.join(d, "exit.json"), info, sync=True)
         return "signalled"
+
+
+def slurm_lost(job: str, state: str) -> str:
+    """Why a run whose job SLURM took from its node (or requeued: pending again) is lost."""
+    if state == "PENDING":
+        return "SLURM job %s was requeued" % job
+    if state == "PREEMPTED":
+        return "SLURM job %s was preempted" % job
+    return "SLURM job %s ended as %s (its node or SLURM failed it)" % (job, state)
 
 
 def _slurm_spec(raw: Any) -> Dict[str, Any]:

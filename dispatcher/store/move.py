@@ -152,6 +152,7 @@ class Mover:
         self._now = datetime.now(UTC).replace(tzinfo=None)
         self._deferred: list[_Planned] | None = None
         self._held: dict[int, Task] = {}
+        self._jobs: dict[tuple[int, str], tuple[str | None, str | None]] = {}  # Txn.set_job
         #: After a commit, leave the file attached for this process's next transaction while
         #: it has been attached for less than this many seconds (0: detach, the default).
         self.linger = 0.0
@@ -176,7 +177,7 @@ class Mover:
     @property
     def con(self) -> Any:
         """The DuckDB connection; moves deferred by ``defer_moves`` are written first."""
-        if self._deferred:
+        if self._deferred or self._jobs:
             self.flush()
         return self._con
 

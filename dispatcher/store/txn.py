@@ -257,12 +257,26 @@ class Txn(Mover):
         )
 
     def set_job(self, task_id: int, run_id: str, job_id: str | None, reason: str | None) -> None:
-        """Record the SLURM job of a launched or running task's run, and why SLURM holds it."""
-        self.con.execute(
-            "UPDATE tasks SET job_id = ?, reason = ? WHERE id = ? AND run_id = ?"
-            " AND state IN ('launching', 'running')",
-            [job_id, reason, task_id, run_id],
-        )
+        """Record the SLURM job of a launched or running task's run, and why SLURM holds it;
+        while moves are deferred, written with them (``flush``), not one statement a report."""
+        self._jobs[task_id, run_id] = (job_id, reason)
+        if self._deferred is None:
+            self.flush()
+
+    def flush(self) -> None:
+        """The deferred moves, then the gathered job ids in one UPDATE (a task that ended in
+        the same round keeps its job id and its own reason)."""
+        super().flush()
+        jobs, self._jobs = self._jobs, {}
+        if jobs:
+            self._con.execute(
+                "UPDATE tasks SET job_id = v.job, reason = CASE WHEN tasks.state IN ('launching',"
+                " 'running') THEN v.why ELSE tasks.reason END FROM (SELECT unnest(?::BIGINT[]) AS"
+                " id, unnest(?::VARCHAR[]) AS run, unnest(?::VARCHAR[]) AS job,"
+                " unnest(?::VARCHAR[]) AS why) v WHERE tasks.id = v.id AND tasks.run_id = v.run"
+                " AND (tasks.state IN ('launching', 'running') OR tasks.job_id IS NULL)",
+                [list(c) for c in zip(*((*k, *v) for k, v in jobs.items()), strict=True)],
+            )
 
     def set_commands(self, commands: Mapping[int, str]) -> None:
         """Store the commands rendered again at launch (see ``dispatch.placement``)."""

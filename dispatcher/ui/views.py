@@ -112,6 +112,9 @@ def running_table(
         table.add_column("gpu")
     table.add_column("elapsed", justify="right")
     table.add_column("args", overflow="ellipsis", max_width=50)
+    has_job = any(t.job_id for t in tasks)  # on a SLURM cluster: its job, and why it waits
+    if has_job:
+        table.add_column("slurm job")
     lines = last_lines or {}
     if lines:
         table.add_column("last output", overflow="ellipsis", max_width=60, style="dim")
@@ -129,6 +132,9 @@ def running_table(
             row.append(",".join(str(i) for i in t.gpu_ids or []))
         row.append(format_duration(since(t.started_at, now)))
         row.append(compact_args(t.args))
+        if has_job:
+            waits = t.reason.rpartition(" pending ")[2] if t.job_id and t.reason else ""
+            row.append(f"{t.job_id or ''} pending {waits}" if waits else t.job_id or "")
         if lines:
             row.append(Text(lines.get(t.id, "")))
         table.add_row(*row)

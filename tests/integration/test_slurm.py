@@ -70,19 +70,29 @@ def test_max_running_holds_across_arrays(lab: Lab, cluster: SlurmCluster) -> Non
         assert sum(1 for o in runs if o["start"] <= r["start"] < o["end"]) <= 2
 
 
-def test_cancel_scancels_a_running_job_and_a_pending_one(lab: Lab, cluster: SlurmCluster) -> None:
-    # 4 GPUs: the fifth task waits in SLURM (Resources), and says so.
+def test_pending_reasons_show_and_cancel_scancels_every_job(
+    lab: Lab, cluster: SlurmCluster
+) -> None:
+    # 4 GPUs: the fifth task waits in SLURM for Resources, the sixth (another array) behind it
+    # for Priority; each says so in `queue ls` and `status`.
     ids = lab.add_cmd(SLEEPER, "--grid=s=300,301,302,303,304", "--gpus", "1")
+    ids += lab.add_cmd(SLEEPER, '--args={"s": 305}', "--gpus", "2")
     proc = lab.start("dispatch", "--hosts", str(cluster_hosts(lab, cluster)))
-    wait(lambda: sum(t["job_id"] is not None for t in lab.tasks()) == 5, "5 jobs submitted")
-    pending = wait(
-        lambda: [t for t in lab.tasks() if "pending (Resources)" in (t["reason"] or "")],
-        "a SLURM pending reason on a task", timeout=60,
-    )  # fmt: skip
-    assert isinstance(pending, list) and len(pending) == 1
-    assert pending[0]["reason"] == f"SLURM job {pending[0]['job_id']} pending (Resources)"
-    shown = lab.ok("queue", "ls")
-    assert "pending (Resources)" in shown
+    wait(lambda: sum(t["job_id"] is not None for t in lab.tasks()) == 6, "6 jobs submitted")
+
+    def reasons() -> dict[int, str] | None:
+        got = {t["id"]: t["reason"] for t in lab.tasks() if t["reason"]}
+        return got if len(got) == 2 else None
+
+    waiting = wait(reasons, "SLURM's pending reasons on two tasks", timeout=60)
+    assert isinstance(waiting, dict)
+    jobs = {t["id"]: t["job_id"] for t in lab.tasks()}
+    assert waiting == {
+        ids[4]: f"SLURM job {jobs[ids[4]]} pending (Resources)",
+        ids[5]: f"SLURM job {jobs[ids[5]]} pending (Priority)",
+    }
+    assert "pending (Resources)" in lab.ok("queue", "ls")
+    assert f"{jobs[ids[5]]} pending (Priority)" in lab.ok("status")
     lab.ok("queue", "cancel", *map(str, ids))
     code, out, err = finish(proc, timeout=120)
     assert code == 0, (out, err)
@@ -173,11 +183,71 @@ def test_timeout_is_exact_and_the_slurm_time_limit_kills_too(
 
 def test_logs_follow_reads_the_job_output(lab: Lab, cluster: SlurmCluster) -> None:
     (task_id,) = lab.add_cmd("echo first; sleep 3; echo second", "--gpus", "0")
-    hosts = cluster_hosts(lab, cluster)
+    hosts = cluster_hosts(lab, cluster, setup="echo from setup")  # the setup line runs too
     proc = lab.start("dispatch", "--hosts", str(hosts))
     wait(lambda: lab.task(task_id)["state"] in ("running", "succeeded"), "the job submitted")
     follow = lab.run("logs", str(task_id), "--follow", "--hosts", str(hosts), timeout=120)
     assert follow.returncode == 0, (follow.stdout, follow.stderr)
-    assert follow.stdout.splitlines()[-2:] == ["first", "second"]
+    assert follow.stdout.splitlines()[-3:] == ["from setup", "first", "second"]
     code, out, err = finish(proc, timeout=60)
     assert code == 0, (out, err)
+
+
+def test_one_queue_feeds_ssh_hosts_and_a_cluster(lab: Lab, cluster: SlurmCluster) -> None:
+    ids = lab.add("--grid=p1=1,2,3,4,5,6,7,8", '--args={"p2": "x", "p3": 1}', "--gpus", "1",
+                  sleep=1.0)  # fmt: skip
+    text = cluster_hosts(lab, cluster).read_text()
+    hosts = lab.write_hosts(
+        f'[hosts.gpu1]\nworkdir = "{lab.shared}"\nenv = {{ EXPERIMENT_HOST = "gpu1" }}\n\n' + text
+    )
+    done = lab.run("dispatch", "--hosts", str(hosts), timeout=180)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    tasks = lab.tasks()
+    assert {t["state"] for t in tasks} == {"succeeded"}
+    by_host = {h: [t for t in tasks if t["host"] == h] for h in ("gpu1", "slurm")}
+    assert by_host["gpu1"] and by_host["slurm"], done.stderr  # the SSH host first, then the cluster
+    assert all(t["job_id"] for t in by_host["slurm"])
+    assert not any(t["job_id"] for t in by_host["gpu1"])
+    assert sorted(int(r["task_id"]) for r in lab.records()) == sorted(ids)
+
+
+def test_a_node_taken_down_loses_the_run_and_retries_it(lab: Lab, cluster: SlurmCluster) -> None:
+    (task_id,) = lab.add_cmd("echo start $LABTASKER_RUN_ID; sleep %{s}", '--args={"s": 8}')
+    proc = lab.start("dispatch", "--hosts", str(cluster_hosts(lab, cluster)))
+    wait(lambda: "start" in lab.run("logs", str(task_id)).stdout, "the task started")
+    first = lab.task(task_id)
+    cluster.admin("scontrol", "update", f"nodename={cluster.node}", "state=down", "reason=test")
+    code, out, err = finish(proc, timeout=120)
+    assert code == 0, (out, err)
+    task = lab.task(task_id)
+    assert task["state"] == "succeeded" and task["run_id"] != first["run_id"], out
+    shown = json.loads(lab.ok("queue", "show", str(task_id), "--json"))
+    lost, retried = shown["attempts"]  # a lost run, then the retry: no failed attempt
+    assert lost["run_id"] == first["run_id"] and "was requeued" in lost["reason"], lost
+    assert retried["exit_code"] == 0 and task["max_attempts"] == 1
+
+
+def test_a_dependent_is_submitted_once_its_dependency_succeeded(
+    lab: Lab, cluster: SlurmCluster
+) -> None:
+    (first,) = lab.add("--grid=p1=1", '--args={"p2": "a", "p3": 1}', sleep=3)
+    (second,) = lab.add("--grid=p1=2", '--args={"p2": "b", "p3": 1}', "--after", str(first))
+    done = lab.run("dispatch", "--hosts", str(cluster_hosts(lab, cluster)), timeout=120)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    runs = {int(r["task_id"]): r for r in lab.records()}
+    assert runs[second]["start"] >= runs[first]["end"]
+    jobs = {t["id"]: t["job_id"] for t in lab.tasks()}
+    assert jobs[first] and jobs[second] and jobs[first] != jobs[second]
+
+
+def test_a_submission_the_cluster_refuses_fails_the_task_with_its_line(
+    lab: Lab, cluster: SlurmCluster
+) -> None:
+    (task_id,) = lab.add_cmd("echo never", "--gpus", "0")
+    hosts = cluster_hosts(lab, cluster, partition="nosuch")
+    done = lab.run("dispatch", "--hosts", str(hosts), timeout=120)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    task = lab.task(task_id)
+    assert task["state"] == "failed", task
+    assert "sbatch on" in task["reason"] and "invalid partition" in task["reason"], task
+    assert "Traceback" not in done.stdout + done.stderr

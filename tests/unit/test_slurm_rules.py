@@ -118,3 +118,13 @@ def test_max_running_counts_submitted_jobs_across_hosts() -> None:
     p = plan(tasks, [cluster(jobs=10)], active={"sweep": 1})
     assert len(p.placements) == 1
     assert p.waiting[3] == "sweep sweep at its limit of 2 running"
+
+
+def test_the_cluster_waits_while_an_ssh_host_makes_its_first_connection() -> None:
+    connecting = HostCapacity("box", 0, False, "box connecting", (), 0, 0, False, settling=True)
+    p = plan([Candidate(1, 0, 1)], [connecting, cluster()])
+    assert p.placements == ()
+    settled = HostCapacity("box", 0, False, "box unreachable", (), 0, 0, False)
+    assert [pl.host for pl in plan([Candidate(1, 0, 1)], [settled, cluster()]).placements] == [
+        "cluster"
+    ]

@@ -192,3 +192,26 @@ def _moved(store: Store, targets: list[TaskState], how: str) -> tuple[list[Any],
         for stamp in ("created_at", "started_at", "finished_at"):
             row.pop(stamp)
     return rows, tries
+
+
+def test_a_rounds_slurm_job_ids_are_written_with_its_moves(store: Store) -> None:
+    # A round of 1,000 SLURM launch replies: one UPDATE for their job ids after the moves,
+    # not a flush of the deferred moves and a statement per report.
+    a, b, c = add(store, 3)
+    with store.transaction() as tx:
+        tx.move_many([launch_req(a), launch_req(b), launch_req(c)])
+    with store.transaction() as tx:
+        tx.defer_moves({t.id: t for t in tx.tasks()})
+        for task_id in (a, b, c):
+            tx.move(task_id, S.RUNNING, run_id=f"r{task_id}")
+            tx.set_job(task_id, f"r{task_id}", f"7_{task_id}", "SLURM job pending (Priority)")
+        assert tx._deferred, "set_job wrote the round's deferred moves"
+        tx.move(b, S.SUCCEEDED, run_id=f"r{b}", exit_code=0)  # ended in the same round
+        tx.set_job(c, "stale-run", "8_0", "not this run")  # fenced by its run id
+    got = {t.id: (t.state, t.job_id, t.reason) for t in store.tasks()}
+    assert got[a] == (S.RUNNING, f"7_{a}", "SLURM job pending (Priority)")
+    assert got[b][:2] == (S.SUCCEEDED, f"7_{b}") and got[b][2] != "SLURM job pending (Priority)"
+    assert got[c] == (S.RUNNING, f"7_{c}", "SLURM job pending (Priority)")
+    with store.transaction() as tx:  # outside a round: written at once
+        tx.set_job(a, f"r{a}", f"7_{a}", None)
+        assert tx.get(a).reason is None
