@@ -76,9 +76,11 @@ async def check_host(spec: HostSpec, accept_new: bool) -> HostCheck:
         return row
     try:
         row.python, row.user = str(hello.get("python")), str(hello.get("user"))
-        info = await client.call("check", workdir=spec.workdir)
+        # A shipping host runs each task in STATE_DIR/cwd/<run id>, not in its workdir.
+        runs = f"{str(hello.get('state_dir')).rstrip('/')}/cwd" if spec.sync else None
+        info = await client.call("check", workdir=runs or spec.workdir)
         row.ok = bool(info.get("workdir_writable"))
-        row.workdir = str(info.get("workdir"))
+        row.workdir = str(info.get("workdir")) + ("/RUN_ID" if runs else "")
         if not row.ok:
             row.error = f"workdir {row.workdir} is not writable: {info.get('workdir_error')}"
         if spec.slurm is not None:  # SLURM gives out the GPUs; sbatch is tried at dispatch

@@ -101,8 +101,10 @@ class HostCalls:
             "snapshot": task.snapshot if spec.sync else None,  # its own working directory there
         } | ({"slurm": slurm} if slurm is not None else {})
 
-    async def _launch(self, host: str, tasks: list[Task]) -> None:
-        """Launch ``tasks`` (all placed on ``host``) in one request."""
+    async def _launch(self, host: str, tasks: list[Task], again: bool = True) -> None:
+        """Launch ``tasks`` (all placed on ``host``) in one request; those whose snapshot the
+        host no longer has (``hosts gc`` removed it meanwhile) are shipped and sent once more
+        when ``again``."""
         hs = self.state.hosts[host]
         try:
             tasks = await self._ship(hs.session, tasks)
@@ -117,7 +119,15 @@ class HostCalls:
             return
         crash_point("sent")  # test hook: die with the runs started, their start unrecorded
         results = reply.get("runs") or {}
+        gone = [t for t in tasks if again and (results.get(t.run_id) or {}).get("snapshot_missing")]
+        for t in gone:
+            self.shipper.forget(hs.session, str(t.snapshot))
+        if gone:
+            self.jobs.spawn(self._launch(host, gone, again=False))
+        resent = {t.run_id for t in gone}
         for t in tasks:
+            if t.run_id in resent:
+                continue
             got = results.get(t.run_id)
             got = got if isinstance(got, dict) else {"status": "error", "error": "no reply"}
             if got.get("status") == "exists" and isinstance(got.get("run"), dict):

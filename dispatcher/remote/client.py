@@ -259,8 +259,11 @@ class HelperClient:
             if not fut.done():
                 fut.set_exception(exc)
 
-    async def call(self, op: str, *, timeout: float | None = 30.0, **params: Any) -> dict[str, Any]:
+    async def call(
+        self, op: str, *, timeout: float | None = 30.0, payload: bytes | None = None, **params: Any
+    ) -> dict[str, Any]:
         """Send one request and return its reply; many calls may be in flight at once.
+        ``payload``: binary bytes sent after the request's line (the helper's PAYLOAD_MARK).
 
         Raises RemoteError when the helper answers ok=false, ConnectionLostError when the stream
         closes or no reply comes within ``timeout`` seconds, ProtocolViolationError (and ends the
@@ -276,6 +279,8 @@ class HelperClient:
         self._pending[req_id] = fut
         try:
             line = json.dumps({**params, "id": req_id, "op": op}).encode() + b"\n"
+            if payload is not None:
+                line = b"%s%d %s%s" % (protocol.PAYLOAD_MARK, len(payload), line, payload)
             self._writer.write(line)
             await self._writer.drain()
             reply = await asyncio.wait_for(fut, timeout)

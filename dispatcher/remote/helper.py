@@ -32,7 +32,8 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
           The task sees LABTASKER_RESULT (write a JSON object there), LABTASKER_RUN_ID,
           LABTASKER_RUN_DIR and LABTASKER_TASK_ID, and the umask the helper was started with.
   launches {"runs": [{"run_id", "spec"}]} -> {"runs": {run_id: launch's reply |
-          {"status": "error", "error": text}}}: many launches in one request.
+          {"status": "error", "error": text, "snapshot_missing": true when the spec's
+          snapshot is not on the host}}}: many launches in one request.
   probe   {"runs": [run_id]} -> {"runs": {run_id: REPORT}}; starting/running ones are watched.
   kill    {"run_id", "grace": s} -> {"status": "signalled" | "absent" | "exited"}
   read    {"run_id", "offset", "size" <= 1 MiB} -> {"data": base64, "size": log size now}
@@ -43,10 +44,12 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
   snapshot {"snapshot": sha256} -> {"store": id, "complete": true} once STATE_DIR/store/
           snapshots/<sha256> is there (materialised now if every blob is), else {"store": id,
           "complete": false, "missing": [the sha256 of up to 20000 blobs it lacks; the
-          manifest, itself a blob, is asked first]}. id: the store's (see Store).
-  put     {"blobs": [[sha256, offset, base64 of zlib data, last, "z"|"raw"]]} -> {"stored": n}:
-          pieces of blobs ("raw": not compressed), appended in order; the last one checks the
-          hash and publishes the blob.
+          manifest, itself a blob, is asked first]}. id: the store's (see Store). With a
+          payload (PAYLOAD_MARK): the manifest's bytes (zlib), stored first.
+  put     PAYLOAD_MARK line {"blobs": [[sha256, offset, size, last, "z"|"raw"]]}, then the
+          pieces' bytes -> {"stored": n}: pieces of blobs, each ``size`` bytes of the payload
+          in turn (zlib data, or "raw"), appended in order; the last one checks the hash and
+          publishes the blob. With "snapshot": sha256, the reply also has snapshot's fields.
   gc      {"queue": key, "needed": [sha256], "keep": s, "grace": s} -> {"runs", "snapshots",
           "blobs", "bytes"}: removes what no queue needs (see Store.gc).
 A launch spec's "slurm" ({"sbatch": [long options], "poll": s, "time_limit": s | null}) submits
@@ -96,7 +99,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 #: Must equal dispatcher.remote.protocol.PROTOCOL_VERSION (a unit test checks).
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 INLINE_LOG_LIMIT = 64 * 1024
 #: Bytes of a failed run's output end sent with its report (what classifies the failure).
 LOG_TAIL = 4096
@@ -105,6 +108,8 @@ REPLY_INLINE_BUDGET = 1024 * 1024
 RESULT_LIMIT = 256 * 1024
 READ_LIMIT = 1024 * 1024
 MAX_REQUEST = 4 * 1024 * 1024
+#: Starts a request line followed by binary bytes: ``#payload N {json}\n`` then N bytes.
+PAYLOAD_MARK = b"#payload "
 GPU_QUERY_TIMEOUT = 15.0
 ADOPTED_POLL_S = 0.5
 LOST_AFTER_S = 60.0
@@ -126,6 +131,14 @@ _SPARE_RESET = {"exit.json": "exit.reserve", "started.json": "started.json.tmp"}
 SUPERVISOR = "supervisor.json"
 OPS = ("ping", "gpus", "launch", "launches", "probe", "kill", "read", "tail", "cleanup", "check",
        "snapshot", "put", "gc")  # fmt: skip
+#: A ``put`` of at most this many pieces fsyncs and publishes each blob it completes; a larger
+#: one's blobs are written back in the background and fsynced together later (see Store.put).
+FSYNC_MAX = 16
+#: Working directories of ended runs kept for reuse (see Store.recycle_workdir), at most.
+IDLE_MAX = 256
+#: Checked blobs (bytes) a helper holds back before it fsyncs and publishes them together; a
+#: transfer cut before that sends them again.
+FLUSH_BYTES = 32 * 1024 * 1024
 #: Blob names a ``snapshot`` reply lists at most (the controller asks again after sending).
 MISSING_LIMIT = 20000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -250,7 +263,9 @@ class Helper:
         self.adopted: Dict[str, None] = {}  # other live runs: polled every ADOPTED_POLL_S
         self.next_poll = 0.0
         self.queries: List[GpuQuery] = []
-        self.inbuf, self.discarding, self.running = b"", False, True
+        self.inbuf, self.discarding, self.running = bytearray(), False, True
+        self.scanned = 0  # bytes of inbuf known to hold no newline
+        self.waiting: Optional[Tuple[Optional[bytes], int]] = None  # a line, its payload size
         self.out: List[bytes] = []  # lines for stdout, written by flush()
         self.umask = 0o022
         self.sel: selectors.BaseSelector = selectors.DefaultSelector()
@@ -409,6 +424,8 @@ class Helper:
                 why = str(exc) if isinstance(exc, BadRequest) else "%s: %s" % (
                     type(exc).__name__, exc)  # fmt: skip
                 out[run_id] = {"status": "error", "error": why}
+                if isinstance(exc, SnapshotMissing):  # removed by a clean-up: send it again
+                    out[run_id]["snapshot_missing"] = True
         return {"runs": out}
 
     def supervisor(self) -> bytes:
@@ -598,18 +615,29 @@ class Helper:
                     remove_tree(d)
                 self.adopted.pop(run_id, None)
                 removed += 1
+                self.store.recycle_workdir(run_id)  # a shipped run's, if it made nothing
         return {"removed": removed, "refused": refused}
 
     def op_snapshot(self, req: Dict[str, Any]) -> Dict[str, Any]:
         sha = req.get("snapshot")
         if not isinstance(sha, str) or not _sha(sha):
             raise BadRequest("snapshot must be a sha256 (64 hex digits)")
+        manifest = req.get("payload")  # its manifest's bytes (zlib), when sent along
         with self.store.locked():
+            if manifest is not None and not os.path.exists(self.store.blob(sha)):
+                self.store.put([[sha, 0, len(manifest), True, "z"]], manifest)
             return dict(self.store.materialise(sha), store=self.store.ident())
 
     def op_put(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        sha = req.get("snapshot")  # then answer as op_snapshot does
+        if sha is not None and not _sha(sha):
+            raise BadRequest("snapshot must be a sha256 (64 hex digits) or absent")
         with self.store.locked():
-            return {"stored": self.store.put(req.get("blobs"))}
+            stored = self.store.put(req.get("blobs"), req.get("payload"), flush=bool(sha))
+            out: Dict[str, Any] = {"stored": stored}
+            if sha:
+                out.update(self.store.materialise(sha), store=self.store.ident())
+            return out
 
     def op_gc(self, req: Dict[str, Any]) -> Dict[str, Any]:
         queue, needed = req.get("queue"), req.get("needed")
@@ -661,8 +689,9 @@ class Helper:
         except OSError:
             self.running = False  # the controller is gone
 
-    def handle_line(self, line: bytes) -> None:
-        """Answer one request line; nothing in it can end the helper."""
+    def handle_line(self, line: bytes, payload: Optional[bytes] = None) -> None:
+        """Answer one request line (its ``payload`` bytes once they have arrived, see
+        on_stdin); nothing in it can end the helper."""
         req_id: Any = None
         op: Any = None
         try:
@@ -673,6 +702,7 @@ class Helper:
             if not isinstance(req, dict):
                 raise BadRequest("a request must be a JSON object, not %s" % type(req).__name__)
             req_id, op = req.get("id"), req.get("op")
+            req["payload"] = payload
             if op not in OPS:
                 raise BadRequest("unknown op %r; known ops: %s" % (op, ", ".join(OPS)))
             result = getattr(self, "op_" + op)(req)
@@ -687,20 +717,60 @@ class Helper:
         self.send(reply)
 
     def on_stdin(self) -> None:
+        """Read requests: JSON lines; a line that starts with ``PAYLOAD_MARK`` N is followed
+        by N bytes (at most MAX_REQUEST) of binary payload, handed to its op with it."""
         try:
-            data = os.read(0, 65536)
+            data = os.read(0, 1 << 20)
         except OSError:
             data = b""
         self.running = self.running and bool(data)
-        lines = (self.inbuf + data).split(b"\n")
-        self.inbuf = lines.pop()
-        for line in lines:
-            if not self.discarding:
+        buf = self.inbuf
+        buf += data
+        while True:
+            if self.waiting is not None:  # a line whose payload is still arriving
+                line, need = self.waiting
+                if line is None:  # a refused payload's bytes: dropped as they come
+                    drop = min(need, len(buf))
+                    del buf[:drop]
+                    self.waiting = (None, need - drop) if need > drop else None
+                    if self.waiting is None:
+                        continue
+                    break
+                if len(buf) < need:
+                    break
+                with memoryview(buf) as view:
+                    payload = bytes(view[:need])
+                del buf[:need]
+                self.waiting = None
+                if line is not None:
+                    self.handle_line(line, payload)
+                continue
+            nl = buf.find(b"\n", self.scanned)
+            if nl < 0:
+                self.scanned = len(buf)
+                break
+            line, self.scanned = bytes(buf[:nl]), 0
+            del buf[: nl + 1]
+            if self.discarding:
+                self.discarding = False
+            elif line.startswith(PAYLOAD_MARK):
+                self.expect_payload(line)
+            else:
                 self.handle_line(line)
-            self.discarding = False
-        if len(self.inbuf) > MAX_REQUEST:  # answer once now, drop the rest of that line
-            self.inbuf, self.discarding = b"", True
+        if self.waiting is None and len(buf) > MAX_REQUEST:  # answer once, drop the line's rest
+            self.inbuf, self.discarding, self.scanned = bytearray(), True, 0
             self.send({"id": None, "ok": False, "error": "a request over %d bytes" % MAX_REQUEST})
+
+    def expect_payload(self, line: bytes) -> None:
+        """``PAYLOAD_MARK`` N, then the request's JSON: wait for its N payload bytes."""
+        head, _, rest = line[len(PAYLOAD_MARK):].partition(b" ")  # fmt: skip
+        size = int(head) if head.isdigit() and len(head) < 12 else -1
+        if 0 <= size <= MAX_REQUEST:
+            self.waiting = (rest, size)
+            return
+        if size > MAX_REQUEST:
+            self.waiting = (None, size)  # skip its bytes: the stream stays in step
+        self.send({"id": None, "ok": False, "error": "a payload over %d bytes" % MAX_REQUEST})
 
     def service(self) -> None:
         """Everything that is not a readable fd: ended supervisors, adopted runs, gpu queries."""
@@ -2123,8 +2193,8 @@ def expand_dir(path: Optional[str]) -> str:
 
 class Store:
     """STATE_DIR/store: blobs/<aa>/<sha256> (0444, written to tmp/, renamed once the hash checks
-    and the data is on disk: one sync per ``put`` request), snapshots/<id>/ (a tree
-    materialised from the manifest blob <id>, renamed into
+    and the data is on disk: fsynced per FLUSH_BYTES of blobs, after their write-back began),
+    snapshots/<id>/ (a tree materialised from the manifest blob <id>, renamed into
     place whole once every blob is there, then read-only), needs/<queue> (the snapshots a queue
     still needs, for clean-up), id (names the store: two hosts on one home give the same one).
     STATE_DIR/cwd/<run_id>/ is a run's working directory: one symlink per top-level entry of its
@@ -2136,12 +2206,15 @@ class Store:
         self.work = os.path.join(state_dir, "cwd")
         self.runs = os.path.join(state_dir, "runs")
         self.hashing: Dict[str, Any] = {}  # sha256 -> the hash of its part file so far
+        self.manifests: Dict[str, List[List[Any]]] = {}  # checked manifests, the last 8
+        self.pending: Dict[str, str] = {}  # blob -> its checked part, not yet published
+        self.pending_bytes, self.unsynced = 0, False  # its size; some part is not fsynced
         self.made = False  # the store's directories exist (made once per helper)
 
     def ensure(self) -> None:
         if self.made:
             return
-        for sub in ("blobs", "snapshots", "tmp", "needs"):
+        for sub in ("blobs", "snapshots", "tmp", "needs", "idle"):
             os.makedirs(os.path.join(self.dir, sub), 0o700, exist_ok=True)
         os.makedirs(self.work, 0o700, exist_ok=True)
         self.made = True
@@ -2175,43 +2248,101 @@ class Store:
     def snapshot(self, sha: str) -> str:
         return os.path.join(self.dir, "snapshots", sha)
 
-    def put(self, items: Any) -> int:
-        """Append each piece [sha, offset, base64 of zlib data, last] to its blob's part file;
-        the last piece checks the hash and publishes the blob. Returns the blobs completed."""
-        if not isinstance(items, list) or len(items) > 10000:
-            raise BadRequest("blobs must be a list of [sha256, offset, data, last]")
-        checked: Dict[str, str] = {}  # blob -> its part file, complete and hash-checked
-        for item in items:
-            if not (isinstance(item, list) and len(item) in (4, 5) and _sha(item[0])
-                    and isinstance(item[1], int) and isinstance(item[2], str)
-                    and item[4:] in ([], ["z"], ["raw"])):  # fmt: skip
-                raise BadRequest("a blob piece must be [sha256, offset, base64, last, z|raw]")
-            part = self.put_piece(item[0], item[1], item[2], item[3] is True, item[4:] != ["raw"])
+    def put(self, items: Any, payload: Any, flush: bool = True) -> int:
+        """Append each piece [sha, offset, size, last, "z"|"raw"] (its ``size`` bytes taken in
+        turn from the request's payload; "z": zlib data) to its blob's part file; the last
+        piece checks the hash. A few blobs are fsynced and published at once; more wait (as
+        checked parts, their write-back started) until FLUSH_BYTES of them, or ``flush``, then
+        are fsynced and published together. Returns the blobs completed."""
+        ok = isinstance(items, list) and len(items) <= 10000 and isinstance(payload, bytes)
+        if not ok or not all(isinstance(i, list) and len(i) == 5 and _sha(i[0])
+                             and type(i[1]) is int and type(i[2]) is int and i[2] >= 0
+                             and i[4] in ("z", "raw") for i in items):  # fmt: skip
+            raise BadRequest("put needs blobs [[sha256, offset, size, last, z|raw]] and the"
+                             " pieces' bytes as its payload")  # fmt: skip
+        if sum(i[2] for i in items) != len(payload):
+            raise BadRequest("put: the pieces' sizes do not add up to the payload's")
+        view, at, done = memoryview(payload), 0, 0
+        few = len(items) <= FSYNC_MAX  # each complete file fsynced; else one sync for many
+        for sha, offset, size, last, enc in items:
+            data = view[at : at + size]
+            part = self.put_piece(sha, offset, data, last is True, enc == "z", few)
+            at += size
             if part:
-                checked[item[0]] = part
-        if checked:
-            os.sync()  # one flush for the request, not an fsync per file: then the renames
-        for sha, part in checked.items():
-            os.makedirs(os.path.dirname(self.blob(sha)), 0o700, exist_ok=True)
-            os.replace(part, self.blob(sha))
-        return len(checked)
+                self.pending[sha] = part
+                self.pending_bytes += size
+                self.unsynced = self.unsynced or not few
+                done += 1
+        if few or flush or self.pending_bytes >= FLUSH_BYTES:
+            self.flush()
+        return done
 
-    def put_piece(self, sha: str, offset: int, data: str, last: bool, z: bool) -> Optional[str]:
+    def flush(self) -> None:
+        """Publish the checked parts: an fdatasync of each (unless done; their write-back began
+        as they were written, so most have reached the disk: cheaper than an fsync per write,
+        and unlike sync() it never waits for data others wrote), then the renames (a blob is
+        never named before its bytes are on disk). A part removed meanwhile (``hosts gc
+        --now``) is dropped: the next ``snapshot`` lists it as missing."""
+        if self.pending and self.unsynced:
+            for part in self.pending.values():  # written back already (see put_piece)
+                with contextlib.suppress(FileNotFoundError):
+                    fd = os.open(part, os.O_RDONLY)
+                    try:
+                        os.fdatasync(fd)
+                    finally:
+                        os.close(fd)
+        for sha, part in self.pending.items():
+            try:
+                try:
+                    os.replace(part, self.blob(sha))
+                except FileNotFoundError:  # the first blob of its directory
+                    os.makedirs(os.path.dirname(self.blob(sha)), 0o700, exist_ok=True)
+                    os.replace(part, self.blob(sha))
+            except FileNotFoundError:
+                pass
+        self.pending, self.pending_bytes, self.unsynced = {}, 0, False
+
+    def put_piece(
+        self, sha: str, offset: int, data: Any, last: bool, z: bool, sync: bool
+    ) -> Optional[str]:
         """Append one piece (zlib-compressed when ``z``); the part file once the last piece
-        has checked, else None."""
-        if os.path.exists(self.blob(sha)):
-            return None  # another host of this store (a shared home) wrote it meanwhile
-        inflate = zlib.decompressobj()
-        raw = base64.b64decode(data)
-        raw = inflate.decompress(raw, MAX_REQUEST) if z else raw
-        if z and inflate.unconsumed_tail:
-            raise BadRequest("blob %s: a piece inflates past %d bytes" % (sha, MAX_REQUEST))
+        has checked (on disk first when ``sync``), else None."""
+        if sha in self.pending or os.path.exists(self.blob(sha)):
+            return None  # here already; or another host of this store (a shared home) wrote it
+        raw = data
+        if z:
+            inflate = zlib.decompressobj()
+            raw = inflate.decompress(data, MAX_REQUEST)
+            if inflate.unconsumed_tail:
+                raise BadRequest("blob %s: a piece inflates past %d bytes" % (sha, MAX_REQUEST))
         part = os.path.join(self.dir, "tmp", "%s.%d.part" % (sha, os.getpid()))
+        if offset == 0 and last:  # a whole blob: checked before anything is written
+            self.hashing.pop(sha, None)
+            got = hashlib.sha256(raw).hexdigest()
+            if got != sha:
+                raise BadRequest("blob %s arrived corrupted (sha256 %s): send it again"
+                                 % (sha, got))  # fmt: skip
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            try:
+                fd = os.open(part, flags, 0o444)
+            except FileExistsError:  # left by an earlier helper with this pid (read-only)
+                os.unlink(part)
+                fd = os.open(part, flags, 0o444)
+            try:
+                write_all(fd, raw)
+                if sync:
+                    os.fdatasync(fd)
+                else:  # start writing it back now: its fdatasync at the flush waits less
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            return part
         fd = os.open(part, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if offset == 0 else 0), 0o600)
         try:
-            if os.fstat(fd).st_size != offset:
+            have = os.fstat(fd).st_size
+            if have != offset:
                 raise BadRequest("blob %s: piece at %d, have %d bytes: send it again from 0"
-                                 % (sha, offset, os.fstat(fd).st_size))  # fmt: skip
+                                 % (sha, offset, have))  # fmt: skip
             if offset == 0:
                 self.hashing[sha] = hashlib.sha256()
             elif sha not in self.hashing:  # a part left by an earlier helper with this pid
@@ -2219,6 +2350,10 @@ class Store:
                                  % (sha, offset))  # fmt: skip
             os.lseek(fd, offset, os.SEEK_SET)
             write_all(fd, raw)
+            if sync and last:
+                os.fdatasync(fd)
+            elif not sync:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
         h = self.hashing[sha]  # hashed as it arrives: the file is not read back
@@ -2234,6 +2369,10 @@ class Store:
         return part
 
     def manifest(self, sha: str) -> List[List[Any]]:
+        """The checked rows of manifest blob ``sha`` (kept for the next request: a blob never
+        changes)."""
+        if sha in self.manifests:
+            return self.manifests[sha]
         with open(self.blob(sha), "rb") as f:
             doc = json.loads(f.read().decode("ascii"))
         rows = doc.get("files") if isinstance(doc, dict) and doc.get("version") == 1 else None
@@ -2243,33 +2382,30 @@ class Store:
             ok = isinstance(row, list) and len(row) == 4 and row[1] in ("f", "x", "l")
             if not (ok and isinstance(row[0], str) and _sha(row[3]) and _rel(row[0])):
                 raise BadRequest("snapshot %s: bad manifest entry %.80r" % (sha, row))
+        if len(self.manifests) >= 8:
+            self.manifests.pop(next(iter(self.manifests)))
+        self.manifests[sha] = rows
         return rows
 
     def materialise(self, sha: str) -> Dict[str, Any]:
         """{"complete": true} once snapshots/<sha> is there (made now if every blob is), else
         {"complete": false, "missing": [sha256 of blobs to send, the manifest's first]}."""
+        self.flush()
         if os.path.isdir(self.snapshot(sha)):
             return {"complete": True}
         if not os.path.exists(self.blob(sha)):
             return {"complete": False, "missing": [sha]}
         rows = self.manifest(sha)
-        missing = sorted({r[3] for r in rows if not os.path.exists(self.blob(r[3]))})
+        blobs = os.path.join(self.dir, "blobs", "")
+        have = os.path.exists
+        missing = sorted({r[3] for r in rows if not have("%s%s/%s" % (blobs, r[3][:2], r[3]))})
         if missing:
             return {"complete": False, "missing": missing[:MISSING_LIMIT]}
         tmp = os.path.join(self.dir, "tmp", "%s.%d.tree" % (sha, os.getpid()))
         if os.path.lexists(tmp):
             remove_all(tmp)
         os.mkdir(tmp, 0o700)
-        made = {tmp}
-        for path, mode, _, blob in rows:
-            dest = os.path.join(tmp, path)
-            if os.path.dirname(dest) not in made:
-                os.makedirs(os.path.dirname(dest), 0o700, exist_ok=True)
-                made.add(os.path.dirname(dest))
-            self.place(dest, mode, self.blob(blob))
-        for root, dirs, _ in os.walk(tmp, topdown=False):
-            for d in dirs:
-                os.chmod(os.path.join(root, d), 0o555)
+        self.fill(tmp, rows, blobs)
         try:  # the tree appears whole, or not at all (moving a directory needs it writable)
             os.rename(tmp, self.snapshot(sha))
         except OSError:
@@ -2279,14 +2415,30 @@ class Store:
         os.chmod(self.snapshot(sha), 0o555)
         return {"complete": True, "files": len(rows)}
 
-    def place(self, dest: str, mode: str, blob: str) -> None:
+    def fill(self, tmp: str, rows: List[List[Any]], blobs: str) -> None:
+        """Place every file of ``rows`` under ``tmp``, then make its directories read-only."""
+        made = {""}
+        link = os.geteuid() != 0
+        for path, mode, _, blob in rows:
+            parent = path.rpartition("/")[0]
+            if parent not in made:
+                os.makedirs("%s/%s" % (tmp, parent), 0o700, exist_ok=True)
+                while parent not in made:
+                    made.add(parent)
+                    parent = parent.rpartition("/")[0]
+            self.place("%s/%s" % (tmp, path), mode, "%s%s/%s" % (blobs, blob[:2], blob), link)
+        for d in made:
+            if d:
+                os.chmod("%s/%s" % (tmp, d), 0o555)
+
+    def place(self, dest: str, mode: str, blob: str, link: bool) -> None:
         if mode == "l":
             with open(blob, "rb") as f:
                 os.symlink(f.read(), dest)
             return
         # A hard link: the tree costs no second copy. Not for root, whom 0444 does not stop:
         # a task writing into its tree would change the blob every later snapshot links to.
-        if mode == "f" and os.geteuid() != 0:
+        if mode == "f" and link:
             with contextlib.suppress(OSError):
                 return os.link(blob, dest)
         shutil.copyfile(blob, dest)
@@ -2297,13 +2449,43 @@ class Store:
         run's start costs the same whatever the tree's file count); its path."""
         tree = self.snapshot(sha)
         if not os.path.isdir(tree):
-            raise BadRequest("snapshot %s is not on this host: it is sent before its runs" % sha)
+            raise SnapshotMissing("snapshot %s is not on this host: it is sent before its runs"
+                                  % sha)  # fmt: skip
         work = os.path.join(self.work, run_id)
+        idle = os.path.join(self.dir, "idle")
+        for name in os.listdir(idle) if not os.path.lexists(work) else ():
+            if name.startswith(sha + "."):  # an ended run's, showing this tree and nothing else
+                with contextlib.suppress(FileNotFoundError):  # taken by another helper
+                    os.rename(os.path.join(idle, name), work)
+                    return work
         os.makedirs(work, 0o700, exist_ok=True)
         for name in os.listdir(tree):
             with contextlib.suppress(FileExistsError):
                 os.symlink(os.path.join(tree, name), os.path.join(work, name))
         return work
+
+    def recycle_workdir(self, run_id: str) -> None:
+        """Keep cwd/<run_id>/ of an ended run for the next run of its snapshot (idle/<sha>.
+        <run_id>) when it holds exactly the links ``workdir`` made: the run made nothing that
+        ``keep`` should keep, and making a directory and links costs new inodes per run."""
+        work = os.path.join(self.work, run_id)
+        try:
+            st, names = os.lstat(work), sorted(os.listdir(work))
+            target = os.readlink(os.path.join(work, names[0])) if names else ""
+            sha = os.path.basename(os.path.dirname(target))
+            tree = self.snapshot(sha)
+            if not (_sha(sha) and st.st_mode & 0o177777 == 0o40700 and names == sorted(
+                    os.listdir(tree))):  # fmt: skip
+                return
+            for name in names:
+                if os.readlink(os.path.join(work, name)) != os.path.join(tree, name):
+                    return
+            with self.locked():
+                idle = os.path.join(self.dir, "idle")
+                if len(os.listdir(idle)) < IDLE_MAX:
+                    os.rename(work, os.path.join(idle, "%s.%s" % (sha, run_id)))
+        except (OSError, IndexError):
+            return  # not a shipped run's, or changed by it: it stays until `keep`
 
     def gc(self, queue: str, needed: List[str], keep: float, grace: float) -> Dict[str, int]:
         """Remove work dirs of runs ended (exit.json, or their record cleaned up) and untouched
@@ -2311,6 +2493,9 @@ class Store:
         kept work dir uses, then blobs no kept snapshot names, and parts of cut transfers.
         Snapshots, blobs and parts younger than ``grace`` s stay: another dispatch may be
         sending them for tasks it has not told us of. The caller holds the exclusive lock."""
+        self.flush()
+        remove_all(os.path.join(self.dir, "idle"))  # reusable run dirs: a cache, made again
+        os.mkdir(os.path.join(self.dir, "idle"), 0o700)
         now, out = time.time(), {"runs": 0, "snapshots": 0, "blobs": 0, "bytes": 0}
         young = now - grace
         write_file(os.path.join(self.dir, "needs", queue), {"snapshots": needed})
@@ -2352,6 +2537,10 @@ class Store:
             if os.lstat(os.path.join(self.dir, "tmp", name)).st_mtime < young:
                 remove_all(os.path.join(self.dir, "tmp", name))
         return out
+
+
+class SnapshotMissing(BadRequest):
+    """A launch's snapshot is not (or no longer: a clean-up) on this host."""
 
 
 def _sha(value: Any) -> bool:

@@ -14,6 +14,7 @@ hash, writes them atomically (0600) and runs them. A file changed by anyone else
 and is replaced, never trusted. The helper then prints its hello event and serves requests.
 
 Requests:  {"id": N, "op": NAME, ...params}
+           or ``#payload N {"id": N, ...}`` then N bytes of binary payload (``put``'s pieces)
 Replies:   {"id": N, "ok": true, ...result}  |  {"id": N, "ok": false, "error": TEXT}
 Events:    {"event": "hello", ...}  |  {"event": "exit", "run": RUN_REPORT}
 
@@ -27,7 +28,9 @@ from functools import cache
 from importlib import resources
 
 #: Bumped whenever a message changes shape; the controller refuses a helper with another version.
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
+#: Starts a request line whose JSON is followed by binary bytes (must equal the helper's).
+PAYLOAD_MARK = b"#payload "
 
 #: Reports of runs whose log is at most this size carry the log inline.
 INLINE_LOG_LIMIT = 64 * 1024

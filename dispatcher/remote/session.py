@@ -229,7 +229,9 @@ class HostSession:
     def up(self) -> bool:
         return self.status == "up" and self._client is not None
 
-    async def call(self, op: str, *, timeout: float = 30.0, **params: Any) -> dict[str, Any]:
+    async def call(
+        self, op: str, *, timeout: float = 30.0, payload: bytes | None = None, **params: Any
+    ) -> dict[str, Any]:
         """One helper request; raises ConnectionLostError when the host is not up."""
         client = self._client
         if client is None or self.status != "up":
@@ -237,7 +239,7 @@ class HostSession:
                 f"{self.name}: not connected ({self.error or 'connecting'})", host=self.name
             )
         try:
-            reply = await client.call(op, timeout=timeout, **params)
+            reply = await client.call(op, timeout=timeout, payload=payload, **params)
         except (TransportError, RemoteError):
             if client.closed.is_set() and self._client is client:
                 self._wake.set()

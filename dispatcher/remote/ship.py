@@ -1,9 +1,11 @@
 """Shipping a project snapshot to a host before its runs start (the controller's side).
 
 The host keeps a content-addressed store (the helper's ``Store``). ``Shipper.ensure`` asks the
-host for the snapshot (``snapshot``: complete, or the blobs it lacks, the manifest first), sends
-only those, zlib-compressed in pieces well below the helper's 4 MiB request cap (``put``), and
-asks again until the host has materialised the tree. Nothing here is resumed by bookkeeping: a
+host for the snapshot (``snapshot``: complete, or the blobs it lacks, the manifest first; the
+manifest goes with the next question), sends only those, in pieces (zlib level 1 where it pays)
+packed many to a ``put`` request whose bytes travel as a binary payload below the helper's 4 MiB
+cap, two requests in flight; the last ``put`` asks for the snapshot again (materialised once
+every blob is there). Nothing here is resumed by bookkeeping: a
 transfer cut by a dropped connection or a killed controller simply asks again, and blobs the
 host already holds are not sent twice. Hosts that share one store (one NFS home) report the same
 store id: one snapshot is shipped to such a store by one host at a time, so each blob crosses once
@@ -13,7 +15,6 @@ store id: one snapshot is shipped to such a store by one host at a time, so each
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 #: Raw bytes of one blob piece (each compressed on its own).
 PIECE = 1024 * 1024
-#: Base64 bytes gathered into one ``put`` request (the helper refuses lines over 4 MiB).
+#: Payload bytes gathered into one ``put`` request (the helper refuses payloads over 4 MiB).
 REQUEST_BUDGET = 3 * 1024 * 1024
 #: ``put`` requests sent and not yet answered, at most.
 IN_FLIGHT = 2
@@ -40,16 +41,22 @@ IN_FLIGHT = 2
 SAMPLE = 2048
 #: Encoded pieces kept for the other hosts while a snapshot is being sent to several at once.
 CACHE_BYTES = 256 * 1024 * 1024
+#: A manifest up to this size goes with the first ``snapshot`` request (zlib-compressed).
+INLINE_MANIFEST = 3 * 1024 * 1024
 #: ``snapshot`` requests per ensure before giving up (each one is answered with what is missing).
 ROUNDS = 50
 #: Seconds one ``snapshot`` or ``put`` request may take (materialising a large tree, fsyncs).
 CALL_TIMEOUT = 600.0
 
 
+#: A piece of a blob as sent: offset, bytes on the wire, "z" (zlib) or "raw", last, raw size.
+Piece = tuple[int, bytes, str, bool, int]
+
+
 @dataclass
 class Shipped:
     """What one ensure sent: the tree's files (the manifest not counted), the bytes of every
-    blob sent (before compression), and their base64 text on the wire."""
+    blob sent (before compression), and the bytes on the wire (after)."""
 
     blobs: int = 0
     bytes: int = 0
@@ -70,7 +77,7 @@ class Shipper:
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._cache: dict[tuple[str, int], tuple[str, str]] = {}  # (blob, offset) -> piece
+        self._cache: dict[str, list[Piece]] = {}  # blob -> its pieces as sent
         self._cached = 0
         self._active = 0  # ensures in progress
         #: (host, boot id, helper pid) and a snapshot it reported complete. Only the clean-up
@@ -105,103 +112,144 @@ class Shipper:
         # Hosts on one shared home report one store: one of them sends, the others then find
         # the snapshot complete.
         lock = self._locks.setdefault((reply["store"], snapshot), asyncio.Lock())
+        waited = lock.locked()
         async with lock:
             sent, allowed = Shipped(), {snapshot}
             for _ in range(ROUNDS):
-                reply = await session.call("snapshot", snapshot=snapshot, timeout=CALL_TIMEOUT)
+                if waited:  # another host of this store may have sent it meanwhile
+                    reply = await session.call("snapshot", snapshot=snapshot, timeout=CALL_TIMEOUT)
+                    waited = False
                 if reply["complete"]:
                     return sent
                 missing = reply["missing"]
                 if not missing:
                     break
+                if missing == [snapshot]:  # the manifest: sent with the next question
+                    manifest = self._manifest_bytes(snapshot)
+                    if len(manifest) <= INLINE_MANIFEST:
+                        inline = zlib.compress(manifest, 1)
+                        reply = await session.call(
+                            "snapshot", snapshot=snapshot, payload=inline, timeout=CALL_TIMEOUT
+                        )
+                        sent.wire += len(inline)
+                        continue
                 if snapshot not in missing and len(allowed) == 1:
                     allowed |= {e.digest for e in self._manifest(snapshot)}
                 if not set(missing) <= allowed:
                     raise violation(session.name, "'snapshot' asked for blobs not in the snapshot")
-                await self._send(session, missing, sent, snapshot)
+                reply = await self._send(session, missing, sent, snapshot)
         raise RemoteError(
             f"{session.name}: snapshot {snapshot[:12]} is still incomplete after {ROUNDS} rounds;"
             " check the disk space under its state_dir",
             host=session.name,
         )
 
-    def _manifest(self, snapshot: str) -> tuple[Entry, ...]:
+    def forget(self, session: HostSession, snapshot: str) -> None:
+        """The host said ``snapshot`` is missing (a clean-up removed it): ask again next time."""
+        helper = (session.name, session.hello.get("boot_id"), session.hello.get("pid"))
+        self._complete.discard((helper, snapshot))
+
+    def _manifest_bytes(self, snapshot: str) -> bytes:
         try:
-            return parse_manifest(self.blobs.manifest_path(snapshot).read_bytes())
-        except (OSError, ValueError) as err:
+            return self.blobs.manifest_path(snapshot).read_bytes()
+        except OSError as err:
             raise SnapshotError(
                 f"snapshot {snapshot[:12]} is not in {self.blobs.dir}: {err}"
             ) from None
 
-    def _encode(self, name: str, offset: int, raw: bytes) -> tuple[str, str]:
-        """A piece as base64 text, zlib-compressed unless its first 2 KiB do not (data
-        that is compressed already or random: compressing costs CPU and saves nothing).
-        Remembered for the next hosts (up to ``CACHE_BYTES``)."""
-        key = (name, offset)
-        if key in self._cache:
-            return self._cache[key]
+    def _manifest(self, snapshot: str) -> tuple[Entry, ...]:
+        try:
+            return parse_manifest(self._manifest_bytes(snapshot))
+        except ValueError as err:
+            raise SnapshotError(
+                f"snapshot {snapshot[:12]} is not in {self.blobs.dir}: {err}"
+            ) from None
+
+    def _encode(self, raw: bytes) -> tuple[bytes, str]:
+        """A piece as sent, zlib-compressed (level 1) unless its first 2 KiB do not shrink
+        (data that is compressed already or random: compressing costs CPU and saves nothing)."""
         sample = raw[:SAMPLE]
-        squeezed = len(zlib.compress(sample, 1)) < 0.9 * len(sample)
-        body = zlib.compress(raw, 1) if squeezed else raw
-        got = (base64.b64encode(body).decode("ascii"), "z" if squeezed else "raw")
-        if self._cached + len(got[0]) <= CACHE_BYTES:
-            self._cache[key] = got
-            self._cached += len(got[0])
-        return got
+        if len(zlib.compress(sample, 1)) < 0.9 * len(sample):
+            return zlib.compress(raw, 1), "z"
+        return raw, "raw"
 
     async def _send(
         self, session: HostSession, names: list[str], sent: Shipped, snapshot: str
-    ) -> None:
+    ) -> dict[str, Any]:
         """Send blobs ``names`` (the manifest, stored apart on the laptop, is ``snapshot``) in
-        ``put`` requests of at most ``REQUEST_BUDGET`` bytes of pieces."""
+        ``put`` requests of at most ``REQUEST_BUDGET`` bytes of pieces; the last one asks for
+        the snapshot too: its reply (``snapshot``'s) is returned."""
         batch: list[list[object]] = []
+        parts: list[bytes] = []
         inflight: list[asyncio.Task[Any]] = []
         size = 0
         try:
             for name in names:
-                for offset, raw, last in self._pieces(name, snapshot):
-                    data, enc = self._encode(name, offset, raw)
+                for offset, data, enc, last, raw in self._pieces(name, snapshot):
                     if batch and size + len(data) > REQUEST_BUDGET:
-                        await self._put(session, batch, inflight)
-                        batch, size = [], 0
-                    batch.append([name, offset, data, last, enc])
+                        await self._put(session, batch, parts, inflight, None)
+                        batch, parts, size = [], [], 0
+                    batch.append([name, offset, len(data), last, enc])
+                    parts.append(data)
                     size += len(data)
-                    sent.bytes += len(raw)
+                    sent.bytes += raw
                     sent.wire += len(data)
                 sent.blobs += name != snapshot  # the manifest is not one of the tree's files
-            if batch:
-                await self._put(session, batch, inflight)
-            await asyncio.gather(*inflight)
+            await self._put(session, batch, parts, inflight, snapshot)
+            replies = await asyncio.gather(*inflight)
+            return dict(replies[-1])
         finally:
             for task in inflight:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
 
-    def _pieces(self, name: str, snapshot: str) -> Iterator[tuple[int, bytes, bool]]:
-        """(offset, bytes, last) of each ``PIECE`` of blob ``name`` on the laptop."""
+    def _pieces(self, name: str, snapshot: str) -> Iterator[Piece]:
+        """Each ``PIECE`` of blob ``name`` as sent; remembered for the next hosts (up to
+        ``CACHE_BYTES``): a blob is read and encoded once, whatever the number of hosts."""
+        cached = self._cache.get(name)
+        if cached is not None:
+            yield from cached
+            return
         blobs = self.blobs
-        path = blobs.manifest_path(name) if name == snapshot else blobs.blob_path(name)
+        path = blobs.manifest_path(name) if name == snapshot else blobs.blob_file(name)
         try:
             f = open(path, "rb")  # noqa: SIM115 - read in pieces across awaits
         except OSError as err:
             raise SnapshotError(f"blob {name[:12]} is missing from {blobs.dir}: {err}") from None
+        kept: list[Piece] | None = []  # None: too large to keep
         with contextlib.closing(f):
             offset = 0
             while True:
                 raw = f.read(PIECE)
-                yield offset, raw, len(raw) < PIECE
+                piece = (offset, *self._encode(raw), len(raw) < PIECE, len(raw))
+                if kept is not None:
+                    kept.append(piece)
+                    self._cached += len(piece[1])
+                    if self._cached > CACHE_BYTES:
+                        self._cached -= sum(len(p[1]) for p in kept)
+                        kept = None
+                yield piece
                 if len(raw) < PIECE:
-                    return
+                    break
                 offset += len(raw)
+        if kept is not None:
+            self._cache[name] = kept
 
     async def _put(
-        self, session: HostSession, batch: list[list[object]], inflight: list[asyncio.Task[Any]]
+        self,
+        session: HostSession,
+        batch: list[list[object]],
+        parts: list[bytes],
+        inflight: list[asyncio.Task[Any]],
+        snapshot: str | None,
     ) -> None:
-        """Send one ``put``, keeping ``IN_FLIGHT`` at most unanswered: the host writes one
-        request while the next is encoded and on its way."""
+        """Send one ``put`` (its pieces' bytes as the payload), keeping ``IN_FLIGHT`` at most
+        unanswered: the host writes one request while the next is read and on its way."""
         while len(inflight) >= IN_FLIGHT:
             await inflight.pop(0)
-        call = session.call("put", blobs=batch, timeout=CALL_TIMEOUT)
+        payload = b"".join(parts)
+        extra = {"snapshot": snapshot} if snapshot else {}  # the last: then materialise it
+        call = session.call("put", blobs=batch, payload=payload, timeout=CALL_TIMEOUT, **extra)
         inflight.append(asyncio.ensure_future(call))
 
 

@@ -174,6 +174,7 @@ def _launch_reply(host: str, run: str, got: Any) -> dict[str, Any]:
         out["run"] = check_report(host, got.get("run"), (run,), where)
     elif got["status"] == "error":
         out["error"] = text(host, f"{where}: error", got.get("error"))
+        out["snapshot_missing"] = got.get("snapshot_missing") is True
     return out
 
 
@@ -290,6 +291,12 @@ def _flat(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dic
     return _scalars(host, "a reply", reply, skip=("id", "ok"))
 
 
+def _put(host: str, params: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, Any]:
+    """Blobs stored; with ``snapshot`` asked, that snapshot's state as ``snapshot`` says it."""
+    got = {"stored": _int(host, "the reply to 'put': stored", reply.get("stored"))}
+    return {**_snapshot(host, params, reply), **got} if params.get("snapshot") else got
+
+
 _REPLIES = {
     "ping": _flat,
     "kill": _flat,
@@ -302,7 +309,7 @@ _REPLIES = {
     "cleanup": _cleanup,
     "gpus": _gpus,
     "snapshot": _snapshot,
-    "put": _flat,
+    "put": _put,
     "gc": _flat,
 }
 

@@ -78,6 +78,10 @@ class BlobStore:
         """Where the blob with sha256 ``name`` lives."""
         return Path(self._blobs, name[:2], name)
 
+    def blob_file(self, name: str) -> str:
+        """``blob_path`` as a string, made without Path objects (called once per blob sent)."""
+        return f"{self._blobs}/{name[:2]}/{name}"
+
     def has_blob(self, name: str) -> bool:
         """Whether the blob with sha256 ``name`` is stored (one ``stat``, no Path objects:
         called for every file of a project at each ``queue add``)."""

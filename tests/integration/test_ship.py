@@ -306,3 +306,46 @@ def test_a_task_without_a_snapshot_runs_as_before(lab: Lab) -> None:
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert lab.task(task)["result"]["version"] == "by hand\n"
     assert sent_lines(done.stdout) == [] and snapshots(lab.hosts["cpu"], state) == []
+
+
+def test_hosts_check_names_the_runs_directory_of_a_shipping_host(lab: Lab) -> None:
+    state = ship_hosts(lab, "cpu")
+    done = lab.run("hosts", "check")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    row = next(line for line in done.stdout.splitlines() if line.startswith("cpu"))
+    assert f"{lab.hosts.cpu.home}/{state}/cwd/RUN_ID" in row, done.stdout
+
+
+def test_a_snapshot_removed_by_clean_up_during_dispatch_is_sent_again(lab: Lab) -> None:
+    project(lab)
+    state = ship_hosts(lab, "cpu")
+    host = lab.hosts["cpu"]
+    (first,) = lab.add_cmd(check_cmd())
+    proc = lab.start("dispatch", "--forever")
+    wait(lambda: lab.task(first)["state"] == "succeeded", "the first task to succeed")
+    out = lab.ok("hosts", "gc", "--now")  # nothing unfinished needs it: the snapshot goes
+    assert "1 snapshot" in out and snapshots(host, state) == []
+    (again,) = lab.add_cmd(check_cmd() + " && true")  # the same tree: the same snapshot id
+    wait(lambda: lab.task(again)["state"] == "succeeded", "the second task to succeed")
+    assert lab.task(again)["attempt"] == 1  # its launch was not lost: the snapshot came again
+    proc.terminate()
+    _, stdout, _ = finish(proc)
+    assert len(sent_lines(stdout)) == 2, stdout  # once for each task
+
+
+def test_a_run_that_made_nothing_leaves_its_directory_to_the_next(lab: Lab) -> None:
+    project(lab)
+    state = ship_hosts(lab, "cpu")
+    ids = lab.add_cmd(
+        "python3 -c 'import os; print(sorted(os.listdir()))' %{x}", "--grid", "x=1,2,3"
+    )
+    done = lab.run("dispatch")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    for task_id in ids:  # each saw the whole tree and nothing another run left
+        assert "['check.py', 'pkg', 'version.txt']" in lab.ok("logs", str(task_id))
+    cwd = lab.hosts.cpu.home / state / "cwd"
+    assert sorted(p.name for p in cwd.iterdir()) == []  # nothing to keep: reused, not kept
+    assert "removed 0 ended run directories" in lab.ok("hosts", "gc", "--now")
+    (kept,) = lab.add_cmd(check_cmd())  # writes made.txt: its directory is kept
+    assert lab.run("dispatch").returncode == 0
+    assert [p.name for p in cwd.iterdir()] == [lab.task(kept)["run_id"]]

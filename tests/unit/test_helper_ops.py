@@ -300,6 +300,7 @@ def test_helper_is_python38_source_and_stdlib_only(tmp_path: Path) -> None:
 def test_helper_constants_match_the_protocol() -> None:
     assert helper_module.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
     assert helper_module.INLINE_LOG_LIMIT == protocol.INLINE_LOG_LIMIT
+    assert helper_module.PAYLOAD_MARK == protocol.PAYLOAD_MARK
 
 
 async def test_helper_works_on_python_38(tmp_path: Path) -> None:
