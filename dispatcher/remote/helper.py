@@ -1531,6 +1531,8 @@ class Slurm:
         except (OSError, BadRequest) as exc:
             out[run_id] = {"status": "error", "error": "cannot prepare run %s on %s: %s"
                            % (run_id, h.host, exc)}  # fmt: skip
+            if isinstance(exc, SnapshotMissing):  # removed by a clean-up: send it again
+                out[run_id]["snapshot_missing"] = True
         return False
 
     def job_of(self, run_id: str, sup: Optional[Dict[str, Any]] = None) -> Optional[str]:
