@@ -17,6 +17,7 @@ from rich.text import Text
 
 from dispatcher.core.gpu_packing import needs_text
 from dispatcher.core.models import Task, TaskState
+from dispatcher.core.outcome import real_attempts
 from dispatcher.core.words import EMPTY_QUEUE
 
 if TYPE_CHECKING:
@@ -94,6 +95,15 @@ def counts_line(counts: Mapping[TaskState, int]) -> Text:
     if not shown:
         text.append(EMPTY_QUEUE, style="dim")
     return text
+
+
+def _attempt_text(task: Task) -> str:
+    """``2/3``: the attempts that count against ``--max-attempts``; runs lost to a host (which
+    do not count) are added as ``+1 lost``."""
+    if not task.attempt:
+        return ""
+    lost = f" +{task.losses} lost" if task.losses else ""
+    return f"{real_attempts(task)}/{task.max_attempts}{lost}"
 
 
 def running_table(
@@ -331,7 +341,7 @@ def ls_table(tasks: Sequence[Task]) -> Table:
     if any(t.host for t in tasks):
         columns.append(("host:gpus", placement))
     if any(t.attempt for t in tasks):
-        columns.append(("attempt", lambda t: f"{t.attempt}/{t.max_attempts}" if t.attempt else ""))
+        columns.append(("attempt", _attempt_text))
     columns.append(("age", lambda t: format_duration(since(t.created_at))))
     if any(t.reason for t in tasks):
         columns.append(("reason", lambda t: t.reason or ""))

@@ -142,3 +142,15 @@ def test_median_runtime_of_succeeded_tasks(tmp_path: Path) -> None:
             end = S.SUCCEEDED if seconds < 999 else S.FAILED  # failures do not count
             tx.move(task_id, end, run_id=f"r{task_id}", finished_at=start + timedelta(0, seconds))
         assert tx.median_runtime() == 30.0
+
+
+def test_the_attempt_column_counts_only_attempts_and_names_lost_runs() -> None:
+    from dispatcher.ui.views import ls_table
+
+    lost_once = Task(id=1, state=TaskState.SUCCEEDED, args={}, template="t", command="t",
+                     attempt=2, losses=1)  # fmt: skip
+    failed = Task(id=2, state=TaskState.FAILED, args={}, template="t", command="t", attempt=1)
+    console = Console(width=120, record=True)
+    console.print(ls_table([lost_once, failed]))
+    lines = console.export_text().splitlines()
+    assert "1/1 +1 lost" in lines[1] and "1/1" in lines[2], lines
