@@ -8,6 +8,7 @@ login node an sshd test host. Every task goes through the real CLI: ``queue add`
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,3 +252,23 @@ def test_a_submission_the_cluster_refuses_fails_the_task_with_its_line(
     assert task["state"] == "failed", task
     assert "sbatch on" in task["reason"] and "invalid partition" in task["reason"], task
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_stalled_slurmctld_delays_nothing_and_loses_nothing(
+    lab: Lab, cluster: SlurmCluster
+) -> None:
+    (task_id,) = lab.add_cmd("echo start; sleep %{s}; echo end", '--args={"s": 20}')
+    proc = lab.start("dispatch", "--hosts", str(cluster_hosts(lab, cluster)))
+    wait(lambda: "start" in lab.run("logs", str(task_id)).stdout, "the task started")
+    ctld = cluster.daemons["slurmctld"]
+    ctld.send_signal(signal.SIGSTOP)  # squeue, sbatch and scancel now hang, then fail
+    try:
+        # Its exit record is the truth: its end is collected without slurmctld's word.
+        wait(lambda: lab.task(task_id)["state"] == "succeeded", "the task's end", timeout=90)
+    finally:
+        ctld.send_signal(signal.SIGCONT)
+    code, out, err = finish(proc, timeout=120)
+    assert code == 0, (out, err)
+    task = lab.task(task_id)
+    assert task["state"] == "succeeded" and task["attempt"] == 1, (task, out)
+    assert "lost" not in out
