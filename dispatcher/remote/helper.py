@@ -1393,7 +1393,7 @@ class Slurm:
         self.jobs: Dict[str, Tuple[str, str, str]] = {}  # "J_I" -> (state, reason, name)
         self.polled = 0.0  # time.time() of the last squeue that answered
         self.tried = 0.0  # time.monotonic() of the last squeue tried
-        self.missing: Dict[str, int] = {}  # job -> polls in a row it was not listed in
+        self.absent: Dict[str, float] = {}  # job -> the first poll (``polled``) not listing it
         self.requeued: Dict[str, None] = {}  # requeued jobs scancelled by us
         self.max_array: Optional[int] = None
         self.arrays: Dict[str, Optional[str]] = {}  # array name -> its job id (slurm/NAME.job)
@@ -1423,8 +1423,7 @@ class Slurm:
             parts = line.split("|", 3)
             if len(parts) == 4 and parts[3].startswith("labtasker-"):
                 jobs[parts[0]] = (parts[1], parts[2], parts[3])
-        for job in list(self.missing) + [j for j in self.jobs if j not in jobs]:
-            self.missing[job] = 0 if job in jobs else self.missing.get(job, 0) + 1
+        self.absent = {j: at for j, at in self.absent.items() if j not in jobs}
         self.jobs, self.polled = jobs, time.time()
 
     def fresh(self, path: str) -> bool:
@@ -1616,7 +1615,10 @@ class Slurm:
                                     "timed_out": state == "TIMEOUT", "error": why,
                                     "signal": "SIGKILL" if started else "SIGTERM"}  # fmt: skip
         listed = state == "PENDING" or state in SLURM_LIVE
-        if listed or (not state and self.missing.get(job, 0) < 2):
+        # Not listed: lost once a later poll does not list it either (squeue keeps ended jobs
+        # for MinJobAge; the wrapper's record may reach the shared file system late).
+        gone = not state and self.absent.setdefault(job, self.polled) < self.polled
+        if listed or (not state and not gone):
             return ("running" if started else "starting"), None, {}
         # Listed as ended without an exit record, or gone from squeue for two polls.
         return "lost", "SLURM job %s ended without an exit record (%s)" % (

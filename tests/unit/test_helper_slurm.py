@@ -111,11 +111,12 @@ def test_a_squeue_reading_older_than_the_start_is_not_a_requeue(tmp_path: Path) 
 
 
 def test_a_job_gone_from_squeue_for_two_polls_without_a_record_is_lost(tmp_path: Path) -> None:
+    # Also a job this helper never saw listed (started by an earlier one, ended meanwhile).
     helper = run_dir(tmp_path, started=True)
     squeue_says(helper, "")
-    helper.slurm.missing[JOB] = 1
     assert helper.report("r1", [1 << 20])["state"] == "running"  # one poll: maybe just ended
-    helper.slurm.missing[JOB] = 2
+    assert helper.report("r1", [1 << 20])["state"] == "running"  # the same poll again
+    squeue_says(helper, "", at=helper.slurm.polled + 30)
     rep = helper.report("r1", [1 << 20])
     assert rep["state"] == "lost" and "gone from squeue" in rep["error"]
 
