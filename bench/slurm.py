@@ -319,10 +319,11 @@ def _fill(section: Section, got: Submission, per_min: float, held_calls: Counter
         "time between sbatch calls: a few file creations and renames, which cost more on a "
         "network file system) and runs one sbatch per array. The job ids of a round's launch "
         "replies are written to the queue in one statement after the round's moves.",
-        "Polling: the helper runs one `squeue` of all our jobs at most once per "
-        "`poll_interval`, for the runs it watches and the controller's probes alike, so polls "
-        "are at least 30 s apart (at most 2 a minute) "
-        f"whatever the number of queued tasks; while the {HELD} tasks waited the shims saw "
+        "Polling: the helper runs one `squeue` of all our jobs once per `poll_interval`, for "
+        "the runs it watches and the controller's probes alike (one more only to check a "
+        "failed `sbatch` or why SLURM ended a job, never two within 5 s), so while tasks just "
+        "wait polls are 30 s apart (at most 2 a minute) whatever their number; while the "
+        f"{HELD} tasks waited the shims saw "
         f"{_fmt(held_calls)} in {window:.0f} s.",
         f"Machine: {os.cpu_count()} cores shared by slurmctld, slurmd, sshd, the helper and the "
         "controller (and other work on this machine: the by-hand loop varies most); the "

@@ -1573,14 +1573,13 @@ class Slurm:
         if code == 0 and _JOB_ID.fullmatch(job):
             self.record_job(name, job)
             return job, None
-        for _ in range(3):  # its reply may be lost while the job was queued: look first
-            self.tried = 0.0
-            self.refresh()
+        for _ in range(2):  # its reply may be lost while the job was queued: look first
+            time.sleep(max(0.0, self.tried + SLURM_POLL_MIN - time.monotonic()))
+            self.refresh(force=True)  # never two squeues within SLURM_POLL_MIN
             found = self.find(name, 0)
             if found:
                 self.record_job(name, found.split("_")[0])
                 return found.split("_")[0], None
-            time.sleep(1.0)
         return None, "sbatch on %s failed: %s" % (self.helper.host, (err or out)[-500:])
 
     def helper_file(self) -> str:

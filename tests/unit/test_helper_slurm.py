@@ -138,3 +138,30 @@ def test_old_array_files_go_and_live_ones_stay(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         f"{n}{s}" for n in ("labtasker-live", "labtasker-new") for s in (".sh", ".json", "_0.out")
     )
+
+
+def test_squeue_runs_once_a_poll_and_never_twice_within_five_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A squeue on PATH that logs each call (a real program: the helper runs it as it would run
+    # SLURM's), listing nothing.
+    calls = tmp_path / "calls"
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "squeue").write_text(f"#!/bin/sh\necho call >> {calls}\n")
+    (shim / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    helper = Helper(str(tmp_path / "state"))
+    helper.slurm.poll = 30.0
+    for _ in range(20):  # every report of every watched run asks for a fresh reading
+        helper.slurm.refresh()
+        helper.slurm.refresh(force=True)  # why did SLURM end a job: sooner, not within 5 s
+    assert calls.read_text().count("call") == 1
+    helper.slurm.tried -= 5.0  # 5 s later: a forced look may run, a regular poll may not
+    helper.slurm.refresh()
+    assert calls.read_text().count("call") == 1
+    helper.slurm.refresh(force=True)
+    assert calls.read_text().count("call") == 2
+    helper.slurm.tried -= 30.0  # a poll interval later
+    helper.slurm.refresh()
+    assert calls.read_text().count("call") == 3
