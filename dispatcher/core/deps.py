@@ -14,6 +14,11 @@ reason naming the task ("dependency 5 failed"); retrying that task brings it bac
 applies this rule in every transaction that finishes a task (``store.depends``); its SQL
 twin, ``Txn.pending_candidates``, picks the tasks that may start (tests/unit/
 test_candidates_rule.py holds the two equal).
+
+On a SLURM cluster a waiting task may be submitted ahead (``gates``): when every dependency not
+yet met is running on that one cluster, SLURM holds the dependent back (afterok, afterany,
+afternotok on the dependency's job) and labtasker's wrapper on the compute node applies this
+rule again from the dependency's exit record before it starts anything (``Gate``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from dispatcher.core.models import TaskState
+from dispatcher.core.models import Task, TaskState
+from dispatcher.core.outcome import real_attempts
 
 S = TaskState
 
@@ -38,6 +44,11 @@ class DepKind(StrEnum):
     def option(self) -> str:
         """The ``queue add`` option: ``--after``, ``--after-any``, ``--after-failed``."""
         return "--" + self.value.replace("_", "-")
+
+    @property
+    def slurm(self) -> str:
+        """SLURM's dependency type of the same meaning for one job."""
+        return {"after": "afterok", "after_any": "afterany", "after_failed": "afternotok"}[self]
 
 
 #: For each kind, the states of the task waited for that let the waiting task start.
@@ -98,3 +109,43 @@ def verdict(deps: Sequence[tuple[DepKind, int]], states: Mapping[int, TaskState]
 def waiting_reason(dep: int) -> str:
     """The pending reason of a task waiting for task ``dep``."""
     return f"waits for task {dep}"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A dependency a task submitted ahead to a cluster waits for there: the run of task
+    ``task`` now in SLURM job ``job_id``. ``last``: that run is the task's last attempt, so its
+    failure is final (a loss never is: a lost run is retried)."""
+
+    kind: DepKind
+    task: int
+    run_id: str
+    job_id: str
+    last: bool
+
+
+def gates(
+    deps: Sequence[tuple[DepKind, int]],
+    states: Mapping[int, TaskState],
+    live: Mapping[int, Task],
+    clusters: frozenset[str],
+) -> tuple[str, list[Gate]] | None:
+    """Where a waiting task may be submitted ahead, and what SLURM holds it back on: the one
+    cluster (of ``clusters``) on which every dependency not met yet is running with a job id
+    (``live``: the launching and running tasks); None when there is none, or when a
+    dependency can never be met (``verdict`` cancels the task then)."""
+    host: str | None = None
+    out: list[Gate] = []
+    for kind, dep in deps:
+        state = states.get(dep)
+        if state is not None and state in READY_STATES[kind]:
+            continue
+        run = live.get(dep)
+        if state is not TaskState.RUNNING or run is None or run.host not in clusters:
+            return None
+        if run.job_id is None or run.run_id is None or host not in (None, run.host):
+            return None
+        host = run.host
+        last = real_attempts(run) >= run.max_attempts
+        out.append(Gate(kind, dep, run.run_id, run.job_id, last))
+    return (host, out) if host is not None else None

@@ -38,7 +38,9 @@ TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
     # A launch that provably never created its run goes back to pending; a run the host reports
     # ended before we saw it start goes straight to its outcome.
     S.LAUNCHING: frozenset({S.RUNNING, S.PENDING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}),
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST}),
+    # A SLURM job submitted ahead of its dependency's outcome, which that outcome then held
+    # back (it never started its task), goes back to pending: withdrawn, no attempt counted.
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST, S.PENDING}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset({S.PENDING}),
     S.CANCELLED: frozenset({S.PENDING}),

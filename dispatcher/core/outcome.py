@@ -186,3 +186,12 @@ def launch_error_outcome(task: Task, host: str, error: str) -> Outcome:
         reason = f"could not launch {losses} times (last on {host}: {without_host(host, error)})"
         return Outcome(TaskState.FAILED, {"losses": losses, "reason": reason})
     return Outcome(TaskState.PENDING, {"losses": losses, "reason": why})
+
+
+def withdrawn_outcome(task: Task, why: str) -> Outcome:
+    """A SLURM job submitted ahead of its dependency's outcome that never started its task:
+    the outcome held it back (or SLURM can never start it). Back to pending, neither an
+    attempt nor a loss counted; the dependency rule then says what it waits for, or cancels
+    it."""
+    reason = f"withdrawn from {task.host}: {without_host(task.host, why)}"
+    return Outcome(TaskState.PENDING, {"attempt": max(task.attempt - 1, 0), "reason": reason})

@@ -24,8 +24,8 @@
    fit), then by rank; impossible when every GPU's name and size are known and none matches
    ("no GPU of type A100|H100", "no GPU with at least 40 GiB"). ``max_gpus`` caps new GPUs.
 9. Clusters (``cluster``: SLURM) take what no SSH host can start now, up to ``max_jobs``
-   (``slots_total``), by order, once no SSH host is ``settling``. GPU memory needs stay on SSH
-   hosts; a GPU type goes to a cluster whose gres names it. SLURM picks node and GPUs.
+   (``slots_total``), by order, once no SSH host is ``settling`` (dependents submitted ahead:
+   ``core.ahead``). GPU memory needs stay on SSH hosts; a GPU type needs gres naming it.
 10. Every other unplaced task waits with a short reason (< 200 chars), like squeue's: the busy
    GPUs and down hosts, or "waiting for a free GPU (N tasks ahead)" when capacity existed at the
    start of this plan but tasks ahead of it took it. Host summaries are built once per plan.
@@ -344,6 +344,14 @@ class _Planner:
         return _summary(f"no free {self.default_what}: ", detail, short)
 
 
+def need_of(c: Candidate) -> tuple[str, int, GpuNeed]:
+    """Rule 2's kind of need ("default", "slot", "gpu"), its GPU count, and its GPU needs."""
+    n = 1 if c.gpus is None else c.gpus
+    need = GpuNeed(n, c.gpu_memory, c.gpu_type, c.min_gpu_memory)
+    kind = "default" if c.gpus is None else "slot" if c.gpus == 0 else "gpu"
+    return ("gpu" if need.constrained else kind), n, need
+
+
 def plan(
     candidates: Sequence[Candidate],
     hosts: Sequence[HostCapacity],
@@ -366,24 +374,16 @@ def plan(
         if c.id in decided:
             continue
         decided.add(c.id)
-        kind = "default" if c.gpus is None else "slot" if c.gpus == 0 else "gpu"
-        n = 1 if c.gpus is None else c.gpus
-        need = GpuNeed(n, c.gpu_memory, c.gpu_type, c.min_gpu_memory)
-        if need.constrained:
-            kind = "gpu"
-        never = planner.impossible(kind, n)
-        if never is None and need.constrained:
-            never = planner.never_fits(need)
-        if never is not None and planner.takers(kind, need):
-            never = None  # a cluster can take it
-        if never is not None:
+        kind, n, need = need_of(c)
+        fit = need.constrained
+        never = planner.impossible(kind, n) or (planner.never_fits(need) if fit else None)
+        if never is not None and not planner.takers(kind, need):  # else a cluster can take it
             impossible[c.id] = never
             continue
         limit, group = c.max_running, c.group
         if limit is not None and group is not None and running.get(group, 0) >= limit:
             waiting[c.id] = _clip(f"sweep {group} at its limit of {limit} running", REASON_LIMIT)
             continue
-        fit = need.constrained
         placement = planner.place_fit(c.id, need) if fit else planner.place(c.id, kind, n)
         placement = placement or planner.place_cluster(c.id, kind, need)
         if placement is not None:

@@ -46,10 +46,14 @@ def sbatch_options(
     default_time: float | None,
     gpus: int | None,
     timeout: float | None,
+    after: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
-    """The sbatch options of one task; equal lists share one job array."""
+    """The sbatch options of one task; equal lists share one job array. ``after``: (SLURM
+    dependency type, job id) pairs SLURM holds the job back on, all of them."""
     out = [f"--{k}={v}" for k, v in (("partition", partition), ("account", account),
            ("qos", qos), ("constraint", constraint)) if v]  # fmt: skip
+    if after:
+        out.append("--dependency=" + ",".join(f"{kind}:{job}" for kind, job in after))
     limit = timeout if timeout is not None else default_time
     if limit is not None:
         out.append(f"--time={time_minutes(limit)}")

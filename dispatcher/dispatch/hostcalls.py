@@ -86,7 +86,7 @@ class HostCalls:
                 "LABTASKER_ARGS": json.dumps(task.args, ensure_ascii=False),
             }
         )
-        slurm = slurm_launch(spec, task)
+        slurm = slurm_launch(spec, task, self.state.gates.get(task.id, ()))
         if slurm is not None:
             env.pop("CUDA_VISIBLE_DEVICES")  # SLURM gives the job its GPUs
         return {
@@ -138,6 +138,8 @@ class HostCalls:
             else:
                 error = f"{host}: {got.get('error')}"
                 report = {"run_id": t.run_id, "state": "launch_error", "error": error}
+                if got.get("withdrawn"):  # submitted ahead: the controller waits instead
+                    report["withdrawn"] = error
             self.reports.queue(host, report)
         # Recording "running" can wait for the next round (an exit's, most often) when busy.
         asyncio.get_running_loop().call_later(RUNNING_WAKE, self.state.wake.set)

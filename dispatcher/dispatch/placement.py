@@ -5,7 +5,9 @@ for the pure scheduler (``scheduler.plan``), reads the pending candidates (kept 
 while no other process writes the queue), records the placements as ``launching`` moves and
 writes the reasons of the tasks that wait. It owns the cached pending rows, when reasons were
 last rewritten and whether the last plan placed anything; it adds placed tasks to the shared
-``active`` and sets ``unplaceable``. A placed task's command is rendered again from its template
+``active`` and sets ``unplaceable``. Dependents whose dependencies run on a cluster may be
+submitted there ahead (``core.ahead``; what SLURM holds them back on goes in ``gates``).
+A placed task's command is rendered again from its template
 first: one whose template is now refused fails ("unsafe template: ...") and is never launched.
 """
 
@@ -14,11 +16,14 @@ from __future__ import annotations
 import time
 import uuid
 
+from dispatcher.core.ahead import place_ahead
+from dispatcher.core.deps import deps_of, gates
 from dispatcher.core.models import Task, TaskState
 from dispatcher.core.scheduler import Candidate, HostCapacity, Plan, plan
 from dispatcher.dispatch.capacity import host_capacity
 from dispatcher.dispatch.state import Log, LoopState
 from dispatcher.errors import TemplateError
+from dispatcher.store.depends import waiting_on
 from dispatcher.store.queue import Txn
 
 S = TaskState
@@ -38,6 +43,12 @@ def launch_command(task: Task) -> str:
     from dispatcher.core.template import compile_template
 
     return compile_template(task.template).render(task.args)
+
+
+def candidate_of(t: Task) -> Candidate:
+    """A pending task as the scheduler sees it."""
+    return Candidate(t.id, t.priority, t.gpus, t.sweep, t.max_running, t.gpu_memory, t.gpu_type,
+                     t.min_gpu_memory)  # fmt: skip
 
 
 def new_run_id(task: Task) -> str:
@@ -131,21 +142,11 @@ class Placement:
         running: dict[str, int] = {}  # active tasks per sweep, for max_running
         for t in state.active.values():
             running[t.sweep] = running.get(t.sweep, 0) + 1
-        wanted = [
-            Candidate(
-                t.id,
-                t.priority,
-                t.gpus,
-                t.sweep,
-                t.max_running,
-                t.gpu_memory,
-                t.gpu_type,
-                t.min_gpu_memory,
-            )
-            for t in candidates
-        ]
+        wanted = [candidate_of(t) for t in candidates]
         result = plan(wanted, caps, running)
         by_id = {t.id: t for t in candidates}
+        if not plain:
+            result = self._ahead(tx, caps, result, running, by_id)
         tx.hold(by_id)  # written with the round's other moves
         launches = self._record(tx, result, by_id)
         self._write_reasons(tx, result, by_id)
@@ -156,6 +157,48 @@ class Placement:
             state.unplaceable = {**result.waiting, **result.impossible}
         self.placed_last = bool(result.placements)
         return launches
+
+    def _ahead(
+        self,
+        tx: Txn,
+        caps: list[HostCapacity],
+        result: Plan,
+        running: dict[str, int],
+        by_id: dict[int, Task],
+    ) -> Plan:
+        """``result`` with the dependents submitted ahead to clusters added (``core.ahead``):
+        those whose dependencies not met yet all run on one cluster, in the jobs it has left.
+        A task withdrawn once is not submitted ahead again on the same runs."""
+        state = self.state
+        state.gates = {i: g for i, g in state.gates.items() if i in state.active}
+        state.held_back = {i: r for i, r in state.held_back.items() if i not in state.active}
+        free = {c.name: c.slots_total - c.slots_used for c in caps if c.cluster and c.usable}
+        for p in result.placements:
+            if p.host in free:
+                free[p.host] -= 1
+            running[by_id[p.task_id].sweep] = running.get(by_id[p.task_id].sweep, 0) + 1
+        live = [
+            t.id
+            for t in state.active.values()
+            if t.host in free and t.job_id and t.state is S.RUNNING and free[t.host] > 0
+        ]
+        if not live:
+            return result
+        waiting, states = waiting_on(tx, live, sum(max(n, 0) for n in free.values()) * 2)
+        ahead, found = [], {}
+        for t in waiting:
+            deps = deps_of(t.after, t.after_any, t.after_failed)
+            gated = gates(deps, states, state.active, frozenset(free))
+            if gated and state.held_back.get(t.id) != frozenset(g.run_id for g in gated[1]):
+                ahead.append((candidate_of(t), gated[0]))
+                found[t.id] = (t, gated[1])
+        offers = {c.name: c.cluster for c in caps if c.cluster}
+        placed = place_ahead(ahead, offers, free, running)
+        for p in placed:
+            by_id[p.task_id], state.gates[p.task_id] = found[p.task_id]
+        ids = {p.task_id for p in placed}
+        waiting_now = {i: r for i, r in result.waiting.items() if i not in ids}
+        return Plan((*result.placements, *placed), waiting_now, result.impossible)
 
     def _record(self, tx: Txn, result: Plan, by_id: dict[int, Task]) -> list[Task]:
         """Move the placed tasks to ``launching`` (each with its command rendered again)."""

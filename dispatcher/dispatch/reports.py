@@ -25,6 +25,7 @@ from dispatcher.core.outcome import (
     outcome_of,
     parse_time,
     real_attempts,
+    withdrawn_outcome,
 )
 from dispatcher.core.words import command_fault, plural, resume_hint
 from dispatcher.dispatch.cluster import job_of
@@ -107,7 +108,7 @@ class Reports:
         """Queue a report and wake the loop; an exit's log and outputs are copied first."""
         # The report passed the session's checks (remote/wire.py): its run id is a safe name,
         # and one this dispatcher launched or probed on that host.
-        if report.get("state") == "exited":
+        if report.get("state") == "exited" and not report.get("withdrawn"):  # it never ran
             task, globs = self._outputs_of(host, str(report.get("run_id")))
             if globs or not self.collector.inline(report):
                 self.jobs.spawn(self._collect(host, report))
@@ -215,6 +216,13 @@ class Reports:
             if job is not None and (job, why) != (task.job_id, task.reason):
                 tx.set_job(task.id, run_id, job, why)
                 self.state.active[task.id] = task.replace(job_id=job, reason=why)
+        elif withdrawn := report.get("withdrawn"):  # submitted ahead: never started its task
+            if not isinstance(withdrawn, str):
+                withdrawn = f"its submission was refused ({report.get('error')})"
+            gated = self.state.gates.pop(task.id, [])
+            self.state.held_back[task.id] = frozenset(g.run_id for g in gated)
+            self._finish(tx, task, withdrawn_outcome(task, withdrawn))
+            self._cleanups.setdefault(host, []).append(run_id)
         elif state == "exited":
             self._finish(tx, task, outcome_of(report, task))
             self._cleanups.setdefault(host, []).append(run_id)

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from dispatcher.core.deps import Gate
 from dispatcher.core.models import Task, TaskState
 
 if TYPE_CHECKING:
@@ -93,6 +94,11 @@ class LoopState:
     # hosts'): why -> the ids of the tasks that failed so.
     command_faults: dict[str, list[int]] = field(default_factory=dict)
     last_lines: dict[int, str] = field(default_factory=dict)  # host calls: running tasks' tails
+    # Placement: what a task submitted ahead to a cluster waits for there (core.deps.gates);
+    # its launch reads it. Report handling: the runs a withdrawn task waited for (it is not
+    # submitted ahead on the same runs again).
+    gates: dict[int, list[Gate]] = field(default_factory=dict)
+    held_back: dict[int, frozenset[str]] = field(default_factory=dict)
     runtimes: list[float] = field(default_factory=list)  # seconds, of tasks that succeeded
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # anyone: a tick may be due
     tick_now: bool = True  # anyone: the next round ticks, even with nothing new

@@ -52,9 +52,12 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
           publishes the blob. With "snapshot": sha256, the reply also has snapshot's fields.
   gc      {"queue": key, "needed": [sha256], "keep": s, "grace": s} -> {"runs", "snapshots",
           "blobs", "bytes"}: removes what no queue needs (see Store.gc).
-A launch spec's "slurm" ({"sbatch": [long options], "poll": s, "time_limit": s | null}) submits
-the run to SLURM in a job array instead (launch's reply then has "job_id"); REPORTs of such runs
-add job_id, job_state and job_reason (squeue's). See Slurm.
+A launch spec's "slurm" ({"sbatch": [long options], "poll": s, "time_limit": s | null, "gate":
+[{"kind", "task", "run", "last"}]}) submits the run to SLURM in a job array instead (launch's
+reply then has "job_id"); REPORTs of such runs add job_id, job_state and job_reason (squeue's).
+A run submitted ahead of its dependencies ("gate": their runs, SLURM holding it back with
+--dependency) that labtasker's rule then holds back never starts: its REPORT has "withdrawn"
+(why), a failed sbatch of it a launch reply with "withdrawn": true. See Slurm.
 A launch spec's "snapshot" (a sha256, present on the host) runs the task in STATE_DIR/cwd/
 <run_id>/, a directory of symlinks to the snapshot's top-level entries (see Store).
 A bad request gets {"ok": false, "error": text}; an unparsable line gets "id": null.
@@ -99,13 +102,16 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 #: Must equal dispatcher.remote.protocol.PROTOCOL_VERSION (a unit test checks).
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 INLINE_LOG_LIMIT = 64 * 1024
 #: Bytes of a failed run's output end sent with its report (what classifies the failure).
 LOG_TAIL = 4096
 #: Bounds one reply's inline logs and results, so a probe of many runs stays a sane line.
 REPLY_INLINE_BUDGET = 1024 * 1024
 RESULT_LIMIT = 256 * 1024
+#: A result nested deeper is refused by the controller (wire.MAX_RESULT_DEPTH; a test holds
+#: the two equal): a run whose result is refused did not succeed.
+RESULT_DEPTH = 64
 READ_LIMIT = 1024 * 1024
 MAX_REQUEST = 4 * 1024 * 1024
 #: Starts a request line followed by binary bytes: ``#payload N {json}\n`` then N bytes.
@@ -351,6 +357,8 @@ class Helper:
             return rep
         rep.update((k, exit_info.get(k, rep[k])) for k in ("exit_code", "signal", "error"))
         rep.update((k, exit_info.get(k) or rep[k]) for k in ("started_at", "finished_at"))
+        if exit_info.get("withdrawn"):  # a SLURM run held back by its dependencies: never ran
+            return dict(rep, state="exited", withdrawn=str(exit_info["withdrawn"])[:500])
         rep.update(state="exited", timed_out=bool(exit_info.get("timed_out")),
                    cancelled=bool(exit_info.get("cancelled")))  # fmt: skip
         if rep["exit_code"] != 0:  # why it failed: its last output, and any OOM kill record
@@ -358,14 +366,13 @@ class Helper:
             before = (started or {}).get("oom_kills")
             now = oom_kills((started or {}).get("cgroup"))
             rep["oom_killed"] = None if before is None or now is None else now > before
-        result_size = file_size(os.path.join(d, "result.json"))
-        if result_size > RESULT_LIMIT:
-            rep["result_error"] = "result.json is %d bytes; the limit is %d" % (
-                result_size, RESULT_LIMIT)  # fmt: skip
-        elif result_size * 2 > budget[0]:  # * 2: JSON's ASCII escapes can grow it on the wire
+        rsize = file_size(os.path.join(d, "result.json"))
+        if rsize > RESULT_LIMIT:
+            rep["result_error"] = "result.json is %d bytes; the limit is %d" % (rsize, RESULT_LIMIT)
+        elif rsize * 2 > budget[0]:  # * 2: JSON's ASCII escapes can grow it on the wire
             rep["inline_omitted"] = True
         else:
-            budget[0] -= result_size * 2
+            budget[0] -= rsize * 2
             rep["result"], rep["result_error"] = read_json(os.path.join(d, "result.json"))
         if size <= INLINE_LOG_LIMIT and (size + 2) // 3 * 4 > budget[0]:
             rep["inline_omitted"] = True
@@ -611,6 +618,7 @@ class Helper:
             if state in _LIVE or (state == "lost" and self.orphan_group(run_id)):
                 refused.append(run_id)
             elif state != "absent":
+                self.slurm.keep_outcome(run_id)
                 if not self.spares.recycle(d):
                     remove_tree(d)
                 self.adopted.pop(run_id, None)
@@ -1362,6 +1370,10 @@ SLURM_FAILED = {"TIMEOUT": "killed by SLURM at its time limit",
 SLURM_LIVE = frozenset(("RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STAGE_OUT",
                         "SIGNALING", "STOPPED", "RESIZING"))  # fmt: skip
 SLURM_POLL_MIN = 5.0
+#: A dependency's kind (core.deps.DepKind) -> the outcomes of its run that let the dependent
+#: start; any other outcome, or a failure that is not its task's last, holds the dependent back.
+GATE_READY = {"after": ("succeeded",), "after_any": ("succeeded", "failed", "cancelled"),
+              "after_failed": ("failed", "cancelled")}  # fmt: skip
 SLURM_CMD_TIMEOUT = 60.0
 _JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")
 #: The batch script: runs one element of an array (``slurm_element``) with the helper on disk.
@@ -1481,7 +1493,7 @@ class Slurm:
         old = time.time() - 7 * 86400
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.dir):
-                name = re.sub(r"(_\d+\.out|\.sh|\.json|\.job)$", "", entry.name)
+                name = re.sub(r"(_\d+\.out|\.sh|\.json|\.job|\.ended)$", "", entry.name)
                 with contextlib.suppress(OSError):
                     if name not in live and entry.stat().st_mtime < old:
                         os.unlink(entry.path)
@@ -1504,10 +1516,13 @@ class Slurm:
         if not members:
             return out
         job, error = self.sbatch(name, opts, members)
+        ahead = bool(runs[0][1]["slurm"]["gate"])  # submitted ahead of its dependencies
         for n, run_id in enumerate(members):
             if job is None:  # nothing submitted: the id may be reused
                 shutil.rmtree(h.run_dir(run_id), ignore_errors=True)
-                out[run_id] = {"status": "error", "error": error}
+                # A dependency's job may have left SLURM meanwhile: the controller waits for
+                # its outcome instead, counting nothing against the task.
+                out[run_id] = {"status": "error", "error": error, "withdrawn": ahead}
                 continue
             element = "%s_%d" % (job, n)
             self.jobs.setdefault(element, ("PENDING", "None", name))
@@ -1601,7 +1616,12 @@ class Slurm:
             if age < LOST_AFTER_S:
                 return "starting", None, {}
             return "lost", "its submission to SLURM on %s was not accepted" % self.helper.host, {}
-        state = self.jobs.get(job, ("", "", ""))[0]
+        state, reason, _ = self.jobs.get(job, ("", "", ""))
+        gated = ((sup.get("spec") or {}).get("slurm") or {}).get("gate")
+        if state == "PENDING" and reason == "DependencyNeverSatisfied" and gated and not started:
+            self.run(["scancel", job])  # afterok / afternotok on a run that did not allow it
+            withdraw(d, "SLURM job %s can never start (DependencyNeverSatisfied)" % job)
+            return "exited", None, {}
         if state == "PENDING" and started and not self.fresh(os.path.join(d, "started.json")):
             state = "RUNNING"  # pending in a poll from before it started: not news
         if (state == "PENDING" and started) or state in SLURM_LOST:
@@ -1633,6 +1653,18 @@ class Slurm:
         state, reason, _ = self.jobs.get(job, ("", "", ""))
         return {"job_id": job, "job_state": state or None,
                 "job_reason": reason if reason not in ("", "None") else None}  # fmt: skip
+
+    def keep_outcome(self, run_id: str) -> None:
+        """Before a SLURM run's dir is removed: its outcome (``run_outcome``) in slurm/RUN.ended
+        for a week, where runs submitted ahead of it look (``gate_held``)."""
+        d = self.helper.run_dir(run_id)
+        if not (self.jobs or self.polled):
+            return  # this helper has nothing to do with SLURM
+        sup = read_json(os.path.join(d, SUPERVISOR))[0] or {}
+        outcome = run_outcome(d) if "slurm" in sup else None
+        if outcome is not None:
+            with contextlib.suppress(OSError):
+                write_file(os.path.join(self.dir, run_id + ".ended"), outcome.encode())
 
     def requeue_cancel(self, job: str) -> None:
         """A requeued job would run the task again under the same run id: cancel it (once)."""
@@ -1710,7 +1742,75 @@ def _slurm_spec(raw: Any) -> Dict[str, Any]:
     limit = opts.get("time_limit")
     if limit is not None and not (isinstance(limit, (int, float)) and limit > 0):
         raise BadRequest("spec.slurm.time_limit must be a number of seconds > 0 or null")
-    return {"sbatch": args, "poll": _number(opts, "poll", 30.0), "time_limit": limit}
+    gate = opts.get("gate") or []
+    if not isinstance(gate, list) or not all(
+        isinstance(g, dict) and g.get("kind") in GATE_READY and isinstance(g.get("last"), bool)
+        and isinstance(g.get("task"), int) for g in gate
+    ):  # fmt: skip
+        raise BadRequest("spec.slurm.gate must be a list of {kind, task, run, last}")
+    for g in gate:
+        _run_id(g.get("run"))
+    return {"sbatch": args, "poll": _number(opts, "poll", 30.0), "time_limit": limit,
+            "gate": gate}  # fmt: skip
+
+
+def run_outcome(run_dir: str) -> Optional[str]:
+    """What a run's exit record says its task became: "succeeded", "failed" or "cancelled" as
+    the controller decides it (core.outcome.outcome_of); None without a readable record, or
+    when it was withdrawn (then it never ran)."""
+    info = read_json(os.path.join(run_dir, "exit.json"))[0]
+    if info is None or info.get("withdrawn"):
+        return None
+    if info.get("cancelled"):
+        return "cancelled"
+    if info.get("exit_code") != 0 or info.get("error") or info.get("timed_out"):
+        return "failed"
+    path = os.path.join(run_dir, "result.json")
+    if not os.path.exists(path):
+        return "succeeded"
+    result, err = read_json(path) if file_size(path) <= RESULT_LIMIT else (None, "too big")
+    return "succeeded" if err is None and _depth_ok(result, RESULT_DEPTH) else "failed"
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]  # type: List[Tuple[Any, int]]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        kids = item.values() if isinstance(item, dict) else item
+        stack.extend((k, depth + 1) for k in kids if isinstance(k, (dict, list)))
+    return True
+
+
+def gate_held(helper: "Helper", gate: List[Dict[str, Any]]) -> Optional[str]:
+    """Why a run submitted ahead of its dependencies must not start its task, by labtasker's
+    rule (core.deps) from their runs' exit records; None when every one allows it. A failure
+    counts only when it was its task's last attempt; no record (a lost run) never allows."""
+    for g in gate:
+        outcome = run_outcome(helper.run_dir(g["run"]))
+        if outcome is None:  # its run dir removed once its end was recorded: what it kept
+            with contextlib.suppress(OSError), open(os.path.join(helper.slurm.dir, g["run"] +
+                                                                 ".ended")) as f:  # fmt: skip
+                outcome = f.read().strip() or None
+        if outcome == "failed" and not g["last"]:
+            return "run %s of task %d failed and will be retried" % (g["run"], g["task"])
+        if outcome is None:
+            return "run %s of task %d ended without an outcome" % (g["run"], g["task"])
+        if outcome not in GATE_READY[g["kind"]]:
+            return "task %d %s" % (g["task"], outcome)
+    return None
+
+
+def withdraw(run_dir: str, why: str) -> None:
+    """Record that a run never started its task and never will (``gate_held``): exit.json
+    says "withdrawn" (the controller puts the task back to pending). Never over a record."""
+    info = {"exit_code": None, "signal": None, "timed_out": False, "cancelled": False,
+            "started_at": None, "finished_at": utc_now(), "error": None,
+            "withdrawn": why}  # fmt: skip
+    with contextlib.suppress(OSError):
+        if not os.path.exists(os.path.join(run_dir, "exit.json")):
+            write_file(os.path.join(run_dir, "exit.json"), info, sync=True)
 
 
 def slurm_element(state_dir: str, name: str) -> None:
@@ -1731,6 +1831,10 @@ def slurm_element(state_dir: str, name: str) -> None:
     if any(os.path.exists(os.path.join(d, f)) for f in ("started.json", "exit.json")):
         sys.exit("labtasker: run %s has started before: not run again" % run_id)
     spec = sup.get("spec") or {}
+    held = gate_held(helper, (spec.get("slurm") or {}).get("gate") or [])
+    if held is not None:  # SLURM let it start; labtasker's rule holds it back
+        withdraw(d, held)
+        sys.exit(1)  # failed in SLURM's eyes: nothing after it starts on its account
     gpus = os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS")
     if gpus and not os.environ.get("CUDA_VISIBLE_DEVICES"):
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # SLURM without device cgroups leaves it unset
@@ -1752,6 +1856,8 @@ def slurm_element(state_dir: str, name: str) -> None:
         keeper.fail(KeptRun(d, _spec(spec)), "cannot start the task on %s: %s" % (
             helper.host, exc))  # fmt: skip
     keeper.loop()
+    # SLURM's afterok / afternotok see this: success as labtasker counts it.
+    sys.exit(0 if run_outcome(d) == "succeeded" else 1)
 
 
 def run_keeper(helper: "Helper", cmd_fd: int, note_fd: int) -> None:

@@ -28,7 +28,7 @@ from functools import cache
 from importlib import resources
 
 #: Bumped whenever a message changes shape; the controller refuses a helper with another version.
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 #: Starts a request line whose JSON is followed by binary bytes (must equal the helper's).
 PAYLOAD_MARK = b"#payload "
 

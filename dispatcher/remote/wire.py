@@ -174,7 +174,7 @@ def _launch_reply(host: str, run: str, got: Any) -> dict[str, Any]:
         out["run"] = check_report(host, got.get("run"), (run,), where)
     elif got["status"] == "error":
         out["error"] = text(host, f"{where}: error", got.get("error"))
-        out["snapshot_missing"] = got.get("snapshot_missing") is True
+        out.update((k, got.get(k) is True) for k in ("snapshot_missing", "withdrawn"))
     return out
 
 

@@ -119,6 +119,10 @@ def classified(con: Any, staged: Staged, skip_existing: bool) -> Iterator[Counts
                 f" WHERE {stage}.idx = r.idx"
             )
         yield Counts(stage, kept, staged.count - distinct, skipped)
-    finally:
+    except BaseException:
+        # The transaction is aborted: its rollback drops the tables, and a DROP here would only
+        # hide the error that aborted it.
+        raise
+    else:
         for name in [n for n, _ in staged.axis_tables] + [stage]:
             con.execute(f"DROP TABLE IF EXISTS temp.{name}")

@@ -5,7 +5,8 @@ a task, before it commits, so no dispatcher need be running for a waiting task t
 transaction, and at tasks that entered pending in it (added, retried, requeued): each is
 cancelled when its condition can no longer hold (through ``Txn.move_many``, so the cancel is
 itself a finished task and the rule cascades down chains), or gets the reason "waits for task
-N". ``brought_back`` finds the tasks a retry brings back with the tasks retried.
+N". ``brought_back`` finds the tasks a retry brings back with the tasks retried;
+``waiting_on`` the pending tasks that wait for given ones (submitted ahead to a cluster).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from dispatcher.core.deps import deps_of, verdict, waiting_reason
-from dispatcher.core.models import TaskState
+from dispatcher.core.models import Task, TaskState
 from dispatcher.store.move import Mover, MoveRequest
+from dispatcher.store.schema import TASK_COLUMNS, task_from_row
 
 S = TaskState
 #: SQL condition: the task has dependencies of some kind.
@@ -96,3 +98,25 @@ def brought_back(tx: Mover, ids: Iterable[int]) -> list[int]:
     ).fetchall()
     chosen = set(ids)
     return [r[0] for r in rows if r[0] not in chosen]
+
+
+def waiting_on(
+    tx: Mover, ids: Iterable[int], limit: int
+) -> tuple[list[Task], dict[int, TaskState]]:
+    """The pending tasks (at most ``limit``, priority first, then id) with a dependency among
+    ``ids``, and the state of every task they depend on."""
+    rows = tx.con.execute(
+        f"SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'pending' AND {HAS_DEPS}"
+        " AND list_has_any(list_concat(after, after_any, after_failed), ?::BIGINT[])"
+        " ORDER BY priority DESC, id LIMIT ?",
+        [sorted(set(ids)), max(0, limit)],
+    ).fetchall()
+    tasks = [task_from_row(r) for r in rows]
+    named = sorted({d for t in tasks for d in (*t.after, *t.after_any, *t.after_failed)})
+    states = {
+        i: S(state)
+        for i, state in tx.con.execute(
+            "SELECT id, state FROM tasks WHERE id IN (SELECT unnest(?::BIGINT[]))", [named]
+        ).fetchall()
+    }
+    return tasks, states

@@ -30,10 +30,11 @@ def test_every_state_has_a_row_and_moves_stay_inside_the_enum() -> None:
         assert targets <= set(TaskState)
 
 
-def test_succeeded_is_final_and_pending_is_reached_only_by_retry_or_requeue() -> None:
+def test_succeeded_is_final_and_pending_is_reached_only_by_retry_requeue_or_withdrawal() -> None:
     assert TRANSITIONS[S.SUCCEEDED] == frozenset()
     into_pending = {a for a, targets in TRANSITIONS.items() if S.PENDING in targets}
-    assert into_pending == {S.LAUNCHING, S.FAILED, S.CANCELLED, S.LOST}
+    # running -> pending: a SLURM job its dependency's outcome held back (withdrawn)
+    assert into_pending == {S.LAUNCHING, S.RUNNING, S.FAILED, S.CANCELLED, S.LOST}
     assert all(a not in TRANSITIONS[a] for a in TaskState)
 
 
