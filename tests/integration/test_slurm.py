@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -228,17 +229,72 @@ def test_a_node_taken_down_loses_the_run_and_retries_it(lab: Lab, cluster: Slurm
     assert retried["exit_code"] == 0 and task["max_attempts"] == 1
 
 
-def test_a_dependent_is_submitted_once_its_dependency_succeeded(
+def dependent_waits_in_slurm(lab: Lab, task_id: int) -> str | None:
+    """The job of a task SLURM holds back on its dependency ("pending (Dependency)")."""
+    task = lab.task(task_id)
+    job = task["job_id"]
+    return job if job and task["reason"] == f"SLURM job {job} pending (Dependency)" else None
+
+
+def test_a_dependent_waits_in_slurm_and_starts_there_without_the_controller(
     lab: Lab, cluster: SlurmCluster
 ) -> None:
-    (first,) = lab.add("--grid=p1=1", '--args={"p2": "a", "p3": 1}', sleep=3)
-    (second,) = lab.add("--grid=p1=2", '--args={"p2": "b", "p3": 1}', "--after", str(first))
-    done = lab.run("dispatch", "--hosts", str(cluster_hosts(lab, cluster)), timeout=120)
+    (first,) = lab.add("--grid=p1=1", '--args={"p2": "a", "p3": 1}', "--gpus", "0", sleep=12)
+    (second,) = lab.add("--grid=p1=2", '--args={"p2": "b", "p3": 1}', "--gpus", "0",
+                        "--after", str(first))  # fmt: skip
+    hosts = cluster_hosts(lab, cluster)
+    proc = lab.start("dispatch", "--hosts", str(hosts))
+    job = wait(lambda: dependent_waits_in_slurm(lab, second), "the dependent held by SLURM")
+    assert lab.task(first)["state"] == "running" and not lab.records()
+    shown = cluster.admin("scontrol", "show", "job", str(job)).stdout
+    assert f"Dependency=afterok:{lab.task(first)['job_id']}" in shown, shown
+    kill9(proc)  # SLURM starts the dependent on its own once the dependency succeeded
+    wait(lambda: len(lab.records()) == 2, "both tasks ran with no controller", timeout=120)
+    done = lab.run("dispatch", "--hosts", str(hosts), timeout=120)
     assert done.returncode == 0, (done.stdout, done.stderr)
     runs = {int(r["task_id"]): r for r in lab.records()}
+    assert sorted(runs) == [first, second] and len(lab.records()) == 2  # each ran once
     assert runs[second]["start"] >= runs[first]["end"]
-    jobs = {t["id"]: t["job_id"] for t in lab.tasks()}
-    assert jobs[first] and jobs[second] and jobs[first] != jobs[second]
+    tasks = {t["id"]: t for t in lab.tasks()}
+    assert tasks[second]["state"] == "succeeded" and tasks[second]["attempt"] == 1, tasks
+
+
+def test_a_failure_that_will_be_retried_starts_no_dependent(
+    lab: Lab, cluster: SlurmCluster
+) -> None:
+    # The dependency fails its first attempt and succeeds its second. SLURM alone would start
+    # --after-any and --after-failed dependents after the first; labtasker's rule holds them
+    # back (withdrawn, back to pending), then cancels the --after-failed one (and its job).
+    mark = lab.shared / "failed-once"
+    dep_cmd = f"sleep 6; if [ -e {mark} ]; then echo second; else touch {mark}; exit 3; fi"
+    (dep,) = lab.add_cmd(dep_cmd, "--gpus", "0", "--max-attempts", "2")
+    kinds = ("--after", "--after-any", "--after-failed")
+    after, after_any, after_failed = (
+        lab.add(f"--grid=p1={n}", '--args={"p2": "x", "p3": 1}', "--gpus", "0", kind, str(dep))[0]
+        for n, kind in enumerate(kinds)
+    )
+    proc = lab.start("dispatch", "--hosts", str(cluster_hosts(lab, cluster)))
+    wait(lambda: dependent_waits_in_slurm(lab, after), "a dependent held by SLURM")
+    code, out, err = finish(proc, timeout=180)
+    assert code == 0, (out, err)
+    tasks = {t["id"]: t for t in lab.tasks()}
+    assert tasks[dep]["state"] == "succeeded" and tasks[dep]["attempt"] == 2, tasks[dep]
+    assert tasks[after]["state"] == tasks[after_any]["state"] == "succeeded", tasks
+    assert tasks[after_failed]["state"] == "cancelled", tasks[after_failed]
+    assert tasks[after_failed]["reason"] == f"dependency {dep} succeeded", tasks[after_failed]
+    runs = [int(r["task_id"]) for r in lab.records()]
+    assert sorted(runs) == sorted([after, after_any]), runs  # each once, after the success
+    ended = datetime.fromisoformat(tasks[dep]["finished_at"].replace("Z", "+00:00"))
+    assert all(r["start"] >= ended.timestamp() - 1 for r in lab.records())
+    *held, ran = json.loads(lab.ok("queue", "show", str(after), "--json"))["attempts"]
+    assert held and all("withdrawn from slurm" in (a["reason"] or "") for a in held), held
+    assert ran["exit_code"] == 0 and tasks[after]["attempt"] == 1  # a withdrawal is no attempt
+    # afterok on a failed job: SLURM never starts it; the helper scancels it and withdraws it.
+    assert "DependencyNeverSatisfied" in held[0]["reason"], held
+    # afterany: SLURM starts it; the wrapper on the compute node holds it back.
+    *held_any, _ = json.loads(lab.ok("queue", "show", str(after_any), "--json"))["attempts"]
+    assert "failed and will be retried" in held_any[0]["reason"], held_any
+    wait(lambda: not job_states(cluster), "SLURM has no job of ours left")
 
 
 def test_a_submission_the_cluster_refuses_fails_the_task_with_its_line(
