@@ -1618,9 +1618,12 @@ class Slurm:
             return "lost", "its submission to SLURM on %s was not accepted" % self.helper.host, {}
         state, reason, _ = self.jobs.get(job, ("", "", ""))
         gated = ((sup.get("spec") or {}).get("slurm") or {}).get("gate")
-        if state == "PENDING" and reason == "DependencyNeverSatisfied" and gated and not started:
-            self.run(["scancel", job])  # afterok / afternotok on a run that did not allow it
-            withdraw(d, "SLURM job %s can never start (DependencyNeverSatisfied)" % job)
+        never = reason == "DependencyNeverSatisfied" or state == "CANCELLED"
+        if gated and never and not started and not os.path.exists(os.path.join(d, "cancel.json")):
+            # afterok / afternotok on a run that did not allow it (kill_invalid_depend cancels)
+            self.run(["scancel", job])
+            withdraw(d, "SLURM job %s will never start (%s)" % (
+                job, reason if state == "PENDING" else state.lower()))  # fmt: skip
             return "exited", None, {}
         if state == "PENDING" and started and not self.fresh(os.path.join(d, "started.json")):
             state = "RUNNING"  # pending in a poll from before it started: not news
