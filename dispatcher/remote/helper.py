@@ -1766,10 +1766,10 @@ def run_outcome(run_dir: str) -> Optional[str]:
     if info.get("exit_code") != 0 or info.get("error") or info.get("timed_out"):
         return "failed"
     path = os.path.join(run_dir, "result.json")
-    if not os.path.exists(path):
-        return "succeeded"
-    result, err = read_json(path) if file_size(path) <= RESULT_LIMIT else (None, "too big")
-    return "succeeded" if err is None and _depth_ok(result, RESULT_DEPTH) else "failed"
+    if file_size(path) > RESULT_LIMIT:
+        return "failed"  # the controller refuses a result over the helper's limit
+    result = read_json(path)[0]  # missing, unreadable, not an object: noted, not a failure
+    return "succeeded" if result is None or _depth_ok(result, RESULT_DEPTH) else "failed"
 
 
 def _depth_ok(value: Any, limit: int) -> bool:
