@@ -192,6 +192,8 @@ def ended_run(helper: Helper, run_id: str, exit_info: dict[str, Any] | None,
     (d / "supervisor.json").write_text(json.dumps(sup))
     if exit_info is not None:
         (d / "exit.json").write_text(json.dumps(exit_info))
+    if exit_info is not None and exit_info.get("cancelled"):  # a cancel of ours
+        (d / "cancel.json").write_text(json.dumps({"grace": 1}))
     if result is not None:
         (d / "result.json").write_text(result)
     return d
@@ -392,6 +394,7 @@ SLURM_SPEC = {"sbatch": ["--partition=gpu"], "poll": 30, "time_limit": None}
      {"kind": "after", "task": 1, "run": "t1-a1-x"},
      {"kind": "after", "task": 1, "run": "t1-a1-x", "last": "yes"},
      {"kind": "after", "task": "1", "run": "t1-a1-x", "last": True},
+     {"kind": ["after"], "task": 1, "run": "t1-a1-x", "last": True},
      "after"],
 )  # fmt: skip
 def test_a_malformed_gate_is_refused(bad: Any) -> None:
@@ -406,3 +409,21 @@ def test_a_good_gate_is_kept_and_none_is_an_empty_one() -> None:
             for k in ("after", "after_any", "after_failed")]  # fmt: skip
     assert _slurm_spec({"slurm": {**SLURM_SPEC, "gate": good}})["gate"] == good
     assert _slurm_spec({"slurm": SLURM_SPEC})["gate"] == []
+
+
+def test_a_run_slurm_ended_has_no_outcome_of_its_own_and_holds_dependents_back(
+    tmp_path: Path,
+) -> None:
+    # SIGTERM from SLURM, no cancel of ours: squeue says whether it was cancelled outside
+    # labtasker (failed, maybe retried), timed out, or requeued (lost): the record cannot.
+    helper = run_dir(tmp_path, started=True, exit_info=dict(TERMINATED))
+    assert run_outcome(helper.run_dir("r1")) is None
+    held = [{"kind": "after_any", "task": 1, "run": "r1", "last": False}]
+    assert gate_held(helper, held) == "run r1 of task 1 ended without an outcome"
+    squeue_says(helper, "CANCELLED")
+    rep = helper.report("r1", [1 << 20])  # the controller's reading: failed, not cancelled
+    assert rep["state"] == "exited" and not rep["cancelled"], rep
+    assert run_outcome(helper.run_dir("r1")) is None  # still only squeue's word: held back
+    ours = run_dir(tmp_path / "ours", started=True, exit_info=dict(TERMINATED),
+                   cancelled_by_us=True)  # fmt: skip
+    assert run_outcome(ours.run_dir("r1")) == "cancelled"
