@@ -323,11 +323,9 @@ def test_a_removed_slurm_run_leaves_its_outcome_for_the_runs_waiting_on_it(
     assert gate_held(helper, gate("after", run="t2-a1-x")) == "task 1 failed"
 
 
-def test_only_a_slurm_run_of_a_helper_watching_slurm_keeps_its_outcome(tmp_path: Path) -> None:
+def test_only_a_slurm_run_with_an_outcome_keeps_it(tmp_path: Path) -> None:
     helper = Helper(str(tmp_path))
     Path(helper.slurm.dir).mkdir()
-    ended_run(helper, "t1-a1-x", ENDED, slurm=True)
-    helper.slurm.keep_outcome("t1-a1-x")  # never polled, no jobs: nothing to do with SLURM
     helper.slurm.polled = time.time()
     ended_run(helper, "t2-a1-x", ENDED)  # an SSH run
     helper.slurm.keep_outcome("t2-a1-x")
@@ -355,6 +353,10 @@ def test_a_withdrawn_run_reports_exited_and_why(tmp_path: Path) -> None:
     assert rep["state"] == "exited" and rep["withdrawn"] == "task 1 failed"
     checked = wire.check_report("h", rep, ("r1",), "x")
     assert checked["state"] == "exited" and checked["withdrawn"] == "task 1 failed"
+    long = ended_run(helper, "r2", None)
+    withdraw(str(long), "x" * 600)
+    checked = wire.check_report("h", helper.report("r2", [1 << 20]), ("r2",), "x")
+    assert checked["withdrawn"] == "x" * 500  # bounded, and still there
 
 
 def test_a_gated_job_slurm_can_never_start_is_cancelled_and_withdrawn(
