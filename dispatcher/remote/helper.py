@@ -1747,7 +1747,8 @@ def _slurm_spec(raw: Any) -> Dict[str, Any]:
         raise BadRequest("spec.slurm.time_limit must be a number of seconds > 0 or null")
     gate = opts.get("gate") or []
     if not isinstance(gate, list) or not all(
-        isinstance(g, dict) and g.get("kind") in GATE_READY and isinstance(g.get("last"), bool)
+        isinstance(g, dict) and isinstance(g.get("kind"), str) and g["kind"] in GATE_READY
+        and isinstance(g.get("last"), bool)
         and isinstance(g.get("task"), int) for g in gate
     ):  # fmt: skip
         raise BadRequest("spec.slurm.gate must be a list of {kind, task, run, last}")
@@ -1759,20 +1760,24 @@ def _slurm_spec(raw: Any) -> Dict[str, Any]:
 
 def run_outcome(run_dir: str) -> Optional[str]:
     """What a run's exit record says its task became: "succeeded", "failed" or "cancelled" as
-    the controller decides it (core.outcome.outcome_of); None without a readable record, or
-    when it was withdrawn (then it never ran)."""
+    the controller decides it (core.outcome.outcome_of); None without a readable record, when
+    it was withdrawn (then it never ran), or when SLURM ended it (the controller asks squeue)."""
     info = read_json(os.path.join(run_dir, "exit.json"))[0]
     if info is None or info.get("withdrawn"):
         return None
+    if (info.get("cancelled") or info.get("terminated")) and not os.path.exists(
+        os.path.join(run_dir, "cancel.json")
+    ):  # fmt: skip
+        return None  # SLURM ended it, not a cancel of ours: only squeue says how (Slurm.refine)
     if info.get("cancelled"):
         return "cancelled"
     if info.get("exit_code") != 0 or info.get("error") or info.get("timed_out"):
         return "failed"
     path = os.path.join(run_dir, "result.json")
-    if not os.path.exists(path):
-        return "succeeded"
-    result, err = read_json(path) if file_size(path) <= RESULT_LIMIT else (None, "too big")
-    return "succeeded" if err is None and _depth_ok(result, RESULT_DEPTH) else "failed"
+    if file_size(path) > RESULT_LIMIT:
+        return "failed"  # the controller refuses a result over the helper's limit
+    result = read_json(path)[0]  # missing, unreadable, not an object: noted, not a failure
+    return "succeeded" if result is None or _depth_ok(result, RESULT_DEPTH) else "failed"
 
 
 def _depth_ok(value: Any, limit: int) -> bool:

@@ -7,12 +7,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dispatcher.remote.helper import Helper
+from dispatcher.core.models import Task, TaskState
+from dispatcher.core.outcome import outcome_of
+from dispatcher.remote import wire
+from dispatcher.remote.helper import (
+    RESULT_DEPTH,
+    RESULT_LIMIT,
+    BadRequest,
+    Helper,
+    _slurm_spec,
+    gate_held,
+    run_outcome,
+    withdraw,
+)
 
 JOB = "5_0"
 
@@ -165,3 +179,253 @@ def test_squeue_runs_once_a_poll_and_never_twice_within_five_seconds(
     helper.slurm.tried -= 30.0  # a poll interval later
     helper.slurm.refresh()
     assert calls.read_text().count("call") == 3
+
+
+# -- runs submitted ahead of their dependencies: the wrapper's check of labtasker's rule ---------
+
+
+def ended_run(helper: Helper, run_id: str, exit_info: dict[str, Any] | None,
+              result: str | None = None, *, slurm: bool = False) -> Path:  # fmt: skip
+    d = Path(helper.run_dir(run_id))
+    d.mkdir(parents=True)
+    sup: dict[str, Any] = {"slurm": "labtasker-x", "index": 0} if slurm else {}
+    (d / "supervisor.json").write_text(json.dumps(sup))
+    if exit_info is not None:
+        (d / "exit.json").write_text(json.dumps(exit_info))
+    if exit_info is not None and exit_info.get("cancelled"):  # a cancel of ours
+        (d / "cancel.json").write_text(json.dumps({"grace": 1}))
+    if result is not None:
+        (d / "result.json").write_text(result)
+    return d
+
+
+def nested(levels: int) -> str:
+    return '{"a":' * (levels - 1) + "{}" + "}" * (levels - 1)
+
+
+ENDED = {"exit_code": 0, "signal": None, "timed_out": False, "cancelled": False, "error": None,
+         "started_at": "2026-12-03T10:00:00Z", "finished_at": "2026-12-03T10:01:00Z"}  # fmt: skip
+OUTCOMES = [
+    pytest.param(ENDED, None, "succeeded", id="exit 0"),
+    pytest.param(ENDED, '{"loss": 0.5}', "succeeded", id="exit 0 with a result"),
+    pytest.param(ENDED, nested(RESULT_DEPTH), "succeeded", id="result at the depth limit"),
+    pytest.param(ENDED, "not json", "succeeded", id="unreadable result: noted, not failed"),
+    pytest.param(ENDED, "[1, 2]", "succeeded", id="result not an object: noted, not failed"),
+    pytest.param({**ENDED, "exit_code": 3}, None, "failed", id="exit 3"),
+    pytest.param({**ENDED, "exit_code": -15, "timed_out": True}, None, "failed", id="timed out"),
+    pytest.param({**ENDED, "exit_code": 0, "timed_out": True}, None, "failed", id="timed out 0"),
+    pytest.param({**ENDED, "exit_code": -15, "cancelled": True}, None, "cancelled", id="cancelled"),
+    pytest.param(
+        {**ENDED, "exit_code": 0, "cancelled": True},
+        None,
+        "cancelled",
+        id="cancelled wins over exit 0",
+    ),
+    pytest.param({**ENDED, "error": "the disk is full"}, None, "failed", id="error set"),
+    pytest.param(
+        {**ENDED, "exit_code": None, "error": "no workdir"}, None, "failed", id="never started"
+    ),
+    pytest.param(ENDED, nested(RESULT_DEPTH + 1), "failed", id="result too deep"),
+    pytest.param(ENDED, '{"x": "' + "y" * RESULT_LIMIT + '"}', "failed", id="result too big"),
+]
+
+
+@pytest.mark.parametrize(("exit_info", "result", "expect"), OUTCOMES)
+def test_a_runs_outcome_is_what_the_controller_makes_of_its_report(
+    tmp_path: Path, exit_info: dict[str, Any], result: str | None, expect: str
+) -> None:
+    helper = Helper(str(tmp_path))
+    ended_run(helper, "t1-a1-x", exit_info, result)
+    assert run_outcome(helper.run_dir("t1-a1-x")) == expect
+    # The twin it mirrors: the helper's report, the controller's checks, outcome_of.
+    got = wire.check_report("h", helper.report("t1-a1-x", [1 << 22]), ("t1-a1-x",), "x")
+    task = Task(1, TaskState.RUNNING, {}, "t", "t", host="h", attempt=1, max_attempts=1)
+    assert outcome_of(got, task).state.value == expect
+
+
+def test_a_withdrawn_or_missing_record_has_no_outcome(tmp_path: Path) -> None:
+    helper = Helper(str(tmp_path))
+    d = ended_run(helper, "r1", None)
+    assert run_outcome(str(d)) is None  # no exit.json
+    assert run_outcome(helper.run_dir("nothing-here")) is None
+    withdraw(str(d), "task 1 failed")
+    assert run_outcome(str(d)) is None
+    (d / "exit.json").write_text("{broken")
+    assert run_outcome(str(d)) is None
+
+
+def test_the_helpers_result_depth_is_the_controllers() -> None:
+    assert RESULT_DEPTH == wire.MAX_RESULT_DEPTH
+
+
+def gate(kind: str, last: bool = True, run: str = "t1-a1-x") -> list[dict[str, Any]]:
+    return [{"kind": kind, "task": 1, "run": run, "last": last}]
+
+
+FAILED = {**ENDED, "exit_code": 3}
+CANCELLED = {**ENDED, "exit_code": -15, "cancelled": True}
+RETRIED = "run t1-a1-x of task 1 failed and will be retried"
+NO_OUTCOME = "run t1-a1-x of task 1 ended without an outcome"
+
+
+@pytest.mark.parametrize(
+    ("kind", "exit_info", "last", "held"),
+    [("after", ENDED, True, None),
+     ("after", FAILED, True, "task 1 failed"),
+     ("after", FAILED, False, RETRIED),
+     ("after", CANCELLED, True, "task 1 cancelled"),
+     ("after", None, True, NO_OUTCOME),
+     ("after_any", ENDED, False, None),
+     ("after_any", FAILED, True, None),
+     ("after_any", FAILED, False, RETRIED),
+     ("after_any", CANCELLED, False, None),
+     ("after_any", None, True, NO_OUTCOME),
+     ("after_failed", ENDED, True, "task 1 succeeded"),
+     ("after_failed", FAILED, True, None),
+     ("after_failed", FAILED, False, RETRIED),
+     ("after_failed", CANCELLED, True, None),
+     ("after_failed", None, False, NO_OUTCOME)],
+)  # fmt: skip
+def test_a_gate_holds_the_run_back_by_labtaskers_rule(
+    tmp_path: Path, kind: str, exit_info: dict[str, Any] | None, last: bool, held: str | None
+) -> None:
+    helper = Helper(str(tmp_path))
+    ended_run(helper, "t1-a1-x", exit_info, slurm=True)
+    assert gate_held(helper, gate(kind, last)) == held
+
+
+def test_every_gate_must_allow_it_and_no_gate_allows_it(tmp_path: Path) -> None:
+    helper = Helper(str(tmp_path))
+    ended_run(helper, "t1-a1-x", ENDED)
+    ended_run(helper, "t2-a1-x", FAILED)
+    both = [*gate("after"), {"kind": "after", "task": 2, "run": "t2-a1-x", "last": True}]
+    assert gate_held(helper, both) == "task 2 failed"
+    assert gate_held(helper, []) is None
+
+
+def test_a_removed_slurm_run_leaves_its_outcome_for_the_runs_waiting_on_it(
+    tmp_path: Path,
+) -> None:
+    helper = Helper(str(tmp_path))
+    Path(helper.slurm.dir).mkdir()
+    d = ended_run(helper, "t1-a1-x", ENDED, slurm=True)
+    helper.slurm.polled = time.time()  # this helper watches SLURM jobs
+    assert helper.op_cleanup({"runs": ["t1-a1-x"]})["removed"] == 1  # keeps it, then removes
+    assert not d.exists()
+    assert (Path(helper.slurm.dir) / "t1-a1-x.ended").read_text() == "succeeded"
+    assert gate_held(helper, gate("after")) is None
+    assert gate_held(helper, gate("after_failed")) == "task 1 succeeded"
+    # Straight through keep_outcome: a failure, kept the same way.
+    ended_run(helper, "t2-a1-x", FAILED, slurm=True)
+    helper.slurm.keep_outcome("t2-a1-x")
+    shutil.rmtree(helper.run_dir("t2-a1-x"))
+    assert gate_held(helper, gate("after_failed", run="t2-a1-x")) is None
+    assert gate_held(helper, gate("after", run="t2-a1-x")) == "task 1 failed"
+
+
+def test_only_a_slurm_run_with_an_outcome_keeps_it(tmp_path: Path) -> None:
+    helper = Helper(str(tmp_path))
+    Path(helper.slurm.dir).mkdir()
+    helper.slurm.polled = time.time()
+    ended_run(helper, "t2-a1-x", ENDED)  # an SSH run
+    helper.slurm.keep_outcome("t2-a1-x")
+    ended_run(helper, "t3-a1-x", None, slurm=True)  # no record: nothing to keep
+    helper.slurm.keep_outcome("t3-a1-x")
+    assert list(Path(helper.slurm.dir).iterdir()) == []
+
+
+def test_withdraw_never_writes_over_a_record(tmp_path: Path) -> None:
+    helper = Helper(str(tmp_path))
+    d = ended_run(helper, "r1", FAILED)
+    withdraw(str(d), "task 1 failed")
+    assert json.loads((d / "exit.json").read_text()) == FAILED
+    fresh = ended_run(helper, "r2", None)
+    withdraw(str(fresh), "task 1 failed")
+    info = json.loads((fresh / "exit.json").read_text())
+    assert info["withdrawn"] == "task 1 failed" and info["exit_code"] is None
+
+
+def test_a_withdrawn_run_reports_exited_and_why(tmp_path: Path) -> None:
+    helper = Helper(str(tmp_path))
+    d = ended_run(helper, "r1", None)
+    withdraw(str(d), "task 1 failed")
+    rep = helper.report("r1", [1 << 20])
+    assert rep["state"] == "exited" and rep["withdrawn"] == "task 1 failed"
+    checked = wire.check_report("h", rep, ("r1",), "x")
+    assert checked["state"] == "exited" and checked["withdrawn"] == "task 1 failed"
+    long = ended_run(helper, "r2", None)
+    withdraw(str(long), "x" * 600)
+    checked = wire.check_report("h", helper.report("r2", [1 << 20]), ("r2",), "x")
+    assert checked["withdrawn"] == "x" * 500  # bounded, and still there
+
+
+def test_a_gated_job_slurm_can_never_start_is_cancelled_and_withdrawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = tmp_path / "calls"
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "scancel").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (shim / "scancel").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    helper = run_dir(tmp_path / "state", started=False)
+    sup = Path(helper.run_dir("r1")) / "supervisor.json"
+    spec = {"slurm": {"sbatch": [], "poll": 30, "time_limit": None, "gate": gate("after")}}
+    sup.write_text(json.dumps({"slurm": "labtasker-x", "index": 0, "spec": spec}))
+    squeue_says(helper, "PENDING")
+    helper.slurm.jobs[JOB] = ("PENDING", "DependencyNeverSatisfied", "labtasker-x")
+    rep = helper.report("r1", [1 << 20])
+    assert rep["state"] == "exited" and "DependencyNeverSatisfied" in rep["withdrawn"], rep
+    assert calls.read_text().split() == [JOB]
+    # Without a gate it is SLURM's own affair: still pending, nothing cancelled.
+    other = run_dir(tmp_path / "plain", started=False)
+    squeue_says(other, "PENDING")
+    other.slurm.jobs[JOB] = ("PENDING", "DependencyNeverSatisfied", "labtasker-x")
+    assert other.report("r1", [1 << 20])["state"] != "exited"
+    assert calls.read_text().split() == [JOB]
+
+
+SLURM_SPEC = {"sbatch": ["--partition=gpu"], "poll": 30, "time_limit": None}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"kind": "after", "task": 1, "run": "../x", "last": True},
+     {"kind": "after", "task": 1, "last": True},
+     {"kind": "afterok", "task": 1, "run": "t1-a1-x", "last": True},
+     {"kind": "after", "task": 1, "run": "t1-a1-x"},
+     {"kind": "after", "task": 1, "run": "t1-a1-x", "last": "yes"},
+     {"kind": "after", "task": "1", "run": "t1-a1-x", "last": True},
+     {"kind": ["after"], "task": 1, "run": "t1-a1-x", "last": True},
+     "after"],
+)  # fmt: skip
+def test_a_malformed_gate_is_refused(bad: Any) -> None:
+    with pytest.raises(BadRequest, match=r"gate|run_id"):
+        _slurm_spec({"slurm": {**SLURM_SPEC, "gate": [bad]}})
+    with pytest.raises(BadRequest, match="gate"):
+        _slurm_spec({"slurm": {**SLURM_SPEC, "gate": {"kind": "after"}}})
+
+
+def test_a_good_gate_is_kept_and_none_is_an_empty_one() -> None:
+    good = [{"kind": k, "task": 3, "run": "t3-a2-x", "last": False}
+            for k in ("after", "after_any", "after_failed")]  # fmt: skip
+    assert _slurm_spec({"slurm": {**SLURM_SPEC, "gate": good}})["gate"] == good
+    assert _slurm_spec({"slurm": SLURM_SPEC})["gate"] == []
+
+
+def test_a_run_slurm_ended_has_no_outcome_of_its_own_and_holds_dependents_back(
+    tmp_path: Path,
+) -> None:
+    # SIGTERM from SLURM, no cancel of ours: squeue says whether it was cancelled outside
+    # labtasker (failed, maybe retried), timed out, or requeued (lost): the record cannot.
+    helper = run_dir(tmp_path, started=True, exit_info=dict(TERMINATED))
+    assert run_outcome(helper.run_dir("r1")) is None
+    held = [{"kind": "after_any", "task": 1, "run": "r1", "last": False}]
+    assert gate_held(helper, held) == "run r1 of task 1 ended without an outcome"
+    squeue_says(helper, "CANCELLED")
+    rep = helper.report("r1", [1 << 20])  # the controller's reading: failed, not cancelled
+    assert rep["state"] == "exited" and not rep["cancelled"], rep
+    assert run_outcome(helper.run_dir("r1")) is None  # still only squeue's word: held back
+    ours = run_dir(tmp_path / "ours", started=True, exit_info=dict(TERMINATED),
+                   cancelled_by_us=True)  # fmt: skip
+    assert run_outcome(ours.run_dir("r1")) == "cancelled"

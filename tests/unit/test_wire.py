@@ -176,3 +176,16 @@ def test_an_inline_log_over_max_log_size_keeps_head_and_tail(tmp_path: Path) -> 
     assert saved is not None and saved.first_cut and saved.cut == len(printed) - 100
     marker = f"[labtasker: {len(printed) - 100} bytes cut]\n".encode()
     assert saved.path.read_bytes() == printed[:50] + b"\n" + marker + printed[-50:]
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"), [(True, True), ("yes", False), (1, False), (None, False)]
+)
+def test_a_launch_error_keeps_withdrawn_only_when_it_is_true(sent: Any, kept: bool) -> None:
+    # A failed sbatch of a run submitted ahead of its dependencies: nothing counted against it.
+    reply = {"status": "error", "error": "x", "withdrawn": sent}
+    got = wire.check_reply(
+        "h", "launches", {"runs": [{"run_id": RUN}]}, {"ok": True, "runs": {RUN: reply}}
+    )
+    assert got["runs"][RUN]["withdrawn"] is kept
+    assert got["runs"][RUN]["error"] == "x" and got["runs"][RUN]["snapshot_missing"] is False
