@@ -1661,8 +1661,6 @@ class Slurm:
         """Before a SLURM run's dir is removed: its outcome (``run_outcome``) in slurm/RUN.ended
         for a week, where runs submitted ahead of it look (``gate_held``)."""
         d = self.helper.run_dir(run_id)
-        if not (self.jobs or self.polled):
-            return  # this helper has nothing to do with SLURM
         sup = read_json(os.path.join(d, SUPERVISOR))[0] or {}
         outcome = run_outcome(d) if "slurm" in sup else None
         if outcome is not None:
@@ -1749,7 +1747,7 @@ def _slurm_spec(raw: Any) -> Dict[str, Any]:
     if not isinstance(gate, list) or not all(
         isinstance(g, dict) and isinstance(g.get("kind"), str) and g["kind"] in GATE_READY
         and isinstance(g.get("last"), bool)
-        and isinstance(g.get("task"), int) for g in gate
+        and type(g.get("task")) is int for g in gate
     ):  # fmt: skip
         raise BadRequest("spec.slurm.gate must be a list of {kind, task, run, last}")
     for g in gate:
