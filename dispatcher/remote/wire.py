@@ -33,6 +33,7 @@ MAX_RESULT_DEPTH = 64
 #: How the helper says it left out a result over its own limit (helper.py ``report``).
 _HELPER_RESULT_LIMIT = re.compile(r"result\.json is \d+ bytes; the limit is \d+")
 _CONTROL = re.compile(r"[\x01-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of half a UTF-16 pair
 _STATES = frozenset({"absent", "starting", "running", "exited", "lost"})
 _LAUNCH_STATUS = frozenset({"started", "exists", "error"})
 _REPORT_KEYS = frozenset(
@@ -53,15 +54,16 @@ def violation(host: str, what: str) -> ProtocolViolationError:
 
 def parse_line(host: str, line: bytes) -> dict[str, Any]:
     """One line from a helper as a JSON object, within ``MAX_ITEMS`` elements."""
-    items = line.count(b",") + line.count(b"[") + line.count(b"{")
-    if items > MAX_ITEMS:
+    if line.count(b",") + line.count(b"[") + line.count(b"{") > MAX_ITEMS:
         raise violation(host, f"a line of {len(line)} bytes with over {MAX_ITEMS} JSON elements")
     try:
         msg = json.loads(line)
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply to be ours
+        if _SURROGATE.search(line):  # escapes of a pair are fine; a lone one is not text
+            json.dumps(msg, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # too deep to be ours; UnicodeEncodeError is a ValueError
         msg = None
     if not isinstance(msg, dict):
-        raise violation(host, f"a line that is not a JSON object: {line[:100]!r}")
+        raise violation(host, f"a line that is not a JSON object of text: {line[:100]!r}")
     return msg
 
 
@@ -96,9 +98,7 @@ def check_hello(host: str, msg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_event(host: str, msg: Mapping[str, Any], watched: Collection[str]) -> dict[str, Any]:
-    """An exit event, its report checked (``watched``: runs launched or probed on this session).
-
-    Any other event raises: after the hello, the helper sends only exit events."""
+    """The exit event (the only one after the hello), its report checked: runs of ``watched``."""
     if msg.get("event") != "exit":
         raise violation(host, f"an unexpected event {str(msg.get('event'))[:100]!r}")
     return {"event": "exit", "run": check_report(host, msg.get("run"), watched, "an exit event")}

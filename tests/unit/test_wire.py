@@ -169,6 +169,21 @@ def test_a_line_with_too_many_elements_is_refused_before_parsing() -> None:
         wire.parse_line("h", line)
 
 
+@pytest.mark.parametrize(
+    "line", [rb'{"ok": true, "error": "x\ud800"}', rb'{"ok": true, "result": {"a": "\udc00"}}']
+)
+def test_half_a_surrogate_pair_is_refused(line: bytes) -> None:
+    # JSON may escape half of a UTF-16 pair; such a string is no text: it can be neither
+    # stored nor encoded, so a line holding one drops the host instead of crashing the loop.
+    with pytest.raises(ProtocolViolationError, match="not a JSON object of text"):
+        wire.parse_line("h", line)
+
+
+def test_a_whole_surrogate_pair_is_text() -> None:
+    line = json.dumps({"ok": True, "error": "ok \U0001f600"}).encode()  # escaped as a pair
+    assert b"\\ud83d" in line and wire.parse_line("h", line)["error"] == "ok \U0001f600"
+
+
 def test_an_inline_log_over_max_log_size_keeps_head_and_tail(tmp_path: Path) -> None:
     printed = b"".join(b"line %d\n" % i for i in range(1000))
     rep = report(log=base64.b64encode(printed).decode(), log_size=len(printed))
