@@ -1406,6 +1406,8 @@ class Slurm:
         self.polled = 0.0  # time.time() of the last squeue that answered
         self.tried = 0.0  # time.monotonic() of the last squeue tried
         self.absent: Dict[str, float] = {}  # job -> the first poll (``polled``) not listing it
+        self.accounted: Dict[str, str] = {}  # absent job -> its final state, as sacct says
+        self.sacct = True  # accounting may answer (False once sacct failed: never asked again)
         self.requeued: Dict[str, None] = {}  # requeued jobs scancelled by us
         self.max_array: Optional[int] = None
         self.arrays: Dict[str, Optional[str]] = {}  # array name -> its job id (slurm/NAME.job)
@@ -1436,7 +1438,27 @@ class Slurm:
             if len(parts) == 4 and parts[3].startswith("labtasker-"):
                 jobs[parts[0]] = (parts[1], parts[2], parts[3])
         self.absent = {j: at for j, at in self.absent.items() if j not in jobs}
+        self.accounted = {j: st for j, st in self.accounted.items() if j in self.absent}
         self.jobs, self.polled = jobs, time.time()
+        self.account()
+
+    def account(self) -> None:
+        """One ``sacct`` for the jobs squeue stopped listing, where accounting answers: how a
+        job that ended without an exit record ended (squeue forgets a job MinJobAge after its
+        end, so one that ended while no controller ran is known to sacct alone)."""
+        want = [j for j in self.absent if j not in self.accounted][:1000]
+        if not want or not self.sacct:
+            return
+        code, out, _ = self.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j",
+                                 ",".join(want)])  # fmt: skip
+        if code != 0:
+            self.sacct = False  # no accounting here (no slurmdbd): squeue alone decides
+            return
+        for line in out.splitlines():
+            job, _, state = line.strip().partition("|")
+            state = (state.split() or [""])[0]  # "CANCELLED by 1000"
+            if job in want and state and state != "PENDING" and state not in SLURM_LIVE:
+                self.accounted[job] = state
 
     def fresh(self, path: str) -> bool:
         """Whether the last squeue answered after ``path`` was written (with a second's
@@ -1617,6 +1639,7 @@ class Slurm:
                 return "starting", None, {}
             return "lost", "its submission to SLURM on %s was not accepted" % self.helper.host, {}
         state, reason, _ = self.jobs.get(job, ("", "", ""))
+        state = state or self.accounted.get(job, "")  # one squeue forgot: sacct's word
         gated = ((sup.get("spec") or {}).get("slurm") or {}).get("gate")
         never = reason == "DependencyNeverSatisfied" or state == "CANCELLED"
         if gated and never and not started and not os.path.exists(os.path.join(d, "cancel.json")):

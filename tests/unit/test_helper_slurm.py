@@ -181,6 +181,61 @@ def test_squeue_runs_once_a_poll_and_never_twice_within_five_seconds(
     assert calls.read_text().count("call") == 3
 
 
+def slurm_shims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sacct: str) -> Path:
+    """squeue (listing nothing) and sacct (``sacct``: its shell body) on PATH, each call of
+    sacct logged to the file returned."""
+    calls, shim = tmp_path / "sacct-calls", tmp_path / "bin"
+    shim.mkdir()
+    (shim / "squeue").write_text("#!/bin/sh\n")
+    (shim / "sacct").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {calls}\n{sacct}\n")
+    for name in ("squeue", "sacct"):
+        (shim / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    return calls
+
+
+def next_poll(helper: Helper) -> dict[str, Any]:
+    helper.slurm.tried -= 60.0  # a poll interval later
+    return helper.report("r1", [1 << 20])
+
+
+@pytest.mark.parametrize(
+    ("said", "state", "why"),
+    [("OUT_OF_MEMORY", "exited", "killed by SLURM: out of memory (its --mem limit)"),
+     ("NODE_FAIL", "lost", "SLURM job 5_0 ended as NODE_FAIL"),
+     ("CANCELLED by 1000", "exited", "cancelled outside labtasker (scancel) (SLURM job 5_0)")],
+)  # fmt: skip
+def test_a_job_squeue_forgot_is_read_from_sacct_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: str, state: str, why: str
+) -> None:
+    # It ended while no controller ran, without an exit record, and squeue has forgotten it
+    # (MinJobAge): one sacct for the jobs squeue no longer lists says how it ended.
+    calls = slurm_shims(tmp_path, monkeypatch, f"echo '{JOB}|{said}'")
+    helper = run_dir(tmp_path, started=True)
+    helper.slurm.requeued[JOB] = None  # no scancel runs here
+    assert next_poll(helper)["state"] == "running"  # not listed once: not decided yet
+    assert not calls.exists()  # sacct is asked about jobs squeue did not list before
+    rep = next_poll(helper)
+    assert (rep["state"], rep["error"][: len(why)]) == (state, why), rep
+    assert calls.read_text().split("\n")[0].split()[-1] == JOB  # one sacct, for that job
+    next_poll(helper)
+    assert calls.read_text().count("\n") == 1  # its answer is kept: never asked twice
+
+
+@pytest.mark.parametrize("sacct", ["echo 'accounting storage is disabled' >&2; exit 1",
+                                   f"echo '{JOB}|RUNNING'", "true"])  # fmt: skip
+def test_without_an_answer_from_sacct_a_job_gone_from_squeue_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sacct: str
+) -> None:
+    calls = slurm_shims(tmp_path, monkeypatch, sacct)
+    helper = run_dir(tmp_path, started=True)
+    next_poll(helper)
+    rep = next_poll(helper)
+    assert rep["state"] == "lost" and "gone from squeue" in rep["error"], rep
+    next_poll(helper)  # a cluster without accounting is not asked again
+    assert calls.read_text().count("\n") == (1 if "exit 1" in sacct else 2)
+
+
 # -- runs submitted ahead of their dependencies: the wrapper's check of labtasker's rule ---------
 
 
