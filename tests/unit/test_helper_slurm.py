@@ -154,44 +154,45 @@ def test_old_array_files_go_and_live_ones_stay(tmp_path: Path) -> None:
     )
 
 
+def on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged: str, **bodies: str) -> Path:
+    """Programs named as ``bodies`` (their shell text) first on PATH; each call of ``logged``
+    writes its arguments as a line of the file returned."""
+    calls, shim = tmp_path / "calls", tmp_path / "bin"
+    shim.mkdir()
+    for name, body in bodies.items():
+        log = f"printf '%s\\n' \"$*\" >> {calls}\n" if name == logged else ""
+        (shim / name).write_text(f"#!/bin/sh\n{log}{body}\n")
+        (shim / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    return calls
+
+
 def test_squeue_runs_once_a_poll_and_never_twice_within_five_seconds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A squeue on PATH that logs each call (a real program: the helper runs it as it would run
     # SLURM's), listing nothing.
-    calls = tmp_path / "calls"
-    shim = tmp_path / "bin"
-    shim.mkdir()
-    (shim / "squeue").write_text(f"#!/bin/sh\necho call >> {calls}\n")
-    (shim / "squeue").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    calls = on_path(tmp_path, monkeypatch, logged="squeue", squeue="")
     helper = Helper(str(tmp_path / "state"))
     helper.slurm.poll = 30.0
     for _ in range(20):  # every report of every watched run asks for a fresh reading
         helper.slurm.refresh()
         helper.slurm.refresh(force=True)  # why did SLURM end a job: sooner, not within 5 s
-    assert calls.read_text().count("call") == 1
+    assert calls.read_text().count("\n") == 1
     helper.slurm.tried -= 5.0  # 5 s later: a forced look may run, a regular poll may not
     helper.slurm.refresh()
-    assert calls.read_text().count("call") == 1
+    assert calls.read_text().count("\n") == 1
     helper.slurm.refresh(force=True)
-    assert calls.read_text().count("call") == 2
+    assert calls.read_text().count("\n") == 2
     helper.slurm.tried -= 30.0  # a poll interval later
     helper.slurm.refresh()
-    assert calls.read_text().count("call") == 3
+    assert calls.read_text().count("\n") == 3
 
 
 def slurm_shims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sacct: str) -> Path:
     """squeue (listing nothing) and sacct (``sacct``: its shell body) on PATH, each call of
     sacct logged to the file returned."""
-    calls, shim = tmp_path / "sacct-calls", tmp_path / "bin"
-    shim.mkdir()
-    (shim / "squeue").write_text("#!/bin/sh\n")
-    (shim / "sacct").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {calls}\n{sacct}\n")
-    for name in ("squeue", "sacct"):
-        (shim / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
-    return calls
+    return on_path(tmp_path, monkeypatch, logged="sacct", squeue="", sacct=sacct)
 
 
 def next_poll(helper: Helper) -> dict[str, Any]:
@@ -417,12 +418,7 @@ def test_a_withdrawn_run_reports_exited_and_why(tmp_path: Path) -> None:
 def test_a_gated_job_slurm_can_never_start_is_cancelled_and_withdrawn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = tmp_path / "calls"
-    shim = tmp_path / "bin"
-    shim.mkdir()
-    (shim / "scancel").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    (shim / "scancel").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    calls = on_path(tmp_path, monkeypatch, logged="scancel", scancel="")
     helper = run_dir(tmp_path / "state", started=False)
     sup = Path(helper.run_dir("r1")) / "supervisor.json"
     spec = {"slurm": {"sbatch": [], "poll": 30, "time_limit": None, "gate": gate("after")}}
