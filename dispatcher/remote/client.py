@@ -124,7 +124,8 @@ class HelperClient:
                 if answer == b"need":
                     self.uploaded = True
                     self._writer.write(protocol.helper_source())
-                    await self._writer.drain()
+                    with contextlib.suppress(ConnectionError):  # it ended: its stderr says why
+                        await self._writer.drain()
                 hello = await self._read_hello(noise, stderr_text)
         except TimeoutError:
             raise ConnectionLostError(

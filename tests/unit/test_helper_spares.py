@@ -154,6 +154,7 @@ async def test_a_spec_with_nul_is_refused_before_anything_starts(helper: LocalHe
         "status": "error",
         "error": "spec.workdir must not contain NUL",
         "snapshot_missing": False,  # (a missing snapshot would be sent again and relaunched)
+        "withdrawn": False,  # (a SLURM run submitted ahead would go back to pending)
     }
     assert not (helper.state_dir / "runs" / "bad").exists()
     assert (await helper.wait_exit("ok"))["exit_code"] == 0
