@@ -41,6 +41,7 @@ BENCHMARKS = (
     "scale",
     "many_hosts",
     "slurm",
+    "slurm_deps",
     "startup",
     "controller",
     "store_ops",

@@ -22,20 +22,30 @@ class Sink(Protocol):
 
 
 async def stream_log(
-    spec: HostSpec, run_id: str, *, follow: bool, out: Sink, poll: float = 0.5
+    spec: HostSpec,
+    run_id: str,
+    *,
+    follow: bool,
+    out: Sink,
+    poll: float = 0.5,
+    offset: int = 0,
+    limit: int | None = None,
 ) -> None:
-    """Copy the run's output to ``out``; with ``follow``, until the run exits."""
+    """Copy the run's output from byte ``offset`` to ``out``: with ``follow``, until the run
+    exits; else what there is now, or its first ``limit`` bytes."""
     transport, client, _ = await start_helper(spec, ssh_options(spec))
     try:
-        offset = 0
+        end = None if limit is None else offset + limit
         while True:
-            reply = await client.call("read", run_id=run_id, offset=offset, size=CHUNK)
+            size = CHUNK if end is None else min(CHUNK, end - offset)
+            reply = await client.call("read", run_id=run_id, offset=offset, size=size)
             data = base64.b64decode(reply.get("data") or "")
             if data:
                 out.write(data)
                 out.flush()
                 offset += len(data)
-                continue
+                if end is None or offset < end:
+                    continue
             if not follow:
                 return
             probe = await client.call("probe", runs=[run_id])

@@ -100,9 +100,13 @@ class Api:
         if state not in ACTIVE_STATES:
             blob = local.read_bytes() if local.exists() else b""
             return _chunk(blob, offset, done=True)
-        return _chunk(self._live_log(task), offset, done=False)
+        piece = self._live_log(task, max(0, offset))
+        return {"text": piece.decode("utf-8", "replace"), "offset": offset + len(piece),
+                "done": False}  # fmt: skip
 
-    def _live_log(self, task: dict[str, Any]) -> bytes:
+    def _live_log(self, task: dict[str, Any], offset: int) -> bytes:
+        """At most LOG_CHUNK bytes of a running task's output from ``offset``, read on its
+        host (only what the page has not shown yet)."""
         import asyncio
         import io
 
@@ -118,7 +122,8 @@ class Api:
             return b""
         sink = io.BytesIO()
         with contextlib.suppress(DispatcherError):  # it ended meanwhile: the next poll says so
-            asyncio.run(stream_log(spec, task["run_id"], follow=False, out=sink))
+            asyncio.run(stream_log(spec, task["run_id"], follow=False, out=sink, offset=offset,
+                                   limit=LOG_CHUNK))  # fmt: skip
         return sink.getvalue()
 
     def act(self, task_id: int, action: str, body: dict[str, Any]) -> dict[str, Any]:
