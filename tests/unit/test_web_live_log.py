@@ -43,7 +43,8 @@ async def test_a_running_tasks_log_is_read_from_where_the_page_stopped(
 
     monkeypatch.setattr(follow, "stream_log", counted)
     gate = tmp_path / "gate"
-    cmd = f"echo first-line; while [ ! -e {gate} ]; do sleep 0.02; done; echo second"
+    cmd = (f"echo first-line; n=0; while [ ! -e {gate} ] && [ $n -lt 3000 ]; do sleep 0.02;"
+           " n=$((n + 1)); done; echo second")  # fmt: skip
     added = CliRunner().invoke(app, ["--db", str(lab.db), "queue", "add", "--json", "--gpus",
                                      "0", "--cmd", cmd])  # fmt: skip
     assert added.exit_code == 0, added.output
