@@ -7,6 +7,7 @@ Tasks run ``examples/run_my_experiment.py`` from a directory every host's user c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -207,6 +208,14 @@ def slurm_cluster(sshd_hosts: SshdHosts) -> Iterator[SlurmCluster]:
 @pytest.fixture
 def lab(ssh_home: Path, sshd_hosts: SshdHosts, tmp_path: Path) -> Iterator[Lab]:
     """A fresh controller directory and a shared directory holding the example script."""
+    with new_lab(ssh_home, sshd_hosts, tmp_path) as lab:
+        yield lab
+
+
+@contextlib.contextmanager
+def new_lab(ssh_home: Path, sshd_hosts: SshdHosts, tmp_path: Path) -> Iterator[Lab]:
+    """A lab on ``sshd_hosts`` reached with ``ssh_home``; its tasks stopped and its shared
+    directory removed at the end."""
     shared = Path(tempfile.mkdtemp(prefix="lab-", dir=sshd_hosts.base))
     shared.chmod(0o777)  # every host logs in as its own user
     shutil.copy(EXAMPLE, shared / EXAMPLE.name)

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dispatcher.transport.transports import JUMP_HANDSHAKES
-from tests.integration.conftest import EXAMPLE, Lab, finish, wait
+from tests.integration.conftest import Lab, finish, new_lab, wait
 from tests.sshd import HostPlan, SshdHost, SshdHosts, proc_table, sshd_binary
 
 pytestmark = pytest.mark.sshd
@@ -62,18 +60,11 @@ def sixteen() -> Iterator[SshdHosts]:
 def lab16(sixteen: SshdHosts, tmp_path: Path) -> Iterator[Lab]:
     """A controller directory whose client HOME reaches the sixteen hosts by alias."""
     home = sixteen.write_client_home(tmp_path / "home")
-    shared = Path(tempfile.mkdtemp(prefix="lab-", dir=sixteen.base))
-    shared.chmod(0o777)
-    shutil.copy(EXAMPLE, shared / EXAMPLE.name)
-    root = tmp_path / "controller"
-    root.mkdir()
-    lab = Lab(home, root, shared, sixteen)
     try:
-        yield lab
+        with new_lab(home, sixteen, tmp_path) as lab:
+            yield lab
     finally:
-        lab.stop_all()
         sixteen.heal()
-        shutil.rmtree(shared, ignore_errors=True)
 
 
 @contextlib.contextmanager
