@@ -36,6 +36,7 @@ from dispatcher.dispatch.state import HostState, Log, LoopState
 from dispatcher.errors import DispatcherError, ProtocolViolationError
 from dispatcher.remote.session import HostSession
 from dispatcher.remote.ship import run_workdir
+from dispatcher.store.depends import deps_met
 from dispatcher.store.move import UNSET
 from dispatcher.store.queue import Store, Txn
 from dispatcher.transport.outputs import describe, task_outputs_dir
@@ -231,8 +232,11 @@ class Reports:
             why = why or "its process vanished without an exit record"
             self._finish(tx, task, lost_outcome(task, str(why)))
         elif state == "absent":
-            if task.state is S.LAUNCHING:
+            if task.state is S.LAUNCHING and (task.id in self.state.gates or deps_met(tx, task)):
                 self._resend.append(task)  # never created: send the same id again
+            elif task.state is S.LAUNCHING:  # submitted ahead before a restart: gates unknown
+                why = "its dependencies' runs were not known after dispatch restarted"
+                self._finish(tx, task, withdrawn_outcome(task, why))
             else:
                 self._finish(tx, task, lost_outcome(task, "its run directory vanished"))
         elif state == "launch_error":

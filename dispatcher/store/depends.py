@@ -6,7 +6,8 @@ transaction, and at tasks that entered pending in it (added, retried, requeued):
 cancelled when its condition can no longer hold (through ``Txn.move_many``, so the cancel is
 itself a finished task and the rule cascades down chains), or gets the reason "waits for task
 N". ``brought_back`` finds the tasks a retry brings back with the tasks retried;
-``waiting_on`` the pending tasks that wait for given ones (submitted ahead to a cluster).
+``waiting_on`` the pending tasks that wait for given ones (submitted ahead to a cluster);
+``deps_met`` whether a task's dependencies all allow it to start now.
 """
 
 from __future__ import annotations
@@ -120,3 +121,18 @@ def waiting_on(
         ).fetchall()
     }
     return tasks, states
+
+
+def deps_met(tx: Mover, task: Task) -> bool:
+    """Whether every dependency of ``task`` allows it to start now (``core.deps.verdict``)."""
+    deps = deps_of(task.after, task.after_any, task.after_failed)
+    if not deps:
+        return True
+    states = {
+        i: S(state)
+        for i, state in tx.con.execute(
+            "SELECT id, state FROM tasks WHERE id IN (SELECT unnest(?::BIGINT[]))",
+            [sorted({d for _, d in deps})],
+        ).fetchall()
+    }
+    return verdict(deps, states).ready

@@ -9,13 +9,16 @@ from types import SimpleNamespace
 from typing import Any
 
 from dispatcher.config.hosts import HostsConfig
-from dispatcher.core.models import Task, TaskState
+from dispatcher.core.deps import DepKind, Gate
+from dispatcher.core.models import NewTask, Task, TaskState
 from dispatcher.dispatch.hostcalls import HostCalls
 from dispatcher.dispatch.jobs import Jobs
 from dispatcher.dispatch.logs import LogCollector, log_path
 from dispatcher.dispatch.reports import Reports
 from dispatcher.dispatch.state import DispatchOptions, HostState, LoopState
 from dispatcher.store.queue import Store
+
+S = TaskState
 
 
 class StubSession:
@@ -84,3 +87,40 @@ async def test_one_request_for_the_round_and_a_report_per_run(tmp_path: Path) ->
     }
     # A run that had already ended is collected like any exit: its log is on the controller.
     assert log_path(tmp_path / "logs", "t3-a1-x").read_bytes() == b"hi\n"
+
+
+def test_a_dependent_submitted_ahead_is_not_sent_again_without_its_gates(tmp_path: Path) -> None:
+    # A dependent placed ahead on a cluster is recorded `launching` with what SLURM must hold it
+    # back on kept in memory only; a dispatcher that ends before its launch reaches the host
+    # finds the run absent after a restart, with those gates gone. Sent again then, it would
+    # run at once, before its dependency ended: it goes back to pending instead, nothing counted.
+    _, reports = host_calls(StubSession({}), tmp_path)
+    store = reports.store
+    dep, done = store.add([NewTask({"i": i}, "t", f"run {i}") for i in range(2)]).ids
+    ahead, ready, known = store.add(
+        [
+            NewTask({"d": 1}, "t", "d1", after=(dep,)),
+            NewTask({"d": 2}, "t", "d2", after=(done,)),
+            NewTask({"d": 3}, "t", "d3", after_any=(dep,)),
+        ]
+    ).ids
+    with store.transaction() as tx:
+        tx.move(dep, S.LAUNCHING, host="h1", run_id="t1-a1-x", gpu_ids=[])
+        tx.move(dep, S.RUNNING, run_id="t1-a1-x", job_id="12_0")
+        tx.move(done, S.CANCELLED)
+        tx.move(done, S.PENDING)
+        tx.move(done, S.LAUNCHING, host="h1", run_id="t2-a1-x", gpu_ids=[])
+        tx.move(done, S.SUCCEEDED, run_id="t2-a1-x")
+        for i in (ahead, ready, known):
+            moved = tx.move(i, S.LAUNCHING, host="h1", run_id=f"t{i}-a1-x", gpu_ids=[])
+            assert moved is not None
+            reports.state.active[i] = moved
+    reports.state.gates[known] = [Gate(DepKind.AFTER_ANY, dep, "t1-a1-x", "12_0", True)]
+    with store.transaction() as tx:
+        for i in (ahead, ready, known):
+            reports.apply(tx, "h1", {"run_id": f"t{i}-a1-x", "state": "absent"})
+    assert sorted(t.id for t in reports.take_resends()) == [ready, known]
+    back = store.get(ahead)
+    assert back.state is S.PENDING and back.attempt == 0 and back.losses == 0
+    assert back.reason == "waits for task 1"
+    assert ahead not in reports.state.active
