@@ -1665,6 +1665,11 @@ class Slurm:
         gone = not state and self.absent.setdefault(job, self.polled) < self.polled
         if listed or (not state and not gone):
             return ("running" if started else "starting"), None, {}
+        if gated and not started and not os.path.exists(os.path.join(d, "cancel.json")):
+            # Ended unstarted (kill_invalid_depend), then forgotten while no controller asked
+            withdraw(d, "SLURM job %s ended before it started (%s)" % (
+                job, state.lower() or "gone from squeue"))  # fmt: skip
+            return "exited", None, {}
         # Listed as ended without an exit record, or gone from squeue for two polls.
         return "lost", "SLURM job %s ended without an exit record (%s)" % (
             job, state.lower() or "gone from squeue"), {}  # fmt: skip

@@ -480,3 +480,20 @@ def test_a_run_slurm_ended_has_no_outcome_of_its_own_and_holds_dependents_back(
     ours = run_dir(tmp_path / "ours", started=True, exit_info=dict(TERMINATED),
                    cancelled_by_us=True)  # fmt: skip
     assert run_outcome(ours.run_dir("r1")) == "cancelled"
+
+
+def test_a_gated_job_gone_from_squeue_before_it_started_is_withdrawn_not_lost(
+    tmp_path: Path,
+) -> None:
+    # SLURM cancelled it (kill_invalid_depend) while no controller asked, and squeue forgot it
+    # (MinJobAge) with no accounting to ask: it never started its task, so no loss is counted.
+    helper = run_dir(tmp_path, started=False)
+    sup = Path(helper.run_dir("r1")) / "supervisor.json"
+    spec = {"slurm": {"sbatch": [], "poll": 30, "time_limit": None, "gate": gate("after")}}
+    sup.write_text(json.dumps({"slurm": "labtasker-x", "index": 0, "spec": spec}))
+    squeue_says(helper, "")
+    assert helper.report("r1", [1 << 20])["state"] == "starting"  # one poll: maybe just ended
+    squeue_says(helper, "", at=helper.slurm.polled + 30)
+    rep = helper.report("r1", [1 << 20])
+    assert rep["state"] == "exited" and "gone from squeue" in rep["withdrawn"], rep
+    assert helper.report("r1", [1 << 20])["withdrawn"] == rep["withdrawn"]  # recorded
