@@ -192,6 +192,9 @@ def withdrawn_outcome(task: Task, why: str) -> Outcome:
     """A SLURM job submitted ahead of its dependency's outcome that never started its task:
     the outcome held it back (or SLURM can never start it). Back to pending, neither an
     attempt nor a loss counted; the dependency rule then says what it waits for, or cancels
-    it."""
+    it. One the user cancelled meanwhile is cancelled."""
+    attempt = max(task.attempt - 1, 0)
+    if task.cancel_requested:  # cancelled meanwhile (a move to pending would drop the request)
+        return Outcome(TaskState.CANCELLED, {"attempt": attempt, "reason": "cancelled by user"})
     reason = f"withdrawn from {task.host}: {without_host(task.host, why)}"
-    return Outcome(TaskState.PENDING, {"attempt": max(task.attempt - 1, 0), "reason": reason})
+    return Outcome(TaskState.PENDING, {"attempt": attempt, "reason": reason})

@@ -124,3 +124,30 @@ def test_a_dependent_submitted_ahead_is_not_sent_again_without_its_gates(tmp_pat
     assert back.state is S.PENDING and back.attempt == 0 and back.losses == 0
     assert back.reason == "waits for task 1"
     assert ahead not in reports.state.active
+
+
+def test_a_withdrawn_run_of_a_task_the_user_cancelled_cancels_it(tmp_path: Path) -> None:
+    # `queue cancel` of a task submitted ahead flags it; when its withdrawn run is reported
+    # first (held back on the cluster, maybe while no dispatch ran), it must not go back to
+    # pending, which would drop the request and run it later.
+    _, reports = host_calls(StubSession({}), tmp_path)
+    store = reports.store
+    dep, gated, other = store.add(
+        [NewTask({}, "t", "dep"), NewTask({"d": 1}, "t", "d1"), NewTask({"d": 2}, "t", "d2")]
+    ).ids
+    with store.transaction() as tx:
+        for i in (dep, gated, other):
+            tx.move(i, S.LAUNCHING, host="h1", run_id=f"t{i}-a1-x", gpu_ids=[])
+            tx.move(i, S.RUNNING, run_id=f"t{i}-a1-x", job_id=f"1{i}_0")
+        tx.request_cancel([gated])
+    for i in (gated, other):
+        reports.state.active[i] = store.get(i)
+    assert reports.state.active[gated].cancel_requested
+    with store.transaction() as tx:
+        for i in (gated, other):
+            report = {"run_id": f"t{i}-a1-x", "state": "exited", "withdrawn": "task 1 failed"}
+            reports.apply(tx, "h1", report)
+    cancelled, back = store.get(gated), store.get(other)
+    assert cancelled.state is S.CANCELLED and cancelled.reason == "cancelled by user"
+    assert cancelled.attempt == 0
+    assert back.state is S.PENDING and back.reason == "withdrawn from h1: task 1 failed"
