@@ -145,7 +145,7 @@ class Placement:
         wanted = [candidate_of(t) for t in candidates]
         result = plan(wanted, caps, running)
         by_id = {t.id: t for t in candidates}
-        if not plain:
+        if not plain and tx.waiters:  # some pending task has dependencies
             result = self._ahead(tx, caps, result, running, by_id)
         tx.hold(by_id)  # written with the round's other moves
         launches = self._record(tx, result, by_id)
@@ -168,7 +168,7 @@ class Placement:
     ) -> Plan:
         """``result`` with the dependents submitted ahead to clusters added (``core.ahead``):
         those whose dependencies not met yet all run on one cluster, in the jobs it has left.
-        A task withdrawn once is not submitted ahead again on the same runs."""
+        A task withdrawn once is not submitted ahead again on runs it was held back on."""
         state = self.state
         state.gates = {i: g for i, g in state.gates.items() if i in state.active}
         state.held_back = {i: r for i, r in state.held_back.items() if i not in state.active}
@@ -189,7 +189,7 @@ class Placement:
         for t in waiting:
             deps = deps_of(t.after, t.after_any, t.after_failed)
             gated = gates(deps, states, state.active, frozenset(free))
-            if gated and state.held_back.get(t.id) != frozenset(g.run_id for g in gated[1]):
+            if gated and not {g.run_id for g in gated[1]} <= state.held_back.get(t.id, set()):
                 ahead.append((candidate_of(t), gated[0]))
                 found[t.id] = (t, gated[1])
         offers = {c.name: c.cluster for c in caps if c.cluster}

@@ -1407,6 +1407,7 @@ class Slurm:
         self.tried = 0.0  # time.monotonic() of the last squeue tried
         self.absent: Dict[str, float] = {}  # job -> the first poll (``polled``) not listing it
         self.accounted: Dict[str, str] = {}  # absent job -> its final state, as sacct says
+        self.asked: Dict[str, None] = {}  # absent jobs sacct was asked about (once each)
         self.sacct = True  # accounting may answer (False once sacct failed: never asked again)
         self.requeued: Dict[str, None] = {}  # requeued jobs scancelled by us
         self.max_array: Optional[int] = None
@@ -1439,6 +1440,7 @@ class Slurm:
                 jobs[parts[0]] = (parts[1], parts[2], parts[3])
         self.absent = {j: at for j, at in self.absent.items() if j not in jobs}
         self.accounted = {j: st for j, st in self.accounted.items() if j in self.absent}
+        self.asked = {j: None for j in self.asked if j in self.absent}
         self.jobs, self.polled = jobs, time.time()
         self.account()
 
@@ -1446,9 +1448,10 @@ class Slurm:
         """One ``sacct`` for the jobs squeue stopped listing, where accounting answers: how a
         job that ended without an exit record ended (squeue forgets a job MinJobAge after its
         end, so one that ended while no controller ran is known to sacct alone)."""
-        want = [j for j in self.absent if j not in self.accounted][:1000]
+        want = [j for j in self.absent if j not in self.asked][:1000]
         if not want or not self.sacct:
             return
+        self.asked.update(dict.fromkeys(want))
         code, out, _ = self.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j",
                                  ",".join(want)])  # fmt: skip
         if code != 0:
