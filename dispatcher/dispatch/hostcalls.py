@@ -171,10 +171,11 @@ class HostCalls:
                 self.reports.receive(session.name, report)
         return [t for t in tasks if t.snapshot not in failed]
 
-    async def _kill(self, host: str, run_id: str) -> None:
+    async def _kill(self, host: str, run_id: str, stray: bool = False) -> None:
         hs = self.state.hosts[host]
         try:
-            await hs.session.call("kill", run_id=run_id, grace=hs.session.spec.kill_grace)
+            await hs.session.call("kill", run_id=run_id, grace=hs.session.spec.kill_grace,
+                                  stray=stray)  # fmt: skip
         except (ConnectionLostError, TransportError):
             # Not delivered, or not confirmed: a cancel is sent again once the host is back.
             self._kills_sent.pop(run_id, None)
@@ -199,7 +200,7 @@ class HostCalls:
     def stop_runs(self, runs: list[tuple[str, str]]) -> None:
         """Kill each (host, run id): runs of attempts given up on that still run."""
         for host, run_id in runs:
-            self.jobs.spawn(self._kill(host, run_id))
+            self.jobs.spawn(self._kill(host, run_id, stray=True))
 
     def send_cancels(self) -> None:
         """Send the kill of each cancelled running task; again after a failed or unconfirmed

@@ -35,7 +35,8 @@ Ops (request params -> reply fields; every reply also has "id" and "ok"):
           {"status": "error", "error": text, "snapshot_missing": true when the spec's
           snapshot is not on the host}}}: many launches in one request.
   probe   {"runs": [run_id]} -> {"runs": {run_id: REPORT}}; starting/running ones are watched.
-  kill    {"run_id", "grace": s} -> {"status": "signalled" | "absent" | "exited"}
+  kill    {"run_id", "grace": s, "stray": bool} -> {"status": "signalled" | "absent" | "exited"}
+          (stray: a run of an attempt the controller gave up on, not a user's cancel)
   read    {"run_id", "offset", "size" <= 1 MiB} -> {"data": base64, "size": log size now}
   tail    {"runs": [run_id], "bytes": n} -> {"lines": {run_id: last non-empty line | null}}
   cleanup {"runs": [run_id]} -> {"removed": n, "refused": [run_id still starting/running]}
@@ -557,7 +558,8 @@ class Helper:
             return {"status": "exited"}
         again = os.path.exists(os.path.join(d, "cancel.json"))
         with contextlib.suppress(OSError):  # without it the supervisor uses spec.kill_grace
-            write_file(os.path.join(d, "cancel.json"), {"grace": grace})
+            stray = req.get("stray") is True  # a run of an attempt given up on, not a cancel
+            write_file(os.path.join(d, "cancel.json"), {"grace": grace, "stray": stray})
         started = read_json(os.path.join(d, "started.json"))[0]
         info = started or read_json(os.path.join(d, "supervisor.json"))[0] or {}
         if self.slurm_run(run_id, info) is not None:
@@ -1794,10 +1796,11 @@ def run_outcome(run_dir: str) -> Optional[str]:
     info = read_json(os.path.join(run_dir, "exit.json"))[0]
     if info is None or info.get("withdrawn"):
         return None
-    if (info.get("cancelled") or info.get("terminated")) and not os.path.exists(
-        os.path.join(run_dir, "cancel.json")
-    ):  # fmt: skip
-        return None  # SLURM ended it, not a cancel of ours: only squeue says how (Slurm.refine)
+    cancel = read_json(os.path.join(run_dir, "cancel.json"))[0]
+    if (info.get("cancelled") or info.get("terminated")) and (cancel or {"stray": 1}).get("stray"):
+        # SLURM ended it (only squeue says how: Slurm.refine), or labtasker stopped a run of
+        # an attempt it gave up on (a stray): neither is its task's outcome.
+        return None
     if info.get("cancelled"):
         return "cancelled"
     if info.get("exit_code") != 0 or info.get("error") or info.get("timed_out"):

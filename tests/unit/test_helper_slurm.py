@@ -497,3 +497,19 @@ def test_a_gated_job_gone_from_squeue_before_it_started_is_withdrawn_not_lost(
     rep = helper.report("r1", [1 << 20])
     assert rep["state"] == "exited" and "gone from squeue" in rep["withdrawn"], rep
     assert helper.report("r1", [1 << 20])["withdrawn"] == rep["withdrawn"]  # recorded
+
+
+def test_a_stray_the_controller_stopped_is_no_outcome_of_its_task(tmp_path: Path) -> None:
+    # A run of an attempt given up on (lost while its host was out of reach) that the
+    # controller then stops: its task is being retried, so nothing waiting on it may start.
+    helper = Helper(str(tmp_path))
+    d = Path(helper.run_dir("t1-a1-x"))
+    d.mkdir(parents=True)
+    (d / "supervisor.json").write_text(json.dumps({"slurm": "labtasker-x", "index": 0}))
+    assert helper.op_kill({"run_id": "t1-a1-x", "grace": 1, "stray": True})  # writes cancel.json
+    assert json.loads((d / "cancel.json").read_text())["stray"] is True
+    (d / "exit.json").write_text(json.dumps(CANCELLED))  # as the wrapper records the stop
+    assert run_outcome(str(d)) is None
+    assert gate_held(helper, gate("after_any", last=False)) == NO_OUTCOME
+    (d / "cancel.json").write_text(json.dumps({"grace": 1, "stray": False}))  # a user's
+    assert run_outcome(str(d)) == "cancelled"
