@@ -289,6 +289,10 @@ class Helper:
         sup = self.slurm_run(run_id, info)
         if sup is not None:
             state, why, record = self.slurm.live_state(run_id, sup)
+            d = self.run_dir(run_id)
+            if state == "lost" and not os.path.exists(os.path.join(d, "exit.json")):
+                with contextlib.suppress(OSError):  # a record arriving after it is not trusted
+                    write_file(os.path.join(d, "lost.json"), {"why": why})  # (run_outcome)
             if record:  # SLURM ended it before its wrapper could record why: recorded now
                 record.update(started_at=(started or {}).get("started_at"),
                               finished_at=utc_now())  # fmt: skip
@@ -1794,8 +1798,8 @@ def run_outcome(run_dir: str) -> Optional[str]:
     the controller decides it (core.outcome.outcome_of); None without a readable record, when
     it was withdrawn (then it never ran), or when SLURM ended it (the controller asks squeue)."""
     info = read_json(os.path.join(run_dir, "exit.json"))[0]
-    if info is None or info.get("withdrawn"):
-        return None
+    if info is None or info.get("withdrawn") or os.path.exists(os.path.join(run_dir, "lost.json")):
+        return None  # no record, never ran, or reported lost (a record written after is late)
     cancel = read_json(os.path.join(run_dir, "cancel.json"))[0]
     if (info.get("cancelled") or info.get("terminated")) and (cancel or {"stray": 1}).get("stray"):
         # SLURM ended it (only squeue says how: Slurm.refine), or labtasker stopped a run of

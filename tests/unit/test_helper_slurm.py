@@ -513,3 +513,18 @@ def test_a_stray_the_controller_stopped_is_no_outcome_of_its_task(tmp_path: Path
     assert gate_held(helper, gate("after_any", last=False)) == NO_OUTCOME
     (d / "cancel.json").write_text(json.dumps({"grace": 1, "stray": False}))  # a user's
     assert run_outcome(str(d)) == "cancelled"
+
+
+def test_an_exit_record_arriving_after_the_run_was_reported_lost_is_no_outcome(
+    tmp_path: Path,
+) -> None:
+    # The controller counted a loss and retries the task: a record that reaches the shared
+    # file system later must not let a run gated on this one start.
+    helper = run_dir(tmp_path, started=True)
+    squeue_says(helper, "NODE_FAIL")
+    assert helper.report("r1", [1 << 20])["state"] == "lost"
+    d = Path(helper.run_dir("r1"))
+    (d / "exit.json").write_text(json.dumps(ENDED))  # late: exit 0
+    assert run_outcome(str(d)) is None
+    held = [{"kind": "after", "task": 1, "run": "r1", "last": True}]
+    assert gate_held(helper, held) == "run r1 of task 1 ended without an outcome"
