@@ -54,12 +54,7 @@ def settle(tx: Mover, *, everything: bool = False) -> list[tuple[int, str]]:
         if not rows:
             continue
         named = sorted({d for r in rows for d in (*r[1], *r[2], *r[3])})
-        states = {
-            i: S(state)
-            for i, state in tx.con.execute(
-                "SELECT id, state FROM tasks WHERE id IN (SELECT unnest(?::BIGINT[]))", [named]
-            ).fetchall()
-        }
+        states = states_of(tx, named)
         moves: list[MoveRequest] = []
         reasons: dict[int, str | None] = {}
         for task_id, after, after_any, after_failed, reason in rows:
@@ -114,12 +109,7 @@ def waiting_on(
     ).fetchall()
     tasks = [task_from_row(r) for r in rows]
     named = sorted({d for t in tasks for d in (*t.after, *t.after_any, *t.after_failed)})
-    states = {
-        i: S(state)
-        for i, state in tx.con.execute(
-            "SELECT id, state FROM tasks WHERE id IN (SELECT unnest(?::BIGINT[]))", [named]
-        ).fetchall()
-    }
+    states = states_of(tx, named)
     return tasks, states
 
 
@@ -128,11 +118,12 @@ def deps_met(tx: Mover, task: Task) -> bool:
     deps = deps_of(task.after, task.after_any, task.after_failed)
     if not deps:
         return True
-    states = {
-        i: S(state)
-        for i, state in tx.con.execute(
-            "SELECT id, state FROM tasks WHERE id IN (SELECT unnest(?::BIGINT[]))",
-            [sorted({d for _, d in deps})],
-        ).fetchall()
-    }
-    return verdict(deps, states).ready
+    return verdict(deps, states_of(tx, sorted({d for _, d in deps}))).ready
+
+
+def states_of(tx: Mover, ids: list[int]) -> dict[int, TaskState]:
+    """The state of each task of ``ids`` still in the queue."""
+    rows = tx.con.execute(
+        "SELECT id, state FROM tasks WHERE id IN (SELECT unnest(?::BIGINT[]))", [ids]
+    ).fetchall()
+    return {i: S(state) for i, state in rows}
