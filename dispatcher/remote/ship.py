@@ -77,6 +77,7 @@ class Shipper:
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._sends: dict[str, int] = {}  # snapshot -> sends of it finished (to any host)
         self._cache: dict[str, list[Piece]] = {}  # blob -> its pieces as sent
         self._cached = 0
         self._active = 0  # ensures in progress
@@ -106,38 +107,48 @@ class Shipper:
         return sent
 
     async def _ship(self, session: HostSession, snapshot: str) -> Shipped:
+        before = self._sends.get(snapshot, 0)
         reply = await session.call("snapshot", snapshot=snapshot, timeout=CALL_TIMEOUT)
         if reply["complete"]:
             return Shipped()
         # Hosts on one shared home report one store: one of them sends, the others then find
-        # the snapshot complete.
+        # the snapshot complete (asked again if a send ended since their first answer).
         lock = self._locks.setdefault((reply["store"], snapshot), asyncio.Lock())
-        waited = lock.locked()
         async with lock:
-            sent, allowed = Shipped(), {snapshot}
-            for _ in range(ROUNDS):
-                if waited:  # another host of this store may have sent it meanwhile
-                    reply = await session.call("snapshot", snapshot=snapshot, timeout=CALL_TIMEOUT)
-                    waited = False
-                if reply["complete"]:
-                    return sent
-                missing = reply["missing"]
-                if not missing:
-                    break
-                if missing == [snapshot]:  # the manifest: sent with the next question
-                    manifest = self._manifest_bytes(snapshot)
-                    if len(manifest) <= INLINE_MANIFEST:
-                        inline = zlib.compress(manifest, 1)
-                        reply = await session.call(
-                            "snapshot", snapshot=snapshot, payload=inline, timeout=CALL_TIMEOUT
-                        )
-                        sent.wire += len(inline)
-                        continue
-                if snapshot not in missing and len(allowed) == 1:
-                    allowed |= {e.digest for e in self._manifest(snapshot)}
-                if not set(missing) <= allowed:
-                    raise violation(session.name, "'snapshot' asked for blobs not in the snapshot")
-                reply = await self._send(session, missing, sent, snapshot)
+            waited = self._sends.get(snapshot, 0) != before
+            try:
+                return await self._send_all(session, snapshot, reply, waited)
+            finally:
+                self._sends[snapshot] = self._sends.get(snapshot, 0) + 1
+
+    async def _send_all(
+        self, session: HostSession, snapshot: str, reply: dict[str, Any], waited: bool
+    ) -> Shipped:
+        """Send what the host's store lacks until it says ``snapshot`` is complete."""
+        sent, allowed = Shipped(), {snapshot}
+        for _ in range(ROUNDS):
+            if waited:  # another host of this store may have sent it meanwhile
+                reply = await session.call("snapshot", snapshot=snapshot, timeout=CALL_TIMEOUT)
+                waited = False
+            if reply["complete"]:
+                return sent
+            missing = reply["missing"]
+            if not missing:
+                break
+            if missing == [snapshot]:  # the manifest: sent with the next question
+                manifest = self._manifest_bytes(snapshot)
+                if len(manifest) <= INLINE_MANIFEST:
+                    inline = zlib.compress(manifest, 1)
+                    reply = await session.call(
+                        "snapshot", snapshot=snapshot, payload=inline, timeout=CALL_TIMEOUT
+                    )
+                    sent.wire += len(inline)
+                    continue
+            if snapshot not in missing and len(allowed) == 1:
+                allowed |= {e.digest for e in self._manifest(snapshot)}
+            if not set(missing) <= allowed:
+                raise violation(session.name, "'snapshot' asked for blobs not in the snapshot")
+            reply = await self._send(session, missing, sent, snapshot)
         raise RemoteError(
             f"{session.name}: snapshot {snapshot[:12]} is still incomplete after {ROUNDS} rounds;"
             " check the disk space under its state_dir",
